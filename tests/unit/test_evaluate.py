@@ -1,0 +1,52 @@
+"""Evaluation: ELBO terms, the IWAE bound above the ELBO on a trained model, active units."""
+
+import pytest
+import torch
+
+from tests.conftest import binary_data, small_model
+from vae_core.evaluate import active_units, evaluate, iwae_log_likelihood
+from vae_core.train import fit
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    model, x = small_model("vae", dim=16, latent=4), binary_data(1024)
+    fit(model, lambda e: [x[i : i + 64] for i in range(0, 1024, 64)], epochs=30, lr=3e-3)
+    return model, binary_data(512, seed=1)
+
+
+def test_evaluate_reports_per_example_nats(trained):
+    model, x = trained
+    res = evaluate(model, [x[:256], x[256:]])
+    assert res.n == 512 and res.kl > 0
+    assert res.elbo == pytest.approx(-(res.recon + res.kl))
+    # A trained model beats coding each of the 16 bits with a fair coin (16 log 2 = 11.1 nats).
+    assert -res.elbo < 16 * torch.log(torch.tensor(2.0)).item()
+
+
+def test_iwae_k64_is_at_least_the_elbo_on_a_trained_model(trained):
+    model, x = trained
+    elbos = [evaluate(model, [x], seed=s).elbo for s in range(5)]
+    iwae = iwae_log_likelihood(model, [x[:256], x[256:]], k=64, chunk=16)
+    assert iwae >= max(elbos), (iwae, elbos)
+    # k = 1 is the ELBO itself in expectation: close to the one-sample estimates, below k = 64.
+    iwae1 = iwae_log_likelihood(model, [x], k=1)
+    assert iwae1 < iwae and abs(iwae1 - sum(elbos) / 5) < 0.2
+
+
+def test_active_units_counts_used_latent_dimensions(trained):
+    model, x = trained
+    n_active = active_units(model, [x])
+    assert 1 <= n_active <= 4
+    # Collapse one dimension by hand: it must no longer count.
+    with torch.no_grad():
+        model_copy = small_model("vae", dim=16, latent=4)
+        model_copy.load_state_dict(model.state_dict())
+        model_copy.head.mu.weight[0].zero_()
+    assert active_units(model_copy, [x]) <= n_active - (1 if n_active == 4 else 0)
+
+
+def test_iwae_refuses_a_deterministic_autoencoder():
+    with pytest.raises(ValueError, match="variational"):
+        iwae_log_likelihood(small_model("ae"), [binary_data(8)], k=4)

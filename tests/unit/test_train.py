@@ -1,0 +1,65 @@
+"""The pure training loop: KL schedule, callback seam, NaN guard, resume, grad clipping."""
+
+import math
+
+import pytest
+import torch
+
+from tests.conftest import binary_data, small_model
+from vae_core.train import KLSchedule, NonFiniteLossError, fit
+
+
+def test_kl_warmup_is_linear_in_epochs_or_steps():
+    assert KLSchedule(2.0).weight(0, 0) == 2.0
+    by_epoch = KLSchedule(2.0, warmup_epochs=4)
+    assert [by_epoch.weight(e, 0) for e in range(6)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+    by_step = KLSchedule(1.0, warmup_steps=10)
+    assert by_step.weight(0, 5) == 0.5 and by_step.weight(3, 50) == 1.0
+
+
+def test_fit_reports_each_epoch_through_the_callback_with_the_scheduled_weight():
+    model, x = small_model(), binary_data(64)
+    seen = []
+    history = fit(
+        model,
+        lambda epoch: [x[:32], x[32:]],
+        epochs=3,
+        schedule=KLSchedule(1.0, warmup_epochs=2),
+        on_epoch=lambda stats, m, opt: seen.append((stats.epoch, stats.kl_weight, stats.samples, stats.step)),
+    )
+    assert seen == [(1, 0.0, 64, 2), (2, 0.5, 64, 4), (3, 1.0, 64, 6)]
+    assert [h.epoch for h in history] == [1, 2, 3]
+    assert all(math.isclose(h.elbo, -(h.recon + h.kl)) for h in history)
+
+
+def test_non_finite_loss_raises_with_step_and_terms():
+    model, x = small_model(), binary_data(16)
+    x[3, 2] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1: loss=nan, recon=nan, kl="):
+        fit(model, [x], epochs=1)
+
+
+def test_resume_continues_epoch_and_step_counts_with_the_given_optimizer():
+    model, x = small_model(), binary_data(32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first = fit(model, [x], epochs=2, optimizer=opt)
+    rest = fit(model, [x], epochs=4, optimizer=opt, start_epoch=2, start_step=first[-1].step)
+    assert [h.epoch for h in rest] == [3, 4] and rest[-1].step == 4
+    assert opt.state_dict()["state"][0]["step"].item() == 4
+
+
+def test_grad_clipping_bounds_the_update():
+    x = binary_data(16)
+    a, b = small_model(), small_model()
+    b.load_state_dict(a.state_dict())
+    before = [p.detach().clone() for p in a.parameters()]
+    fit(a, [x], epochs=1, lr=1.0, optimizer=torch.optim.SGD(a.parameters(), lr=1.0), grad_clip=1e-3)
+    fit(b, [x], epochs=1, lr=1.0, optimizer=torch.optim.SGD(b.parameters(), lr=1.0))
+    step_a = torch.sqrt(sum(((p - q) ** 2).sum() for p, q in zip(a.parameters(), before, strict=True)))
+    step_b = torch.sqrt(sum(((p - q) ** 2).sum() for p, q in zip(b.parameters(), before, strict=True)))
+    assert step_a <= 1e-3 + 1e-6 < step_b
+
+
+def test_empty_batch_source_is_an_error():
+    with pytest.raises(ValueError, match="no data"):
+        fit(small_model(), [], epochs=1)

@@ -1,0 +1,1 @@
+"""vaeflow core library."""

@@ -1,0 +1,162 @@
+"""Checkpoints as safetensors (weights, optimizer tensors) + JSON (config, metadata). Never pickle.
+
+Layout of a checkpoint directory (any URI):
+    model.safetensors      model state_dict
+    optimizer.safetensors  optimizer tensors, keyed "state.<param index>.<name>" (optional)
+    optimizer.json         optimizer param_groups and non-tensor state (optional)
+    config.json            the VaeflowConfig
+    meta.json              data shape, epoch, step, metrics; written last, so it marks a complete checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from vae_core.config import VaeflowConfig
+from vae_core.families import DataShape, build_model
+from vae_core.likelihoods import Block
+from vae_core.model import LatentModel
+from vae_core.storage import filesystem, join
+
+MODEL_FILE, OPTIM_FILE, OPTIM_JSON = "model.safetensors", "optimizer.safetensors", "optimizer.json"
+CONFIG_FILE, META_FILE = "config.json", "meta.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or not in the safetensors + JSON format."""
+
+
+@dataclass
+class Checkpoint:
+    model: LatentModel
+    config: VaeflowConfig
+    meta: dict[str, Any]
+    optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
+
+
+def _shape_to_json(shape: DataShape) -> dict[str, Any]:
+    return {
+        "dim": shape.dim,
+        "image_shape": list(shape.image_shape) if shape.image_shape else None,
+        "layout": [[b.kind, b.start, b.width] for b in shape.layout] if shape.layout else None,
+    }
+
+
+def _shape_from_json(d: dict[str, Any]) -> DataShape:
+    layout = [Block(k, s, w) for k, s, w in d["layout"]] if d.get("layout") else None
+    image_shape = tuple(d["image_shape"]) if d.get("image_shape") else None
+    return DataShape(d["dim"], image_shape, layout)  # type: ignore[arg-type]
+
+
+def _optimizer_to_files(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, entry in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    return {"state": dict(sorted(state.items())), "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    uri: str,
+    model: LatentModel,
+    config: VaeflowConfig,
+    shape: DataShape,
+    optimizer: torch.optim.Optimizer | None = None,
+    meta: dict[str, Any] | None = None,
+) -> str:
+    """Write a checkpoint directory at `uri` and return it. meta.json goes last (completeness marker)."""
+    fs, root = filesystem(uri)
+    fs.makedirs(root, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with fs.open(join(root, MODEL_FILE), "wb") as f:
+        f.write(st_save(weights))
+    if optimizer is not None:
+        tensors, rest = _optimizer_to_files(optimizer.state_dict())
+        with fs.open(join(root, OPTIM_FILE), "wb") as f:
+            f.write(st_save(tensors))
+        with fs.open(join(root, OPTIM_JSON), "w") as f:
+            json.dump(rest, f)
+    with fs.open(join(root, CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+    with fs.open(join(root, META_FILE), "w") as f:
+        json.dump({**(meta or {}), "data_shape": _shape_to_json(shape), "format": "vaeflow/1"}, f)
+    return uri
+
+
+def _read_safetensors(fs: Any, path: str) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, refusing anything else (pickle, torch.save zip) before parsing it."""
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'.
+    ok = len(data) >= 10 and data[8:9] == b"{" and struct.unpack("<Q", data[:8])[0] <= len(data) - 8
+    if not ok:
+        kind = "a pickle" if data[:1] == b"\x80" else "a zip (torch.save)" if data[:2] == b"PK" else "not"
+        raise CheckpointError(
+            f"{path}: not a safetensors file ({kind} file); vaeflow loads only safetensors + JSON "
+            "checkpoints and never unpickles"
+        )
+    try:
+        return st_load(data)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: corrupt safetensors file: {e}") from e
+
+
+def _read_json(fs: Any, path: str) -> Any:
+    try:
+        with fs.open(path, "r") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from e
+
+
+def load_checkpoint(uri: str, with_optimizer: bool = False) -> Checkpoint:
+    """Rebuild the model from config + data shape and load its weights. Never unpickles."""
+    fs, root = filesystem(uri)
+    if fs.isfile(root):
+        raise CheckpointError(
+            f"{uri}: is a single file; a vaeflow checkpoint is a directory holding {MODEL_FILE}, "
+            f"{CONFIG_FILE} and {META_FILE} (pickle files are refused)"
+        )
+    for name in (MODEL_FILE, CONFIG_FILE, META_FILE):
+        if not fs.exists(join(root, name)):
+            raise CheckpointError(f"{uri}: incomplete checkpoint, {name} is missing")
+    weights = _read_safetensors(fs, join(root, MODEL_FILE))
+    with fs.open(join(root, CONFIG_FILE), "r") as f:
+        config = VaeflowConfig.from_json(f.read())
+    meta = _read_json(fs, join(root, META_FILE))
+    model = build_model(config.model, _shape_from_json(meta["data_shape"]))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{uri}: weights do not match the model in config.json: {e}") from e
+    optimizer_state = None
+    if with_optimizer and fs.exists(join(root, OPTIM_FILE)):
+        optimizer_state = _optimizer_from_files(
+            _read_safetensors(fs, join(root, OPTIM_FILE)), _read_json(fs, join(root, OPTIM_JSON))
+        )
+    return Checkpoint(model, config, meta, optimizer_state)
+
+
+def data_shape(checkpoint: Checkpoint) -> DataShape:
+    return _shape_from_json(checkpoint.meta["data_shape"])

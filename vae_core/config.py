@@ -1,0 +1,130 @@
+"""One validated configuration for data, model, training and compute, round-trippable through JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the training data live and how rows become feature vectors."""
+
+    uri: str = Field("", description="Dataset root URI (local path, file://, s3://, memory://).")
+    id_column: str | None = Field("id", description="Stable row id column; None generates ids.")
+    vector_column: str | None = Field(
+        None, description="One fixed-length numeric vector column holding the features."
+    )
+    image_shape: tuple[int, int, int] | None = Field(
+        None, description="(C, H, W) of the vector column when it holds images."
+    )
+    scale: float = Field(1.0, gt=0, description="Vector features are divided by this (255 for uint8).")
+
+
+class ModelConfig(_Section):
+    """Model family, backbone and likelihood; sizes are plain numbers passed to the modules."""
+
+    family: str = Field("vae", description="A registered family: ae, dae or vae.")
+    backbone: Literal["mlp", "conv"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [400], min_length=1)
+    latent_dim: int = Field(20, ge=1)
+    conv_channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
+    likelihood: Literal["bernoulli", "gaussian", "tabular"] = "bernoulli"
+    gaussian_sigma: float | None = Field(
+        None, gt=0, description="Fixed observation std; None learns a per-feature std."
+    )
+    corruption: Literal["none", "gaussian", "mask"] = "none"
+    noise_std: float = Field(0.3, ge=0, description="Std of the Gaussian corruption (dae).")
+    mask_prob: float = Field(0.25, ge=0, lt=1, description="Masking probability (dae).")
+
+    @model_validator(mode="after")
+    def _check_family(self) -> ModelConfig:
+        from vae_core.families import FAMILIES
+
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown model family {self.family!r}; known: {sorted(FAMILIES)}")
+        if self.family == "dae" and self.corruption == "none":
+            raise ValueError("family 'dae' needs corruption 'gaussian' or 'mask'")
+        if self.family != "dae" and self.corruption != "none":
+            raise ValueError(f"corruption is a denoising setting; use family 'dae', not {self.family!r}")
+        return self
+
+
+class TrainConfig(_Section):
+    """Optimisation and the KL schedule (beta and its linear warm-up)."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    grad_clip: float | None = Field(None, gt=0, description="Max global grad norm; None disables.")
+    beta: float = Field(1.0, ge=0, description="Weight of the KL term; 0 is reconstruction only.")
+    warmup_epochs: int = Field(0, ge=0, description="Linear KL warm-up over this many epochs.")
+    warmup_steps: int = Field(0, ge=0, description="Linear KL warm-up over this many steps.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> TrainConfig:
+        if self.warmup_epochs and self.warmup_steps:
+            raise ValueError("give the KL warm-up in epochs or in steps, not both")
+        return self
+
+
+class ComputeConfig(_Section):
+    """Resources for the distributed layer."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(None, ge=1, description="Intra-op threads; None keeps torch's.")
+
+
+class VaeflowConfig(_Section):
+    """Everything one run needs; written next to every checkpoint as JSON."""
+
+    name: str = Field("vae", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> VaeflowConfig:
+        return cls.model_validate_json(text)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> VaeflowConfig:
+        try:
+            return cls.model_validate_json(Path(path).read_text())
+        except ValueError as e:
+            raise ValueError(f"{path}: invalid configuration:\n{e}") from e
+
+    def with_overrides(self, overrides: list[str]) -> VaeflowConfig:
+        """Apply `section.key=value` overrides (value parsed as JSON, else kept as a string)."""
+        data: dict[str, Any] = self.model_dump()
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} is not of the form section.key=value")
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"override {item!r}: unknown section {part!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ValueError(f"override {item!r}: unknown key {leaf!r}")
+            try:
+                node[leaf] = json.loads(raw)
+            except json.JSONDecodeError:
+                node[leaf] = raw
+        return VaeflowConfig.model_validate(data)

@@ -1,0 +1,106 @@
+"""Likelihood metrics: mean ELBO terms, the importance-weighted bound (IWAE), active latent units."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from vae_core.model import LatentModel
+from vae_core.posterior import DiagonalGaussian, standard_normal_log_prob
+
+
+@dataclass
+class EvalResult:
+    """Per-example means in nats over n examples. elbo = -(recon + kl); for an AE kl is 0."""
+
+    elbo: float
+    recon: float
+    kl: float
+    n: int
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate(
+    model: LatentModel, batches: Iterable[torch.Tensor], seed: int = 0, device: str = "cpu"
+) -> EvalResult:
+    """One-sample ELBO estimate at kl weight 1 (no corruption: the model is put in eval mode)."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    recon_sum = kl_sum = 0.0
+    n = 0
+    for x in batches:
+        x = x.to(device)
+        out = model(x, generator=gen)
+        terms = model.loss(x, out)
+        recon_sum += terms.recon.sum().item()
+        kl_sum += terms.kl.sum().item()
+        n += x.shape[0]
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate: no examples")
+    return EvalResult(elbo=-(recon_sum + kl_sum) / n, recon=recon_sum / n, kl=kl_sum / n, n=n)
+
+
+def _gaussian_posterior(model: LatentModel, x: torch.Tensor) -> DiagonalGaussian:
+    posterior = model.encode(x)
+    if not isinstance(posterior, DiagonalGaussian):
+        raise ValueError("importance-weighted likelihood needs a variational model (family 'vae')")
+    return posterior
+
+
+@torch.no_grad()
+def iwae_log_likelihood(
+    model: LatentModel,
+    batches: Iterable[torch.Tensor],
+    k: int = 1000,
+    chunk: int = 100,
+    seed: int = 0,
+    device: str = "cpu",
+) -> float:
+    """Mean over examples of the IWAE bound with k samples (Burda et al. 2016), in nats:
+
+    log p(x) >= log 1/k sum_i p(x|z_i) p(z_i) / q(z_i|x),  z_i ~ q(z|x).
+    It is >= the ELBO and tightens as k grows. Samples are drawn `chunk` at a time to bound memory.
+    """
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total, n = 0.0, 0
+    for x in batches:
+        x = x.to(device)
+        q = _gaussian_posterior(model, x)
+        log_w = []
+        for start in range(0, k, chunk):
+            m = min(chunk, k - start)
+            eps = torch.randn((m, *q.mu.shape), generator=gen, device=x.device)
+            z = q.mu + torch.exp(0.5 * q.logvar) * eps  # (m, B, L)
+            params = model.decode(z.flatten(0, 1))  # (m*B, D)
+            log_px = -model.likelihood.nll(params, x.repeat(m, 1)).view(m, -1)  # (m, B)
+            log_w.append(log_px + standard_normal_log_prob(z) - q.log_prob(z))
+        bound = torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)  # (B,)
+        total += bound.sum().item()
+        n += x.shape[0]
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("iwae_log_likelihood: no examples")
+    return total / n
+
+
+@torch.no_grad()
+def active_units(
+    model: LatentModel, batches: Iterable[torch.Tensor], threshold: float = 0.01, device: str = "cpu"
+) -> int:
+    """Number of latent dims u with Cov_x(E_q[z_u]) > threshold (Burda et al. 2016)."""
+    was_training = model.training
+    model.eval()
+    means = [model.encode(x.to(device)).mean for x in batches]
+    model.train(was_training)
+    mu = torch.cat(means)  # (N, L)
+    return int((mu.var(dim=0) > threshold).sum().item())

@@ -1,0 +1,91 @@
+"""Registry of model families: each is a small builder from ModelConfig to a LatentModel.
+
+Adding a family is one builder function plus its @register line; the training loop never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from vae_core.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae_core.likelihoods import Bernoulli, Block, Gaussian, Likelihood, MixedTabular
+from vae_core.model import GaussianHead, GaussianNoise, LatentModel, MaskNoise, PointHead
+
+if TYPE_CHECKING:
+    from vae_core.config import ModelConfig
+
+Builder = Callable[["ModelConfig", "DataShape"], LatentModel]
+FAMILIES: dict[str, Builder] = {}
+
+
+class DataShape:
+    """What a model needs to know of the data: feature count, optional image shape, tabular layout."""
+
+    def __init__(
+        self,
+        dim: int,
+        image_shape: tuple[int, int, int] | None = None,
+        layout: list[Block] | None = None,
+    ) -> None:
+        if image_shape is not None and image_shape[0] * image_shape[1] * image_shape[2] != dim:
+            raise ValueError(f"image shape {image_shape} does not hold {dim} features")
+        self.dim, self.image_shape, self.layout = dim, image_shape, layout
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        FAMILIES[name] = fn
+        return fn
+
+    return deco
+
+
+def _body(cfg: ModelConfig, shape: DataShape) -> tuple[nn.Module, nn.Module]:
+    if cfg.backbone == "conv":
+        if shape.image_shape is None:
+            raise ValueError("the conv backbone needs data.image_shape (C, H, W)")
+        return (
+            ConvEncoder(shape.image_shape, cfg.conv_channels, cfg.hidden),
+            ConvDecoder(cfg.latent_dim, shape.image_shape, cfg.conv_channels, cfg.hidden),
+        )
+    return MLPEncoder(shape.dim, cfg.hidden), MLPDecoder(cfg.latent_dim, cfg.hidden, shape.dim)
+
+
+def _likelihood(cfg: ModelConfig, shape: DataShape) -> Likelihood:
+    if cfg.likelihood == "bernoulli":
+        return Bernoulli()
+    if cfg.likelihood == "gaussian":
+        return Gaussian(shape.dim, cfg.gaussian_sigma)
+    if shape.layout is None:
+        raise ValueError("the tabular likelihood needs a column layout from the tabular transformer")
+    return MixedTabular(shape.layout)
+
+
+@register("ae")
+def build_ae(cfg: ModelConfig, shape: DataShape) -> LatentModel:
+    encoder, decoder = _body(cfg, shape)
+    return LatentModel(encoder, PointHead(cfg.hidden[-1], cfg.latent_dim), decoder, _likelihood(cfg, shape))
+
+
+@register("dae")
+def build_dae(cfg: ModelConfig, shape: DataShape) -> LatentModel:
+    model = build_ae(cfg, shape)
+    model.corruption = (
+        GaussianNoise(cfg.noise_std) if cfg.corruption == "gaussian" else MaskNoise(cfg.mask_prob)
+    )
+    return model
+
+
+@register("vae")
+def build_vae(cfg: ModelConfig, shape: DataShape) -> LatentModel:
+    encoder, decoder = _body(cfg, shape)
+    head = GaussianHead(cfg.hidden[-1], cfg.latent_dim)
+    return LatentModel(encoder, head, decoder, _likelihood(cfg, shape))
+
+
+def build_model(cfg: ModelConfig, shape: DataShape) -> LatentModel:
+    """Look the family up in the registry (validated by ModelConfig) and build it."""
+    return FAMILIES[cfg.family](cfg, shape)

@@ -1,0 +1,139 @@
+"""The pure training loop: Adam, KL schedule, optional grad clipping, per-epoch callback, NaN guard.
+
+The distributed layer reuses this loop unchanged: it passes a per-epoch batch source (its data shard)
+and an `on_epoch` callback (report metrics, checkpoint). Nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from vae_core.model import LatentModel
+
+Batches = Iterable[torch.Tensor] | Callable[[int], Iterable[torch.Tensor]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the message names the epoch, step and each loss term."""
+
+
+@dataclass(frozen=True)
+class KLSchedule:
+    """kl_weight = beta * linear warm-up from 0, over `warmup_steps` steps or `warmup_epochs` epochs."""
+
+    beta: float = 1.0
+    warmup_epochs: int = 0
+    warmup_steps: int = 0
+
+    def weight(self, epoch: int, step: int) -> float:
+        """epoch and step are 0-based counts of completed epochs and optimizer steps."""
+        if self.warmup_steps:
+            return self.beta * min(1.0, step / self.warmup_steps)
+        if self.warmup_epochs:
+            return self.beta * min(1.0, epoch / self.warmup_epochs)
+        return self.beta
+
+
+@dataclass
+class EpochStats:
+    """Training metrics of one epoch, per example in nats (elbo at kl weight 1)."""
+
+    epoch: int  # 1-based
+    loss: float
+    recon: float
+    kl: float
+    elbo: float
+    kl_weight: float
+    samples: int
+    seconds: float
+    step: int  # optimizer steps taken so far, over all epochs
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {**asdict(self), "samples_per_s": self.samples_per_s}
+
+
+EpochCallback = Callable[[EpochStats, LatentModel, torch.optim.Optimizer], None]
+
+
+def make_optimizer(model: LatentModel, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def fit(
+    model: LatentModel,
+    batches: Batches,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    optimizer: torch.optim.Optimizer | None = None,
+    schedule: KLSchedule | None = None,
+    grad_clip: float | None = None,
+    start_epoch: int = 0,
+    start_step: int = 0,
+    on_epoch: EpochCallback | None = None,
+    device: torch.device | str = "cpu",
+) -> list[EpochStats]:
+    """Train `model` for epochs start_epoch+1 .. epochs and return their stats.
+
+    batches: a re-iterable of x tensors (B, D), or a function epoch -> iterable (a fresh data shard
+    per epoch). Resuming passes the restored optimizer, start_epoch and start_step.
+    """
+    schedule = schedule or KLSchedule()
+    optimizer = optimizer or make_optimizer(model, lr)
+    step = start_step
+    history: list[EpochStats] = []
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        kl_weight = schedule.weight(epoch, step)
+        sums = torch.zeros(3, dtype=torch.float64)  # loss, recon, kl (summed over examples)
+        n, t0 = 0, time.perf_counter()
+        for x in batches(epoch) if callable(batches) else batches:
+            x = x.to(device, non_blocking=True)
+            if schedule.warmup_steps:
+                kl_weight = schedule.weight(epoch, step)
+            out = model(x)
+            terms = model.loss(x, out, kl_weight)
+            if not torch.isfinite(terms.loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
+                    f"loss={terms.loss.item():.4g}, recon={terms.recon.mean().item():.4g}, "
+                    f"kl={terms.kl.mean().item():.4g}, kl_weight={kl_weight:.4g}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            step += 1
+            b = x.shape[0]
+            sums += torch.tensor(
+                [terms.loss.item() * b, terms.recon.sum().item(), terms.kl.sum().item()],
+                dtype=torch.float64,
+            )
+            n += b
+        if n == 0:
+            raise ValueError(f"epoch {epoch + 1}: the batch source yielded no data")
+        loss, recon, kl = (sums / n).tolist()
+        stats = EpochStats(
+            epoch=epoch + 1,
+            loss=loss,
+            recon=recon,
+            kl=kl,
+            elbo=-(recon + kl),
+            kl_weight=kl_weight,
+            samples=n,
+            seconds=time.perf_counter() - t0,
+            step=step,
+        )
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats, model, optimizer)
+    return history
