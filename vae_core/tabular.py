@@ -1,0 +1,315 @@
+"""Tabular transformer: table columns <-> the feature vector a VAE models, fitted by streaming.
+
+Continuous columns use mode-specific normalisation (CTGAN/TVAE, Xu et al. 2019): a Bayesian Gaussian
+mixture per column; a value v in mode k becomes [alpha, one-hot(k)] with alpha = (v - mu_k) / (4 sigma_k).
+Categorical columns become one-hot with one extra slot for null / unseen. A continuous column that
+has nulls gets a 2-slot [present, null] block.
+
+Fitting never holds the table: one pass over record batches keeps exact counts, null counts, min/max,
+integrality and category counts, plus a uniform reservoir sample (bottom-k of random keys, bounded
+size) per continuous column on which the mixture is fitted. The fitted state is plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vae_core.likelihoods import Block
+
+NULL_SLOT = "<null/unseen>"
+
+
+@dataclass
+class ContinuousColumn:
+    name: str
+    arrow_type: str
+    means: list[float]
+    stds: list[float]
+    weights: list[float]
+    min: float
+    max: float
+    integer: bool
+    has_nulls: bool
+
+    @property
+    def width(self) -> int:
+        return 1 + len(self.means) + (2 if self.has_nulls else 0)
+
+
+@dataclass
+class CategoricalColumn:
+    name: str
+    arrow_type: str
+    categories: list[Any]  # observed values, most frequent first; the last slot is null/unseen
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) + 1
+
+
+Column = ContinuousColumn | CategoricalColumn
+
+
+@dataclass
+class _ContinuousStats:
+    reservoir: int
+    rng: np.random.Generator
+    keys: np.ndarray = field(default_factory=lambda: np.empty(0))
+    sample: np.ndarray = field(default_factory=lambda: np.empty(0))
+    count: int = 0
+    nulls: int = 0
+    lo: float = np.inf
+    hi: float = -np.inf
+    integer: bool = True
+
+    def update(self, arr: pa.Array, name: str) -> None:
+        self.nulls += arr.null_count
+        values = arr.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"column {name!r}: NaN or inf in a continuous column (use null for missing)")
+        if not len(values):
+            return
+        self.count += len(values)
+        self.lo, self.hi = min(self.lo, values.min()), max(self.hi, values.max())
+        self.integer = self.integer and bool(np.all(values == np.round(values)))
+        # Bottom-k sketch: keeping the k smallest of i.i.d. uniform keys is a uniform sample without
+        # replacement of everything seen so far, in O(k + batch) memory.
+        keys = np.concatenate([self.keys, self.rng.random(len(values))])
+        sample = np.concatenate([self.sample, values])
+        if len(keys) > self.reservoir:
+            keep = np.argpartition(keys, self.reservoir)[: self.reservoir]
+            keys, sample = keys[keep], sample[keep]
+        self.keys, self.sample = keys, sample
+
+
+def _fit_modes(sample: np.ndarray, max_modes: int, seed: int) -> tuple[list[float], list[float], list[float]]:
+    from sklearn.mixture import BayesianGaussianMixture
+
+    distinct = np.unique(sample)
+    if len(distinct) <= 1:
+        return [float(distinct[0]) if len(distinct) else 0.0], [1.0], [1.0]
+    n = min(max_modes, len(distinct))
+    gmm = BayesianGaussianMixture(
+        n_components=n,
+        weight_concentration_prior_type="dirichlet_process",
+        weight_concentration_prior=0.001,  # as TVAE: few modes survive
+        max_iter=100,
+        n_init=1,
+        random_state=seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning on near-discrete columns is expected
+        gmm.fit(sample.reshape(-1, 1))
+    keep = gmm.weights_ > 0.005
+    means = gmm.means_.ravel()[keep]
+    stds = np.sqrt(gmm.covariances_.ravel()[keep])
+    # A floor on sigma keeps alpha finite for (near-)discrete modes; relative to the column's spread.
+    stds = np.maximum(stds, 1e-3 * max(float(sample.std()), 1e-6))
+    weights = gmm.weights_[keep] / gmm.weights_[keep].sum()
+    return means.tolist(), stds.tolist(), weights.tolist()
+
+
+def _python_value(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+class TabularTransformer:
+    """Fitted column codecs; `transform` (table -> (N, D) float32) and `inverse` ((N, D) -> table)."""
+
+    def __init__(self, columns: list[Column]) -> None:
+        if not columns:
+            raise ValueError("tabular transformer needs at least one column")
+        self.columns = columns
+
+    # ---- fitting ---------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        batches: Iterable[pa.RecordBatch | pa.Table],
+        continuous: list[str],
+        categorical: list[str],
+        schema: pa.Schema,
+        max_modes: int = 10,
+        max_categories: int = 1000,
+        reservoir: int = 50_000,
+        seed: int = 0,
+    ) -> TabularTransformer:
+        """One streaming pass over `batches` (each holding at least the named columns)."""
+        rng = np.random.default_rng(seed)
+        cont = {name: _ContinuousStats(reservoir, rng) for name in continuous}
+        cats: dict[str, Counter] = {name: Counter() for name in categorical}
+        rows = 0
+        for batch in batches:
+            rows += batch.num_rows
+            for name, stats in cont.items():
+                stats.update(_as_array(batch.column(name)), name)
+            for name, counter in cats.items():
+                for item in pc.value_counts(_as_array(batch.column(name)).drop_null()).to_pylist():
+                    counter[item["values"]] += item["counts"]
+        if rows == 0:
+            raise ValueError("tabular transformer: the dataset has no rows")
+        columns: list[Column] = []
+        for name in [f.name for f in schema if f.name in cont or f.name in cats]:
+            field_type = schema.field(name).type
+            if pa.types.is_dictionary(field_type):
+                field_type = field_type.value_type
+            arrow_type = str(field_type)
+            if name in cont:
+                s = cont[name]
+                if s.count == 0:
+                    raise ValueError(f"column {name!r}: continuous column has only nulls")
+                means, stds, weights = _fit_modes(s.sample, max_modes, seed)
+                columns.append(
+                    ContinuousColumn(
+                        name,
+                        arrow_type,
+                        means,
+                        stds,
+                        weights,
+                        float(s.lo),
+                        float(s.hi),
+                        s.integer,
+                        s.nulls > 0,
+                    )
+                )
+            else:
+                ordered = sorted(cats[name].items(), key=lambda kv: (-kv[1], str(kv[0])))
+                values = [_python_value(v) for v, _ in ordered[:max_categories]]
+                columns.append(CategoricalColumn(name, arrow_type, values))
+        return cls(columns)
+
+    # ---- layout ----------------------------------------------------------------------------
+    @property
+    def layout(self) -> list[Block]:
+        blocks: list[Block] = []
+        start = 0
+        for col in self.columns:
+            if isinstance(col, ContinuousColumn):
+                spans = [("continuous", 1), ("categorical", len(col.means))]
+                if col.has_nulls:
+                    spans.append(("categorical", 2))
+            else:
+                spans = [("categorical", col.width)]
+            for kind, width in spans:
+                blocks.append(Block(kind, start, width))  # type: ignore[arg-type]
+                start += width
+        return blocks
+
+    @property
+    def dim(self) -> int:
+        return sum(c.width for c in self.columns)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    # ---- transform -------------------------------------------------------------------------
+    def transform(self, batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+        """Rows -> (N, D) float32 features laid out as `layout`."""
+        n = batch.num_rows
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        start = 0
+        for col in self.columns:
+            arr = _as_array(batch.column(col.name))
+            if isinstance(col, ContinuousColumn):
+                self._encode_continuous(col, arr, out[:, start : start + col.width])
+            else:
+                codes = _category_codes(arr, col.categories)
+                out[np.arange(n), start + codes] = 1.0
+            start += col.width
+        return out
+
+    @staticmethod
+    def _encode_continuous(col: ContinuousColumn, arr: pa.Array, block: np.ndarray) -> None:
+        valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        v = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
+        if not np.all(np.isfinite(v[valid])):
+            raise ValueError(f"column {col.name!r}: NaN or inf in a continuous column")
+        means, stds = np.asarray(col.means), np.asarray(col.stds)
+        # Most likely mode per value (argmax of the weighted Gaussian log-densities).
+        logp = np.log(col.weights) - np.log(stds) - 0.5 * ((v[:, None] - means) / stds) ** 2  # (N, K)
+        mode = logp.argmax(1)
+        block[:, 0] = np.where(valid, (v - means[mode]) / (4 * stds[mode]), 0.0)
+        k = len(means)
+        block[np.arange(len(v)), 1 + mode] = valid.astype(np.float32)
+        if col.has_nulls:
+            block[:, 1 + k] = valid
+            block[:, 2 + k] = ~valid
+
+    # ---- inverse ---------------------------------------------------------------------------
+    def inverse(self, x: np.ndarray) -> pa.Table:
+        """(N, D) features (or decoder means / probabilities) -> table with the original dtypes.
+
+        Categorical blocks take their argmax; continuous values are clipped to the training
+        [min, max] and rounded for integer columns.
+        """
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"inverse expects (N, {self.dim}) features, got {x.shape}")
+        arrays, start = {}, 0
+        for col in self.columns:
+            block = x[:, start : start + col.width].astype(np.float64)
+            if isinstance(col, ContinuousColumn):
+                arrays[col.name] = self._decode_continuous(col, block)
+            else:
+                idx = block.argmax(1)
+                values = [col.categories[i] if i < len(col.categories) else None for i in idx]
+                arrays[col.name] = pa.array(values, type=pa.type_for_alias(col.arrow_type))
+            start += col.width
+        return pa.table(arrays)
+
+    @staticmethod
+    def _decode_continuous(col: ContinuousColumn, block: np.ndarray) -> pa.Array:
+        k = len(col.means)
+        mode = block[:, 1 : 1 + k].argmax(1)
+        v = block[:, 0] * 4 * np.asarray(col.stds)[mode] + np.asarray(col.means)[mode]
+        v = np.clip(v, col.min, col.max)
+        if col.integer:
+            v = np.round(v)
+        mask = block[:, 2 + k] > block[:, 1 + k] if col.has_nulls else None
+        arrow_type = pa.type_for_alias(col.arrow_type)
+        if pa.types.is_integer(arrow_type):
+            v = v.astype(np.int64)
+        return pa.array(v, mask=mask).cast(arrow_type)
+
+    # ---- persistence -----------------------------------------------------------------------
+    def to_json(self) -> str:
+        cols = []
+        for c in self.columns:
+            kind = "continuous" if isinstance(c, ContinuousColumn) else "categorical"
+            cols.append({"kind": kind, **c.__dict__})
+        return json.dumps({"format": "vaeflow-tabular/1", "columns": cols}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> TabularTransformer:
+        data = json.loads(text)
+        if data.get("format") != "vaeflow-tabular/1":
+            raise ValueError("not a vaeflow tabular transformer JSON (missing format 'vaeflow-tabular/1')")
+        columns: list[Column] = []
+        for c in data["columns"]:
+            kind = c.pop("kind")
+            columns.append(ContinuousColumn(**c) if kind == "continuous" else CategoricalColumn(**c))
+        return cls(columns)
+
+
+def _as_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    return arr
+
+
+def _category_codes(arr: pa.Array, categories: list[Any]) -> np.ndarray:
+    """Index of each value in `categories`; null and unseen values get the last slot."""
+    if not categories:
+        return np.zeros(len(arr), dtype=np.int64)
+    idx = pc.index_in(arr, value_set=pa.array(categories, type=arr.type))
+    return idx.fill_null(len(categories)).to_numpy(zero_copy_only=False).astype(np.int64)
