@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["mnist_quality"]
+BENCHMARKS = ["mnist_quality", "tabular_fit_memory"]
 
 
 def main(argv: list[str]) -> int:

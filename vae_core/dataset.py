@@ -28,6 +28,7 @@ class DataError(ValueError):
 def list_shards(uri: str, storage_options: dict | None = None) -> list[str]:
     """Sorted URIs of the .parquet files under `uri` (a folder/prefix, or a single file)."""
     fs, path = filesystem(uri, storage_options)
+    fs.invalidate_cache(path)  # object-store listings are cached per process; others may have written
     if not fs.exists(path):
         raise DataError(f"{uri}: no such dataset (path does not exist)")
     if fs.isfile(path):
@@ -69,6 +70,19 @@ def _schema_diff(a: pa.Schema, b: pa.Schema) -> str:
     if extra:
         return f"column {extra[0]!r} is extra"
     return "columns are in a different order"
+
+
+def count_rows(shards: list[str], storage_options: dict | None = None) -> int:
+    """Total rows from the shards' Parquet footers (no data read)."""
+    total = 0
+    for shard in shards:
+        fs, path = arrow_filesystem(shard, storage_options)
+        try:
+            with fs.open_input_file(path) as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{shard}: not a readable Parquet file: {e}") from e
+    return total
 
 
 @dataclass

@@ -45,6 +45,7 @@ class ShardWriter:
             raise ValueError("rows_per_shard must be >= 1")
         self.uri, self.rows_per_shard, self.options = uri.rstrip("/"), rows_per_shard, storage_options
         fs, path = filesystem(self.uri, storage_options)
+        fs.invalidate_cache(path)
         if fs.exists(path) and any(p.endswith(".parquet") for p in fs.find(path)):
             raise DataError(f"{uri}: already holds Parquet shards; pick a new --out or use --overwrite")
         fs.makedirs(path, exist_ok=True)

@@ -240,7 +240,8 @@ class TabularTransformer:
         mode = logp.argmax(1)
         block[:, 0] = np.where(valid, (v - means[mode]) / (4 * stds[mode]), 0.0)
         k = len(means)
-        block[np.arange(len(v)), 1 + mode] = valid.astype(np.float32)
+        # Nulls still get a mode (that of the filler 0) so every one-hot block stays a proper one-hot.
+        block[np.arange(len(v)), 1 + mode] = 1.0
         if col.has_nulls:
             block[:, 1 + k] = valid
             block[:, 2 + k] = ~valid

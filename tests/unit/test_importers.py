@@ -1,0 +1,68 @@
+"""Importers on local folders: user CSV/Parquet with ids and splits, atomic failure, refusal to mix."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vae_core.dataset import DataError, list_shards
+from vae_core.importers import ShardWriter, import_adult, import_files
+
+
+def _rows(folder):
+    return pq.read_table(str(folder)).num_rows
+
+
+def test_csv_import_adds_ids_shards_and_splits_reproducibly(tmp_path):
+    csv = tmp_path / "in.csv"
+    csv.write_text("a,b\n" + "".join(f"{i},{'xy'[i % 2]}\n" for i in range(1000)))
+    out = tmp_path / "out"
+    written = import_files("csv", [str(csv)], str(out), rows_per_shard=300, test_fraction=0.2, seed=7)
+    by_split = {w.split: w for w in written}
+    assert by_split["train"].rows + by_split["test"].rows == 1000
+    assert 120 < by_split["test"].rows < 280
+    assert len(list_shards(str(out / "train"))) == -(-by_split["train"].rows // 300)
+    ids = np.concatenate([pq.read_table(str(out / s)).column("id").to_numpy() for s in ("train", "test")])
+    assert sorted(ids.tolist()) == list(range(1000))
+    again = import_files(
+        "csv", [str(csv)], str(tmp_path / "again"), rows_per_shard=300, test_fraction=0.2, seed=7
+    )
+    assert [w.rows for w in again] == [w.rows for w in written]
+
+
+def test_parquet_import_keeps_existing_ids_and_refuses_schema_drift(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    pq.write_table(pa.table({"id": [10, 11], "v": [1.0, 2.0]}), src / "a.parquet")
+    pq.write_table(pa.table({"id": [12], "v": [3.0]}), src / "b.parquet")
+    import_files("parquet", [str(src)], str(tmp_path / "out"))
+    assert pq.read_table(str(tmp_path / "out" / "train")).column("id").to_pylist() == [10, 11, 12]
+    pq.write_table(pa.table({"id": [13], "v": ["oops"]}), src / "c.parquet")
+    with pytest.raises(DataError, match=r"c\.parquet: schema differs .* column 'v'"):
+        import_files("parquet", [str(src)], str(tmp_path / "out2"))
+    assert not (tmp_path / "out2" / "train").exists() or not list((tmp_path / "out2" / "train").iterdir())
+
+
+def test_a_failed_import_leaves_no_shards(tmp_path):
+    def batches():
+        yield pa.table({"v": list(range(10))})
+        raise RuntimeError("source broke")
+
+    writer = ShardWriter(str(tmp_path / "x"), rows_per_shard=4)
+    with pytest.raises(RuntimeError, match="source broke"):
+        writer.write_all(batches())
+    assert list((tmp_path / "x").iterdir()) == []
+
+
+def test_import_refuses_to_mix_with_existing_shards_unless_overwrite(tmp_path):
+    import_adult(str(tmp_path), rows_per_shard=20_000, progress=lambda m: None)
+    with pytest.raises(DataError, match="already holds Parquet shards"):
+        import_adult(str(tmp_path), progress=lambda m: None)
+    import_adult(str(tmp_path), rows_per_shard=50_000, overwrite=True, progress=lambda m: None)
+    assert len(list_shards(str(tmp_path / "train"))) == 1 and _rows(tmp_path / "train") == 32_561
+
+
+def test_empty_csv_is_an_error(tmp_path):
+    (tmp_path / "e.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="empty input"):
+        import_files("csv", [str(tmp_path / "e.csv")], str(tmp_path / "out"))
