@@ -5,6 +5,7 @@ Layout of a checkpoint directory (any URI):
     optimizer.safetensors  optimizer tensors, keyed "state.<param index>.<name>" (optional)
     optimizer.json         optimizer param_groups and non-tensor state (optional)
     config.json            the VaeflowConfig
+    tabular.json           the fitted tabular transformer (tabular datasets only)
     meta.json              data shape, epoch, step, metrics; written last, so it marks a complete checkpoint
 """
 
@@ -24,9 +25,10 @@ from vae_core.families import DataShape, build_model
 from vae_core.likelihoods import Block
 from vae_core.model import LatentModel
 from vae_core.storage import filesystem, join
+from vae_core.tabular import TabularTransformer
 
 MODEL_FILE, OPTIM_FILE, OPTIM_JSON = "model.safetensors", "optimizer.safetensors", "optimizer.json"
-CONFIG_FILE, META_FILE = "config.json", "meta.json"
+CONFIG_FILE, META_FILE, TABULAR_FILE = "config.json", "meta.json", "tabular.json"
 
 
 class CheckpointError(ValueError):
@@ -39,9 +41,10 @@ class Checkpoint:
     config: VaeflowConfig
     meta: dict[str, Any]
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
+    transformer: TabularTransformer | None = field(default=None, repr=False)
 
 
-def _shape_to_json(shape: DataShape) -> dict[str, Any]:
+def shape_to_json(shape: DataShape) -> dict[str, Any]:
     return {
         "dim": shape.dim,
         "image_shape": list(shape.image_shape) if shape.image_shape else None,
@@ -49,7 +52,7 @@ def _shape_to_json(shape: DataShape) -> dict[str, Any]:
     }
 
 
-def _shape_from_json(d: dict[str, Any]) -> DataShape:
+def shape_from_json(d: dict[str, Any]) -> DataShape:
     layout = [Block(k, s, w) for k, s, w in d["layout"]] if d.get("layout") else None
     image_shape = tuple(d["image_shape"]) if d.get("image_shape") else None
     return DataShape(d["dim"], image_shape, layout)  # type: ignore[arg-type]
@@ -84,6 +87,7 @@ def save_checkpoint(
     shape: DataShape,
     optimizer: torch.optim.Optimizer | None = None,
     meta: dict[str, Any] | None = None,
+    transformer: TabularTransformer | None = None,
 ) -> str:
     """Write a checkpoint directory at `uri` and return it. meta.json goes last (completeness marker)."""
     fs, root = filesystem(uri)
@@ -99,8 +103,11 @@ def save_checkpoint(
             json.dump(rest, f)
     with fs.open(join(root, CONFIG_FILE), "w") as f:
         f.write(config.to_json())
+    if transformer is not None:
+        with fs.open(join(root, TABULAR_FILE), "w") as f:
+            f.write(transformer.to_json())
     with fs.open(join(root, META_FILE), "w") as f:
-        json.dump({**(meta or {}), "data_shape": _shape_to_json(shape), "format": "vaeflow/1"}, f)
+        json.dump({**(meta or {}), "data_shape": shape_to_json(shape), "format": "vaeflow/1"}, f)
     return uri
 
 
@@ -145,7 +152,7 @@ def load_checkpoint(uri: str, with_optimizer: bool = False) -> Checkpoint:
     with fs.open(join(root, CONFIG_FILE), "r") as f:
         config = VaeflowConfig.from_json(f.read())
     meta = _read_json(fs, join(root, META_FILE))
-    model = build_model(config.model, _shape_from_json(meta["data_shape"]))
+    model = build_model(config.model, shape_from_json(meta["data_shape"]))
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
@@ -155,8 +162,12 @@ def load_checkpoint(uri: str, with_optimizer: bool = False) -> Checkpoint:
         optimizer_state = _optimizer_from_files(
             _read_safetensors(fs, join(root, OPTIM_FILE)), _read_json(fs, join(root, OPTIM_JSON))
         )
-    return Checkpoint(model, config, meta, optimizer_state)
+    transformer = None
+    if fs.exists(join(root, TABULAR_FILE)):
+        with fs.open(join(root, TABULAR_FILE), "r") as f:
+            transformer = TabularTransformer.from_json(f.read())
+    return Checkpoint(model, config, meta, optimizer_state, transformer)
 
 
 def data_shape(checkpoint: Checkpoint) -> DataShape:
-    return _shape_from_json(checkpoint.meta["data_shape"])
+    return shape_from_json(checkpoint.meta["data_shape"])

@@ -84,6 +84,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vae_core.distributed.trainer import train
+
+    cfg = VaeflowConfig.from_file(args.config).with_overrides(args.overrides)
+    result = train(cfg, run_name=args.run_name, progress=lambda msg: print(msg, flush=True))
+    last = result.history[-1]
+    print(
+        f"done: {len(result.history)} epochs, val ELBO {last['val_elbo']:.2f} nats "
+        f"(untrained {result.checkpoint.meta['val_elbo_init']:.2f})\n"
+        f"latest checkpoint: {result.checkpoint_uri}\nbest checkpoint:   {result.best_checkpoint_uri}"
+    )
+    return 0
+
+
 def _cmd_data_import(args: argparse.Namespace) -> int:
     from vae_core import importers
 
@@ -117,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a JSON config file to start from")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=5 model.latent_dim=2")
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser(
+        "train",
+        help="train with Ray Train (DDP) streaming Parquet shards; checkpoints to train.runs_uri",
+        description=(
+            "Train the configured model with Ray Train: compute.num_workers DDP workers stream "
+            "data.uri/train/ with Ray Data, validate on data.uri/<train.val_split>/ each epoch and "
+            "checkpoint to train.runs_uri/<run name>/. Relaunching with the same run name resumes from "
+            "the latest checkpoint. Uses the cluster at RAY_ADDRESS if set, else starts a local one."
+        ),
+    )
+    p.add_argument("--config", required=True, help="JSON config file (see `vaeflow config`)")
+    p.add_argument("--run-name", help="run name (default: the config's name); same name = resume")
+    p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("data", help="dataset tools (import)")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -91,6 +91,10 @@ class TrainConfig(_Section):
     warmup_epochs: int = Field(0, ge=0, description="Linear KL warm-up over this many epochs.")
     warmup_steps: int = Field(0, ge=0, description="Linear KL warm-up over this many steps.")
     seed: int = 0
+    val_split: str = Field("test", description="Held-out split (a prefix under data.uri) for validation.")
+    runs_uri: str = Field("data/runs", description="Where runs keep checkpoints (path or s3:// URI).")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the best K checkpoints by validation ELBO.")
+    max_failures: int = Field(1, ge=0, description="Worker-group restarts allowed before the run fails.")
 
     @model_validator(mode="after")
     def _one_warmup(self) -> TrainConfig:
@@ -104,7 +108,10 @@ class ComputeConfig(_Section):
 
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs each training worker reserves.")
+    data_cpus: float = Field(
+        1.0, ge=0, description="Logical CPUs left free for Ray Data reading next to the workers."
+    )
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads; None keeps torch's.")
 
 

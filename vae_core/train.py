@@ -80,12 +80,18 @@ def fit(
     start_step: int = 0,
     on_epoch: EpochCallback | None = None,
     device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
 ) -> list[EpochStats]:
     """Train `model` for epochs start_epoch+1 .. epochs and return their stats.
 
     batches: a re-iterable of x tensors (B, D), or a function epoch -> iterable (a fresh data shard
     per epoch). Resuming passes the restored optimizer, start_epoch and start_step.
+    `model` may be wrapped (e.g. DistributedDataParallel): the forward pass goes through the wrapper
+    (gradient sync), the loss through the wrapped LatentModel. autocast_dtype (e.g. torch.bfloat16
+    on GPU) runs the forward pass and loss under torch.autocast.
     """
+    core: LatentModel = getattr(model, "module", model)
+    device_type = torch.device(device).type
     schedule = schedule or KLSchedule()
     optimizer = optimizer or make_optimizer(model, lr)
     step = start_step
@@ -99,8 +105,11 @@ def fit(
             x = x.to(device, non_blocking=True)
             if schedule.warmup_steps:
                 kl_weight = schedule.weight(epoch, step)
-            out = model(x)
-            terms = model.loss(x, out, kl_weight)
+            with torch.autocast(
+                device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+            ):
+                out = model(x)
+                terms = core.loss(x, out, kl_weight)
             if not torch.isfinite(terms.loss):
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
@@ -135,5 +144,5 @@ def fit(
         )
         history.append(stats)
         if on_epoch is not None:
-            on_epoch(stats, model, optimizer)
+            on_epoch(stats, core, optimizer)
     return history

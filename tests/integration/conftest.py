@@ -50,11 +50,44 @@ def s3_server() -> Iterator[str]:
                 os.environ[k] = v
 
 
-@pytest.fixture
-def bucket(s3_server: str) -> str:
-    """A fresh, empty bucket per test: s3://<name>."""
+def make_bucket() -> str:
     import s3fs
 
     name = f"vaeflow-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def bucket(s3_server: str) -> str:
+    """A fresh, empty bucket per test: s3://<name>."""
+    return make_bucket()
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server: str) -> Iterator[str]:
+    """A local Ray cluster per test module (started after the S3 env is set, so workers inherit it).
+
+    4 logical CPUs: 2 training workers x 1 CPU + 1 CPU for Ray Data, with room to spare.
+    Yields the GCS address, for drivers started in subprocesses (RAY_ADDRESS).
+    """
+    import logging
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mnist_s3(s3_server: str) -> str:
+    """MNIST imported once per module into a fresh bucket: the dataset root URI."""
+    from vae_core.importers import import_mnist
+
+    root = f"{make_bucket()}/mnist"
+    import_mnist(root, rows_per_shard=7_500, progress=lambda m: None)
+    return root

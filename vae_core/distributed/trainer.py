@@ -1,0 +1,334 @@
+"""Ray Train: vae_core's pure training loop on every worker, data streamed from Parquet shards by Ray Data.
+
+Ray touches the plain PyTorch loop at marked places only: the data shard (get_dataset_shard),
+the DDP wrapper (prepare_model), and the per-epoch report with rank 0's checkpoint (ray.train.report).
+Resuming: a restarted worker group, or a relaunch with the same run name and storage, gets the latest
+checkpoint from ray.train.get_checkpoint() and continues with the next epoch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+
+from vae_core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, shape_from_json, shape_to_json
+from vae_core.config import VaeflowConfig
+from vae_core.dataset import DatasetSpec, iter_batches, open_dataset
+from vae_core.evaluate import EvalResult, evaluate
+from vae_core.families import DataShape, build_model
+from vae_core.storage import arrow_filesystem, scheme
+from vae_core.tabular import TabularTransformer
+from vae_core.train import EpochStats, KLSchedule, fit, make_optimizer
+
+from .cluster import check_resources, ensure_ray
+
+FEATURES = "x"
+
+
+class TrainingError(RuntimeError):
+    """The Ray Train run failed after its allowed restarts."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]  # one record per epoch, across restarts and relaunches
+    checkpoint_uri: str  # the latest checkpoint
+    best_checkpoint_uri: str  # best by validation ELBO among those kept
+    checkpoint: Checkpoint = field(repr=False)  # the latest, loaded
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.checkpoint.model
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+def _read(shards: list[str], columns: list[str], storage_options: dict) -> ray.data.Dataset:
+    fs, _ = arrow_filesystem(shards[0], storage_options)
+    paths = [arrow_filesystem(s, storage_options)[1] for s in shards]
+    return ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
+
+
+def _tabular_features(transformer: TabularTransformer) -> Callable[[pa.Table], dict[str, np.ndarray]]:
+    def to_features(batch: pa.Table) -> dict[str, np.ndarray]:
+        return {FEATURES: transformer.transform(batch)}  # (B, D) float32
+
+    return to_features
+
+
+def build_datasets(
+    cfg: VaeflowConfig,
+    spec: DatasetSpec,
+    shards: dict[str, list[str]],
+    transformer: TabularTransformer | None,
+) -> dict[str, ray.data.Dataset]:
+    """Ray Datasets with one feature column each: the raw vector column, or tabular features."""
+    out = {}
+    for name, split_shards in shards.items():
+        ds = _read(split_shards, spec.feature_columns, cfg.data.storage_options)
+        if transformer is not None:
+            ds = ds.map_batches(_tabular_features(transformer), batch_format="pyarrow")
+        out[name] = ds
+    return out
+
+
+# ---- the per-worker loop ----------------------------------------------------------------------
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _validate(model: torch.nn.Module, batches: Iterator[torch.Tensor], seed: int) -> EvalResult:
+    """ELBO on this worker's part of the validation split, summed over all workers."""
+    try:
+        local = evaluate(model, batches, seed=seed)
+        sums = [local.recon * local.n, local.kl * local.n, float(local.n)]
+    except ValueError:  # this worker's shard is empty
+        sums = [0.0, 0.0, 0.0]
+    recon, kl, n = _all_reduce_sum(sums)
+    if n == 0:
+        raise ValueError("validation split is empty")
+    return EvalResult(elbo=-(recon + kl) / n, recon=recon / n, kl=kl / n, n=int(n))
+
+
+def _worker_loop(loop_cfg: dict[str, Any]) -> None:
+    cfg = VaeflowConfig.from_json(loop_cfg["config"])
+    shape: DataShape = shape_from_json(loop_cfg["shape"])
+    transformer = TabularTransformer.from_json(loop_cfg["transformer"]) if loop_cfg["transformer"] else None
+    scale, vector_column = loop_cfg["scale"], loop_cfg["column"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if cfg.compute.torch_threads:
+        torch.set_num_threads(cfg.compute.torch_threads)
+
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model, shape)
+    optimizer = make_optimizer(model, cfg.train.lr)
+    start_epoch, step, history, init_val, restarts = 0, 0, [], None, []
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            restored = load_checkpoint(d, with_optimizer=True)
+        model.load_state_dict(restored.model.state_dict())
+        optimizer.load_state_dict(restored.optimizer_state)
+        meta = restored.meta
+        start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
+        init_val = meta["val_elbo_init"]
+        # Each resume (worker-group restart or relaunch) is recorded: the run's history is auditable.
+        restarts = [*meta["restarts"], {"from_epoch": start_epoch, "at": time.time()}]
+    model = ray.train.torch.prepare_model(model)  # DDP: gloo on CPU, NCCL on GPU; moves to device
+    # Per-worker, per-resume randomness (reparameterisation noise, DAE corruption).
+    torch.manual_seed(cfg.train.seed * 100_003 + 1_009 * start_epoch + rank)
+    core = getattr(model, "module", model)
+    # Optimizer state restored on CPU must follow the parameters to the device.
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(device)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    column = FEATURES if transformer is not None else vector_column
+
+    def batches_of(shard: Any) -> Iterator[torch.Tensor]:
+        for b in shard.iter_torch_batches(
+            batch_size=cfg.train.batch_size, dtypes=torch.float32, device=device
+        ):
+            x = b[column]
+            yield x / scale if scale != 1.0 else x
+
+    if init_val is None:
+        init_val = _validate(core, batches_of(val_shard), cfg.train.seed).elbo
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, nodes[0])
+        nodes = gathered
+    if rank == 0 and resumed is None:
+        print(f"[vaeflow] {world} worker(s) on nodes {nodes}; untrained val ELBO {init_val:.2f}", flush=True)
+
+    def on_epoch(stats: EpochStats, core: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        t0 = time.perf_counter()
+        val = _validate(core, batches_of(val_shard), cfg.train.seed + stats.epoch)
+        # Samples/s of the whole group: every worker processed the same number of rows.
+        record = {
+            **stats.to_dict(),
+            "samples": stats.samples * world,
+            "samples_per_s": stats.samples_per_s * world,
+            "val_elbo": val.elbo,
+            "val_recon": val.recon,
+            "val_kl": val.kl,
+            "val_seconds": time.perf_counter() - t0,
+            "finished_at": time.time(),
+        }
+        history.append(record)
+        metrics = {
+            k: record[k] for k in ("epoch", "loss", "elbo", "recon", "kl", "val_elbo", "samples_per_s")
+        }
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        print(
+            f"[vaeflow] epoch {stats.epoch}/{cfg.train.epochs}  loss {stats.loss:.2f}  "
+            f"recon {stats.recon:.2f}  kl {stats.kl:.2f}  val ELBO {val.elbo:.2f}  "
+            f"{record['samples_per_s']:,.0f} samples/s",
+            flush=True,
+        )
+        meta = {
+            "epoch": stats.epoch,
+            "step": stats.step,
+            "history": history,
+            "val_elbo": val.elbo,
+            "val_elbo_init": init_val,
+            "world_size": world,
+            "worker_nodes": nodes,
+            "restarts": restarts,
+        }
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(d, core, cfg, shape, optimizer=opt, meta=meta, transformer=transformer)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(d),
+                checkpoint_dir_name=f"epoch_{stats.epoch:04d}",
+            )
+
+    fit(
+        model,
+        lambda epoch: batches_of(train_shard),
+        epochs=cfg.train.epochs,
+        optimizer=optimizer,
+        schedule=KLSchedule(cfg.train.beta, cfg.train.warmup_epochs, cfg.train.warmup_steps),
+        grad_clip=cfg.train.grad_clip,
+        start_epoch=start_epoch,
+        start_step=step,
+        on_epoch=on_epoch,
+        device=device,
+        autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+    )
+
+
+# ---- the driver -------------------------------------------------------------------------------
+
+
+def _storage(runs_uri: str, storage_options: dict) -> dict[str, Any]:
+    if scheme(runs_uri) == "file":
+        from pathlib import Path
+
+        return {"storage_path": str(Path(runs_uri.removeprefix("file://")).resolve())}
+    fs, path = arrow_filesystem(runs_uri, storage_options)
+    return {"storage_path": path, "storage_filesystem": fs}
+
+
+def _checkpoint_uri(ckpt: ray.train.Checkpoint, runs_uri: str) -> str:
+    kind = scheme(runs_uri)
+    return ckpt.path if kind == "file" else f"{kind}://{ckpt.path.lstrip('/')}"
+
+
+def prepare_data(
+    cfg: VaeflowConfig, progress: Callable[[str], None] = print
+) -> tuple[DatasetSpec, dict[str, list[str]], DataShape, TabularTransformer | None]:
+    """Check both splits up front (clear errors before any worker starts) and fit the tabular codec."""
+    train_shards, schema, spec = open_dataset(cfg.data, "train")
+    val_shards, val_schema, _ = open_dataset(cfg.data, cfg.train.val_split)
+    if val_schema != schema:
+        raise ValueError(f"{cfg.data.uri}: the {cfg.train.val_split!r} split's schema differs from train's")
+    transformer = None
+    if spec.kind == "tabular":
+        t0 = time.perf_counter()
+        batches = (
+            b
+            for _, b in iter_batches(
+                train_shards, spec.feature_columns, storage_options=cfg.data.storage_options
+            )
+        )
+        transformer = TabularTransformer.fit(
+            batches,
+            spec.continuous,
+            spec.categorical,
+            schema,
+            max_categories=cfg.data.max_categories,
+            seed=cfg.train.seed,
+        )
+        progress(
+            f"fitted the tabular transformer ({transformer.dim} features) in {time.perf_counter() - t0:.1f}s"
+        )
+        shape = DataShape(transformer.dim, None, transformer.layout)
+    else:
+        shape = DataShape(spec.dim, spec.image_shape)
+    return spec, {"train": train_shards, "val": val_shards}, shape, transformer
+
+
+def train(
+    cfg: VaeflowConfig, run_name: str | None = None, progress: Callable[[str], None] = print
+) -> TrainResult:
+    """Fit cfg's model with Ray Train. The same run name (and runs_uri) resumes; a new one starts fresh."""
+    spec, shards, shape, transformer = prepare_data(cfg, progress)
+    ensure_ray(cfg.compute)
+    check_resources(cfg.compute)
+    ctx = ray.data.DataContext.get_current()
+    # Small shards otherwise coalesce into one block and a single reader (seen with Ray 2.60).
+    ctx.target_max_block_size = min(ctx.target_max_block_size or 8 << 20, 8 << 20)
+    ctx.enable_progress_bars = False  # the loop prints one line per epoch instead
+    ctx.print_on_execution_start = False
+    name = run_name or cfg.name
+    trainer = ray.train.torch.TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "config": cfg.to_json(),
+            "shape": shape_to_json(shape),
+            "transformer": transformer.to_json() if transformer else None,
+            "scale": spec.scale,
+            "column": spec.vector_column,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.compute.num_workers,
+            use_gpu=cfg.compute.use_gpu,
+            resources_per_worker={"CPU": cfg.compute.cpus_per_worker},
+            placement_strategy="SPREAD" if cfg.compute.num_workers > 1 else "PACK",
+        ),
+        run_config=RunConfig(
+            name=name,
+            logging_config=LoggingConfig(log_level="WARNING"),
+            # Without this, Ray Train routes print() through its logger as well: every line twice.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints,
+                checkpoint_score_attribute="val_elbo",
+                checkpoint_score_order="max",
+            ),
+            **_storage(cfg.train.runs_uri, cfg.data.storage_options),
+        ),
+        datasets=build_datasets(cfg, spec, shards, transformer),
+    )
+    progress(f"training {cfg.model.family} on {cfg.data.uri} as run {name!r} under {cfg.train.runs_uri}")
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray raises TrainingFailedError with the worker traceback inside
+        raise TrainingError(f"run {name!r} failed: {e}") from e
+    if result.checkpoint is None:
+        raise TrainingError(f"run {name!r} finished without a checkpoint")
+    best = result.get_best_checkpoint(metric="val_elbo", mode="max") or result.checkpoint
+    with result.checkpoint.as_directory() as d:
+        latest = load_checkpoint(d)
+    uri = _checkpoint_uri(result.checkpoint, cfg.train.runs_uri)
+    progress(f"latest checkpoint: {uri}")
+    return TrainResult(latest.meta["history"], uri, _checkpoint_uri(best, cfg.train.runs_uri), latest)
