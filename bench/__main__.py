@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["mnist_quality", "tabular_fit_memory"]
+BENCHMARKS = ["mnist_quality", "tabular_fit_memory", "mnist_quality_ray", "train_throughput"]
 
 
 def main(argv: list[str]) -> int:

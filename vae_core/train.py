@@ -51,6 +51,7 @@ class EpochStats:
     samples: int
     seconds: float
     step: int  # optimizer steps taken so far, over all epochs
+    wait_seconds: float = 0.0  # of `seconds`, time spent waiting for the next batch (data loading)
 
     @property
     def samples_per_s(self) -> float:
@@ -101,7 +102,9 @@ def fit(
         kl_weight = schedule.weight(epoch, step)
         sums = torch.zeros(3, dtype=torch.float64)  # loss, recon, kl (summed over examples)
         n, t0 = 0, time.perf_counter()
+        wait, t_ready = 0.0, t0
         for x in batches(epoch) if callable(batches) else batches:
+            wait += time.perf_counter() - t_ready
             x = x.to(device, non_blocking=True)
             if schedule.warmup_steps:
                 kl_weight = schedule.weight(epoch, step)
@@ -128,6 +131,7 @@ def fit(
                 dtype=torch.float64,
             )
             n += b
+            t_ready = time.perf_counter()
         if n == 0:
             raise ValueError(f"epoch {epoch + 1}: the batch source yielded no data")
         loss, recon, kl = (sums / n).tolist()
@@ -141,6 +145,7 @@ def fit(
             samples=n,
             seconds=time.perf_counter() - t0,
             step=step,
+            wait_seconds=wait,
         )
         history.append(stats)
         if on_epoch is not None:

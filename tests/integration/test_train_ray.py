@@ -57,6 +57,15 @@ def _exists(uri: str) -> bool:
     return fs.exists(uri)
 
 
+def _registered(run_uri: str, epoch: int) -> bool:
+    """Ray Train has registered checkpoint `epoch` (not merely uploaded it): it is in the controller's
+    checkpoint-manager snapshot, so a restart or relaunch resumes from it. A checkpoint uploaded but
+    not yet registered when a worker dies is not resumable (Ray polls workers every ~2 s)."""
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    snapshot = f"{run_uri}/checkpoint_manager_snapshot.json"
+    return fs.exists(snapshot) and f"epoch_{epoch:04d}" in fs.cat(snapshot).decode()
+
+
 def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ray_local, mnist_s3):
     runs = f"{make_bucket()}/runs"
     cfg = mnist_config(mnist_s3, runs)
@@ -92,7 +101,7 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, 
     killed: dict[str, float] = {}
 
     def killer() -> None:
-        _wait_for(lambda: _exists(f"{runs}/kill-run/epoch_0001/meta.json"), 240, "checkpoint 1")
+        _wait_for(lambda: _registered(f"{runs}/kill-run", 1), 240, "checkpoint 1")
         pids = _train_worker_pids()
         assert pids, "no Ray Train worker process found"
         killed["at"] = time.time()
@@ -112,35 +121,37 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, 
 
 
 DRIVER = """
-import sys
+import json, sys
 from vae_core.config import VaeflowConfig
 from vae_core.distributed.trainer import train
-cfg = VaeflowConfig.from_json(sys.stdin.read())
-result = train(cfg, run_name="driver-run")
-print("RESULT_META", __import__("json").dumps(result.checkpoint.meta))
+result = train(VaeflowConfig.from_file(sys.argv[1]), run_name="driver-run")
+print("RESULT_META", json.dumps(result.checkpoint.meta))
 """
 
 
-def _launch_driver(cfg: VaeflowConfig, address: str) -> subprocess.Popen:
+def _launch_driver(config_file, address: str) -> subprocess.Popen:
     env = {**os.environ, "RAY_ADDRESS": address}
-    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER], text=True, env=env, **pipes)
-    proc.stdin.write(cfg.to_json())
-    proc.stdin.close()
-    return proc
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(config_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
-def test_a_killed_driver_is_resumed_by_relaunching_with_the_same_run_name(ray_local, mnist_s3):
+def test_a_killed_driver_is_resumed_by_relaunching_with_the_same_run_name(ray_local, mnist_s3, tmp_path):
     runs = f"{make_bucket()}/runs"
-    cfg = mnist_config(mnist_s3, runs, epochs=3)
-    first = _launch_driver(cfg, ray_local)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(mnist_config(mnist_s3, runs, epochs=3).to_json())
+    first = _launch_driver(config_file, ray_local)
     try:
-        _wait_for(lambda: _exists(f"{runs}/driver-run/epoch_0001/meta.json"), 240, "checkpoint 1")
+        _wait_for(lambda: _registered(f"{runs}/driver-run", 1), 240, "checkpoint 1")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     assert not _exists(f"{runs}/driver-run/epoch_0003/meta.json")
-    second = _launch_driver(cfg, ray_local)
+    second = _launch_driver(config_file, ray_local)
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 0, out[-3000:]
     meta = json.loads(out.split("RESULT_META", 1)[1].strip().splitlines()[0])
