@@ -26,6 +26,7 @@ def local_s3_server() -> Iterator[str]:
     Set before ray.init() so that Ray workers inherit the endpoint. Yields the endpoint URL.
     """
     from moto.server import ThreadedMotoServer
+    from s3fs import S3FileSystem
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
     port = _free_port()
@@ -40,6 +41,8 @@ def local_s3_server() -> Iterator[str]:
         "AWS_EC2_METADATA_DISABLED": "true",
     }
     saved = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
+    # s3fs caches filesystem instances per process, endpoint included: drop any from an earlier server.
+    S3FileSystem.clear_instance_cache()
     os.environ.update(env)
     for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(k, None)
@@ -47,6 +50,7 @@ def local_s3_server() -> Iterator[str]:
         yield endpoint
     finally:
         server.stop()
+        S3FileSystem.clear_instance_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -118,6 +118,9 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, 
     restarts = result.checkpoint.meta["restarts"]
     assert [r["from_epoch"] for r in restarts] == [1]
     assert result.checkpoint.meta["epoch"] == 3 and result.checkpoint_uri.endswith("epoch_0003")
+    # keep_checkpoints=2 by validation ELBO: the worst (epoch 1) is gone, the best two remain.
+    kept = [e for e in (1, 2, 3) if _exists(f"{runs}/kill-run/epoch_{e:04d}/meta.json")]
+    assert kept == [2, 3] and result.best_checkpoint_uri.endswith("epoch_0003")
 
 
 DRIVER = """
