@@ -79,6 +79,8 @@ def build_datasets(
     out = {}
     for name, split_shards in shards.items():
         ds = _read(split_shards, spec.feature_columns, cfg.data.storage_options)
+        if name == "train":  # shards arrive in a seeded random order, rows then mix in the shuffle buffer
+            ds = ds.randomize_block_order(seed=cfg.train.seed)
         if transformer is not None:
             ds = ds.map_batches(_tabular_features(transformer), batch_format="pyarrow")
         out[name] = ds
@@ -148,9 +150,17 @@ def _worker_loop(loop_cfg: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     column = FEATURES if transformer is not None else vector_column
 
-    def batches_of(shard: Any) -> Iterator[torch.Tensor]:
+    def batches_of(shard: Any, shuffle_seed: int | None = None) -> Iterator[torch.Tensor]:
+        # Training batches come through a seeded local shuffle buffer (rows from several blocks mix);
+        # validation reads in order.
+        shuffle = {}
+        if shuffle_seed is not None:
+            shuffle = {
+                "local_shuffle_buffer_size": 16 * cfg.train.batch_size,
+                "local_shuffle_seed": shuffle_seed,
+            }
         for b in shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size, dtypes=torch.float32, device=device
+            batch_size=cfg.train.batch_size, dtypes=torch.float32, device=device, **shuffle
         ):
             x = b[column]
             yield x / scale if scale != 1.0 else x
@@ -212,7 +222,7 @@ def _worker_loop(loop_cfg: dict[str, Any]) -> None:
 
     fit(
         model,
-        lambda epoch: batches_of(train_shard),
+        lambda epoch: batches_of(train_shard, shuffle_seed=cfg.train.seed * 10_007 + 101 * epoch + rank),
         epochs=cfg.train.epochs,
         optimizer=optimizer,
         schedule=KLSchedule(cfg.train.beta, cfg.train.warmup_epochs, cfg.train.warmup_steps),
@@ -288,6 +298,9 @@ def train(
     ctx.target_max_block_size = min(ctx.target_max_block_size or 8 << 20, 8 << 20)
     ctx.enable_progress_bars = False  # the loop prints one line per epoch instead
     ctx.print_on_execution_start = False
+    # Deterministic block order and block-to-worker assignment: a rerun with the same seed sees the
+    # same batches, so runs are reproducible and comparable across worker counts.
+    ctx.execution_options.preserve_order = True
     name = run_name or cfg.name
     trainer = ray.train.torch.TorchTrainer(
         _worker_loop,
