@@ -20,10 +20,10 @@ import torch
 
 from bench._results import write_result
 from vae_core.config import VaeflowConfig
-from vae_core.datasets import mnist_table
 from vae_core.distributed.trainer import train
 from vae_core.families import DataShape, build_model
 from vae_core.importers import ShardWriter, import_mnist
+from vae_core.packaged import mnist_table
 from vae_core.storage import arrow_filesystem
 from vae_core.testing import local_s3_server, make_bucket
 from vae_core.train import fit

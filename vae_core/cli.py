@@ -30,9 +30,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from vae_core.checkpoint import save_checkpoint
     from vae_core.config import DataConfig
-    from vae_core.datasets import read_mnist
     from vae_core.evaluate import active_units, evaluate
     from vae_core.families import DataShape, build_model
+    from vae_core.packaged import read_mnist
     from vae_core.train import KLSchedule, fit
 
     print(

