@@ -7,6 +7,7 @@ and empty datasets.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,15 @@ def read_schema(shards: list[str], storage_options: dict | None = None) -> pa.Sc
             raise DataError(f"{shard}: schema differs from {first_shard}: {_schema_diff(first, schema)}")
     assert first is not None
     return first
+
+
+def encode_schema(schema: pa.Schema) -> str:
+    """An Arrow schema as base64 IPC bytes: exact types (lists, dictionaries) survive JSON."""
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def decode_schema(text: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
 
 
 def _schema_diff(a: pa.Schema, b: pa.Schema) -> str:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 # Distinctive fake credentials, so tests can assert they never show up in output.
 TEST_KEY_ID, TEST_SECRET = "AKIAVAEFLOWTEST", "vaeflow-test-secret-9f3c"
@@ -20,17 +24,23 @@ def _free_port() -> int:
 
 
 @contextmanager
-def local_s3_server() -> Iterator[str]:
+def local_s3_server(separate_process: bool = False) -> Iterator[str]:
     """Start moto's S3 server on 127.0.0.1 and point the standard AWS environment at it.
 
     Set before ray.init() so that Ray workers inherit the endpoint. Yields the endpoint URL.
+    `separate_process` runs the server as its own process (benchmarks: the objects it stores in
+    memory and the CPU it uses stay out of the measured process).
     """
-    from moto.server import ThreadedMotoServer
     from s3fs import S3FileSystem
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    if separate_process:
+        server = _MotoProcess(port)
+    else:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     env = {
@@ -56,6 +66,38 @@ def local_s3_server() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class _MotoProcess:
+    """`moto_server` as a child process, with ThreadedMotoServer's start/stop."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.proc = port, None
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        exe = Path(sys.executable).with_name("moto_server")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+        self.proc = subprocess.Popen(
+            [*cmd, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto_server did not listen on 127.0.0.1:{self.port} within 30 s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 def make_bucket(prefix: str = "vaeflow") -> str:

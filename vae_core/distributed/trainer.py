@@ -25,7 +25,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 
 from vae_core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, shape_from_json, shape_to_json
 from vae_core.config import VaeflowConfig
-from vae_core.dataset import DatasetSpec, iter_batches, open_dataset
+from vae_core.dataset import DatasetSpec, encode_schema, iter_batches, open_dataset
 from vae_core.evaluate import EvalResult, evaluate
 from vae_core.families import DataShape, build_model
 from vae_core.storage import arrow_filesystem, scheme
@@ -208,6 +208,7 @@ def _worker_loop(loop_cfg: dict[str, Any]) -> None:
             "history": history,
             "val_elbo": val.elbo,
             "val_elbo_init": init_val,
+            "data_schema": loop_cfg["schema"],  # the training columns' Arrow types, for generation
             "world_size": world,
             "worker_nodes": nodes,
             "restarts": restarts,
@@ -254,7 +255,7 @@ def _checkpoint_uri(ckpt: ray.train.Checkpoint, runs_uri: str) -> str:
 
 def prepare_data(
     cfg: VaeflowConfig, progress: Callable[[str], None] = print
-) -> tuple[DatasetSpec, dict[str, list[str]], DataShape, TabularTransformer | None]:
+) -> tuple[DatasetSpec, pa.Schema, dict[str, list[str]], DataShape, TabularTransformer | None]:
     """Check both splits up front (clear errors before any worker starts) and fit the tabular codec."""
     train_shards, schema, spec = open_dataset(cfg.data, "train")
     val_shards, val_schema, _ = open_dataset(cfg.data, cfg.train.val_split)
@@ -283,14 +284,14 @@ def prepare_data(
         shape = DataShape(transformer.dim, None, transformer.layout)
     else:
         shape = DataShape(spec.dim, spec.image_shape)
-    return spec, {"train": train_shards, "val": val_shards}, shape, transformer
+    return spec, schema, {"train": train_shards, "val": val_shards}, shape, transformer
 
 
 def train(
     cfg: VaeflowConfig, run_name: str | None = None, progress: Callable[[str], None] = print
 ) -> TrainResult:
     """Fit cfg's model with Ray Train. The same run name (and runs_uri) resumes; a new one starts fresh."""
-    spec, shards, shape, transformer = prepare_data(cfg, progress)
+    spec, schema, shards, shape, transformer = prepare_data(cfg, progress)
     ensure_ray(cfg.compute)
     check_resources(cfg.compute)
     ctx = ray.data.DataContext.get_current()
@@ -310,6 +311,7 @@ def train(
             "transformer": transformer.to_json() if transformer else None,
             "scale": spec.scale,
             "column": spec.vector_column,
+            "schema": encode_schema(schema),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.compute.num_workers,

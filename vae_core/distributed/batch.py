@@ -1,0 +1,567 @@
+"""Ray Data batch jobs: embed whole corpora, generate synthetic rows; each published exactly once.
+
+Both jobs follow Ray's batch-inference pattern: a class loads the checkpoint once per actor and maps
+batches. Each batch becomes one Parquet file that the actor writes itself into the attempt's
+staging prefix, under a name fixed by its content (embed: a hash of the batch's ids; generate: the
+block index), and returns a one-row summary (file, rows, bytes, latent sums). The driver streams the
+summaries, prints progress, checks that every input row was written exactly once, and publishes
+with one manifest PUT (vae_core.publish). Only files a summary reported are manifested, so a file
+left by a task that Ray retried is never visible, and a retry overwrites the same name anyway.
+
+Why not `Dataset.write_parquet`: it appends under random names (a rerun duplicates rows), and its
+overwrite mode deletes before writing (not atomic). Summaries also give the aggregate-posterior
+statistics of the corpus without a second pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.data import ActorPoolStrategy
+
+from vae_core.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, load_checkpoint
+from vae_core.config import ComputeConfig
+from vae_core.dataset import (
+    DataError,
+    DatasetSpec,
+    count_rows,
+    decode_schema,
+    list_shards,
+    read_schema,
+    resolve_spec,
+    vector_features,
+)
+from vae_core.publish import (
+    Manifest,
+    PublishError,
+    atomic_write_json,
+    attempt_uri,
+    discard_stale_attempts,
+    fingerprint,
+    new_attempt,
+    read_manifest,
+    schema_to_json,
+)
+from vae_core.storage import arrow_filesystem, join, uri_of
+
+from .cluster import check_resources, ensure_ray
+
+PATH_COLUMN = "path"  # read_parquet(include_paths=True) adds it: errors name the input file
+
+
+@dataclass
+class Published:
+    """The outcome of a batch job: where the manifest is and what it lists."""
+
+    output_uri: str
+    manifest_uri: str
+    rows: int
+    files: list[str]
+    skipped: bool  # True when this run key was already published: the rerun did nothing
+    manifest: Manifest
+    job_stats: str = ""  # Ray Data's per-operator timing summary of the job (empty when skipped)
+
+
+class _Progress:
+    """One line every `every` seconds: rows done, share, rate."""
+
+    def __init__(self, what: str, total: int, report: Callable[[str], None], every: float = 5.0) -> None:
+        self.what, self.total, self.report, self.every = what, total, report, every
+        self.done, self.t0 = 0, time.perf_counter()
+        self.last = self.t0
+
+    def add(self, rows: int) -> None:
+        self.done += rows
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            self.report(
+                f"{self.what}: {self.done:,}/{self.total:,} rows ({100 * self.done / self.total:.0f}%), "
+                f"{rate:,.0f} rows/s"
+            )
+
+
+def _model_fingerprint(model_uri: str) -> str:
+    return fingerprint([join(model_uri, f) for f in (MODEL_FILE, CONFIG_FILE, META_FILE)])
+
+
+class _Writer:
+    """Writes Parquet files into one folder; the filesystem is resolved once per actor."""
+
+    def __init__(self, folder_uri: str) -> None:
+        self.fs, self.folder = arrow_filesystem(folder_uri)
+        self.fs.create_dir(self.folder, recursive=True)
+
+    def write(self, table: pa.Table, name: str) -> int:
+        """Write (or overwrite: a retried batch has the same name) one file; returns its size."""
+        path = f"{self.folder.rstrip('/')}/{name}"
+        pq.write_table(table, path, filesystem=self.fs)
+        return self.fs.get_file_info(path).size
+
+
+def _fixed_list(values: np.ndarray, value_type: pa.DataType | None = None) -> pa.FixedSizeListArray:
+    """(N, L) -> fixed_size_list<value_type>[L] (float32 by default)."""
+    value_type = value_type or pa.float32()
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+
+
+def _data_error_message(e: BaseException) -> str | None:
+    """The message of a DataError raised in an actor, from inside Ray's wrappers.
+
+    Ray re-raises user errors as RayTaskError(UserCodeException) whose cause chain does not always
+    keep the original type across processes; the remote traceback text always names it.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, DataError) and not str(err).lstrip().startswith("\x1b"):
+            return str(err).strip().splitlines()[-1]
+        todo += [err.__cause__, err.__context__, getattr(err, "cause", None)]
+    found = re.findall(r"vae_core\.dataset\.DataError: (.+)", str(e))
+    return found[-1].strip() if found else None
+
+
+# Blocks a job may hold in the object store at once (read-ahead plus outputs). Without a cap Ray
+# Data reads ahead up to a share of the whole object store, so memory grew with the corpus up to
+# that share (seen: 4.7 GB at 200k rows, 7.3 GB at 1M); with it, memory is flat in corpus size.
+OBJECT_STORE_BUDGET = 1 << 30
+
+
+def _start(compute: ComputeConfig) -> None:
+    ensure_ray(compute)
+    check_resources(compute)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=OBJECT_STORE_BUDGET
+    )
+    ctx.target_max_block_size = min(ctx.target_max_block_size or 8 << 20, 8 << 20)
+    ctx.enable_progress_bars = False  # the driver prints one progress line every few seconds
+    ctx.print_on_execution_start = False
+
+
+def _begin(output_uri: str, run_key: str, overwrite: bool, report: Callable[[str], None]) -> Manifest | None:
+    """Return the existing manifest when this run key is already published; else clear stale attempts."""
+    existing = read_manifest(output_uri)
+    if existing is not None and existing.run_key == run_key:
+        report(f"{output_uri}: already published by run {run_key} ({existing.rows:,} rows); nothing to do")
+        return existing
+    if existing is not None and not overwrite:
+        raise PublishError(
+            f"{output_uri}: already holds a published {existing.kind} output of another run "
+            f"({existing.run_key}); write to a new output URI, or pass overwrite to replace it"
+        )
+    stale = discard_stale_attempts(output_uri)
+    if stale:
+        report(f"{output_uri}: discarded {len(stale)} unpublished attempt(s) left by an earlier crash")
+    return None
+
+
+def _publish(output_uri: str, manifest: Manifest, report: Callable[[str], None]) -> Published:
+    uri = join(output_uri, "_manifest.json")
+    atomic_write_json(uri, manifest.to_dict())  # the publish point
+    discard_stale_attempts(output_uri)  # a replaced output's old attempt, now unreachable
+    report(f"published {manifest.rows:,} rows in {len(manifest.files)} files: {uri}")
+    files = [join(output_uri, f["path"]) for f in manifest.files]
+    return Published(output_uri, uri, manifest.rows, files, False, manifest)
+
+
+def _existing(output_uri: str, manifest: Manifest) -> Published:
+    files = [join(output_uri, f["path"]) for f in manifest.files]
+    return Published(output_uri, join(output_uri, "_manifest.json"), manifest.rows, files, True, manifest)
+
+
+# ---- embed ------------------------------------------------------------------------------------
+
+
+class _Embedder:
+    """Loads the checkpoint once per actor; maps a batch of rows to one Parquet file of latents."""
+
+    def __init__(
+        self,
+        model_uri: str,
+        input_uri: str,
+        out_dir: str,
+        spec: DatasetSpec,
+        keep: list[str],
+        with_logvar: bool,
+        chunk: int,
+        threads: int,
+        device: str,
+    ) -> None:
+        torch.set_num_threads(threads)
+        ckpt = load_checkpoint(model_uri)
+        self.model = ckpt.model.to(device).eval()
+        self.transformer = ckpt.transformer
+        self.writer, self.spec, self.keep, self.input_uri = _Writer(out_dir), spec, keep, input_uri
+        self.with_logvar, self.chunk, self.device = with_logvar, chunk, device
+
+    def _features(self, batch: pa.Table, source: str) -> np.ndarray:
+        if self.spec.kind == "vector":
+            return vector_features(batch, self.spec, source)
+        assert self.transformer is not None
+        try:
+            return self.transformer.transform(batch.select(self.spec.feature_columns))
+        except ValueError as e:
+            raise DataError(f"{source}: {e}") from e
+
+    @torch.no_grad()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if PATH_COLUMN in batch.column_names and PATH_COLUMN not in self.keep:
+            paths = sorted(pc.unique(batch.column(PATH_COLUMN)).to_pylist())
+            source = ", ".join(uri_of(self.input_uri, p) for p in paths)
+        else:
+            source = self.input_uri
+        x = self._features(batch, source)  # (B, D) float32
+        mus, logvars = [], []
+        for i in range(0, len(x), self.chunk):
+            q = self.model.encode(torch.from_numpy(x[i : i + self.chunk]).to(self.device))
+            mus.append(q.mean.float().cpu())
+            if self.with_logvar:
+                logvars.append(q.logvar.float().cpu())
+        mu = torch.cat(mus).numpy()  # (B, L)
+        columns = {name: batch.column(name) for name in self.keep}
+        columns["z_mean"] = _fixed_list(mu)
+        if self.with_logvar:
+            columns["z_logvar"] = _fixed_list(torch.cat(logvars).numpy())
+        table = pa.table(columns)
+        # Named by the ids it holds: a retried batch rewrites the same file instead of adding one.
+        ids = batch.column(self.keep[0]).to_numpy() if self.keep else np.arange(0)
+        digest = hashlib.sha1(np.ascontiguousarray(ids).tobytes()).hexdigest()[:20]
+        name = f"part-{digest}-{len(table)}.parquet"
+        size = self.writer.write(table, name)
+        mu64 = mu.astype(np.float64)
+        return pa.table(
+            {
+                "file": [name],
+                "rows": [len(table)],
+                "bytes": [size],
+                "sum": [mu64.sum(0).tolist()],
+                "sumsq": [(mu64**2).sum(0).tolist()],
+            }
+        )
+
+
+def embed_corpus(
+    model_uri: str,
+    input_uri: str,
+    output_uri: str,
+    *,
+    with_logvar: bool = False,
+    passthrough: Sequence[str] = (),
+    batch_size: int = 4096,
+    rows_per_file: int = 32_768,
+    num_workers: int = 1,
+    cpus_per_worker: float = 1.0,
+    use_gpu: bool = False,
+    run_key: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str], None] = print,
+) -> Published:
+    """Map every row of the Parquet shards under `input_uri` to its posterior mean (and logvar).
+
+    Output rows: the id column, `passthrough` columns, `z_mean` (fixed_size_list<float32>[L]) and with
+    `with_logvar` `z_logvar`. Published at `output_uri` with a manifest whose `stats["z_mean"]` holds
+    the count, per-dimension mean and variance of the posterior means (the aggregate posterior's
+    moments). Rerunning with the same run key (default: a hash of the model, the input files and the
+    parameters) does nothing; a crashed attempt is discarded by the next run.
+    """
+    ckpt = load_checkpoint(model_uri)
+    if with_logvar and not ckpt.model.is_variational:
+        raise ValueError(
+            f"{model_uri}: a {ckpt.config.model.family} model has a point posterior, no log-variance; "
+            "drop with_logvar"
+        )
+    shards = list_shards(input_uri)
+    schema = read_schema(shards)
+    spec = resolve_spec(ckpt.config.data, schema, input_uri)
+    if spec.id_column is None:
+        raise DataError(f"{input_uri}: the model's config names no id column (data.id_column)")
+    for name in passthrough:
+        if name not in schema.names:
+            raise DataError(
+                f"{input_uri}: passthrough column {name!r} not in the input (have {schema.names})"
+            )
+    keep = [spec.id_column, *(c for c in passthrough if c != spec.id_column)]
+    total = count_rows(shards)
+    params = {"with_logvar": with_logvar, "passthrough": list(keep[1:]), "format": "embed/1"}
+    model_fp = _model_fingerprint(model_uri)
+    run_key = run_key or fingerprint(shards, extra={"kind": "embeddings", "model": model_fp, **params})
+    existing = _begin(output_uri, run_key, overwrite, progress)
+    if existing is not None:
+        return _existing(output_uri, existing)
+
+    compute = ComputeConfig(num_workers=num_workers, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu)
+    _start(compute)
+    attempt = new_attempt()
+    out_dir = attempt_uri(output_uri, attempt)
+    fs, _ = arrow_filesystem(shards[0])
+    with_paths = PATH_COLUMN not in schema.names  # a user column of that name wins
+    columns = sorted({*keep, *spec.feature_columns, *([PATH_COLUMN] if with_paths else [])})
+    ds = ray.data.read_parquet(
+        [arrow_filesystem(s)[1] for s in shards], filesystem=fs, include_paths=with_paths
+    ).select_columns(columns)
+    ds = ds.map_batches(
+        _Embedder,
+        fn_constructor_kwargs={
+            "model_uri": model_uri,
+            "input_uri": input_uri,
+            "out_dir": out_dir,
+            "spec": spec,
+            "keep": keep,
+            "with_logvar": with_logvar,
+            "chunk": batch_size,
+            "threads": max(1, int(cpus_per_worker)),
+            "device": "cuda" if use_gpu else "cpu",
+        },
+        batch_size=rows_per_file,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=num_workers),
+        num_cpus=cpus_per_worker,
+        num_gpus=1 if use_gpu else 0,
+    )
+    progress(f"embedding {total:,} rows of {input_uri} with {model_uri} on {num_workers} worker(s)")
+    summaries = _dedupe(_collect(ds, _Progress("embed", total, progress)))
+    rows = sum(s["rows"] for s in summaries)
+    if rows != total:
+        raise PublishError(
+            f"{output_uri}: attempt {attempt} wrote {rows:,} rows for {total:,} input rows; not publishing"
+        )
+    sums = np.sum([s["sum"] for s in summaries], axis=0)
+    sumsq = np.sum([s["sumsq"] for s in summaries], axis=0)
+    mean = sums / rows
+    out_schema = pa.schema(
+        [schema.field(c) for c in keep]
+        + [pa.field("z_mean", pa.list_(pa.float32(), ckpt.model.latent_dim))]
+        + ([pa.field("z_logvar", pa.list_(pa.float32(), ckpt.model.latent_dim))] if with_logvar else [])
+    )
+    manifest = Manifest(
+        kind="embeddings",
+        run_key=run_key,
+        attempt=attempt,
+        files=_file_entries(attempt, summaries),
+        rows=rows,
+        schema=schema_to_json(out_schema),
+        model={"uri": model_uri, "fingerprint": model_fp, "epoch": ckpt.meta.get("epoch")},
+        input={"uri": input_uri, "shards": len(shards), "rows": total},
+        params=params,
+        stats={"z_mean": {"count": rows, "mean": mean.tolist(), "var": (sumsq / rows - mean**2).tolist()}},
+        created_at=datetime.now(UTC).isoformat(),
+    )
+    published = _publish(output_uri, manifest, progress)
+    published.job_stats = ds.stats()
+    return published
+
+
+def _collect(ds: ray.data.Dataset, meter: _Progress) -> list[dict[str, Any]]:
+    """Stream the per-file summaries as the actors finish them."""
+    summaries: list[dict[str, Any]] = []
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for s in batch.to_pylist():
+                summaries.append(s)
+                meter.add(s["rows"])
+    except Exception as e:  # Ray wraps the actor's exception; surface the named data error
+        message = _data_error_message(e)
+        if message is not None:
+            raise DataError(message) from e
+        raise
+    return summaries
+
+
+def _file_entries(attempt: str, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    entries = {s["file"]: s for s in summaries}  # a retried batch reports the same name once
+    return [
+        {"path": f"attempts/{attempt}/{name}", "rows": s["rows"], "bytes": s["bytes"]}
+        for name, s in sorted(entries.items())
+    ]
+
+
+# ---- generate ---------------------------------------------------------------------------------
+
+
+def block_seed(seed: int, block: int) -> int:
+    """A 63-bit seed for block `block` of a run seeded `seed`, independent of which actor runs it."""
+    return int(np.random.SeedSequence([seed, block]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class _Generator:
+    """Loads the checkpoint once per actor; turns one block description into one Parquet file."""
+
+    def __init__(
+        self,
+        model_uri: str,
+        out_dir: str,
+        seed: int,
+        sample_likelihood: bool,
+        chunk: int,
+        threads: int,
+        device: str,
+    ) -> None:
+        torch.set_num_threads(threads)
+        ckpt = load_checkpoint(model_uri)
+        self.model = ckpt.model.to(device).eval()
+        self.transformer = ckpt.transformer
+        self.data = ckpt.config.data
+        schema_text = ckpt.meta.get("data_schema")
+        self.schema = decode_schema(schema_text) if schema_text else None
+        self.writer, self.seed, self.sample = _Writer(out_dir), seed, sample_likelihood
+        self.chunk, self.device = chunk, device
+
+    @torch.no_grad()
+    def _decode(self, n: int, gen: torch.Generator) -> np.ndarray:
+        parts = []
+        for i in range(0, n, self.chunk):
+            m = min(self.chunk, n - i)
+            z = torch.randn((m, self.model.latent_dim), generator=gen)  # (m, L) on the CPU: reproducible
+            params = self.model.decode(z.to(self.device))
+            lik = self.model.likelihood
+            x = lik.sample(params, generator=gen) if self.sample else lik.mean(params)
+            parts.append(x.float().cpu().numpy())
+        return np.concatenate(parts)  # (n, D)
+
+    def _rows(self, x: np.ndarray, start: int) -> pa.Table:
+        columns: dict[str, pa.Array] = {}
+        if self.data.id_column:
+            known = self.schema is not None and self.data.id_column in self.schema.names
+            id_type = self.schema.field(self.data.id_column).type if known else pa.int64()
+            columns[self.data.id_column] = pa.array(np.arange(start, start + len(x)), type=id_type)
+        if self.transformer is not None:
+            table = self.transformer.inverse(x)
+            for name in table.column_names:
+                columns[name] = table.column(name)
+            return pa.table(columns)
+        column = self.data.vector_column
+        assert column is not None
+        value_type = self.schema.field(column).type.value_type if self.schema else pa.float32()
+        values = x * self.data.scale
+        if pa.types.is_integer(value_type):  # e.g. uint8 pixels: back to the stored integer range
+            info = np.iinfo(value_type.to_pandas_dtype())
+            values = np.clip(np.rint(values), info.min, info.max)
+        field_type = self.schema.field(column).type if self.schema else None
+        if field_type is not None and not pa.types.is_fixed_size_list(field_type):
+            flat = pa.array(values.reshape(-1).astype(value_type.to_pandas_dtype()), type=value_type)
+            offsets = pa.array(np.arange(0, values.size + 1, values.shape[1]), type=pa.int32())
+            columns[column] = pa.ListArray.from_arrays(offsets, flat).cast(field_type)
+        else:
+            columns[column] = _fixed_list(values.astype(value_type.to_pandas_dtype()), value_type)
+        return pa.table(columns)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        files, rows, sizes = [], [], []
+        for block, start, n in zip(batch["block"], batch["start"], batch["rows"], strict=True):
+            gen = torch.Generator().manual_seed(block_seed(self.seed, int(block)))
+            table = self._rows(self._decode(int(n), gen), int(start))
+            name = f"part-{int(block):06d}.parquet"  # one name per block: a retry overwrites it
+            sizes.append(self.writer.write(table, name))
+            files.append(name)
+            rows.append(len(table))
+        return {"file": np.array(files), "rows": np.array(rows), "bytes": np.array(sizes)}
+
+
+def generate_rows(
+    model_uri: str,
+    rows: int,
+    output_uri: str,
+    *,
+    seed: int = 0,
+    rows_per_block: int = 10_000,
+    batch_size: int = 4096,
+    num_workers: int = 1,
+    cpus_per_worker: float = 1.0,
+    use_gpu: bool = False,
+    sample_likelihood: bool | None = None,
+    run_key: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str], None] = print,
+) -> Published:
+    """Sample z ~ N(0, I), decode, and write `rows` rows in the training schema.
+
+    Rows are cut into blocks of `rows_per_block`; block b draws from a generator seeded by
+    (seed, b), so the output depends on seed and rows_per_block, not on how many workers ran it.
+    Tabular models give the training columns with their dtypes and categories (the transformer's
+    inverse); vector models give the vector column in its stored type (e.g. uint8 pixels).
+    `sample_likelihood` draws x ~ p(x | z) (default for tabular models) instead of taking its mean.
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be positive, got {rows}")
+    ckpt = load_checkpoint(model_uri)
+    if sample_likelihood is None:
+        sample_likelihood = ckpt.transformer is not None
+    blocks = [
+        {"block": b, "start": start, "rows": min(rows_per_block, rows - start)}
+        for b, start in enumerate(range(0, rows, rows_per_block))
+    ]
+    params = {"rows": rows, "seed": seed, "rows_per_block": rows_per_block, "sample": sample_likelihood}
+    model_fp = _model_fingerprint(model_uri)
+    run_key = (
+        run_key or hashlib.sha256(f"samples/1 {model_fp} {sorted(params.items())}".encode()).hexdigest()[:24]
+    )
+    existing = _begin(output_uri, run_key, overwrite, progress)
+    if existing is not None:
+        return _existing(output_uri, existing)
+
+    compute = ComputeConfig(num_workers=num_workers, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu)
+    _start(compute)
+    attempt = new_attempt()
+    ds = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
+        _Generator,
+        fn_constructor_kwargs={
+            "model_uri": model_uri,
+            "out_dir": attempt_uri(output_uri, attempt),
+            "seed": seed,
+            "sample_likelihood": sample_likelihood,
+            "chunk": batch_size,
+            "threads": max(1, int(cpus_per_worker)),
+            "device": "cuda" if use_gpu else "cpu",
+        },
+        batch_size=1,
+        compute=ActorPoolStrategy(size=num_workers),
+        num_cpus=cpus_per_worker,
+        num_gpus=1 if use_gpu else 0,
+    )
+    progress(f"generating {rows:,} rows with {model_uri} in {len(blocks)} blocks on {num_workers} worker(s)")
+    summaries = _dedupe(_collect(ds, _Progress("generate", rows, progress)))
+    written = sum(s["rows"] for s in summaries)
+    if written != rows or len(summaries) != len(blocks):
+        raise PublishError(
+            f"{output_uri}: attempt {attempt} wrote {written:,} of {rows:,} rows; not publishing"
+        )
+    first = join(attempt_uri(output_uri, attempt), summaries[0]["file"])
+    fs, path = arrow_filesystem(first)
+    out_schema = pq.read_schema(path, filesystem=fs)
+    manifest = Manifest(
+        kind="samples",
+        run_key=run_key,
+        attempt=attempt,
+        files=_file_entries(attempt, summaries),
+        rows=rows,
+        schema=schema_to_json(out_schema),
+        model={"uri": model_uri, "fingerprint": model_fp, "epoch": ckpt.meta.get("epoch")},
+        params=params,
+        created_at=datetime.now(UTC).isoformat(),
+    )
+    published = _publish(output_uri, manifest, progress)
+    published.job_stats = ds.stats()
+    return published
+
+
+def _dedupe(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list({s["file"]: s for s in summaries}.values())
