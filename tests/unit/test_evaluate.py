@@ -50,3 +50,27 @@ def test_active_units_counts_used_latent_dimensions(trained):
 def test_iwae_refuses_a_deterministic_autoencoder():
     with pytest.raises(ValueError, match="variational"):
         iwae_log_likelihood(small_model("ae"), [binary_data(8)], k=4)
+
+
+def test_aggregate_posterior_is_near_the_prior_for_prior_draws_and_far_otherwise():
+    from vae_core.evaluate import aggregate_posterior
+
+    g = torch.Generator().manual_seed(0)
+    # Means ~ N(0, 0.5 I) with posterior variance 0.5: q(z) has covariance I (law of total variance).
+    mu = torch.randn((20_000, 3), generator=g) * 0.5**0.5
+    near = aggregate_posterior(mu, torch.full_like(mu, 0.5).log())
+    assert near["var"] == pytest.approx([1.0] * 3, abs=0.05) and near["kl_moment_matched"] < 0.01
+    assert near["mean_posterior_var"] == pytest.approx(0.5)
+    # An AE-like code: no posterior variance, offset and scaled.
+    far = aggregate_posterior(3.0 * torch.randn((20_000, 3), generator=g) + 2.0)
+    assert far["kl_moment_matched"] > 10 and far["mean_abs_mu"] > 2 and far["mean_posterior_var"] == 0.0
+    assert far["kl_moment_matched_diag"] == pytest.approx(far["kl_moment_matched"], rel=0.05)
+
+
+def test_posterior_moments_returns_no_logvar_for_an_autoencoder():
+    from vae_core.evaluate import posterior_moments
+
+    mu, logvar = posterior_moments(small_model("ae"), [binary_data(8), binary_data(4)])
+    assert mu.shape == (12, 4) and logvar is None
+    mu, logvar = posterior_moments(small_model("vae"), [binary_data(8)])
+    assert logvar is not None and logvar.shape == mu.shape

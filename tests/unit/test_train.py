@@ -63,3 +63,14 @@ def test_grad_clipping_bounds_the_update():
 def test_empty_batch_source_is_an_error():
     with pytest.raises(ValueError, match="no data"):
         fit(small_model(), [], epochs=1)
+
+
+def test_recon_weight_zero_trains_on_the_kl_alone():
+    model, x = small_model("vae"), binary_data(256)
+    decoder_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    history = fit(model, [x[i : i + 64] for i in range(0, 256, 64)], epochs=20, lr=1e-2, recon_weight=0.0)
+    # No reconstruction term: the decoder gets no gradient, and the posteriors collapse onto the prior.
+    for k, v in model.decoder.state_dict().items():
+        assert torch.equal(v, decoder_before[k]), k
+    assert history[-1].kl < 0.1 * history[0].kl
+    assert history[-1].loss == pytest.approx(history[-1].kl, rel=1e-5)

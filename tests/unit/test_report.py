@@ -1,0 +1,106 @@
+"""Reports: metrics.json keys and values, a self-contained HTML page, the CLI commands."""
+
+import base64
+import json
+import re
+
+import fsspec
+import pytest
+
+from tests.report_fixtures import adult_checkpoint, mnist_checkpoint
+from vae_core.checkpoint import load_checkpoint
+from vae_core.cli import main
+from vae_core.report import write_report
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    return mnist_checkpoint(tmp_path_factory.mktemp("mnist"))
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_image_report_has_the_metrics_and_embeds_every_plot(mnist):
+    _, ckpt = mnist
+    out = "memory://reports/mnist"  # any URI: the report goes through fsspec
+    lines = []
+    result = write_report(ckpt, out, iwae_k=20, max_eval_rows=200, progress=lines.append)
+    m = result.metrics
+    assert result.html_uri == f"{out}/report.html" and result.metrics_uri == f"{out}/metrics.json"
+    assert m["test"]["n"] == 200 and m["test"]["elbo"] == pytest.approx(
+        -(m["test"]["recon"] + m["test"]["kl"])
+    )
+    assert m["iwae"]["k"] == 20 and m["iwae"]["n"] == 200
+    # The IWAE bound is tighter than the one-sample ELBO estimate, up to its noise.
+    assert m["iwae"]["log_likelihood"] > m["test"]["elbo"] - 1.0
+    assert 0 <= m["active_units"] <= 3
+    agg = m["aggregate_posterior"]
+    assert len(agg["mean"]) == len(agg["var"]) == 3 and agg["kl_moment_matched"] >= 0
+    assert m["data"]["label_column"] == "label" and len(m["history"]) == 2
+    assert "synthetic_quality" not in m and any("test rows" in line for line in lines)
+    with fsspec.open(result.metrics_uri, "r") as f:
+        assert json.load(f)["test"] == m["test"]
+    with fsspec.open(result.html_uri, "r") as f:
+        page = f.read()
+    images = _images(page)
+    # training curves, latent scatter, aggregate posterior, samples, reconstructions, interpolation
+    assert len(images) == 6 and f'data-images-expected="{len(images)}"' in page
+    assert all(img.startswith(b"\x89PNG\r\n\x1a\n") and len(img) > 2_000 for img in images)
+    assert not re.search(r'(src|href)="(http|//)', page)  # nothing fetched from elsewhere
+
+
+def test_missing_data_uri_is_a_clear_error(tmp_path, mnist):
+    _, ckpt = mnist
+    with pytest.raises(ValueError, match="no such dataset"):
+        write_report(ckpt, str(tmp_path / "out"), str(tmp_path / "nowhere"), iwae_k=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_tabular_report_scores_synthetic_rows(tmp_path):
+    _, ckpt = adult_checkpoint(tmp_path)
+    result = write_report(ckpt, str(tmp_path / "report"), iwae_k=5)
+    m = result.metrics
+    assert m["test"]["n"] == 400 and m["data"]["train_rows"] == 800
+    q = m["synthetic_quality"]
+    assert set(q) >= {"column_shapes", "column_pair_trends", "ml_efficacy", "detection", "privacy"}
+    assert len(q["column_shapes"]["columns"]) == 15 and 0 < q["column_shapes"]["mean"] <= 1
+    eff = q["ml_efficacy"]
+    assert eff["target"] == "income" and eff["positive"] == ">50K"
+    assert set(eff["synthetic"]) == {"logistic_regression", "decision_tree", "gradient_boosting"}
+    assert eff["real_mean"] > 0.4 and 0.5 <= q["detection"]["auc"] <= 1.0
+    assert q["privacy"]["rows"] == 800 and q["privacy"]["dcr_holdout_median"] > 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    # latent scatter, aggregate posterior, column shapes, pair trends, marginals
+    assert len(_images(page)) == 5
+
+
+def test_report_command_prints_where_it_wrote(mnist, tmp_path, capsys):
+    _, ckpt = mnist
+    out = tmp_path / "cli-report"
+    assert main(["report", "--model", ckpt, "--out", str(out), "--iwae-k", "5", "--max-rows", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "test: ELBO" in printed and str(out / "report.html") in printed
+    assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 100
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_beta_study_command_writes_three_models_and_their_report(mnist, tmp_path, capsys):
+    data, _ = mnist
+    out = tmp_path / "study"
+    argv = ["beta-study", "--data", data, "--out", str(out), "--epochs", "1", "--hidden", "16"]
+    assert main([*argv, "--max-train-rows", "500", "--max-test-rows", "100", "train.batch_size=50"]) == 0
+    printed = capsys.readouterr().out
+    assert "KL only" in printed and str(out / "report.html") in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["arms"]) == ["recon only (beta=0)", "KL only", "ELBO (beta=1)"]
+    assert metrics["data"]["train_rows"] == 500 and metrics["data"]["label_column"] == "label"
+    for name, uri in metrics["checkpoints"].items():
+        ck = load_checkpoint(uri)
+        assert ck.config.model.latent_dim == 2 and ck.config.data.vector_column == "image"
+        assert ck.config.train.beta == metrics["arms"][name]["beta"]
+    # scatters, aggregate posterior, curves, samples, reconstructions, interpolation
+    assert len(_images((out / "report.html").read_text())) == 6

@@ -1,0 +1,289 @@
+"""Synthetic tabular data against real data: column shapes, pair trends, ML efficacy, detection, privacy.
+
+Scores in [0, 1] are similarities (1 = indistinguishable), after SDMetrics' definitions:
+- column shape: 1 - KS statistic (continuous, scipy's two-sample KS) or 1 - total variation distance
+  between category frequencies (categorical; null is a category);
+- column pair trend: 1 - |r_real - r_synth| / 2 for two continuous columns (Pearson r), else
+  1 - total variation distance between the two joint frequency tables, continuous columns cut into
+  quantile bins of the real column;
+- ML efficacy: classifiers trained on synthetic rows and on real training rows, both tested on the
+  real test split (F1 of the positive class for a binary target, macro F1 otherwise), as SDGym;
+- detection: cross-validated ROC AUC of classifiers telling real from synthetic rows (0.5 = no signal);
+- privacy: distance to the closest training record (DCR) in the standardised one-hot space, next to
+  the same distance for real held-out rows, and the share of synthetic rows equal to a training row.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from scipy.stats import ks_2samp
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.neighbors import NearestNeighbors
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.tree import DecisionTreeClassifier
+
+NULL = "<null>"
+
+
+def to_frame(table: pa.Table | pd.DataFrame, continuous: list[str], categorical: list[str]) -> pd.DataFrame:
+    """Continuous columns as float (NaN for null), categorical ones as strings (null -> '<null>')."""
+    df = table.to_pandas() if isinstance(table, pa.Table) else table
+    out = pd.DataFrame(index=range(len(df)))
+    for c in continuous:
+        out[c] = pd.to_numeric(df[c], errors="coerce").astype(float).to_numpy()
+    for c in categorical:
+        out[c] = np.where(df[c].isna().to_numpy(), NULL, df[c].astype(str).to_numpy())
+    return out
+
+
+def _tv_similarity(a: pd.Series | pd.DataFrame, b: pd.Series | pd.DataFrame) -> float:
+    """1 - total variation distance between the empirical distributions of a and b."""
+    p = a.value_counts(normalize=True)
+    q = b.value_counts(normalize=True)
+    p, q = p.align(q, fill_value=0.0)
+    return float(1.0 - 0.5 * np.abs(p - q).sum())
+
+
+def column_shapes(
+    real: pd.DataFrame, synth: pd.DataFrame, continuous: list[str], categorical: list[str]
+) -> dict:
+    """Per-column similarity of the marginals, and their mean."""
+    scores: dict[str, float] = {}
+    for c in continuous:
+        r, s = real[c].dropna(), synth[c].dropna()
+        scores[c] = 1.0 - float(ks_2samp(r, s).statistic) if len(r) and len(s) else 0.0
+    for c in categorical:
+        scores[c] = _tv_similarity(real[c], synth[c])
+    return {"mean": float(np.mean(list(scores.values()))), "columns": scores}
+
+
+def _binned(real: pd.Series, synth: pd.Series, bins: int) -> tuple[pd.Series, pd.Series]:
+    edges = np.unique(np.nanquantile(real, np.linspace(0, 1, bins + 1)))
+    inner = edges[1:-1]
+
+    # NaN (null) gets its own bin, one past the last.
+    def cut(s: pd.Series) -> pd.Series:
+        return pd.Series(np.where(s.isna(), len(inner) + 1, np.digitize(s.fillna(0.0), inner)), index=s.index)
+
+    return cut(real), cut(synth)
+
+
+def column_pair_trends(
+    real: pd.DataFrame, synth: pd.DataFrame, continuous: list[str], categorical: list[str], bins: int = 10
+) -> dict:
+    """Correlation similarity (continuous pairs) and contingency similarity (all other pairs)."""
+    corr, cont = {}, {}
+    discrete_r, discrete_s = real[categorical].copy(), synth[categorical].copy()
+    for c in continuous:
+        discrete_r[c], discrete_s[c] = _binned(real[c], synth[c], bins)
+    columns = [*continuous, *categorical]
+    for a, b in itertools.combinations(columns, 2):
+        key = f"{a}|{b}"
+        if a in continuous and b in continuous:
+            r = real[[a, b]].dropna().corr().iloc[0, 1]
+            s = synth[[a, b]].dropna().corr().iloc[0, 1]
+            # A constant column has no correlation (NaN): treat it as 0 on both sides.
+            r, s = (0.0 if np.isnan(v) else float(v) for v in (r, s))
+            corr[key] = 1.0 - abs(r - s) / 2.0
+        else:
+            cont[key] = _tv_similarity(discrete_r[[a, b]], discrete_s[[a, b]])
+    means = [v for d in (corr, cont) for v in d.values()]
+    return {
+        "mean": float(np.mean(means)) if means else float("nan"),
+        "correlation_mean": float(np.mean(list(corr.values()))) if corr else None,
+        "contingency_mean": float(np.mean(list(cont.values()))) if cont else None,
+        "pairs": {**corr, **cont},
+    }
+
+
+def _design(continuous: list[str], categorical: list[str]) -> ColumnTransformer:
+    """Mean-imputed, standardised numerics and one-hot categoricals, dense."""
+    numeric = make_pipeline(SimpleImputer(strategy="mean"), StandardScaler())
+    return ColumnTransformer(
+        [
+            ("num", numeric, continuous),
+            ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categorical),
+        ]
+    )
+
+
+def _dense(design: ColumnTransformer, df: pd.DataFrame) -> np.ndarray:
+    return design.transform(df).astype(np.float64)
+
+
+def efficacy_classifiers(seed: int = 0) -> dict[str, Any]:
+    """SDGym-style classifiers: balanced logistic regression, a depth-20 tree, gradient boosting."""
+    return {
+        "logistic_regression": LogisticRegression(max_iter=1000, class_weight="balanced"),
+        "decision_tree": DecisionTreeClassifier(max_depth=20, class_weight="balanced", random_state=seed),
+        "gradient_boosting": HistGradientBoostingClassifier(random_state=seed),
+    }
+
+
+def ml_efficacy(
+    synth: pd.DataFrame,
+    real_train: pd.DataFrame,
+    real_test: pd.DataFrame,
+    target: str,
+    continuous: list[str],
+    categorical: list[str],
+    positive: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """Train each classifier on synthetic rows and on real training rows; score both on real test rows.
+
+    Frames come from `to_frame` (categoricals as strings). `target` must be categorical; for a binary
+    target the score is F1 of `positive` (default: the rarer class in real_train), else macro F1.
+    """
+    if target not in categorical:
+        raise ValueError(f"ML efficacy needs a categorical target column; {target!r} is not one")
+    features_cont = [c for c in continuous if c != target]
+    features_cat = [c for c in categorical if c != target]
+    classes = real_train[target].value_counts()
+    binary = len(classes) == 2
+    if binary and positive is None:
+        positive = str(classes.index[-1])
+    y_test = real_test[target].to_numpy()
+
+    def score(y_pred: np.ndarray) -> float:
+        if binary:
+            # Predictions may hold classes the test split lacks (e.g. a sampled null): score as 1-vs-rest.
+            return float(f1_score(y_test == positive, y_pred == positive, zero_division=0))
+        return float(f1_score(y_test, y_pred, average="macro", zero_division=0))
+
+    def run(train: pd.DataFrame) -> dict[str, float]:
+        y = train[target].to_numpy()
+        if len(np.unique(y)) < 2:  # a single class: every classifier predicts it
+            return dict.fromkeys(efficacy_classifiers(seed), score(np.full(len(y_test), y[0])))
+        out = {}
+        for name, clf in efficacy_classifiers(seed).items():
+            pipe = Pipeline([("design", _design(features_cont, features_cat)), ("clf", clf)])
+            pipe.fit(train[features_cont + features_cat], y)
+            out[name] = score(pipe.predict(real_test[features_cont + features_cat]))
+        return out
+
+    on_synth, on_real = run(synth), run(real_train)
+    synth_mean, real_mean = float(np.mean(list(on_synth.values()))), float(np.mean(list(on_real.values())))
+    return {
+        "target": target,
+        "positive": positive,
+        "metric": "f1" if binary else "macro_f1",
+        "synthetic": on_synth,
+        "real": on_real,
+        "synthetic_mean": synth_mean,
+        "real_mean": real_mean,
+        "ratio": synth_mean / real_mean if real_mean > 0 else float("nan"),
+    }
+
+
+def detection(
+    real: pd.DataFrame,
+    synth: pd.DataFrame,
+    continuous: list[str],
+    categorical: list[str],
+    max_rows: int = 5_000,
+    seed: int = 0,
+) -> dict:
+    """3-fold cross-validated ROC AUC of classifiers separating real (1) from synthetic (0) rows.
+
+    score = 1 - (2 * max(auc, 0.5) - 1) over the stronger detector, as SDMetrics: 1 = undetectable.
+    """
+    rng = np.random.default_rng(seed)
+    n = min(len(real), len(synth), max_rows)
+    r = real.iloc[rng.choice(len(real), n, replace=False)]
+    s = synth.iloc[rng.choice(len(synth), n, replace=False)]
+    x = pd.concat([r, s], ignore_index=True)[continuous + categorical]
+    y = np.r_[np.ones(n), np.zeros(n)]
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+    detectors = {
+        "logistic_regression": LogisticRegression(max_iter=1000),
+        "gradient_boosting": HistGradientBoostingClassifier(random_state=seed),
+    }
+    aucs = {}
+    for name, clf in detectors.items():
+        pipe = Pipeline([("design", _design(continuous, categorical)), ("clf", clf)])
+        aucs[name] = float(cross_val_score(pipe, x, y, cv=folds, scoring="roc_auc").mean())
+    auc = max(aucs.values())
+    return {"auc": auc, "score": 1.0 - (2.0 * max(auc, 0.5) - 1.0), "detectors": aucs, "rows_each": n}
+
+
+def privacy(
+    real_train: pd.DataFrame,
+    synth: pd.DataFrame,
+    real_test: pd.DataFrame,
+    continuous: list[str],
+    categorical: list[str],
+    max_rows: int = 5_000,
+    seed: int = 0,
+) -> dict:
+    """Distance to the closest training record for synthetic rows and, as the reference, real test rows.
+
+    Distances are Euclidean in the training split's standardised one-hot space. A synthetic median
+    DCR far below the holdout's means the model copies training rows; `exact_copy_share` counts rows
+    equal to some training row on every column (the holdout share is what chance alone gives).
+    """
+    columns = continuous + categorical
+    design = _design(continuous, categorical).fit(real_train[columns])
+    index = NearestNeighbors(n_neighbors=1).fit(_dense(design, real_train[columns]))
+    rng = np.random.default_rng(seed)
+
+    def sample(df: pd.DataFrame) -> pd.DataFrame:
+        n = min(len(df), max_rows)
+        return df.iloc[rng.choice(len(df), n, replace=False)][columns]
+
+    s, h = sample(synth), sample(real_test)
+    dcr_s = index.kneighbors(_dense(design, s))[0].ravel()
+    dcr_h = index.kneighbors(_dense(design, h))[0].ravel()
+    train_rows = set(map(tuple, real_train[columns].astype(str).to_numpy()))
+
+    def copies(df: pd.DataFrame) -> float:
+        return float(np.mean([row in train_rows for row in map(tuple, df.astype(str).to_numpy())]))
+
+    return {
+        "dcr_synthetic_median": float(np.median(dcr_s)),
+        "dcr_synthetic_p05": float(np.quantile(dcr_s, 0.05)),
+        "dcr_holdout_median": float(np.median(dcr_h)),
+        "dcr_holdout_p05": float(np.quantile(dcr_h, 0.05)),
+        "exact_copy_share": copies(s),
+        "holdout_exact_copy_share": copies(h),
+        "rows": len(s),
+    }
+
+
+def synthetic_quality(
+    real_train: pa.Table | pd.DataFrame,
+    real_test: pa.Table | pd.DataFrame,
+    synthetic: pa.Table | pd.DataFrame,
+    continuous: list[str],
+    categorical: list[str],
+    target: str | None = None,
+    positive: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """All quality measures of `synthetic` against the real splits (see the module docstring).
+
+    Returns {"column_shapes", "column_pair_trends", "detection", "privacy", and with a target
+    "ml_efficacy"}; fidelity is measured against real_train, efficacy and DCR reference on real_test.
+    """
+    train, test, synth = (to_frame(t, continuous, categorical) for t in (real_train, real_test, synthetic))
+    out = {
+        "rows": {"real_train": len(train), "real_test": len(test), "synthetic": len(synth)},
+        "column_shapes": column_shapes(train, synth, continuous, categorical),
+        "column_pair_trends": column_pair_trends(train, synth, continuous, categorical),
+        "detection": detection(train, synth, continuous, categorical, seed=seed),
+        "privacy": privacy(train, synth, test, continuous, categorical, seed=seed),
+    }
+    if target is not None:
+        out["ml_efficacy"] = ml_efficacy(synth, train, test, target, continuous, categorical, positive, seed)
+    return out
