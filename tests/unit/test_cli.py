@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from vae_core.checkpoint import load_checkpoint
 from vae_core.cli import main
 
 
@@ -21,13 +20,13 @@ def test_bad_override_exits_non_zero_and_names_the_key(capsys):
     assert "unknown key 'epochz'" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_run_trains_evaluates_and_writes_a_loadable_checkpoint(tmp_path, capsys):
-    assert main(["run", "--epochs", "1", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "epoch 1/1" in out and "model checkpoint:" in out
-    ck = load_checkpoint(str(tmp_path / "mnist-vae" / "checkpoint"))
-    assert ck.meta["epoch"] == 1 and ck.meta["test"]["elbo"] < 0 and ck.meta["active_units"] > 0
+def test_run_and_serve_are_documented_in_help(capsys):
+    # `run` itself is the nightly flow end to end: tests/integration/test_flows.py runs it.
+    for command in ("run", "serve"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "vae-nightly" in out and "--root" in out
 
 
 def test_core_imports_neither_ray_nor_prefect():

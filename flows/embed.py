@@ -1,0 +1,79 @@
+"""`vae-embed`: embed the corpus with the champion (or a given version) and check the latent drift."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from prefect import flow
+
+from flows.common import locations_markdown, night
+from flows.tasks import Output, embed_split, markdown_artifact, record_drift, resolve_model, table_artifact
+from vae_core.config import VaeflowConfig
+from vae_core.pipeline import PipelineConfig, embeddings_uri, nights_uri
+from vae_core.storage import join
+
+
+@dataclass
+class EmbedResult:
+    model_version: str
+    outputs: dict[str, Output]  # split -> published embeddings
+    drift: dict[str, Any]  # the drift.json record
+
+
+def drift_markdown(drift: dict[str, Any]) -> str:
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    verdict = "**ALERT**" if drift["alert"] else "ok"
+    return (
+        f"# Latent drift {drift['night']}: {verdict}\n\n"
+        f"Model {drift['model_version']}, {drift['stats']['count']:,} rows; previous night "
+        f"{drift['previous_night'] or '-'} (model {drift['previous_model_version'] or '-'}).\n\n"
+        "| measure | nats |\n|---|---|\n"
+        f"| KL(tonight ‖ N(0, I)) | {num(drift['kl_prior'])} |\n"
+        f"| change since the previous night | {num(drift['prior_change'])} |\n"
+        f"| KL(tonight ‖ previous night) | {num(drift['kl_previous'])} |\n"
+        f"| threshold | {drift['threshold']:g} |\n\n" + "\n".join(f"- {r}" for r in drift["reasons"]) + "\n"
+    )
+
+
+@flow(name="vae-embed")
+def embed(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> EmbedResult:
+    """Embed each split of the corpus into <root>/embeddings/<name>/<date>/<split>/ and record drift."""
+    day = night(run_date)
+    model = resolve_model(pipeline.root, config.name, pipeline.model_version)
+    corpus = pipeline.embed_uri or config.data.uri
+    outputs = {
+        split: embed_split(
+            model.uri,
+            join(corpus, split),
+            embeddings_uri(pipeline.root, config.name, day, split),
+            config,
+            pipeline.passthrough,
+            pipeline.with_logvar,
+            pipeline.overwrite,
+        )
+        for split in pipeline.embed_splits
+    }
+    drift = record_drift(
+        embeddings_uri(pipeline.root, config.name, day),
+        nights_uri(pipeline.root, config.name),
+        day,
+        model,
+        outputs,
+        pipeline.drift_threshold,
+    )
+    rows = [
+        {"split": s, "rows": o.rows, "files": o.files, "skipped": o.skipped, "location": o.uri}
+        for s, o in outputs.items()
+    ]
+    table_artifact(f"{config.name}-embeddings", rows, f"embeddings by {model.version} for {day}")
+    markdown_artifact(f"{config.name}-drift", drift_markdown(drift), f"latent drift for {day}")
+    markdown_artifact(
+        f"{config.name}-embed-outputs",
+        locations_markdown(f"Embeddings {day}", {s: o.uri for s, o in outputs.items()}),
+        "output locations",
+    )
+    return EmbedResult(model.version, outputs, drift)

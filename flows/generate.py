@@ -1,0 +1,40 @@
+"""`vae-generate`: synthetic rows in the training schema from the champion (or a given version)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from prefect import flow
+
+from flows.common import locations_markdown, night
+from flows.tasks import Output, generate_samples, markdown_artifact, resolve_model
+from vae_core.config import VaeflowConfig
+from vae_core.pipeline import PipelineConfig, samples_uri
+
+
+@dataclass
+class GenerateResult:
+    model_version: str
+    output: Output
+
+
+@flow(name="vae-generate")
+def generate(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> GenerateResult:
+    """Decode `pipeline.sample_rows` draws from N(0, I) into <root>/samples/<name>/<date>/."""
+    day = night(run_date)
+    model = resolve_model(pipeline.root, config.name, pipeline.model_version)
+    out = generate_samples(
+        model.uri,
+        pipeline.sample_rows,
+        samples_uri(pipeline.root, config.name, day),
+        config,
+        pipeline.sample_seed,
+        pipeline.overwrite,
+    )
+    markdown_artifact(
+        f"{config.name}-samples",
+        locations_markdown(f"Samples {day} ({out.rows:,} rows, model {model.version})", {"samples": out.uri}),
+        "output locations",
+    )
+    return GenerateResult(model.version, out)

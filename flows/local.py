@@ -1,0 +1,87 @@
+"""`vaeflow run`: one vae-nightly on the embedded default (local Ray, Prefect's ephemeral API, a local
+folder as the object store, MNIST imported on first use), then the output locations."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from pathlib import Path
+
+from flows.nightly import NightlyResult, nightly
+from vae_core.config import VaeflowConfig
+from vae_core.pipeline import PipelineConfig, local_defaults
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`pipeline.key=value` items go to PipelineConfig; everything else to VaeflowConfig."""
+    config, pipeline = [], {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key.startswith("pipeline."):
+            pipeline[key.removeprefix("pipeline.")] = value
+        else:
+            config.append(item)
+    return config, pipeline
+
+
+def build(
+    root: str, epochs: int | None, config_file: str | None, overrides: list[str]
+) -> tuple[VaeflowConfig, PipelineConfig]:
+    """The local default config (or a config file) with `section.key=value` overrides applied."""
+    import json
+
+    config, pipeline = local_defaults(root, **({"epochs": epochs} if epochs else {}))
+    if config_file:
+        config = VaeflowConfig.from_file(config_file)
+    config_overrides, pipeline_overrides = split_overrides(overrides)
+    if epochs and config_file:
+        config_overrides.insert(0, f"train.epochs={epochs}")
+    config = config.with_overrides(config_overrides)
+    updates = {}
+    for key, raw in pipeline_overrides.items():
+        try:
+            updates[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            updates[key] = raw
+    pipeline = PipelineConfig.model_validate({**pipeline.model_dump(), **updates})
+    return config, pipeline
+
+
+def _href(uri: str | None) -> str:
+    if not uri:
+        return "-"
+    return uri if "://" in uri else Path(uri).resolve().as_uri()
+
+
+def summary(result: NightlyResult, message: str, seconds: float) -> str:
+    lines = [
+        f"vae-nightly {result.night} finished in {seconds:.0f}s: {message}",
+        f"  held-out ELBO    {result.elbo:.2f} nats per row (candidate)",
+        f"  candidate model  {result.candidate_uri}",
+        f"  champion model   {result.champion_uri or '-'}",
+        f"  report           {_href(result.report_uri)}",
+    ]
+    lines += [f"  embeddings       {uri}  ({split})" for split, uri in result.embeddings.items()]
+    lines.append(f"  samples          {result.samples_uri or '-'}")
+    if result.drift:
+        verdict = "ALERT" if result.drift["alert"] else "ok"
+        lines.append(f"  latent drift     {verdict}: {'; '.join(result.drift['reasons'])}")
+    return "\n".join(lines)
+
+
+def run(
+    root: str = "data",
+    run_date: date | None = None,
+    epochs: int | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+) -> int:
+    config, pipeline = build(root, epochs, config_file, overrides or [])
+    t0 = time.perf_counter()
+    state = nightly(config, pipeline, run_date, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, NightlyResult):
+        print(f"vae-nightly failed: {state.message}", flush=True)
+        return 1
+    print(summary(result, state.message or "", time.perf_counter() - t0), flush=True)
+    return 0 if state.is_completed() else 1

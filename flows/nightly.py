@@ -1,0 +1,167 @@
+"""`vae-nightly`: train -> evaluate -> register -> gate -> promote -> embed -> generate, with artifacts.
+
+The Prefect run is the driver: Ray Train and Ray Data jobs run inside ordinary tasks of the sub-flows.
+A candidate that fails the gate is registered (for inspection) but the champion stays, and the
+night's embeddings and samples come from the unchanged champion; the run's final state says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed, State
+
+from flows.common import link, locations_markdown, metrics_rows, night, run_id
+from flows.embed import embed
+from flows.evaluate import evaluate, report_markdown
+from flows.generate import generate
+from flows.tasks import (
+    ensure_dataset,
+    gate_candidate,
+    markdown_artifact,
+    promote_model,
+    register_model,
+    table_artifact,
+)
+from flows.train import train
+from vae_core.config import VaeflowConfig
+from vae_core.pipeline import PipelineConfig
+from vae_core.registry import new_version, version_uri
+from vae_core.storage import join
+
+
+@dataclass
+class NightlyResult:
+    night: str
+    candidate: str  # the version trained tonight
+    candidate_uri: str
+    promoted: bool
+    gate_reason: str
+    champion: str | None  # the champion after tonight
+    champion_uri: str | None
+    report_uri: str | None  # tonight's candidate report (report.html in the registry)
+    elbo: float  # the candidate's held-out ELBO, nats per row
+    embeddings: dict[str, str] = field(default_factory=dict)  # split -> location
+    drift: dict[str, Any] = field(default_factory=dict)
+    samples_uri: str | None = None
+
+    def locations(self) -> dict[str, str | None]:
+        return {
+            "candidate model": self.candidate_uri,
+            "champion model": self.champion_uri,
+            "report": self.report_uri,
+            **{f"embeddings ({split})": uri for split, uri in self.embeddings.items()},
+            "samples": self.samples_uri,
+        }
+
+
+def _training_metrics(history: list[dict[str, Any]], init: float) -> dict[str, Any]:
+    last = history[-1]
+    return {
+        "epochs": last["epoch"],
+        "val_elbo": last["val_elbo"],
+        "val_elbo_best": max(h["val_elbo"] for h in history),
+        "val_elbo_untrained": init,
+    }
+
+
+def _night_artifacts(name: str, report_md: str, result: NightlyResult) -> None:
+    markdown_artifact(f"{name}-report", report_md, f"nightly {result.night}")
+    outputs = locations_markdown(f"Outputs {result.night}", result.locations())
+    markdown_artifact(f"{name}-outputs", outputs, f"nightly {result.night}")
+
+
+@flow(name="vae-nightly")
+def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> State:
+    """One night: a new candidate model, the gate, and the night's embeddings and samples."""
+    log = get_run_logger()
+    day = night(run_date)
+    version = new_version(day, run_id())
+    ensure_dataset(config, pipeline.bootstrap)
+
+    trained = train(config, day, run_name=f"{config.name}-{version}")
+    report = evaluate(
+        trained.best_checkpoint_uri,
+        join(config.train.runs_uri, trained.run_name, "report"),
+        config.data.uri,
+        pipeline.iwae_k,
+        pipeline.max_eval_rows,
+    )
+    metrics = {**report["metrics"], "training": _training_metrics(trained.history, trained.val_elbo_init)}
+    candidate = register_model(
+        pipeline.root,
+        config.name,
+        version,
+        trained.best_checkpoint_uri,
+        metrics,
+        report["metrics_uri"].rsplit("/", 1)[0],
+        {"run_date": day.isoformat(), "flow_run_id": run_id(), "train_run": trained.run_name},
+    )
+    decision = gate_candidate(pipeline.root, config.name, candidate, pipeline.gate_margin)
+    if decision.passed:
+        promote_model(pipeline.root, config.name, version, decision.reason)
+        champion, champion_uri = version, candidate.uri
+    else:
+        champion = decision.champion_version
+        champion_uri = version_uri(pipeline.root, config.name, champion) if champion else None
+
+    table_artifact(
+        f"{config.name}-metrics",
+        metrics_rows(metrics, decision.champion_metrics),
+        f"candidate {version} vs champion {decision.champion_version or '(none)'}",
+    )
+    registered = {
+        **report,
+        "html_uri": candidate.report_uri,
+        "metrics_uri": join(candidate.uri, "metrics.json"),
+    }
+    report_md = report_markdown(f"Nightly report {day}: candidate {version}", registered) + (
+        f"\n**Gate {'passed' if decision.passed else 'FAILED'}**: {decision.reason}\n\n"
+        f"Champion: {champion or '(none)'}\n"
+    )
+    result = NightlyResult(
+        night=day.isoformat(),
+        candidate=version,
+        candidate_uri=candidate.uri,
+        promoted=decision.passed,
+        gate_reason=decision.reason,
+        champion=champion,
+        champion_uri=champion_uri,
+        report_uri=candidate.report_uri,
+        elbo=float(metrics["test"]["elbo"]),
+    )
+
+    if champion is None and pipeline.model_version is None:
+        _night_artifacts(config.name, report_md, result)
+        return Failed(
+            message=f"candidate {version} rejected: {decision.reason}; there is no champion yet, "
+            "so nothing was embedded or generated",
+            data=result,
+        )
+
+    embedded = embed(config, pipeline, day)
+    generated = generate(config, pipeline, day)
+    result.embeddings = {split: o.uri for split, o in embedded.outputs.items()}
+    result.drift = embedded.drift
+    result.samples_uri = generated.output.uri
+
+    drift = embedded.drift
+    report_md += (
+        f"\n**Latent drift {'ALERT' if drift['alert'] else 'ok'}**: {'; '.join(drift['reasons'])} "
+        f"(KL to N(0, I) {drift['kl_prior']:.2f} nats)\n"
+    )
+    _night_artifacts(config.name, report_md, result)
+    for what, uri in result.locations().items():
+        log.info(f"{what}: {link(uri)}")
+
+    parts = [
+        f"promoted {version}"
+        if decision.passed
+        else f"candidate {version} rejected: {decision.reason}; champion stays {champion}"
+    ]
+    if drift["alert"]:
+        parts.append(f"latent drift alert: {'; '.join(drift['reasons'])}")
+    return Completed(message="; ".join(parts), data=result)

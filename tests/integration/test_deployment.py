@@ -1,0 +1,197 @@
+"""deploy/prefect.yaml against a real `prefect server` on 127.0.0.1: `prefect deploy --all` registers
+every flow with the nightly schedule and concurrency limit, a process worker runs a triggered
+nightly to Completed, and a second trigger waits for the first instead of overlapping it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from vae_core.importers import ShardWriter
+from vae_core.packaged import mnist_table
+from vae_core.registry import champion_record
+from vae_core.testing import _free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+POOL = "vaeflow-process"
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"prefect server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"prefect server at {url} not healthy after {timeout}s")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group we started (`prefect worker` ignored SIGTERM here)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("prefect-home")
+    root = tmp_path_factory.mktemp("store")
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "VAEFLOW_ROOT": str(root),
+        "RAY_AUTH_MODE": "disabled",
+        # A run waiting for the deployment's slot is retried after this (default 30 s), and the
+        # worker polls every 2 s (default 10 s): less idle time in the test.
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+    }
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(env: dict[str, str], tmp_path_factory) -> Iterator[str]:
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("logs") / "server.log", "wb")
+    proc = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_healthy(url, proc)
+        env["PREFECT_API_URL"] = url
+        yield url
+    finally:
+        _kill(proc)
+        log.close()
+
+
+def _prefect(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _client_call(url: str, fn):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def call():
+        async with get_client() as client:
+            return await fn(client)
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        return asyncio.run(call())
+
+
+def _tiny_dataset(root: str) -> str:
+    uri = f"{root}/datasets/mnist"
+    train = mnist_table("train")
+    test = mnist_table("test", id_offset=train.num_rows)
+    ShardWriter(f"{uri}/train", 1_000).write_all([train.slice(0, 1_000)])
+    ShardWriter(f"{uri}/test", 1_000).write_all([test.slice(0, 300)])
+    return uri
+
+
+def test_deploy_all_registers_the_flows_with_schedule_and_concurrency_limit(server, env):
+    _prefect(env, "work-pool", "create", POOL, "--type", "process")
+    _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
+
+    async def read(client):
+        return {
+            f"{(await client.read_flow(d.flow_id)).name}/{d.name}": d for d in await client.read_deployments()
+        }
+
+    deployments = _client_call(server, read)
+    assert set(deployments) == {
+        "vae-nightly/nightly", "vae-train/manual", "vae-evaluate/manual", "vae-embed/manual",
+        "vae-generate/manual",
+    }  # fmt: skip
+    nightly = deployments["vae-nightly/nightly"]
+    [schedule] = nightly.schedules
+    assert schedule.schedule.cron == "30 2 * * *" and schedule.schedule.timezone == "Europe/Berlin"
+    assert schedule.active
+    assert nightly.global_concurrency_limit.limit == 1
+    assert nightly.concurrency_options.collision_strategy == "ENQUEUE"
+    assert nightly.work_pool_name == POOL and nightly.entrypoint == "flows/nightly.py:nightly"
+    assert nightly.parameters["pipeline"]["root"] == env["VAEFLOW_ROOT"]  # {{ $VAEFLOW_ROOT }} filled in
+
+
+def test_a_triggered_nightly_completes_and_a_second_trigger_waits_for_it(
+    server, env, ray_local, tmp_path_factory
+):
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root = env["VAEFLOW_ROOT"]
+    data = _tiny_dataset(root)
+    params = {
+        "config": {
+            "name": "tiny-vae",
+            "data": {"uri": data, "vector_column": "image", "image_shape": [1, 28, 28], "scale": 255},
+            "model": {"family": "vae", "hidden": [64], "latent_dim": 4},
+            "train": {"epochs": 1, "batch_size": 100, "runs_uri": f"{root}/runs"},
+            "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+        },
+        "pipeline": {
+            "root": root,
+            "embed_splits": ["test"],
+            "sample_rows": 50,
+            "iwae_k": 5,
+            "max_eval_rows": 100,
+        },
+    }
+    log = open(tmp_path_factory.mktemp("logs") / "worker.log", "wb")
+    # Flow runs join this module's Ray cluster instead of starting (and leaving behind) their own.
+    worker_env = {**env, "RAY_ADDRESS": ray_local}
+    worker = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", POOL, "--prefetch-seconds", "5"],
+        env=worker_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server}):
+            runs = [
+                run_deployment("vae-nightly/nightly", parameters={**params, "run_date": str(day)}, timeout=0)
+                for day in (date(2026, 1, 1), date(2026, 1, 2))
+            ]
+        ids = [r.id for r in runs]
+        deadline = time.monotonic() + 420
+        while True:
+            states = _client_call(server, lambda c: asyncio.gather(*(c.read_flow_run(i) for i in ids)))
+            if all(r.state.is_final() for r in states):
+                break
+            assert worker.poll() is None, "the worker died"
+            assert time.monotonic() < deadline, [r.state for r in states]
+            time.sleep(2)
+    finally:
+        _kill(worker)
+        log.close()
+    first, second = sorted(states, key=lambda r: r.start_time)
+    assert first.state.is_completed() and second.state.is_completed(), [r.state for r in states]
+    assert second.start_time >= first.end_time  # never both running
+    history = _client_call(server, lambda c: c.read_flow_run_states(second.id))
+    assert "AwaitingConcurrencySlot" in {s.name for s in history}  # it waited for the slot
+    assert champion_record(root, "tiny-vae")["version"] is not None

@@ -1,0 +1,97 @@
+"""Settings and object-store layout of the nightly pipeline: train, evaluate, promote, embed, generate.
+
+Layout under one root URI (a local folder, s3://bucket/prefix, ...):
+    <root>/models/<name>/<version>/...            the model registry (vae_core.registry)
+    <root>/embeddings/<name>/<YYYY-MM-DD>/<split>/ embeddings of each corpus split, manifested
+    <root>/embeddings/<name>/<YYYY-MM-DD>/drift.json  aggregate-posterior stats and the drift verdict
+    <root>/samples/<name>/<YYYY-MM-DD>/           generated rows, manifested
+Training runs keep their checkpoints under the config's `train.runs_uri`.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vae_core.config import VaeflowConfig
+from vae_core.storage import join
+
+
+class PipelineConfig(BaseModel):
+    """What the nightly flow does around training; the model and data live in VaeflowConfig."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    root: str = Field(
+        description="Object-store root: registry under models/, outputs under embeddings/, samples/."
+    )
+    model_version: str | None = Field(
+        None, description="Embed and generate with this registry version instead of the champion."
+    )
+    gate_margin: float = Field(
+        2.0, ge=0, description="A candidate may trail the champion's held-out ELBO by at most this many nats."
+    )
+    drift_threshold: float = Field(
+        1.0, gt=0, description="Report latent drift when a night-over-night KL (nats) exceeds this."
+    )
+    embed_uri: str | None = Field(None, description="Corpus root to embed; default: the training data.uri.")
+    embed_splits: list[str] = Field(default_factory=lambda: ["train", "test"], min_length=1)
+    passthrough: list[str] = Field(default_factory=list, description="Columns copied next to z_mean.")
+    with_logvar: bool = False
+    sample_rows: int = Field(1000, ge=1, description="Rows generated each night.")
+    sample_seed: int = 0
+    iwae_k: int = Field(1000, ge=1, description="Importance samples per row for the IWAE bound.")
+    max_eval_rows: int | None = Field(10_000, ge=1, description="Held-out rows the report evaluates.")
+    bootstrap: Literal["mnist", "adult"] | None = Field(
+        None, description="Import this bundled dataset into data.uri when it has no shards yet."
+    )
+    overwrite: bool = Field(
+        False, description="Replace a night's embeddings/samples published by a different run."
+    )
+
+
+def embeddings_uri(root: str, name: str, run_date: date, split: str | None = None) -> str:
+    night = join(root, "embeddings", name, run_date.isoformat())
+    return night if split is None else join(night, split)
+
+
+def nights_uri(root: str, name: str) -> str:
+    return join(root, "embeddings", name)
+
+
+def samples_uri(root: str, name: str, run_date: date) -> str:
+    return join(root, "samples", name, run_date.isoformat())
+
+
+def local_defaults(root: str | Path = "data", epochs: int = 3) -> tuple[VaeflowConfig, PipelineConfig]:
+    """The embedded default behind `make run`: MNIST in a local folder, one Ray worker, a short run.
+
+    Sized for a 2-core machine: 3 epochs of the 784-400-20 VAE, IWAE (k=1000) on 1,000 held-out rows,
+    embeddings of all 70,000 rows, 1,000 samples.
+    """
+    base = str(Path(root).resolve())  # Ray Train wants absolute local storage paths
+    config = VaeflowConfig.model_validate(
+        {
+            "name": "mnist-vae",
+            "data": {
+                "uri": join(base, "datasets", "mnist"),
+                "vector_column": "image",
+                "image_shape": [1, 28, 28],
+                "scale": 255,
+            },
+            "model": {"family": "vae", "hidden": [400], "latent_dim": 20},
+            "train": {"epochs": epochs, "batch_size": 128, "runs_uri": join(base, "runs")},
+            "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+        }
+    )
+    pipeline = PipelineConfig(
+        root=base,
+        passthrough=["label"],
+        max_eval_rows=1000,
+        bootstrap="mnist",
+        overwrite=True,  # a second `make run` on the same day replaces that day's outputs
+    )
+    return config, pipeline
