@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["mnist_quality", "tabular_fit_memory", "mnist_quality_ray", "train_throughput"]
+BENCHMARKS = [
+    "mnist_quality",
+    "tabular_fit_memory",
+    "mnist_quality_ray",
+    "train_throughput",
+    "batch_jobs",
+    "adult_efficacy",
+]
 
 
 def main(argv: list[str]) -> int:

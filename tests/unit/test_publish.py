@@ -1,4 +1,4 @@
-"""The publish protocol without Ray: atomic manifest writes, manifested reads, stale attempts, fingerprints."""
+"""The publish protocol without Ray: atomic writes, manifested reads, stale attempts, fingerprints."""
 
 from __future__ import annotations
 
