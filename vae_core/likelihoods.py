@@ -82,7 +82,13 @@ class MixedTabular(nn.Module):
     """Gaussian on continuous blocks (learned std per column), categorical cross-entropy on one-hot blocks.
 
     Parameters are means for continuous columns and logits for categorical blocks, laid out like x.
+    The std is kept in [MIN_SIGMA, 1] as in TVAE: continuous slots are normalised to about [-1, 1],
+    and a std free to shrink further lets the likelihood overfit those slots (train NLL falling
+    without bound) and makes samples near-copies of decoder means; seen on Adult: ML-efficacy F1
+    dropped from 0.628 at 150 epochs to 0.615 at 300.
     """
+
+    MIN_SIGMA = 0.01
 
     def __init__(self, layout: list[Block]) -> None:
         super().__init__()
@@ -95,10 +101,13 @@ class MixedTabular(nn.Module):
         self.cats = [b for b in layout if b.kind == "categorical"]
         self.dim = layout[-1].stop
 
+    def clamped_log_sigma(self) -> torch.Tensor:
+        return self.log_sigma.clamp(math.log(self.MIN_SIGMA), 0.0)
+
     def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         total = params.new_zeros(params.shape[0])
         if len(self.cont_idx):
-            log_sigma = self.log_sigma.clamp(min=-7.0)
+            log_sigma = self.clamped_log_sigma()
             diff = (x[:, self.cont_idx] - params[:, self.cont_idx]) / log_sigma.exp()
             total = total + (0.5 * diff.pow(2) + log_sigma + 0.5 * _LOG_2PI).sum(-1)
         for b in self.cats:
@@ -119,7 +128,7 @@ class MixedTabular(nn.Module):
             eps = torch.randn(
                 (params.shape[0], len(self.cont_idx)), generator=generator, device=params.device
             )
-            out[:, self.cont_idx] = params[:, self.cont_idx] + self.log_sigma.exp() * eps
+            out[:, self.cont_idx] = params[:, self.cont_idx] + self.clamped_log_sigma().exp() * eps
         for b in self.cats:
             probs = F.softmax(params[:, b.start : b.stop], -1)
             idx = torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -31,7 +31,7 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
-from vae_core.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, load_checkpoint
+from vae_core.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, Checkpoint, load_checkpoint
 from vae_core.config import ComputeConfig
 from vae_core.dataset import (
     DataError,
@@ -143,6 +143,7 @@ def _data_error_message(e: BaseException) -> str | None:
 # Data reads ahead up to a share of the whole object store, so memory grew with the corpus up to
 # that share (seen: 4.7 GB at 200k rows, 7.3 GB at 1M); with it, memory is flat in corpus size.
 OBJECT_STORE_BUDGET = 1 << 30
+READ_CPUS = 0.25
 
 
 def _start(compute: ComputeConfig) -> None:
@@ -188,6 +189,14 @@ def _existing(output_uri: str, manifest: Manifest) -> Published:
     return Published(output_uri, join(output_uri, "_manifest.json"), manifest.rows, files, True, manifest)
 
 
+def _load_for_actor(model_uri: str, threads: int, device: str) -> Checkpoint:
+    """Once per actor: the checkpoint with its model on `device` in eval mode (no corruption)."""
+    torch.set_num_threads(threads)
+    ckpt = load_checkpoint(model_uri)
+    ckpt.model = ckpt.model.to(device).eval()
+    return ckpt
+
+
 # ---- embed ------------------------------------------------------------------------------------
 
 
@@ -206,10 +215,8 @@ class _Embedder:
         threads: int,
         device: str,
     ) -> None:
-        torch.set_num_threads(threads)
-        ckpt = load_checkpoint(model_uri)
-        self.model = ckpt.model.to(device).eval()
-        self.transformer = ckpt.transformer
+        ckpt = _load_for_actor(model_uri, threads, device)
+        self.model, self.transformer = ckpt.model, ckpt.transformer
         self.writer, self.spec, self.keep, self.input_uri = _Writer(out_dir), spec, keep, input_uri
         self.with_logvar, self.chunk, self.device = with_logvar, chunk, device
 
@@ -315,9 +322,20 @@ def embed_corpus(
     fs, _ = arrow_filesystem(shards[0])
     with_paths = PATH_COLUMN not in schema.names  # a user column of that name wins
     columns = sorted({*keep, *spec.feature_columns, *([PATH_COLUMN] if with_paths else [])})
+    # One read task per shard, each reserving a quarter CPU: reads wait on object storage as much
+    # as they decode. Seen with Ray 2.60's default V2 Parquet reader: one ListFiles block, hence a
+    # single read task for all shards, which starved 2 actors (read 39k rows/s, actors idle).
+    # The V1 datasource honours override_num_blocks.
+    ctx = ray.data.DataContext.get_current()
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     ds = ray.data.read_parquet(
-        [arrow_filesystem(s)[1] for s in shards], filesystem=fs, include_paths=with_paths
+        [arrow_filesystem(s)[1] for s in shards],
+        filesystem=fs,
+        include_paths=with_paths,
+        override_num_blocks=len(shards),
+        num_cpus=READ_CPUS,
     ).select_columns(columns)
+    ctx.use_datasource_v2 = v2  # the dataset keeps its own copy of the context
     ds = ds.map_batches(
         _Embedder,
         fn_constructor_kwargs={
@@ -415,10 +433,8 @@ class _Generator:
         threads: int,
         device: str,
     ) -> None:
-        torch.set_num_threads(threads)
-        ckpt = load_checkpoint(model_uri)
-        self.model = ckpt.model.to(device).eval()
-        self.transformer = ckpt.transformer
+        ckpt = _load_for_actor(model_uri, threads, device)
+        self.model, self.transformer = ckpt.model, ckpt.transformer
         self.data = ckpt.config.data
         schema_text = ckpt.meta.get("data_schema")
         self.schema = decode_schema(schema_text) if schema_text else None
