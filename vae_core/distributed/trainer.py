@@ -127,7 +127,11 @@ def _worker_loop(loop_cfg: dict[str, Any]) -> None:
     start_epoch, step, history, init_val, restarts = 0, 0, [], None, []
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
-        with resumed.as_directory() as d:
+        # A private directory per worker: Checkpoint.as_directory() downloads into one temp path
+        # shared by all workers on a node behind a non-blocking lock, and a worker that loses the
+        # race can fail with "Checkpoint directory ... does not exist" (seen with Ray 2.60).
+        with tempfile.TemporaryDirectory(prefix=f"vaeflow-resume-{rank}-") as d:
+            resumed.to_directory(d)
             restored = load_checkpoint(d, with_optimizer=True)
         model.load_state_dict(restored.model.state_dict())
         optimizer.load_state_dict(restored.optimizer_state)
