@@ -90,6 +90,10 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def file_uris(self, output_uri: str) -> list[str]:
+        """URIs of the data files this manifest publishes under `output_uri`."""
+        return [join(output_uri, f["path"]) for f in self.files]
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str) -> Manifest:
         if d.get("format") != MANIFEST_FORMAT:
@@ -109,7 +113,7 @@ def published_files(output_uri: str, storage_options: dict | None = None) -> lis
     manifest = read_manifest(output_uri, storage_options)
     if manifest is None:
         raise PublishError(f"{output_uri}: nothing published (no {MANIFEST_FILE})")
-    return [join(output_uri, f["path"]) for f in manifest.files]
+    return manifest.file_uris(output_uri)
 
 
 def read_published(
@@ -132,10 +136,16 @@ def attempt_uri(output_uri: str, attempt: str) -> str:
     return join(output_uri, ATTEMPTS_DIR, attempt)
 
 
-def discard_stale_attempts(output_uri: str, storage_options: dict | None = None) -> list[str]:
-    """Delete attempt folders the manifest does not name (left by crashed runs); returns them."""
-    manifest = read_manifest(output_uri, storage_options)
-    keep = manifest.attempt if manifest else None
+def discard_stale_attempts(
+    output_uri: str, storage_options: dict | None = None, keep: str | None = None
+) -> list[str]:
+    """Delete attempt folders other than the published one (left by crashed runs); returns them.
+
+    `keep` names the published attempt when the caller has the manifest at hand; else it is read.
+    """
+    if keep is None:
+        manifest = read_manifest(output_uri, storage_options)
+        keep = manifest.attempt if manifest else None
     fs, root = filesystem(join(output_uri, ATTEMPTS_DIR), storage_options)
     fs.invalidate_cache(root)
     if not fs.exists(root):
@@ -149,20 +159,6 @@ def discard_stale_attempts(output_uri: str, storage_options: dict | None = None)
     for p in stale:
         fs.rm(p, recursive=True)
     return [uri_of(output_uri, p) for p in stale]
-
-
-def stage_files(output_uri: str, attempt: str, storage_options: dict | None = None) -> list[dict[str, Any]]:
-    """Describe the Parquet files staged by an attempt: relative path, rows (from footers), bytes."""
-    fs, root = filesystem(attempt_uri(output_uri, attempt), storage_options)
-    fs.invalidate_cache(root)
-    paths = sorted(p for p in fs.find(root) if p.endswith(".parquet")) if fs.exists(root) else []
-    base = filesystem(output_uri, storage_options)[1].rstrip("/")
-    files = []
-    for p in paths:
-        afs, apath = arrow_filesystem(uri_of(output_uri, p), storage_options)
-        rows = pq.ParquetFile(afs.open_input_file(apath)).metadata.num_rows
-        files.append({"path": p[len(base) + 1 :], "rows": rows, "bytes": fs.size(p)})
-    return files
 
 
 def fingerprint(uris: list[str], storage_options: dict | None = None, extra: Any = None) -> str:

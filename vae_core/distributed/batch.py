@@ -44,6 +44,7 @@ from vae_core.dataset import (
     vector_features,
 )
 from vae_core.publish import (
+    MANIFEST_FILE,
     Manifest,
     PublishError,
     atomic_write_json,
@@ -169,24 +170,26 @@ def _begin(output_uri: str, run_key: str, overwrite: bool, report: Callable[[str
             f"{output_uri}: already holds a published {existing.kind} output of another run "
             f"({existing.run_key}); write to a new output URI, or pass overwrite to replace it"
         )
-    stale = discard_stale_attempts(output_uri)
+    stale = discard_stale_attempts(output_uri, keep=existing.attempt if existing else None)
     if stale:
         report(f"{output_uri}: discarded {len(stale)} unpublished attempt(s) left by an earlier crash")
     return None
 
 
-def _publish(output_uri: str, manifest: Manifest, report: Callable[[str], None]) -> Published:
-    uri = join(output_uri, "_manifest.json")
+def _published(output_uri: str, manifest: Manifest, skipped: bool, job_stats: str = "") -> Published:
+    manifest_uri = join(output_uri, MANIFEST_FILE)
+    files = manifest.file_uris(output_uri)
+    return Published(output_uri, manifest_uri, manifest.rows, files, skipped, manifest, job_stats)
+
+
+def _publish(
+    output_uri: str, manifest: Manifest, ds: ray.data.Dataset, report: Callable[[str], None]
+) -> Published:
+    uri = join(output_uri, MANIFEST_FILE)
     atomic_write_json(uri, manifest.to_dict())  # the publish point
-    discard_stale_attempts(output_uri)  # a replaced output's old attempt, now unreachable
+    discard_stale_attempts(output_uri, keep=manifest.attempt)  # a replaced output's old attempt
     report(f"published {manifest.rows:,} rows in {len(manifest.files)} files: {uri}")
-    files = [join(output_uri, f["path"]) for f in manifest.files]
-    return Published(output_uri, uri, manifest.rows, files, False, manifest)
-
-
-def _existing(output_uri: str, manifest: Manifest) -> Published:
-    files = [join(output_uri, f["path"]) for f in manifest.files]
-    return Published(output_uri, join(output_uri, "_manifest.json"), manifest.rows, files, True, manifest)
+    return _published(output_uri, manifest, skipped=False, job_stats=ds.stats())
 
 
 def _load_for_actor(model_uri: str, threads: int, device: str) -> Checkpoint:
@@ -313,7 +316,7 @@ def embed_corpus(
     run_key = run_key or fingerprint(shards, extra={"kind": "embeddings", "model": model_fp, **params})
     existing = _begin(output_uri, run_key, overwrite, progress)
     if existing is not None:
-        return _existing(output_uri, existing)
+        return _published(output_uri, existing, skipped=True)
 
     compute = ComputeConfig(num_workers=num_workers, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu)
     _start(compute)
@@ -383,9 +386,7 @@ def embed_corpus(
         stats={"z_mean": {"count": rows, "mean": mean.tolist(), "var": (sumsq / rows - mean**2).tolist()}},
         created_at=datetime.now(UTC).isoformat(),
     )
-    published = _publish(output_uri, manifest, progress)
-    published.job_stats = ds.stats()
-    return published
+    return _publish(output_uri, manifest, ds, progress)
 
 
 def _collect(ds: ray.data.Dataset, meter: _Progress) -> list[dict[str, Any]]:
@@ -405,10 +406,10 @@ def _collect(ds: ray.data.Dataset, meter: _Progress) -> list[dict[str, Any]]:
 
 
 def _file_entries(attempt: str, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    entries = {s["file"]: s for s in summaries}  # a retried batch reports the same name once
+    """Manifest entries of the (deduplicated) summaries, sorted by file name."""
     return [
-        {"path": f"attempts/{attempt}/{name}", "rows": s["rows"], "bytes": s["bytes"]}
-        for name, s in sorted(entries.items())
+        {"path": f"attempts/{attempt}/{s['file']}", "rows": s["rows"], "bytes": s["bytes"]}
+        for s in sorted(summaries, key=lambda s: s["file"])
     ]
 
 
@@ -532,7 +533,7 @@ def generate_rows(
     )
     existing = _begin(output_uri, run_key, overwrite, progress)
     if existing is not None:
-        return _existing(output_uri, existing)
+        return _published(output_uri, existing, skipped=True)
 
     compute = ComputeConfig(num_workers=num_workers, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu)
     _start(compute)
@@ -574,9 +575,7 @@ def generate_rows(
         params=params,
         created_at=datetime.now(UTC).isoformat(),
     )
-    published = _publish(output_uri, manifest, progress)
-    published.job_stats = ds.stats()
-    return published
+    return _publish(output_uri, manifest, ds, progress)
 
 
 def _dedupe(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
