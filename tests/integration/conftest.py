@@ -14,8 +14,12 @@ __all__ = ["TEST_KEY_ID", "TEST_SECRET", "make_bucket"]
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
-    """moto's S3 server on 127.0.0.1 for the whole session, with the AWS environment pointed at it."""
-    with local_s3_server() as endpoint:
+    """moto's S3 server on 127.0.0.1 for the whole session, with the AWS environment pointed at it.
+
+    Its own process: delta-rs holds the GIL while it waits on S3, so a server thread inside the test
+    process would never answer it (seen: write_delta timed out after 180 s).
+    """
+    with local_s3_server(separate_process=True) as endpoint:
         yield endpoint
 
 
