@@ -1,4 +1,4 @@
-"""Model registry in object storage: immutable versions and an atomically updated champion pointer.
+"""Model registry in object storage: immutable versions and a champion pointer moved by compare-and-swap.
 
 Layout (any URI):
     <root>/models/<name>/<version>/model.safetensors   weights (copied from the training checkpoint)
@@ -8,25 +8,35 @@ Layout (any URI):
     <root>/models/<name>/<version>/metrics.json        evaluation metrics (what the gate reads)
     <root>/models/<name>/<version>/report/...          the evaluation report (report.html, ...)
     <root>/models/<name>/<version>/version.json        written last: marks a complete version
-    <root>/models/<name>/champion.json                 {"version", "uri", ...}: one atomic PUT
+    <root>/models/<name>/champion/<seq>.json           the champion series: 0000000000.json, 0000000001.json,
+                                                       ... one create-only record per promotion; the
+                                                       highest number names the current champion
 
 A version directory is a loadable checkpoint (`vae_core.checkpoint.load_checkpoint(version.uri)`).
-The champion changes only through `promote`, after `gate` has passed the candidate.
+The champion changes only through `promote`, after the gate has passed the candidate against the
+champion record that was read; the record is written create-only under the next number, so two
+promotions decided against the same champion cannot both land (the loser gets ChampionConflict).
+Records are never rewritten or deleted: the series is the promotion history.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
 from vae_core.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, TABULAR_FILE
 from vae_core.publish import atomic_write_json, read_json
-from vae_core.storage import filesystem, join
+from vae_core.storage import create_only_write, filesystem, join
 
 MODELS_DIR = "models"
-VERSION_FILE, CHAMPION_FILE, METRICS_FILE = "version.json", "champion.json", "metrics.json"
+VERSION_FILE, METRICS_FILE = "version.json", "metrics.json"
+CHAMPION_DIR = "champion"
+_RECORD = re.compile(r"(\d{10})\.json")
+LEGACY_CHAMPION_FILE = "champion.json"  # the single overwritten pointer of earlier releases
 REPORT_DIR, REPORT_HTML = "report", "report.html"
 # Optimizer state stays with the training run: a registered model is for inference and evaluation.
 MODEL_FILES = (MODEL_FILE, CONFIG_FILE, TABULAR_FILE, META_FILE)
@@ -54,6 +64,8 @@ class ModelVersion:
 class GateResult:
     passed: bool
     reason: str
+    champion_version: str | None = None  # the champion the candidate was compared with
+    champion_metrics: dict[str, Any] | None = field(default=None, repr=False)
 
 
 def model_uri(root: str, name: str) -> str:
@@ -166,37 +178,165 @@ def list_versions(root: str, name: str, storage_options: dict | None = None) -> 
     return sorted(out)
 
 
+# ---- the champion pointer -----------------------------------------------------------------------
+
+
+class ChampionConflict(RegistryError):
+    """A promotion lost its compare-and-swap: the champion moved after the promoter read it."""
+
+    def __init__(
+        self, message: str, candidate: str, expected: ChampionRecord | None, current: ChampionRecord
+    ) -> None:
+        super().__init__(message)
+        self.candidate, self.expected, self.current = candidate, expected, current
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across Prefect/Ray process boundaries
+        return type(self), (str(self), self.candidate, self.expected, self.current)
+
+
+@dataclass(frozen=True)
+class ChampionRecord:
+    """One promotion: record `seq` of the champion series names the champion from then on."""
+
+    seq: int
+    name: str
+    version: str
+    uri: str  # the version directory
+    reason: str  # the gate's verdict, or why it was promoted by hand
+    promoted_at: str
+    previous: str | None  # the champion it replaced
+    night: str | None = None  # the nightly run that promoted it, when one did
+    flow_run_id: str | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str) -> ChampionRecord:
+        try:
+            d = json.loads(data)
+            record = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        except (ValueError, TypeError) as e:
+            raise RegistryError(f"{source}: not a champion record ({e})") from e
+        if not isinstance(record.seq, int) or source.rsplit("/", 1)[-1] != _record_name(record.seq):
+            raise RegistryError(f"{source}: holds record {record.seq}, not the one its name says")
+        return record
+
+
+def champion_uri(root: str, name: str) -> str:
+    """The folder of the champion series: one create-only JSON object per promotion."""
+    return join(model_uri(root, name), CHAMPION_DIR)
+
+
+def _record_name(seq: int) -> str:
+    return f"{seq:010d}.json"  # zero-padded: names sort like the numbers
+
+
+def _read_record(root: str, name: str, seq: int, storage_options: dict | None) -> ChampionRecord | None:
+    uri = join(champion_uri(root, name), _record_name(seq))
+    fs, path = filesystem(uri, storage_options)
+    fs.invalidate_cache(path)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    return ChampionRecord.from_json(data, uri)
+
+
+def _latest_seq(root: str, name: str, storage_options: dict | None) -> int | None:
+    fs, path = filesystem(champion_uri(root, name), storage_options)
+    fs.invalidate_cache(path)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        entries = []
+    seqs = [int(m[1]) for e in entries if (m := _RECORD.fullmatch(e.rstrip("/").rsplit("/", 1)[-1]))]
+    if seqs:
+        return max(seqs)
+    legacy = join(model_uri(root, name), LEGACY_CHAMPION_FILE)
+    old = read_json(legacy, storage_options)
+    if old is not None:  # a registry written before the champion series: refuse to forget its champion
+        raise RegistryError(
+            f"{legacy}: a champion pointer in the old layout (version {old.get('version')!r}); carry it "
+            f"over with registry.promote(root, {name!r}, {old.get('version')!r}, reason, expected_seq=None)"
+        )
+    return None
+
+
+def champion_record(root: str, name: str, storage_options: dict | None = None) -> ChampionRecord | None:
+    """The latest record of the champion series (version, uri, seq, ...), or None before the first
+    promotion. Its `seq` is what a promotion decided against it passes as `expected_seq`."""
+    seq = _latest_seq(root, name, storage_options)
+    if seq is None:
+        return None
+    record = _read_record(root, name, seq, storage_options)
+    if record is None:
+        raise RegistryError(f"{champion_uri(root, name)}: record {seq} was listed but cannot be read")
+    return record
+
+
 def champion(root: str, name: str, storage_options: dict | None = None) -> ModelVersion | None:
     """The current champion of model `name`, or None before the first promotion."""
-    pointer = read_json(join(model_uri(root, name), CHAMPION_FILE), storage_options)
-    if pointer is None:
-        return None
-    return read_version(root, name, pointer["version"], storage_options)
-
-
-def champion_record(root: str, name: str, storage_options: dict | None = None) -> dict[str, Any] | None:
-    """The champion pointer itself (version, uri, promoted_at, reason, previous)."""
-    return read_json(join(model_uri(root, name), CHAMPION_FILE), storage_options)
+    record = champion_record(root, name, storage_options)
+    return None if record is None else read_version(root, name, record.version, storage_options)
 
 
 def promote(
-    root: str, name: str, version: str, reason: str, storage_options: dict | None = None
-) -> dict[str, Any]:
-    """Point `champion.json` at a complete version with one atomic write; returns the pointer."""
+    root: str,
+    name: str,
+    version: str,
+    reason: str,
+    expected_seq: int | None,
+    storage_options: dict | None = None,
+    night: str | None = None,
+    flow_run_id: str | None = None,
+) -> ChampionRecord:
+    """Make a complete version the champion, by compare-and-swap on the champion record that was read.
+
+    `expected_seq` is the `seq` of the champion record the decision was made against (None: there
+    was no champion). The new record is written create-only as number expected_seq + 1 (or 0), so
+    of several promotions decided against the same record exactly one lands; the others raise
+    ChampionConflict naming the champion that moved in between. Promoting the version that record
+    already names, or retrying a promotion that landed, writes nothing and returns the record.
+    """
     target = read_version(root, name, version, storage_options)  # refuses incomplete versions
-    previous = champion_record(root, name, storage_options)
-    if previous and previous["version"] == version:
-        return previous  # a retried promotion: already done
-    pointer = {
-        "name": name,
-        "version": version,
-        "uri": target.uri,
-        "reason": reason,
-        "promoted_at": datetime.now(UTC).isoformat(),
-        "previous": previous["version"] if previous else None,
-    }
-    atomic_write_json(join(model_uri(root, name), CHAMPION_FILE), pointer, storage_options)
-    return pointer
+    expected = None
+    if expected_seq is not None:
+        expected = _read_record(root, name, expected_seq, storage_options)
+        if expected is None:
+            raise RegistryError(
+                f"{champion_uri(root, name)}: no champion record {expected_seq} to promote over"
+            )
+        if expected.version == version:
+            return expected
+    record = ChampionRecord(
+        seq=0 if expected_seq is None else expected_seq + 1,
+        name=name,
+        version=version,
+        uri=target.uri,
+        reason=reason,
+        promoted_at=datetime.now(UTC).isoformat(),
+        previous=expected.version if expected else None,
+        night=night,
+        flow_run_id=flow_run_id,
+    )
+    uri = join(champion_uri(root, name), _record_name(record.seq))
+    if create_only_write(uri, record.to_json(), storage_options):
+        return record
+    current = _read_record(root, name, record.seq, storage_options)
+    if current is None:
+        raise RegistryError(f"{uri}: exists (create-only write refused) but cannot be read")
+    if current.version == version:
+        return current  # a retried promotion that had landed
+    was = f"{expected.version} (record {expected.seq})" if expected else "no champion"
+    raise ChampionConflict(
+        f"{champion_uri(root, name)}: the champion moved while {version} was being promoted: it was {was} "
+        f"when the decision was made, and {current.version} was promoted over it meanwhile (record "
+        f"{current.seq}, {current.promoted_at}: {current.reason}); {version} was not promoted",
+        version,
+        expected,
+        current,
+    )
 
 
 def resolve(
@@ -227,8 +367,28 @@ def _non_finite(metrics: Any, prefix: str = "") -> list[str]:
 
 def _gate_value(metrics: dict[str, Any]) -> float | None:
     section, key = GATE_METRIC
-    value = metrics.get(section, {}).get(key)
-    return None if value is None else float(value)
+    part = metrics.get(section)
+    value = part.get(key) if isinstance(part, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def read_metrics(uri: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """The metrics.json of the version directory `uri`, strictly: a RegistryError saying what is wrong
+    when it is missing, not JSON or not an object (an empty object is returned as it is)."""
+    metrics_uri = join(uri, METRICS_FILE)
+    fs, path = filesystem(metrics_uri, storage_options)
+    fs.invalidate_cache(path)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        raise RegistryError(f"{metrics_uri}: missing") from None
+    try:
+        metrics = json.loads(data)
+    except ValueError as e:
+        raise RegistryError(f"{metrics_uri}: not JSON ({e})") from e
+    if not isinstance(metrics, dict):
+        raise RegistryError(f"{metrics_uri}: not a JSON object but {type(metrics).__name__}")
+    return metrics
 
 
 def gate(
@@ -238,7 +398,11 @@ def gate(
     champion_version: str | None = None,
 ) -> GateResult:
     """Pass a candidate when its metrics are finite and its held-out ELBO (nats per row, higher is
-    better) is not worse than the champion's by more than `margin` nats."""
+    better) is not worse than the champion's by more than `margin` nats.
+
+    `champion_metrics` None means there is no champion; a champion whose metrics hold no finite
+    held-out ELBO fails the gate (the candidate cannot be compared with it).
+    """
     bad = _non_finite(candidate)
     value = _gate_value(candidate)
     if value is None:
@@ -250,13 +414,48 @@ def gate(
     best = _gate_value(champion_metrics)
     label = f"champion {champion_version}" if champion_version else "champion"
     if best is None or not math.isfinite(best):
-        return GateResult(True, f"{label} has no finite held-out ELBO; candidate {value:.2f} nats")
+        found = champion_metrics.get(GATE_METRIC[0], {})
+        found = found.get(GATE_METRIC[1]) if isinstance(found, dict) else None
+        return GateResult(
+            False,
+            f"{label} has no finite held-out ELBO (metrics['test']['elbo'] is {found!r}), so candidate "
+            f"{value:.2f} nats cannot be compared with it",
+            champion_version,
+            champion_metrics,
+        )
     if value < best - margin:
         return GateResult(
             False,
             f"candidate held-out ELBO {value:.2f} nats is {best - value:.2f} nats worse than {label} "
             f"({best:.2f}); the allowed margin is {margin:g}",
+            champion_version,
+            champion_metrics,
         )
     return GateResult(
-        True, f"candidate held-out ELBO {value:.2f} nats vs {label} {best:.2f}: within the margin {margin:g}"
+        True,
+        f"candidate held-out ELBO {value:.2f} nats vs {label} {best:.2f}: within the margin {margin:g}",
+        champion_version,
+        champion_metrics,
     )
+
+
+def gate_against(
+    candidate: dict[str, Any],
+    champion: ChampionRecord | None,
+    margin: float,
+    storage_options: dict | None = None,
+) -> GateResult:
+    """`gate` against the champion record the decision is made on (None: no champion). Its version's
+    metrics.json is read strictly: missing or unreadable metrics fail the gate with the reason."""
+    if champion is None:
+        return gate(candidate, None, margin)
+    try:
+        metrics = read_metrics(champion.uri, storage_options)
+    except RegistryError as e:
+        return GateResult(
+            False,
+            f"champion {champion.version} has no readable metrics ({e}), so the candidate cannot be "
+            "compared with it",
+            champion.version,
+        )
+    return gate(candidate, metrics, margin, champion_version=champion.version)

@@ -1,6 +1,8 @@
-"""Model registry: versions as loadable checkpoints, idempotent publishing, the gate, atomic promotion."""
+"""Model registry: versions as loadable checkpoints, idempotent publishing, the gate, promotion by
+compare-and-swap on the champion series."""
 
 import json
+import threading
 import uuid
 from datetime import date
 
@@ -11,10 +13,12 @@ from vae_core.checkpoint import load_checkpoint, save_checkpoint
 from vae_core.config import ModelConfig, VaeflowConfig
 from vae_core.families import DataShape, build_model
 from vae_core.registry import (
+    ChampionConflict,
     RegistryError,
     champion,
     champion_record,
     gate,
+    gate_against,
     list_versions,
     new_version,
     promote,
@@ -22,7 +26,7 @@ from vae_core.registry import (
     read_version,
     resolve,
 )
-from vae_core.storage import filesystem, join
+from vae_core.storage import create_only_write, filesystem, join
 
 
 def _root(tmp_path, kind: str) -> str:
@@ -86,29 +90,112 @@ def test_a_half_written_version_is_neither_listed_nor_promotable(tmp_path):
     (tmp_path / "store" / "models" / "m" / "v1" / "version.json").unlink()  # as if the writer died
     assert list_versions(root, "m") == []
     with pytest.raises(RegistryError, match="no such model version"):
-        promote(root, "m", "v1", "test")
+        promote(root, "m", "v1", "test", expected_seq=None)
+    assert champion_record(root, "m") is None
+
+
+def _two_versions(root: str) -> None:
+    publish_version(root, "m", "v1", _checkpoint(root, "r1"), metrics(-120.0))
+    publish_version(root, "m", "v2", _checkpoint(root, "r2", seed=1), metrics(-118.0))
 
 
 @pytest.mark.parametrize("kind", ["path", "memory"])
-def test_promote_moves_the_champion_pointer_and_resolve_follows_it(tmp_path, kind):
+def test_promote_appends_to_the_champion_series_and_resolve_follows_it(tmp_path, kind):
     root = _root(tmp_path, kind)
-    assert champion(root, "m") is None
+    assert champion(root, "m") is None and champion_record(root, "m") is None
     with pytest.raises(RegistryError, match="no champion"):
         resolve(root, "m")
-    publish_version(root, "m", "v1", _checkpoint(root, "r1"), metrics(-120.0))
-    publish_version(root, "m", "v2", _checkpoint(root, "r2", seed=1), metrics(-118.0))
-    promote(root, "m", "v1", "first")
-    pointer = promote(root, "m", "v2", "better")
-    assert pointer["version"] == "v2" and pointer["previous"] == "v1"
+    _two_versions(root)
+    first = promote(root, "m", "v1", "first", expected_seq=None, night="2026-01-01", flow_run_id="run-1")
+    assert (first.seq, first.previous, first.night, first.flow_run_id) == (0, None, "2026-01-01", "run-1")
+    record = promote(root, "m", "v2", "better", expected_seq=first.seq)
+    assert (record.seq, record.version, record.previous) == (1, "v2", "v1")
+    assert record.uri == join(root, "models", "m", "v2")
+    assert champion_record(root, "m") == record and champion_record(root, "m").reason == "better"
     assert champion(root, "m").version == "v2" and resolve(root, "m").version == "v2"
     assert resolve(root, "m", "v1").version == "v1"
-    assert promote(root, "m", "v2", "retried") == pointer  # a retry changes nothing
-    if kind == "path":  # one atomic rename: no temporary files left next to the pointer
-        assert sorted(p.name for p in (tmp_path / "store" / "models" / "m").iterdir()) == [
-            "champion.json", "v1", "v2",
-        ]  # fmt: skip
-        assert json.loads((tmp_path / "store/models/m/champion.json").read_text())["version"] == "v2"
-    assert champion_record(root, "m")["reason"] == "better"
+    assert list_versions(root, "m") == ["v1", "v2"]  # the champion folder is not a version
+    if kind == "path":  # create-only records, no temporary files left beside them
+        folder = tmp_path / "store" / "models" / "m" / "champion"
+        assert sorted(p.name for p in folder.iterdir()) == ["0000000000.json", "0000000001.json"]
+        assert json.loads((folder / "0000000001.json").read_text())["version"] == "v2"
+
+
+@pytest.mark.parametrize("kind", ["path", "memory"])
+def test_a_retried_promotion_is_a_no_op(tmp_path, kind):
+    root = _root(tmp_path, kind)
+    _two_versions(root)
+    first = promote(root, "m", "v1", "first", expected_seq=None)
+    record = promote(root, "m", "v2", "better", expected_seq=0)
+    # The task retried after its write landed: same version, same expected record.
+    assert promote(root, "m", "v2", "retried", expected_seq=0) == record
+    # Promoting the version the expected record already names writes nothing either.
+    assert promote(root, "m", "v2", "again", expected_seq=1) == record
+    assert promote(root, "m", "v1", "retried", expected_seq=None) == first
+    assert champion_record(root, "m") == record
+
+
+def test_two_promotions_from_one_champion_record_one_wins_on_local_disk(tmp_path):
+    root = _root(tmp_path, "path")
+    _two_versions(root)
+    publish_version(root, "m", "v3", _checkpoint(root, "r3", seed=2), metrics(-117.0))
+    promote(root, "m", "v1", "first", expected_seq=None)
+    won = promote(root, "m", "v2", "night A", expected_seq=0)
+    with pytest.raises(ChampionConflict) as lost:
+        promote(root, "m", "v3", "night B", expected_seq=0)  # decided against v1, as night A was
+    message = str(lost.value)
+    assert "v3 was not promoted" in message and "v2 was promoted over it" in message and "v1" in message
+    assert lost.value.current == won and lost.value.expected.version == "v1"
+    assert champion_record(root, "m") == won  # moved once
+    assert sorted(p.name for p in (tmp_path / "store/models/m/champion").iterdir()) == [
+        "0000000000.json", "0000000001.json",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["path", "memory"])
+def test_concurrent_promotions_from_one_champion_record_exactly_one_lands(tmp_path, kind):
+    root = _root(tmp_path, kind)
+    versions = [f"v{i}" for i in range(6)]
+    for i, v in enumerate(versions):
+        publish_version(root, "m", v, _checkpoint(root, f"r{i}", seed=i), metrics(-120.0 + i))
+    start = threading.Barrier(len(versions))
+    outcomes: dict[str, object] = {}
+
+    def attempt(version: str) -> None:
+        start.wait()
+        try:
+            outcomes[version] = promote(root, "m", version, "race", expected_seq=None)
+        except ChampionConflict as e:
+            outcomes[version] = e
+
+    threads = [threading.Thread(target=attempt, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [v for v, o in outcomes.items() if not isinstance(o, Exception)]
+    assert len(winners) == 1 and len(outcomes) == len(versions)
+    assert all(isinstance(o, ChampionConflict) for v, o in outcomes.items() if v not in winners)
+    assert champion_record(root, "m").version == winners[0] and champion_record(root, "m").seq == 0
+
+
+def test_create_only_write_refuses_an_existing_object(tmp_path):
+    for uri in (str(tmp_path / "a" / "x.json"), f"memory://cow-{uuid.uuid4().hex[:8]}/x.json"):
+        assert create_only_write(uri, b"first") is True
+        assert create_only_write(uri, b"second") is False
+        fs, path = filesystem(uri)
+        assert fs.cat_file(path) == b"first"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.json"]
+
+
+def test_an_old_single_pointer_is_not_silently_forgotten(tmp_path):
+    root = _root(tmp_path, "path")
+    _two_versions(root)
+    (tmp_path / "store/models/m/champion.json").write_text(json.dumps({"version": "v1"}))
+    with pytest.raises(RegistryError, match=r"old layout.*'v1'"):
+        champion_record(root, "m")
+    promote(root, "m", "v1", "carried over", expected_seq=None)
+    assert champion_record(root, "m").version == "v1"
 
 
 def test_gate_passes_the_first_model_and_one_within_the_margin():
@@ -131,6 +218,32 @@ def test_gate_rejects_non_finite_metrics_even_without_a_champion(bad):
     result = gate(m, None, margin=2.0)
     assert not result.passed and f"test.kl={bad}" in result.reason
     assert not gate({"iwae": 1.0}, None, margin=2.0).passed  # no held-out ELBO at all
+
+
+@pytest.mark.parametrize("champ", [{}, {"test": {}}, {"test": {"elbo": float("nan")}}, {"test": "x"}])
+def test_gate_fails_against_a_champion_without_a_finite_held_out_elbo(champ):
+    result = gate(metrics(-120.0), champ, margin=2.0, champion_version="v1")
+    assert not result.passed and "champion v1 has no finite held-out ELBO" in result.reason
+
+
+def test_gate_against_a_champion_reads_its_metrics_strictly(tmp_path):
+    root = _root(tmp_path, "path")
+    _two_versions(root)
+    record = promote(root, "m", "v1", "first", expected_seq=None)
+    ok = gate_against(metrics(-119.0), record, margin=2.0)
+    assert ok.passed and ok.champion_version == "v1" and ok.champion_metrics["test"]["elbo"] == -120.0
+    metrics_file = tmp_path / "store/models/m/v1/metrics.json"
+    metrics_file.unlink()
+    missing = gate_against(metrics(-119.0), record, margin=2.0)
+    assert not missing.passed and missing.champion_version == "v1"
+    assert "champion v1 has no readable metrics" in missing.reason
+    assert f"{join(record.uri, 'metrics.json')}: missing" in missing.reason
+    metrics_file.write_text("{not json")
+    assert "not JSON" in gate_against(metrics(-119.0), record, margin=2.0).reason
+    metrics_file.write_text("{}")  # present but empty: read, then no held-out ELBO to compare with
+    empty = gate_against(metrics(-119.0), record, margin=2.0)
+    assert not empty.passed and "no finite held-out ELBO" in empty.reason
+    assert gate_against(metrics(-119.0), None, margin=2.0).passed  # no champion at all
 
 
 def test_version_ids_sort_by_date():
