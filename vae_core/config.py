@@ -1,9 +1,15 @@
-"""One validated configuration for data, model, training and compute, round-trippable through JSON."""
+"""One validated configuration for data, model, training and compute, round-trippable through JSON.
+
+Secrets in `data.storage_options` stay in memory as given; they are redacted ("***") only where a
+config leaves the process as text: `to_json()` (the default), `model_dump_json()`, `model_dump(mode="json")`
+(Prefect parameters and artifacts) and `repr()`. Ray workers get `to_json(redact=False)`.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,13 +48,44 @@ class DataConfig(_Section):
         default_factory=dict, description="fsspec options for the URI; default: the AWS environment."
     )
 
-    @field_serializer("storage_options")
+    # JSON only: configs written next to checkpoints, printed, or stored as Prefect parameters carry
+    # no credentials; model_dump() (python mode, e.g. with_overrides) keeps them.
+    @field_serializer("storage_options", when_used="json")
     def _redact_secrets(self, options: dict[str, Any]) -> dict[str, Any]:
-        # Configs are written next to checkpoints and printed; credentials must never travel with them.
-        return {k: "***" if _SECRET.search(k) else v for k, v in options.items()}
+        return redact(options)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if name == "storage_options" else value
 
 
-_SECRET = re.compile(r"secret|password|token|(^|_)key$|credential", re.IGNORECASE)
+REDACTED = "***"
+# Key names that hold credentials in fsspec, botocore and delta-rs options (key, secret, token,
+# aws_secret_access_key, AWS_SESSION_TOKEN, password, credentials, ...). endpoint_url, region_name
+# and the like stay visible.
+SECRET_KEY = re.compile(r"secret|passw|token|key|credential", re.IGNORECASE)
+
+
+def redact(value: Any) -> Any:
+    """A copy of `value` with every non-empty value under a secret-looking key replaced by "***",
+    at any depth of nested dicts and lists."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if SECRET_KEY.search(str(k)) and value[k] not in (None, "") else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def holds_redacted(value: Any) -> bool:
+    """True when `value` (storage options) has a "***" anywhere: it came from a written config."""
+    if isinstance(value, dict):
+        return any(holds_redacted(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(holds_redacted(v) for v in value)
+    return value == REDACTED
 
 
 class ModelConfig(_Section):
@@ -124,8 +161,12 @@ class VaeflowConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
+    def to_json(self, redact: bool = True) -> str:
+        """JSON text. Redacted (secrets in data.storage_options as "***") for files, logs and output;
+        `redact=False` only to hand the config to another process of the same job (Ray workers)."""
+        if redact:
+            return self.model_dump_json(indent=2)
+        return json.dumps(self.model_dump(), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> VaeflowConfig:

@@ -2,6 +2,10 @@
 
 S3 endpoint and credentials come from the standard AWS environment and config (AWS_ENDPOINT_URL,
 AWS_ACCESS_KEY_ID, AWS_PROFILE, ...) or from explicit `storage_options`; nothing is provider-specific.
+`storage_options` are fsspec's (s3fs's for S3): key, secret, token, anon, endpoint_url, client_kwargs
+(endpoint_url, region_name, aws_access_key_id, ...), config_kwargs (region_name, ...). The same options
+are translated for pyarrow's native S3 client (`arrow_filesystem`) and for delta-rs
+(`delta_storage_options`).
 """
 
 from __future__ import annotations
@@ -12,36 +16,189 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 
+from vae_core.config import holds_redacted
+
 
 def scheme(uri: str) -> str:
     return uri.split("://", 1)[0] if "://" in uri else "file"
 
 
+def _check_not_redacted(uri: str, storage_options: dict[str, Any] | None) -> None:
+    if storage_options and holds_redacted(storage_options):
+        raise ValueError(
+            f"{uri}: storage_options hold redacted values ('***'): they come from a written config "
+            "(e.g. a checkpoint's config.json), which never carries secrets; pass the real storage "
+            "options explicitly"
+        )
+
+
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
     """Resolve a URI to (fsspec filesystem, path inside it)."""
+    _check_not_redacted(uri, storage_options)
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    return fs, path
+
+
+# s3fs settings that change caching only, never where requests go or as whom.
+_S3FS_TUNING = frozenset(
+    {
+        "skip_instance_cache",
+        "use_listings_cache",
+        "listings_expiry_time",
+        "max_paths",
+        "default_block_size",
+        "default_fill_cache",
+        "default_cache_type",
+        "max_concurrency",
+        "cache_regions",
+    }
+)
+_CLIENT_CREDENTIALS = {
+    "aws_access_key_id": "key",
+    "aws_secret_access_key": "secret",
+    "aws_session_token": "token",
+}
+
+
+@dataclass
+class S3Options:
+    """fsspec-style S3 options reduced to what every S3 client here understands."""
+
+    key: str | None = None
+    secret: str | None = None
+    token: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    anon: bool = False
+    unsupported: list[str] = field(default_factory=list)  # dotted names with no native equivalent
+
+
+def s3_options(storage_options: dict[str, Any] | None) -> S3Options:
+    """Read s3fs-style options (key/secret/token, endpoint_url and region_name at the top level or in
+    client_kwargs, region_name in config_kwargs); anything else is listed in `unsupported`."""
+    out = S3Options()
+    for name, value in (storage_options or {}).items():
+        if name in ("key", "secret", "token", "endpoint_url"):
+            setattr(out, name, value)
+        elif name == "anon":
+            out.anon = bool(value)
+        elif name == "client_kwargs" and isinstance(value, dict):
+            for k, v in value.items():
+                if k in _CLIENT_CREDENTIALS:
+                    setattr(out, _CLIENT_CREDENTIALS[k], v)
+                elif k == "endpoint_url":
+                    out.endpoint_url = v
+                elif k == "region_name":
+                    out.region = v
+                else:
+                    out.unsupported.append(f"client_kwargs.{k}")
+        elif name == "config_kwargs" and isinstance(value, dict):
+            for k, v in value.items():
+                if k == "region_name":
+                    out.region = v
+                elif not (k == "signature_version" and v == "s3v4"):  # s3v4 is every client's default
+                    out.unsupported.append(f"config_kwargs.{k}")
+        elif name not in _S3FS_TUNING:
+            out.unsupported.append(name)
+    return out
+
+
+def _endpoint(url: str) -> tuple[str, str]:
+    """'http://host:port' -> ('http', 'host:port'); a bare host means https."""
+    kind, sep, rest = url.partition("://")
+    return (kind, rest.rstrip("/")) if sep else ("https", url.rstrip("/"))
+
+
+def _native_s3(uri: str, opts: S3Options) -> tuple[pafs.FileSystem, str]:
+    path = uri.split("://", 1)[1]
+    endpoint = opts.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    region = opts.region
+    if region is None and endpoint is None:
+        # What FileSystem.from_uri does: S3 answers requests to another region's bucket with a redirect
+        # that the C++ client does not follow.
+        with contextlib.suppress(OSError):
+            region = pafs.resolve_s3_region(path.split("/", 1)[0])
+    kind, host = _endpoint(endpoint) if endpoint else (None, None)
+    fs = pafs.S3FileSystem(
+        access_key=opts.key,
+        secret_key=opts.secret,
+        session_token=opts.token,
+        anonymous=opts.anon,
+        region=region,
+        scheme=kind,
+        endpoint_override=host,
+    )
     return fs, path
 
 
 def arrow_filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[pafs.FileSystem, str]:
     """Resolve a URI to (pyarrow filesystem, path inside it) for pyarrow.parquet and Ray Data.
 
-    Local and S3 URIs get pyarrow's native filesystems (fast C++ I/O; S3 honours AWS_ENDPOINT_URL);
-    other schemes, or S3 with explicit options, go through fsspec wrapped for pyarrow.
+    Local and S3 URIs get pyarrow's native filesystems (fast C++ I/O; S3 honours AWS_ENDPOINT_URL),
+    S3 with explicit options too when they translate (credentials, endpoint, region); other schemes,
+    or S3 options only s3fs knows, go through fsspec wrapped for pyarrow.
     """
+    _check_not_redacted(uri, storage_options)
     kind = scheme(uri)
     if kind == "file":
         return pafs.LocalFileSystem(), fsspec.core.url_to_fs(uri)[1]
     if kind == "s3" and not storage_options:
         return pafs.FileSystem.from_uri(uri)
+    if kind == "s3":
+        opts = s3_options(storage_options)
+        if not opts.unsupported:
+            return _native_s3(uri, opts)
     fs, path = filesystem(uri, storage_options)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def delta_storage_options(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """fsspec-style `storage_options` for `uri` as delta-rs (object_store) storage options.
+
+    S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN from key / secret / token,
+    AWS_ENDPOINT_URL (+ AWS_ALLOW_HTTP=true for http://) from the options' endpoint_url or else the
+    environment's AWS_ENDPOINT_URL, AWS_REGION from the options' region_name or else AWS_REGION /
+    AWS_DEFAULT_REGION, AWS_SKIP_SIGNATURE for anon. Credentials not given are left to delta-rs's own
+    AWS environment chain. Local paths need none (S3 options given with one are ignored). Options
+    delta-rs has no equivalent for are an error naming them, not silently dropped.
+    """
+    _check_not_redacted(uri, storage_options)
+    kind = scheme(uri)
+    if kind == "file":
+        return {}  # options for object storage do not apply to a local path (as with fsspec)
+    if kind != "s3":
+        raise ValueError(f"{uri}: Delta tables live on local paths or s3://, not {kind}://")
+    opts = s3_options(storage_options)
+    if opts.unsupported:
+        raise ValueError(
+            f"{uri}: storage option(s) {', '.join(opts.unsupported)} have no delta-rs equivalent "
+            "(supported: key, secret, token, anon, endpoint_url, client_kwargs.endpoint_url / "
+            "region_name / aws_*, config_kwargs.region_name)"
+        )
+    credentials = {
+        "AWS_ACCESS_KEY_ID": opts.key,
+        "AWS_SECRET_ACCESS_KEY": opts.secret,
+        "AWS_SESSION_TOKEN": opts.token,
+    }
+    out = {name: str(value) for name, value in credentials.items() if value}
+    endpoint = opts.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        out["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            out["AWS_ALLOW_HTTP"] = "true"
+    region = opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        out["AWS_REGION"] = region
+    if opts.anon:
+        out["AWS_SKIP_SIGNATURE"] = "true"
+    return out
 
 
 def join(uri: str, *parts: str) -> str:
