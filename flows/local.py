@@ -1,5 +1,5 @@
 """`vaeflow run`: one vae-nightly on the embedded default (local Ray, Prefect's ephemeral API, a local
-folder as the object store, MNIST imported on first use), then the output locations."""
+folder as the object store, MNIST imported into it on first use), then the output locations."""
 
 from __future__ import annotations
 
@@ -27,12 +27,17 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
 def build(
     root: str, epochs: int | None, config_file: str | None, overrides: list[str]
 ) -> tuple[VaeflowConfig, PipelineConfig]:
-    """The local default config (or a config file) with `section.key=value` overrides applied."""
+    """The local default config (or a config file) with `section.key=value` overrides applied.
+
+    Only the pure local default bootstraps MNIST into its own folder; with a config file the data
+    must be there already (`pipeline.bootstrap=...` asks for it explicitly, into an empty location).
+    """
     import json
 
     config, pipeline = local_defaults(root, **({"epochs": epochs} if epochs else {}))
     if config_file:
         config = VaeflowConfig.from_file(config_file)
+        pipeline = pipeline.model_copy(update={"bootstrap": None})
     config_overrides, pipeline_overrides = split_overrides(overrides)
     if epochs and config_file:
         config_overrides.insert(0, f"train.epochs={epochs}")

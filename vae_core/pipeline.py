@@ -46,7 +46,9 @@ class PipelineConfig(BaseModel):
     iwae_k: int = Field(1000, ge=1, description="Importance samples per row for the IWAE bound.")
     max_eval_rows: int | None = Field(10_000, ge=1, description="Held-out rows the report evaluates.")
     bootstrap: Literal["mnist", "adult"] | None = Field(
-        None, description="Import this bundled dataset into data.uri when it has no shards yet."
+        None,
+        description="Import this bundled dataset into data.uri when it has no training shards, only if "
+        "data.uri does not exist or holds nothing; anything else is an error and nothing is touched.",
     )
     overwrite: bool = Field(
         False, description="Replace a night's embeddings/samples published by a different run."
@@ -68,6 +70,9 @@ def samples_uri(root: str, name: str, run_date: date) -> str:
 
 def local_defaults(root: str | Path = "data", epochs: int = 3) -> tuple[VaeflowConfig, PipelineConfig]:
     """The embedded default behind `make run`: MNIST in a local folder, one Ray worker, a short run.
+
+    The only configuration that bootstraps: MNIST is imported into `<root>/datasets/mnist` while that
+    folder is empty or missing (a config file given to `vaeflow run` does not inherit this).
 
     Sized for a 2-core machine: 3 epochs of the 784-400-20 VAE, IWAE (k=1000) on 1,000 held-out rows,
     embeddings of all 70,000 rows, 1,000 samples.

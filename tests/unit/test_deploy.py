@@ -510,6 +510,17 @@ def test_prefect_yaml_configs_validate_and_fit_the_raycluster():
             _assert_fits(cfg.compute, cluster["spec"], f"prefect.yaml {dep['name']} on {where}")
 
 
+def test_prefect_yaml_ships_no_bootstrap():
+    # A deployment points at data that matters: it never imports a demo dataset into data.uri.
+    from vae_core.pipeline import PipelineConfig
+
+    for dep in _prefect_yaml()["deployments"]:
+        pipeline = dep.get("parameters", {}).get("pipeline")
+        if pipeline is not None:
+            assert "bootstrap" not in pipeline, f"prefect.yaml {dep['name']}: remove pipeline.bootstrap"
+            assert PipelineConfig.model_validate(pipeline).bootstrap is None
+
+
 # ------------------------------------------------------------------------------------------- docker
 
 

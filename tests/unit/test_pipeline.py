@@ -33,6 +33,19 @@ def test_run_overrides_split_between_config_and_pipeline(tmp_path):
         PipelineConfig(root="x", drift_threshold=0)
 
 
+def test_only_the_pure_local_default_bootstraps(tmp_path):
+    from flows.local import build
+
+    _, pipeline = build(str(tmp_path), None, None, [])
+    assert pipeline.bootstrap == "mnist"  # `vaeflow run`: MNIST into its own folder on first use
+    config_file = tmp_path / "config.json"
+    config_file.write_text('{"name": "mine", "data": {"uri": "s3://bucket/data"}}')
+    config, pipeline = build(str(tmp_path), None, str(config_file), [])
+    assert config.data.uri == "s3://bucket/data" and pipeline.bootstrap is None
+    _, pipeline = build(str(tmp_path), None, str(config_file), ["pipeline.bootstrap=adult"])
+    assert pipeline.bootstrap == "adult"  # only when asked for explicitly
+
+
 def test_serve_takes_schedule_and_concurrency_from_prefect_yaml():
     from flows.serve import PREFECT_FILE, concurrency, nightly_spec, schedules
 
