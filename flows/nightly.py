@@ -1,8 +1,11 @@
-"""`vae-nightly`: train -> evaluate -> register -> gate -> promote -> embed -> generate, with artifacts.
+"""`vae-nightly`: train -> evaluate -> register -> gate and promote -> embed -> generate, with artifacts.
 
 The Prefect run is the driver: Ray Train and Ray Data jobs run inside ordinary tasks of the sub-flows.
-A candidate that fails the gate is registered (for inspection) but the champion stays, and the
-night's embeddings and samples come from the unchanged champion; the run's final state says why.
+The champion is read once, at the start; the candidate is gated against that record and promoted by
+compare-and-swap on it, and the night embeds and generates with exactly one version: the promoted
+candidate, else that champion (or `pipeline.model_version` when one is pinned). A candidate that
+fails the gate is registered (for inspection) and the champion stays. When another run promoted
+meanwhile, the candidate is not promoted and the night ends Failed with nothing embedded or generated.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from flows.evaluate import evaluate, report_markdown
 from flows.generate import generate
 from flows.tasks import (
     ensure_dataset,
-    gate_candidate,
+    gate_and_promote,
     markdown_artifact,
-    promote_model,
+    read_champion,
     register_model,
+    resolve_model,
     table_artifact,
 )
 from flows.train import train
@@ -42,6 +46,7 @@ class NightlyResult:
     gate_reason: str
     champion: str | None  # the champion after tonight
     champion_uri: str | None
+    model_version: str | None  # the version tonight's embeddings and samples come from
     report_uri: str | None  # tonight's candidate report (report.html in the registry)
     elbo: float  # the candidate's held-out ELBO, nats per row
     embeddings: dict[str, str] = field(default_factory=dict)  # split -> location
@@ -81,6 +86,10 @@ def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | No
     day = night(run_date)
     version = new_version(day, run_id())
     ensure_dataset(config, pipeline.bootstrap)
+    # Read once: the gate compares with this record, the promotion swaps it, the night serves it.
+    start = read_champion(pipeline.root, config.name)
+    if pipeline.model_version is not None:  # a pinned version that does not exist fails before training
+        resolve_model(pipeline.root, config.name, pipeline.model_version)
 
     trained = train(config, day, run_name=f"{config.name}-{version}")
     report = evaluate(
@@ -100,18 +109,17 @@ def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | No
         report["metrics_uri"].rsplit("/", 1)[0],
         {"run_date": day.isoformat(), "flow_run_id": run_id(), "train_run": trained.run_name},
     )
-    decision = gate_candidate(pipeline.root, config.name, candidate, pipeline.gate_margin)
-    if decision.passed:
-        promote_model(pipeline.root, config.name, version, decision.reason)
-        champion, champion_uri = version, candidate.uri
-    else:
-        champion = decision.champion_version
-        champion_uri = version_uri(pipeline.root, config.name, champion) if champion else None
+    decision = gate_and_promote(
+        pipeline.root, config.name, candidate, start, pipeline.gate_margin, day.isoformat(), run_id()
+    )
+    champion = decision.champion
+    champion_uri = version_uri(pipeline.root, config.name, champion) if champion else None
+    served = pipeline.model_version or (version if decision.promoted else decision.compared_with)
 
     table_artifact(
         f"{config.name}-metrics",
         metrics_rows(metrics, decision.champion_metrics),
-        f"candidate {version} vs champion {decision.champion_version or '(none)'}",
+        f"candidate {version} vs champion {decision.compared_with or '(none)'}",
     )
     registered = {
         **report,
@@ -126,15 +134,25 @@ def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | No
         night=day.isoformat(),
         candidate=version,
         candidate_uri=candidate.uri,
-        promoted=decision.passed,
+        promoted=decision.promoted,
         gate_reason=decision.reason,
         champion=champion,
         champion_uri=champion_uri,
+        model_version=served,
         report_uri=candidate.report_uri,
         elbo=float(metrics["test"]["elbo"]),
     )
 
-    if champion is None and pipeline.model_version is None:
+    if decision.conflict:
+        result.model_version = None
+        _night_artifacts(config.name, report_md, result)
+        return Failed(
+            message=f"candidate {version} passed the gate against champion "
+            f"{decision.compared_with or '(none)'} but was not promoted: {champion} was promoted "
+            "meanwhile by another run, so nothing was embedded or generated",
+            data=result,
+        )
+    if served is None:
         _night_artifacts(config.name, report_md, result)
         return Failed(
             message=f"candidate {version} rejected: {decision.reason}; there is no champion yet, "
@@ -142,8 +160,10 @@ def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | No
             data=result,
         )
 
-    embedded = embed(config, pipeline, day)
-    generated = generate(config, pipeline, day)
+    # Both sub-flows get the one version decided above, never a second champion lookup.
+    tonight = pipeline.model_copy(update={"model_version": served})
+    embedded = embed(config, tonight, day)
+    generated = generate(config, tonight, day)
     result.embeddings = {split: o.uri for split, o in embedded.outputs.items()}
     result.drift = embedded.drift
     result.samples_uri = generated.output.uri
@@ -159,7 +179,7 @@ def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | No
 
     parts = [
         f"promoted {version}"
-        if decision.passed
+        if decision.promoted
         else f"candidate {version} rejected: {decision.reason}; champion stays {champion}"
     ]
     if drift["alert"]:

@@ -129,37 +129,82 @@ def register_model(
     return v
 
 
+@task(name="read-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def read_champion(root: str, name: str) -> registry.ChampionRecord | None:
+    """The champion record as of now (None before the first promotion): a nightly reads it once, at
+    its start, gates against it, promotes over it and serves it."""
+    record = registry.champion_record(root, name)
+    _log(
+        f"champion of {name}: {record.version} (record {record.seq})" if record else f"{name} has no champion"
+    )
+    return record
+
+
 @dataclass
-class GateDecision:
-    passed: bool
-    reason: str
-    champion_version: str | None  # the champion the candidate was compared with
+class Promotion:
+    """One gate decision against one champion record, and what became of the candidate."""
+
+    passed: bool  # the gate's verdict
+    promoted: bool  # the candidate is the champion now
+    reason: str  # the gate's reason; for a lost compare-and-swap, who was promoted instead
+    compared_with: str | None  # the champion the candidate was gated against (None: there was none)
+    champion: str | None  # the champion after the decision
+    conflict: bool = False  # passed the gate, but another run promoted a different version first
     champion_metrics: dict[str, Any] | None = field(default=None, repr=False)
 
 
-@task(name="gate-candidate", cache_policy=NO_CACHE)
-def gate_candidate(root: str, name: str, candidate: registry.ModelVersion, margin: float) -> GateDecision:
-    """Compare the candidate with the current champion (a read and a decision: nothing to retry)."""
-    current = registry.champion(root, name)
-    result = registry.gate(
-        candidate.metrics,
-        current.metrics if current else None,
-        margin,
-        champion_version=current.version if current else None,
+@task(name="gate-and-promote", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def gate_and_promote(
+    root: str,
+    name: str,
+    candidate: registry.ModelVersion,
+    expected: registry.ChampionRecord | None,
+    margin: float,
+    night: str,
+    flow_run_id: str,
+) -> Promotion:
+    """Gate the candidate against the champion record `expected` (read at the night's start) and,
+    when it passes, promote it by compare-and-swap on that same record.
+
+    Decision and swap concern one version: if another run promoted meanwhile, the candidate is not
+    promoted (conflict=True) rather than replacing a champion it was never compared with. A retry
+    re-reads the same immutable metrics and repeats the same swap, a no-op once it has landed.
+    """
+    log = get_run_logger()
+    result = registry.gate_against(candidate.metrics, expected, margin)
+    (log.info if result.passed else log.warning)(
+        f"gate {'passed' if result.passed else 'FAILED'}: {result.reason}"
     )
-    level = "info" if result.passed else "warning"
-    getattr(get_run_logger(), level)(f"gate {'passed' if result.passed else 'FAILED'}: {result.reason}")
-    if current is None:
-        return GateDecision(result.passed, result.reason, None, None)
-    return GateDecision(result.passed, result.reason, current.version, current.metrics)
-
-
-@task(name="promote-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def promote_model(root: str, name: str, version: str, reason: str) -> dict[str, Any]:
-    """One atomic write of champion.json; a retry after success changes nothing."""
-    pointer = registry.promote(root, name, version, reason)
-    _log(f"champion of {name} is now {version} (was {pointer['previous']})")
-    return pointer
+    before = expected.version if expected else None
+    if not result.passed:
+        return Promotion(
+            False, False, result.reason, before, before, champion_metrics=result.champion_metrics
+        )
+    try:
+        record = registry.promote(
+            root,
+            name,
+            candidate.version,
+            result.reason,
+            expected_seq=expected.seq if expected else None,
+            night=night,
+            flow_run_id=flow_run_id,
+        )
+    except registry.ChampionConflict as e:
+        log.error(str(e))
+        return Promotion(
+            True,
+            False,
+            str(e),
+            before,
+            e.current.version,
+            conflict=True,
+            champion_metrics=result.champion_metrics,
+        )
+    _log(f"champion of {name} is now {record.version} (record {record.seq}, was {record.previous})")
+    return Promotion(
+        True, True, result.reason, before, record.version, champion_metrics=result.champion_metrics
+    )
 
 
 @task(name="resolve-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
