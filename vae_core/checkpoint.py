@@ -4,7 +4,7 @@ Layout of a checkpoint directory (any URI):
     model.safetensors      model state_dict
     optimizer.safetensors  optimizer tensors, keyed "state.<param index>.<name>" (optional)
     optimizer.json         optimizer param_groups and non-tensor state (optional)
-    config.json            the VaeflowConfig
+    config.json            the VaeflowConfig, secrets in data.storage_options redacted ("***")
     tabular.json           the fitted tabular transformer (tabular datasets only)
     meta.json              data shape, epoch, step, metrics; written last, so it marks a complete checkpoint
 """
@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from vae_core.config import VaeflowConfig
+from vae_core.config import VaeflowConfig, holds_redacted
 from vae_core.families import DataShape, build_model
 from vae_core.likelihoods import Block
 from vae_core.model import LatentModel
@@ -88,9 +88,14 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     meta: dict[str, Any] | None = None,
     transformer: TabularTransformer | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> str:
-    """Write a checkpoint directory at `uri` and return it. meta.json goes last (completeness marker)."""
-    fs, root = filesystem(uri)
+    """Write a checkpoint directory at `uri` (opened with `storage_options`) and return it.
+
+    config.json is the redacted config: no credential is ever written. meta.json goes last
+    (completeness marker).
+    """
+    fs, root = filesystem(uri, storage_options)
     fs.makedirs(root, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with fs.open(join(root, MODEL_FILE), "wb") as f:
@@ -137,9 +142,17 @@ def _read_json(fs: Any, path: str) -> Any:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from e
 
 
-def load_checkpoint(uri: str, with_optimizer: bool = False) -> Checkpoint:
-    """Rebuild the model from config + data shape and load its weights. Never unpickles."""
-    fs, root = filesystem(uri)
+def load_checkpoint(
+    uri: str, with_optimizer: bool = False, storage_options: dict[str, Any] | None = None
+) -> Checkpoint:
+    """Rebuild the model from config + data shape and load its weights. Never unpickles.
+
+    `storage_options` open `uri`. config.json holds redacted storage options ("***" for secrets);
+    when it does and `storage_options` are given, the loaded config's data.storage_options are the
+    given ones, so the checkpoint's config can open its data again. Without them, they stay "***" and
+    opening data with them fails with a message saying to pass the real options.
+    """
+    fs, root = filesystem(uri, storage_options)
     if fs.isfile(root):
         raise CheckpointError(
             f"{uri}: is a single file; a vaeflow checkpoint is a directory holding {MODEL_FILE}, "
@@ -151,6 +164,9 @@ def load_checkpoint(uri: str, with_optimizer: bool = False) -> Checkpoint:
     weights = _read_safetensors(fs, join(root, MODEL_FILE))
     with fs.open(join(root, CONFIG_FILE), "r") as f:
         config = VaeflowConfig.from_json(f.read())
+    if storage_options is not None and holds_redacted(config.data.storage_options):
+        data = config.data.model_copy(update={"storage_options": {**storage_options}})
+        config = config.model_copy(update={"data": data})
     meta = _read_json(fs, join(root, META_FILE))
     model = build_model(config.model, shape_from_json(meta["data_shape"]))
     try:

@@ -226,8 +226,8 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write(out_uri: str, page: str, metrics: dict) -> ReportResult:
-    fs, root = filesystem(out_uri)
+def _write(out_uri: str, page: str, metrics: dict, storage_options: dict | None = None) -> ReportResult:
+    fs, root = filesystem(out_uri, storage_options)
     fs.makedirs(root, exist_ok=True)
     html_uri, metrics_uri = join(out_uri, "report.html"), join(out_uri, "metrics.json")
     with fs.open(join(root, "report.html"), "w") as f:
@@ -352,18 +352,26 @@ def write_report(
     label_column: str | None = None,
     target_column: str | None = None,
     seed: int = 0,
+    storage_options: dict[str, Any] | None = None,
 ) -> ReportResult:
     """Evaluate the checkpoint at model_uri on data_uri (default: its config's data.uri) and write
     out_uri/report.html and out_uri/metrics.json (keys in the module docstring).
+
+    storage_options open the checkpoint, the data and the output. Without them the checkpoint is
+    opened with the environment's credentials and the data with the checkpoint config's options,
+    which config.json stores redacted: options that held secrets must be passed again.
 
     max_eval_rows caps the rows read per split (test, and train for tabular quality). label_column
     colours the latent scatter (default: 'label' if the data have it, else the last categorical
     feature); target_column is the ML-efficacy target of tabular models (default: the same column).
     """
     say = progress or (lambda _msg: None)
-    ck = load_checkpoint(model_uri)
+    ck = load_checkpoint(model_uri, storage_options=storage_options)
     cfg, model = ck.config, ck.model.eval()
-    data = cfg.data.model_copy(update={"uri": data_uri}) if data_uri else cfg.data
+    update: dict[str, Any] = {"uri": data_uri} if data_uri else {}
+    if storage_options is not None:
+        update["storage_options"] = storage_options
+    data = cfg.data.model_copy(update=update)
     if not data.uri:
         raise ValueError(f"{model_uri}: the checkpoint's config has no data.uri; pass data_uri (--data)")
     shape = data_shape(ck)
@@ -444,7 +452,8 @@ def write_report(
         f"{cfg.model.latent_dim}-d latent) on {data.uri}. Nats per example; ELBO = -(recon + KL)."
     )
     say(f"writing {join(out_uri, 'report.html')}")
-    return _write(out_uri, render_html(f"vaeflow report: {cfg.name}", intro, figures, metrics), metrics)
+    page = render_html(f"vaeflow report: {cfg.name}", intro, figures, metrics)
+    return _write(out_uri, page, metrics, storage_options)
 
 
 # ---- the beta study ------------------------------------------------------------------------------
@@ -483,6 +492,7 @@ def write_beta_study_report(
     labels: np.ndarray | None,
     image_shape: tuple[int, int, int] | None,
     extra: Mapping[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> ReportResult:
     """The three arms side by side: latent scatters with their metrics, aggregate posteriors, samples,
     reconstructions, interpolations (recon only vs ELBO) and training curves."""
@@ -523,7 +533,9 @@ def write_beta_study_report(
         "latent space regular: complete (prior samples decode to data) and continuous (interpolations "
         "change smoothly). Nats per example on the test split."
     )
-    return _write(out_uri, render_html("vaeflow beta study", intro, figures, metrics), metrics)
+    return _write(
+        out_uri, render_html("vaeflow beta study", intro, figures, metrics), metrics, storage_options
+    )
 
 
 def run_beta_study(
@@ -543,7 +555,8 @@ def run_beta_study(
     out_uri/models/<arm>/ and write out_uri/report.html and out_uri/metrics.json.
 
     config supplies data settings, batch size, lr and seed (its model section is replaced by an MLP
-    VAE with `hidden` and `latent_dim`; Bernoulli for features in [0, 1], else Gaussian).
+    VAE with `hidden` and `latent_dim`; Bernoulli for features in [0, 1], else Gaussian). Its
+    data.storage_options open the data and out_uri alike.
     """
     say = progress or (lambda _msg: None)
     base = config or VaeflowConfig()
@@ -589,7 +602,9 @@ def run_beta_study(
         uri = join(out_uri, "models", slug)
         history = [s.to_dict() for s in arm.history]
         meta = {"epoch": epochs, "history": history, "recon_weight": arm.arm.recon_weight}
-        checkpoints[arm.arm.name] = save_checkpoint(uri, arm.model, cfg, shape, meta=meta)
+        checkpoints[arm.arm.name] = save_checkpoint(
+            uri, arm.model, cfg, shape, meta=meta, storage_options=data.storage_options
+        )
     extra = {
         "data": {
             "uri": data_uri,
@@ -602,4 +617,6 @@ def run_beta_study(
         "checkpoints": checkpoints,
     }
     say(f"writing {join(out_uri, 'report.html')}")
-    return write_beta_study_report(study, out_uri, test.x, test.labels, data.image_shape, extra)
+    return write_beta_study_report(
+        study, out_uri, test.x, test.labels, data.image_shape, extra, data.storage_options
+    )
