@@ -75,3 +75,148 @@ def test_every_prefect_yaml_entrypoint_is_a_flow():
         "vae-nightly": "nightly", "vae-train": "manual", "vae-evaluate": "manual",
         "vae-embed": "manual", "vae-generate": "manual",
     }  # fmt: skip
+
+
+# ---- the nightly's decision, with training, evaluation and the batch jobs faked ----------------
+
+
+class _FakeNight:
+    """Stands in for the sub-flows and artifact tasks of `nightly`; the registry tasks are real."""
+
+    def __init__(self, tmp_path, elbo: float, during_training=None) -> None:
+        import torch
+
+        from vae_core.checkpoint import save_checkpoint
+        from vae_core.config import ModelConfig, VaeflowConfig
+        from vae_core.families import DataShape, build_model
+
+        self.root = str(tmp_path / "store")
+        self.config = VaeflowConfig(name="m", model=ModelConfig(family="vae", hidden=[8], latent_dim=2))
+        self.checkpoint = str(tmp_path / "runs" / "r" / "epoch_0001")
+        shape = DataShape(6)
+        torch.manual_seed(0)
+        save_checkpoint(self.checkpoint, build_model(self.config.model, shape), self.config, shape, meta={})
+        self.report = tmp_path / "runs" / "r" / "report"
+        self.report.mkdir(parents=True)
+        (self.report / "report.html").write_text("<html></html>")
+        self.metrics = {"test": {"elbo": elbo, "recon": -elbo - 5.0, "kl": 5.0, "n": 10}}
+        self.during_training = during_training
+        self.served: list[tuple[str, str | None]] = []
+        self.champion_reads = 0
+
+    def patch(self, monkeypatch) -> None:
+        import logging
+        from types import SimpleNamespace
+
+        import flows.nightly as nightly_module
+        from flows import tasks
+
+        logger = logging.getLogger("test-nightly")
+        monkeypatch.setattr(tasks, "get_run_logger", lambda: logger)
+        monkeypatch.setattr(nightly_module, "get_run_logger", lambda: logger)
+        for name in ("register_model", "gate_and_promote", "resolve_model"):
+            monkeypatch.setattr(nightly_module, name, getattr(tasks, name).fn)
+
+        def read_champion(root, name):
+            self.champion_reads += 1
+            return tasks.read_champion.fn(root, name)
+
+        def train(config, day, run_name):
+            if self.during_training:
+                self.during_training()
+            return SimpleNamespace(
+                run_name=run_name,
+                best_checkpoint_uri=self.checkpoint,
+                history=[{"epoch": 1, "val_elbo": -130.0}],
+                val_elbo_init=-550.0,
+            )
+
+        def evaluate(*args):
+            uri = str(self.report / "metrics.json")
+            return {"metrics": self.metrics, "metrics_uri": uri, "html_uri": str(self.report / "report.html")}
+
+        def embed(config, pipeline, day):
+            self.served.append(("embed", pipeline.model_version))
+            drift = {"alert": False, "reasons": ["ok"], "kl_prior": 0.0}
+            return SimpleNamespace(outputs={"test": SimpleNamespace(uri="e")}, drift=drift)
+
+        def generate(config, pipeline, day):
+            self.served.append(("generate", pipeline.model_version))
+            return SimpleNamespace(output=SimpleNamespace(uri="s"))
+
+        monkeypatch.setattr(nightly_module, "ensure_dataset", lambda *a: None)
+        monkeypatch.setattr(nightly_module, "read_champion", read_champion)
+        monkeypatch.setattr(nightly_module, "train", train)
+        monkeypatch.setattr(nightly_module, "evaluate", evaluate)
+        monkeypatch.setattr(nightly_module, "embed", embed)
+        monkeypatch.setattr(nightly_module, "generate", generate)
+        monkeypatch.setattr(nightly_module, "markdown_artifact", lambda *a: None)
+        monkeypatch.setattr(nightly_module, "table_artifact", lambda *a: None)
+
+    def publish(self, version: str, elbo: float) -> None:
+        from vae_core.registry import publish_version
+
+        publish_version(self.root, "m", version, self.checkpoint, {"test": {"elbo": elbo}})
+
+    def run(self):
+        from datetime import date
+
+        from flows.nightly import nightly
+
+        return nightly.fn(self.config, PipelineConfig(root=self.root), date(2026, 1, 3))
+
+
+def test_the_nightly_serves_the_promoted_candidate_to_both_jobs(tmp_path, monkeypatch):
+    from vae_core.registry import champion_record, promote
+
+    night = _FakeNight(tmp_path, elbo=-119.0)
+    night.patch(monkeypatch)
+    night.publish("v1", -120.0)
+    promote(night.root, "m", "v1", "first", expected_seq=None)
+    state = night.run()
+    result = state.result()
+    assert state.is_completed() and result.promoted and state.message == f"promoted {result.candidate}"
+    assert night.champion_reads == 1
+    assert night.served == [("embed", result.candidate), ("generate", result.candidate)]
+    record = champion_record(night.root, "m")
+    assert (record.version, record.seq, record.previous, record.night) == (
+        result.candidate,
+        1,
+        "v1",
+        "2026-01-03",
+    )
+
+
+def test_a_rejected_candidate_leaves_both_jobs_on_the_champion_read_at_the_start(tmp_path, monkeypatch):
+    from vae_core.registry import promote
+
+    night = _FakeNight(tmp_path, elbo=-550.0)
+    night.publish("v1", -120.0)
+    night.publish("v2", -118.0)
+    promote(night.root, "m", "v1", "first", expected_seq=None)
+    # Another run promotes v2 while this night trains: tonight still serves the champion it read.
+    night.during_training = lambda: promote(night.root, "m", "v2", "other run", expected_seq=0)
+    night.patch(monkeypatch)
+    state = night.run()
+    assert state.is_completed() and not state.result().promoted
+    assert "champion stays v1" in state.message
+    assert night.served == [("embed", "v1"), ("generate", "v1")]
+
+
+def test_a_nightly_that_loses_the_promotion_race_fails_and_serves_nothing(tmp_path, monkeypatch):
+    from vae_core.registry import champion_record, promote
+
+    night = _FakeNight(tmp_path, elbo=-100.0)
+    night.publish("v1", -120.0)
+    night.publish("v2", -118.0)
+    promote(night.root, "m", "v1", "first", expected_seq=None)
+    night.during_training = lambda: promote(night.root, "m", "v2", "other run", expected_seq=0)
+    night.patch(monkeypatch)
+    state = night.run()
+    result = state.result(raise_on_failure=False)
+    assert state.is_failed() and not result.promoted and result.champion == "v2"
+    assert f"candidate {result.candidate} passed the gate against champion v1" in state.message
+    assert "v2 was promoted meanwhile by another run" in state.message
+    assert "nothing was embedded or generated" in state.message
+    assert night.served == []
+    assert champion_record(night.root, "m").version == "v2"  # moved once, by the other run
