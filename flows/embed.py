@@ -11,7 +11,7 @@ from prefect import flow
 from flows.common import locations_markdown, night
 from flows.tasks import Output, embed_split, markdown_artifact, record_drift, resolve_model, table_artifact
 from vae_core.config import VaeflowConfig
-from vae_core.pipeline import PipelineConfig, embeddings_uri, nights_uri
+from vae_core.pipeline import PipelineConfig, drift_uri, embeddings_uri
 from vae_core.storage import join
 
 
@@ -41,7 +41,8 @@ def drift_markdown(drift: dict[str, Any]) -> str:
 
 @flow(name="vae-embed")
 def embed(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> EmbedResult:
-    """Embed each split of the corpus into <root>/embeddings/<name>/<date>/<split>/ and record drift."""
+    """Embed each split of the corpus as tonight's version of the Delta table
+    <root>/embeddings/<name>/<split>/ and record the latent drift under <root>/drift/<name>/<date>/."""
     day = night(run_date)
     model = resolve_model(pipeline.root, config.name, pipeline.model_version)
     corpus = pipeline.embed_uri or config.data.uri
@@ -49,24 +50,25 @@ def embed(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None
         split: embed_split(
             model.uri,
             join(corpus, split),
-            embeddings_uri(pipeline.root, config.name, day, split),
+            embeddings_uri(pipeline.root, config.name, split),
             config,
             pipeline.passthrough,
             pipeline.with_logvar,
-            pipeline.overwrite,
+            day.isoformat(),
         )
         for split in pipeline.embed_splits
     }
     drift = record_drift(
-        embeddings_uri(pipeline.root, config.name, day),
-        nights_uri(pipeline.root, config.name),
+        drift_uri(pipeline.root, config.name, day),
+        drift_uri(pipeline.root, config.name),
         day,
         model,
         outputs,
         pipeline.drift_threshold,
+        config.data.storage_options,
     )
     rows = [
-        {"split": s, "rows": o.rows, "files": o.files, "skipped": o.skipped, "location": o.uri}
+        {"split": s, "rows": o.rows, "version": o.version, "skipped": o.skipped, "table": o.uri}
         for s, o in outputs.items()
     ]
     table_artifact(f"{config.name}-embeddings", rows, f"embeddings by {model.version} for {day}")

@@ -21,20 +21,24 @@ class GenerateResult:
 
 @flow(name="vae-generate")
 def generate(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> GenerateResult:
-    """Decode `pipeline.sample_rows` draws from N(0, I) into <root>/samples/<name>/<date>/."""
+    """Decode `pipeline.sample_rows` draws from N(0, I) as tonight's version of the Delta table
+    <root>/samples/<name>/."""
     day = night(run_date)
     model = resolve_model(pipeline.root, config.name, pipeline.model_version)
     out = generate_samples(
         model.uri,
         pipeline.sample_rows,
-        samples_uri(pipeline.root, config.name, day),
+        samples_uri(pipeline.root, config.name),
         config,
         pipeline.sample_seed,
-        pipeline.overwrite,
+        day.isoformat(),
     )
     markdown_artifact(
         f"{config.name}-samples",
-        locations_markdown(f"Samples {day} ({out.rows:,} rows, model {model.version})", {"samples": out.uri}),
+        locations_markdown(
+            f"Samples {day} ({out.rows:,} rows, model {model.version}, table version {out.version})",
+            {"samples": out.uri},
+        ),
         "output locations",
     )
     return GenerateResult(model.version, out)

@@ -2,8 +2,9 @@
 
 Every side effect here is idempotent, so retries are safe where they are set: a retried training
 task resumes the same Ray Train run from its latest checkpoint; registry writes refuse to change a
-published version and a repeated promotion is a no-op; embed and generate publish exactly once
-(the same run key is skipped). Tasks return small records, never models, and never cache.
+published version and a repeated promotion is a no-op; embed and generate commit exactly once
+(one Delta commit each; the same run key is skipped). Tasks return small records, never models,
+and never cache.
 """
 
 from __future__ import annotations
@@ -218,22 +219,24 @@ def resolve_model(root: str, name: str, version: str | None) -> registry.ModelVe
 
 @dataclass
 class Output:
-    uri: str
-    manifest_uri: str
+    """A committed batch-job output: the Delta table and the version holding tonight's rows."""
+
+    uri: str  # the Delta table
+    version: int
     rows: int
-    files: int
+    files: int  # files this run committed (0 when skipped)
     skipped: bool
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def _output(published: Any) -> Output:
+def _output(committed: Any) -> Output:
     return Output(
-        published.output_uri,
-        published.manifest_uri,
-        published.rows,
-        len(published.files),
-        published.skipped,
-        dict(published.manifest.stats),
+        committed.table_uri,
+        committed.version,
+        committed.rows,
+        len(committed.files),
+        committed.skipped,
+        dict(committed.record.stats),
     )
 
 
@@ -245,12 +248,13 @@ def embed_split(
     config: VaeflowConfig,
     passthrough: list[str],
     with_logvar: bool,
-    overwrite: bool,
+    night: str,
 ) -> Output:
-    """Ray Data embed job, published exactly once: a retry or rerun of the same run key is skipped."""
+    """Ray Data embed job, one Delta commit (a new version replacing the table's rows): a retry or
+    rerun of the same run key is skipped."""
     from vae_core.distributed.batch import embed_corpus
 
-    published = embed_corpus(
+    committed = embed_corpus(
         model_uri,
         input_uri,
         output_uri,
@@ -259,20 +263,22 @@ def embed_split(
         num_workers=config.compute.num_workers,
         cpus_per_worker=config.compute.cpus_per_worker,
         use_gpu=config.compute.use_gpu,
-        overwrite=overwrite,
+        mode="overwrite",
+        night=night,
+        storage_options=config.data.storage_options,
         progress=_log,
     )
-    return _output(published)
+    return _output(committed)
 
 
 @task(name="generate-rows", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def generate_samples(
-    model_uri: str, rows: int, output_uri: str, config: VaeflowConfig, seed: int, overwrite: bool
+    model_uri: str, rows: int, output_uri: str, config: VaeflowConfig, seed: int, night: str
 ) -> Output:
-    """Ray Data generate job, published exactly once."""
+    """Ray Data generate job, one Delta commit (a new version replacing the table's rows)."""
     from vae_core.distributed.batch import generate_rows
 
-    published = generate_rows(
+    committed = generate_rows(
         model_uri,
         rows,
         output_uri,
@@ -280,10 +286,12 @@ def generate_samples(
         num_workers=config.compute.num_workers,
         cpus_per_worker=config.compute.cpus_per_worker,
         use_gpu=config.compute.use_gpu,
-        overwrite=overwrite,
+        mode="overwrite",
+        night=night,
+        storage_options=config.data.storage_options,
         progress=_log,
     )
-    return _output(published)
+    return _output(committed)
 
 
 @task(name="record-drift", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -294,11 +302,12 @@ def record_drift(
     model: registry.ModelVersion,
     outputs: dict[str, Output],
     threshold: float,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pool tonight's aggregate-posterior moments over the splits, compare them with the previous
-    night's and N(0, I), and write drift.json next to the embeddings (overwritten on retry)."""
+    night's and N(0, I), and write <night_uri>/drift.json (overwritten on retry)."""
     current = pool([LatentStats.from_dict(o.stats["z_mean"]) for o in outputs.values()])
-    previous = previous_record(nights_uri, run_date)
+    previous = previous_record(nights_uri, run_date, storage_options)
     prev_stats = LatentStats.from_dict(previous[1]["stats"]) if previous else None
     same_model = previous is not None and previous[1].get("model_version") == model.version
     result = compare(current, prev_stats, threshold=threshold, same_model=same_model)
@@ -306,13 +315,13 @@ def record_drift(
         "night": run_date.isoformat(),
         "model_version": model.version,
         "model_uri": model.uri,
-        "splits": {split: o.uri for split, o in outputs.items()},
+        "splits": {split: {"table": o.uri, "version": o.version} for split, o in outputs.items()},
         "stats": current.to_dict(),
         "previous_night": previous[0] if previous else None,
         "previous_model_version": previous[1].get("model_version") if previous else None,
         **result.to_dict(),
     }
-    atomic_write_json(join(night_uri, DRIFT_FILE), record)
+    atomic_write_json(join(night_uri, DRIFT_FILE), record, storage_options)
     log = get_run_logger()
     message = f"latent drift vs {record['previous_night'] or 'nothing'}: {'; '.join(result.reasons)}"
     (log.warning if result.alert else log.info)(message)

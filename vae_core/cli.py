@@ -10,7 +10,7 @@ from datetime import date
 from pathlib import Path
 
 from vae_core.config import VaeflowConfig
-from vae_core.publish import PublishError
+from vae_core.tables import MODES, Committed, TableError
 
 DESCRIPTION = """\
 vaeflow: train variational autoencoders on Parquet shards in object storage, embed corpora,
@@ -70,7 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_embed(args: argparse.Namespace) -> int:
     from vae_core.distributed.batch import embed_corpus
 
-    published = embed_corpus(
+    committed = embed_corpus(
         args.model,
         args.input,
         args.output,
@@ -82,17 +82,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         cpus_per_worker=args.cpus_per_worker,
         use_gpu=args.gpu,
         run_key=args.run_key,
-        overwrite=args.overwrite,
+        mode=args.mode,
         progress=lambda msg: print(msg, flush=True),
     )
-    print(f"{published.rows:,} rows: {published.manifest_uri}")
+    print(_committed_line(committed))
     return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from vae_core.distributed.batch import generate_rows
 
-    published = generate_rows(
+    committed = generate_rows(
         args.model,
         args.rows,
         args.output,
@@ -104,18 +104,25 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         use_gpu=args.gpu,
         sample_likelihood={"sample": True, "mean": False, None: None}[args.decode],
         run_key=args.run_key,
-        overwrite=args.overwrite,
+        mode=args.mode,
         progress=lambda msg: print(msg, flush=True),
     )
-    print(f"{published.rows:,} rows: {published.manifest_uri}")
+    print(_committed_line(committed))
     return 0
+
+
+def _committed_line(committed: Committed) -> str:
+    if committed.skipped:
+        return (
+            f"nothing to do: run {committed.record.run_key} already committed {committed.rows:,} rows as "
+            f"version {committed.version} of {committed.table_uri}"
+        )
+    return f"{committed.rows:,} rows: version {committed.version} of the Delta table {committed.table_uri}"
 
 
 def _batch_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory URI (a training run's epoch_NNNN)")
-    p.add_argument(
-        "--output", required=True, help="output URI; published by writing OUTPUT/_manifest.json last"
-    )
+    p.add_argument("--output", required=True, help="Delta table URI the rows are committed to")
     p.add_argument(
         "--workers", type=int, default=1, help="Ray Data actors, each loading the model once (default: 1)"
     )
@@ -123,7 +130,24 @@ def _batch_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--batch-size", type=int, default=4096, help="rows per forward pass (default: 4096)")
     p.add_argument("--run-key", help="identity of this run (default: a hash of model, input and parameters)")
-    p.add_argument("--overwrite", action="store_true", help="replace an output published by a different run")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="error",
+        help="when OUTPUT already holds a table: error (default), overwrite (a new version replaces the "
+        "rows; earlier versions stay readable and no file is deleted) or append",
+    )
+
+
+def _cmd_vacuum(args: argparse.Namespace) -> int:
+    from vae_core.tables import vacuum
+
+    files = vacuum(args.table, args.retention_hours, dry_run=not args.delete)
+    verb = "deleted" if args.delete else "would delete (pass --delete to do it)"
+    print(f"{verb} {len(files)} file(s) no table version of the last {args.retention_hours} h references")
+    for f in files:
+        print(f"  {f}")
+    return 0
 
 
 def _cmd_data_import(args: argparse.Namespace) -> int:
@@ -226,23 +250,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     publish_note = (
-        "Exactly once: files are staged under OUTPUT/attempts/<id>/ and published by one atomic write "
-        "of OUTPUT/_manifest.json listing them; readers trust only manifested files. Rerunning the "
-        "same run (same model, input and parameters) does nothing; a crashed run's staged files are "
-        "discarded by the next. Uses the Ray cluster at RAY_ADDRESS if set, else a local one."
+        "Exactly once: workers write Parquet files into the OUTPUT Delta table's folder and the driver "
+        "commits them as one table version, with the run key as a Delta app transaction; until then "
+        "no Delta reader (deltalake, polars, Spark, DuckDB) sees them. Rerunning the same run (same "
+        "model, input and parameters) does nothing; a crashed run's files stay unreferenced until "
+        "`vaeflow vacuum`. Uses the Ray cluster at RAY_ADDRESS if set, else a local one."
     )
     p = sub.add_parser(
         "embed",
         help="Ray Data job: every row of a Parquet corpus -> its latent vector (posterior mean)",
         description=(
-            "Map every row of the Parquet shards under --input to the posterior mean of the model "
+            "Map every row of --input (Parquet shards or a Delta table) to the posterior mean of the model "
             "(z_mean, fixed-size list of float32), plus z_logvar with --with-logvar. Output rows: the "
             "id column, --passthrough columns, z_mean [, z_logvar]. " + publish_note
         ),
     )
     _batch_job_args(p)
     p.add_argument(
-        "--input", required=True, help="folder/prefix of Parquet shards, e.g. s3://bucket/mnist/test"
+        "--input",
+        required=True,
+        help="Parquet shards (folder/prefix) or a Delta table, e.g. s3://bucket/mnist/test",
     )
     p.add_argument("--with-logvar", action="store_true", help="also write the posterior log-variance")
     p.add_argument("--passthrough", nargs="*", default=[], help="input columns copied to the output")
@@ -272,6 +299,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw x ~ p(x|z) or take its mean (default: sample for tabular models, mean otherwise)",
     )
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "vacuum",
+        help="maintenance: list or delete files of a Delta output that no recent version references",
+        description=(
+            "Delta VACUUM of an embeddings/samples table: files that no table version newer than "
+            "--retention-hours references (rows replaced by later nights, files of crashed jobs). "
+            "Versions older than the retention period can no longer be read afterwards. Lists them "
+            "only, unless --delete. No other vaeflow command deletes output files."
+        ),
+    )
+    p.add_argument("--table", required=True, help="Delta table URI")
+    p.add_argument(
+        "--retention-hours", type=int, default=168, help="keep what versions of this age need (default: 168)"
+    )
+    p.add_argument("--delete", action="store_true", help="delete the files (default: list them)")
+    p.set_defaults(func=_cmd_vacuum)
 
     p = sub.add_parser("data", help="dataset tools (import)")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -386,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, PublishError) as e:  # DataError, config errors are ValueErrors
+    except (ValueError, FileNotFoundError, TableError) as e:  # DataError, config errors are ValueErrors
         print(f"vaeflow {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vae_core import tables
 from vae_core.config import DataConfig
 from vae_core.storage import arrow_filesystem, filesystem, uri_of
 
@@ -27,13 +28,22 @@ class DataError(ValueError):
 
 
 def list_shards(uri: str, storage_options: dict | None = None) -> list[str]:
-    """Sorted URIs of the .parquet files under `uri` (a folder/prefix, or a single file)."""
+    """Sorted URIs of the .parquet files of `uri`: a Delta table (the files of its latest version),
+    a folder/prefix of Parquet shards, or a single file."""
     fs, path = filesystem(uri, storage_options)
     fs.invalidate_cache(path)  # object-store listings are cached per process; others may have written
     if not fs.exists(path):
         raise DataError(f"{uri}: no such dataset (path does not exist)")
     if fs.isfile(path):
         return [uri]
+    if tables.is_delta_table(uri, storage_options):
+        try:
+            files = tables.data_files(uri, storage_options)
+        except tables.TableError as e:
+            raise DataError(str(e)) from e
+        if not files:
+            raise DataError(f"{uri}: empty dataset, the Delta table's latest version has no files")
+        return files
     files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
     if not files:
         raise DataError(f"{uri}: empty dataset, no .parquet files found")

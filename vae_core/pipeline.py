@@ -2,9 +2,14 @@
 
 Layout under one root URI (a local folder, s3://bucket/prefix, ...):
     <root>/models/<name>/<version>/...            the model registry (vae_core.registry)
-    <root>/embeddings/<name>/<YYYY-MM-DD>/<split>/ embeddings of each corpus split, manifested
-    <root>/embeddings/<name>/<YYYY-MM-DD>/drift.json  aggregate-posterior stats and the drift verdict
-    <root>/samples/<name>/<YYYY-MM-DD>/           generated rows, manifested
+    <root>/embeddings/<name>/<split>/             Delta table per corpus split: one version per night
+    <root>/samples/<name>/                        Delta table of generated rows: one version per night
+    <root>/drift/<name>/<YYYY-MM-DD>/drift.json   aggregate-posterior stats and the drift verdict
+
+A night replaces a table's rows with a new version (Delta overwrite: no file is deleted, and every
+earlier night stays readable with `DeltaTable(uri, version=v)`; each commit's metadata names its
+night in `vaeflow.night`). A night whose job was already committed (same model, same input, same
+parameters) adds no version: its rows are the latest version's.
 Training runs keep their checkpoints under the config's `train.runs_uri`.
 """
 
@@ -50,22 +55,22 @@ class PipelineConfig(BaseModel):
         description="Import this bundled dataset into data.uri when it has no training shards, only if "
         "data.uri does not exist or holds nothing; anything else is an error and nothing is touched.",
     )
-    overwrite: bool = Field(
-        False, description="Replace a night's embeddings/samples published by a different run."
-    )
 
 
-def embeddings_uri(root: str, name: str, run_date: date, split: str | None = None) -> str:
-    night = join(root, "embeddings", name, run_date.isoformat())
-    return night if split is None else join(night, split)
+def embeddings_uri(root: str, name: str, split: str) -> str:
+    """The Delta table of a corpus split's embeddings."""
+    return join(root, "embeddings", name, split)
 
 
-def nights_uri(root: str, name: str) -> str:
-    return join(root, "embeddings", name)
+def drift_uri(root: str, name: str, run_date: date | None = None) -> str:
+    """Drift records: one folder per night under this one."""
+    nights = join(root, "drift", name)
+    return nights if run_date is None else join(nights, run_date.isoformat())
 
 
-def samples_uri(root: str, name: str, run_date: date) -> str:
-    return join(root, "samples", name, run_date.isoformat())
+def samples_uri(root: str, name: str) -> str:
+    """The Delta table of generated rows."""
+    return join(root, "samples", name)
 
 
 def local_defaults(root: str | Path = "data", epochs: int = 3) -> tuple[VaeflowConfig, PipelineConfig]:
@@ -97,6 +102,5 @@ def local_defaults(root: str | Path = "data", epochs: int = 3) -> tuple[VaeflowC
         passthrough=["label"],
         max_eval_rows=1000,
         bootstrap="mnist",
-        overwrite=True,  # a second `make run` on the same day replaces that day's outputs
     )
     return config, pipeline

@@ -23,7 +23,8 @@ from vae_core.distributed.batch import embed_corpus, generate_rows
 from vae_core.families import DataShape, build_model
 from vae_core.importers import read_adult
 from vae_core.inference import embed
-from vae_core.publish import PublishError, read_manifest, read_published
+from vae_core.storage import delta_storage_options
+from vae_core.tables import TableError, delta_schema, is_delta_table, read_table
 from vae_core.tabular import TabularTransformer
 from vae_core.train import KLSchedule, fit
 
@@ -32,6 +33,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 def _fs() -> s3fs.S3FileSystem:
     return s3fs.S3FileSystem(skip_instance_cache=True)
+
+
+def _ids_by_standard_readers(uri: str) -> tuple[list, list]:
+    """The id column as plain deltalake and polars read the table (no vaeflow code involved)."""
+    import polars as pl
+    from deltalake import DeltaTable
+
+    options = delta_storage_options(uri)
+    ids = DeltaTable(uri, storage_options=options).to_pyarrow_table(columns=["id"]).column("id").to_pylist()
+    return ids, pl.read_delta(uri, storage_options=options)["id"].to_list()
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +68,16 @@ def mnist_model(mnist_s3: str) -> str:
 
 def test_embed_matches_in_process_embed_and_a_rerun_is_a_no_op(ray_local, mnist_s3, mnist_model):
     out = f"{make_bucket()}/embeddings/mnist-test"
-    published = embed_corpus(
+    committed = embed_corpus(
         mnist_model, f"{mnist_s3}/test", out, passthrough=["label"], rows_per_file=4096, progress=print
     )
-    assert published.rows == 10_000 and not published.skipped
-    table = read_published(out)
+    assert committed.rows == 10_000 and not committed.skipped and committed.version == 0
+    table = read_table(out)
     assert table.column_names == ["id", "label", "z_mean"]
-    assert table.schema.field("z_mean").type == pa.list_(pa.float32(), 8)
+    assert table.schema.field("z_mean").type == pa.list_(pa.float32())  # Delta arrays have no fixed size
+    assert {len(v) for v in table.column("z_mean").to_pylist()} == {8}
+    for ids in _ids_by_standard_readers(out):
+        assert sorted(ids) == list(range(60_000, 70_000))  # MNIST test ids, each once
 
     # The same rows through vae_core's in-process embed.
     cfg = VaeflowConfig.model_validate({"data": {"uri": mnist_s3, "vector_column": "image", "scale": 255}})
@@ -81,18 +95,25 @@ def test_embed_matches_in_process_embed_and_a_rerun_is_a_no_op(ray_local, mnist_
     np.testing.assert_array_equal(got_ids, np.sort(expected_ids))
     z = np.stack(table.column("z_mean").to_numpy(zero_copy_only=False))[order]
     np.testing.assert_allclose(z, expected[np.argsort(expected_ids)], atol=1e-5, rtol=0)
-    stats = published.manifest.stats["z_mean"]
+    stats = committed.record.stats["z_mean"]
     assert stats["count"] == 10_000
     np.testing.assert_allclose(stats["mean"], expected.mean(0), atol=1e-4)
     np.testing.assert_allclose(stats["var"], expected.var(0), rtol=1e-3, atol=1e-5)
 
-    manifest_before = _fs().cat(f"{out}/_manifest.json")
+    fs = _fs()
+    listing = sorted(fs.find(out))
     again = embed_corpus(mnist_model, f"{mnist_s3}/test", out, passthrough=["label"], rows_per_file=4096)
-    assert again.skipped and again.rows == 10_000
-    assert _fs().cat(f"{out}/_manifest.json") == manifest_before
-    # A different run into the same output is refused rather than mixed in.
-    with pytest.raises(PublishError, match="another run"):
+    assert again.skipped and again.rows == 10_000 and again.version == 0
+    assert again.record.stats == committed.record.stats  # from the commit's metadata
+    fs.invalidate_cache()
+    assert sorted(fs.find(out)) == listing, "a rerun of a committed job wrote something"
+    # A different run into the same table is refused rather than mixed in...
+    with pytest.raises(TableError, match="another run"):
         embed_corpus(mnist_model, f"{mnist_s3}/test", out, with_logvar=True)
+    # ...unless asked to replace it: a new version, the earlier one still readable by version.
+    replaced = embed_corpus(mnist_model, f"{mnist_s3}/test", out, with_logvar=True, mode="overwrite")
+    assert replaced.version == 1 and "z_logvar" in read_table(out).column_names
+    assert read_table(out, version=0).column_names == ["id", "label", "z_mean"]
 
 
 DRIVER = """
@@ -102,9 +123,7 @@ embed_corpus(sys.argv[1], sys.argv[2], sys.argv[3], rows_per_file=250, batch_siz
 """
 
 
-def test_a_killed_driver_publishes_nothing_and_the_rerun_gives_each_id_once(
-    ray_local, mnist_s3, mnist_model
-):
+def test_a_killed_driver_commits_nothing_and_the_rerun_gives_each_id_once(ray_local, mnist_s3, mnist_model):
     out = f"{make_bucket()}/embeddings/crash"
     args = [sys.executable, "-c", DRIVER, mnist_model, f"{mnist_s3}/test", out]
     env = {**os.environ, "RAY_ADDRESS": ray_local}
@@ -115,7 +134,7 @@ def test_a_killed_driver_publishes_nothing_and_the_rerun_gives_each_id_once(
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and first.poll() is None:  # 40 files in all: kill at ~half
             fs.invalidate_cache()
-            staged = fs.glob(f"{out}/attempts/*/*.parquet")
+            staged = fs.glob(f"{out}/part-*.parquet")
             if len(staged) >= 15:
                 break
             time.sleep(0.1)
@@ -123,16 +142,15 @@ def test_a_killed_driver_publishes_nothing_and_the_rerun_gives_each_id_once(
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
     assert 15 <= len(staged) < 40, f"the driver was not killed halfway ({len(staged)} files staged)"
-    assert read_manifest(out) is None, "a killed run must not publish"
-    first_attempt = staged[0].split("/attempts/")[1].split("/")[0]
+    assert not is_delta_table(out), "a killed run must not commit"
 
-    published = embed_corpus(mnist_model, f"{mnist_s3}/test", out, rows_per_file=250, batch_size=250)
-    ids = read_published(out).column("id").to_numpy()
-    assert len(ids) == 10_000 and len(np.unique(ids)) == 10_000
-    assert published.manifest.attempt != first_attempt
-    assert all(f"/attempts/{published.manifest.attempt}/" in f for f in published.files)
+    committed = embed_corpus(mnist_model, f"{mnist_s3}/test", out, rows_per_file=250, batch_size=250)
+    assert committed.rows == 10_000 and len(committed.files) == 40
+    for ids in _ids_by_standard_readers(out):
+        assert len(ids) == 10_000 and len(set(ids)) == 10_000
     fs.invalidate_cache()
-    assert not fs.exists(f"{out}/attempts/{first_attempt}"), "the crashed attempt was not discarded"
+    # The crashed run's files have the rerun's names (same run key, same ids): nothing was deleted.
+    assert set(staged) <= set(fs.glob(f"{out}/part-*.parquet"))
 
 
 def test_a_nan_vector_names_file_and_column_and_publishes_nothing(ray_local, mnist_model):
@@ -147,7 +165,7 @@ def test_a_nan_vector_names_file_and_column_and_publishes_nothing(ray_local, mni
     with pytest.raises(DataError) as err:
         embed_corpus(mnist_model, f"{root}/bad", out)
     assert "part-0.parquet" in str(err.value) and "'image'" in str(err.value) and "NaN" in str(err.value)
-    assert read_manifest(out) is None
+    assert not is_delta_table(out)
 
 
 def _adult_train() -> pa.Table:
@@ -189,9 +207,10 @@ def test_generate_adult_in_the_training_schema_identical_for_any_parallelism(ray
     one = generate_rows(uri, 50_000, f"{root}/samples/w1", seed=7, num_workers=1)
     two = generate_rows(uri, 50_000, f"{root}/samples/w2", seed=7, num_workers=2)
     assert one.rows == two.rows == 50_000 and len(one.files) == 5
-    a, b = read_published(f"{root}/samples/w1"), read_published(f"{root}/samples/w2")
+    a, b = read_table(f"{root}/samples/w1"), read_table(f"{root}/samples/w2")
+    a, b = a.sort_by("id"), b.sort_by("id")
     assert a.equals(b), "same seed, different parallelism: outputs differ"
-    assert a.schema == real.schema  # id + the 15 columns, same order and dtypes
+    assert a.schema == delta_schema(real.schema)  # id + the 15 columns, same order and dtypes
     assert sorted(a.column("id").to_pylist()) == list(range(50_000))
     for col in transformer.columns:
         if hasattr(col, "categories"):
@@ -199,4 +218,4 @@ def test_generate_adult_in_the_training_schema_identical_for_any_parallelism(ray
             assert seen <= set(col.categories), (col.name, seen - set(col.categories))
             assert len(seen) > 1, f"{col.name}: a single category in 50,000 sampled rows"
     other = generate_rows(uri, 50_000, f"{root}/samples/seed8", seed=8, num_workers=2)
-    assert not read_published(other.output_uri).equals(a)
+    assert not read_table(other.table_uri).sort_by("id").equals(a)

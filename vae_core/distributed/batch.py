@@ -1,16 +1,17 @@
-"""Ray Data batch jobs: embed whole corpora, generate synthetic rows; each published exactly once.
+"""Ray Data batch jobs: embed whole corpora, generate synthetic rows; each one Delta Lake commit.
 
 Both jobs follow Ray's batch-inference pattern: a class loads the checkpoint once per actor and maps
-batches. Each batch becomes one Parquet file that the actor writes itself into the attempt's
-staging prefix, under a name fixed by its content (embed: a hash of the batch's ids; generate: the
-block index), and returns a one-row summary (file, rows, bytes, latent sums). The driver streams the
-summaries, prints progress, checks that every input row was written exactly once, and publishes
-with one manifest PUT (vae_core.publish). Only files a summary reported are manifested, so a file
-left by a task that Ray retried is never visible, and a retry overwrites the same name anyway.
+batches. Each batch becomes one Parquet file that the actor writes itself, with one PUT, straight
+into the output table's folder, under a name fixed by the run key and the batch's content (embed: a
+hash of the batch's ids; generate: the block index), and returns a one-row summary (file, rows,
+bytes, latent sums). The driver streams the summaries, prints progress, checks that every input row
+was written exactly once and that every file is there, and commits them as one Delta table version
+(vae_core.tables). Until then the files are invisible to every Delta reader; a file left by a task
+that Ray retried is rewritten under the same name, and only files a summary reported are committed.
 
-Why not `Dataset.write_parquet`: it appends under random names (a rerun duplicates rows), and its
-overwrite mode deletes before writing (not atomic). Summaries also give the aggregate-posterior
-statistics of the corpus without a second pass.
+Why not `Dataset.write_delta`: its commit cannot carry the run key (Delta txn) and the job's
+statistics, and the summaries give the aggregate-posterior moments of the corpus without a second
+pass.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -43,36 +42,24 @@ from vae_core.dataset import (
     resolve_spec,
     vector_features,
 )
-from vae_core.publish import (
-    MANIFEST_FILE,
-    Manifest,
-    PublishError,
-    atomic_write_json,
-    attempt_uri,
-    discard_stale_attempts,
-    fingerprint,
-    new_attempt,
-    read_manifest,
-    schema_to_json,
+from vae_core.publish import fingerprint
+from vae_core.storage import arrow_filesystem, filesystem, join, uri_of
+from vae_core.tables import (
+    CommitRecord,
+    Committed,
+    DataFile,
+    Mode,
+    TableError,
+    commit,
+    find_commit,
+    is_delta_table,
+    now_iso,
+    to_delta,
 )
-from vae_core.storage import arrow_filesystem, join, uri_of
 
 from .cluster import check_resources, ensure_ray
 
 PATH_COLUMN = "path"  # read_parquet(include_paths=True) adds it: errors name the input file
-
-
-@dataclass
-class Published:
-    """The outcome of a batch job: where the manifest is and what it lists."""
-
-    output_uri: str
-    manifest_uri: str
-    rows: int
-    files: list[str]
-    skipped: bool  # True when this run key was already published: the rerun did nothing
-    manifest: Manifest
-    job_stats: str = ""  # Ray Data's per-operator timing summary of the job (empty when skipped)
 
 
 class _Progress:
@@ -95,22 +82,28 @@ class _Progress:
             )
 
 
-def _model_fingerprint(model_uri: str) -> str:
-    return fingerprint([join(model_uri, f) for f in (MODEL_FILE, CONFIG_FILE, META_FILE)])
+def _model_fingerprint(model_uri: str, storage_options: dict | None) -> str:
+    return fingerprint([join(model_uri, f) for f in (MODEL_FILE, CONFIG_FILE, META_FILE)], storage_options)
 
 
 class _Writer:
-    """Writes Parquet files into one folder; the filesystem is resolved once per actor."""
+    """Writes Parquet files into one table folder; the filesystem is resolved once per actor."""
 
-    def __init__(self, folder_uri: str) -> None:
-        self.fs, self.folder = arrow_filesystem(folder_uri)
-        self.fs.create_dir(self.folder, recursive=True)
+    def __init__(self, folder_uri: str, storage_options: dict | None) -> None:
+        self.fs, self.folder = filesystem(folder_uri, storage_options)
 
     def write(self, table: pa.Table, name: str) -> int:
-        """Write (or overwrite: a retried batch has the same name) one file; returns its size."""
+        """Write (or rewrite: a retried batch has the same name) one file; returns its size.
+
+        The file is serialized in memory and stored with one PUT (s3fs uses a single request below
+        100 MB): a killed writer leaves no incomplete multipart upload behind.
+        """
+        sink = pa.BufferOutputStream()
+        pq.write_table(to_delta(table), sink)
+        data = sink.getvalue().to_pybytes()
         path = f"{self.folder.rstrip('/')}/{name}"
-        pq.write_table(table, path, filesystem=self.fs)
-        return self.fs.get_file_info(path).size
+        self.fs.pipe_file(path, data)
+        return len(data)
 
 
 def _fixed_list(values: np.ndarray, value_type: pa.DataType | None = None) -> pa.FixedSizeListArray:
@@ -159,43 +152,58 @@ def _start(compute: ComputeConfig) -> None:
     ctx.print_on_execution_start = False
 
 
-def _begin(output_uri: str, run_key: str, overwrite: bool, report: Callable[[str], None]) -> Manifest | None:
-    """Return the existing manifest when this run key is already published; else clear stale attempts."""
-    existing = read_manifest(output_uri)
-    if existing is not None and existing.run_key == run_key:
-        report(f"{output_uri}: already published by run {run_key} ({existing.rows:,} rows); nothing to do")
-        return existing
-    if existing is not None and not overwrite:
-        raise PublishError(
-            f"{output_uri}: already holds a published {existing.kind} output of another run "
-            f"({existing.run_key}); write to a new output URI, or pass overwrite to replace it"
+def _existing(
+    output_uri: str, run_key: str, mode: Mode, storage_options: dict | None, report: Callable[[str], None]
+) -> Committed | None:
+    """The earlier commit of this run key (a rerun then does nothing); refuse early what cannot commit."""
+    found = find_commit(output_uri, run_key, mode, storage_options)
+    if found is not None:
+        version, record = found
+        report(f"{output_uri}: run {run_key} already committed version {version} ({record.rows:,} rows)")
+        return Committed(output_uri, version, record, files=[], skipped=True)
+    if mode == "error" and is_delta_table(output_uri, storage_options):
+        raise TableError(
+            f"{output_uri}: already holds a Delta table of another run; write to a new output, or "
+            "choose mode overwrite (a new version; earlier ones stay readable) or append"
         )
-    stale = discard_stale_attempts(output_uri, keep=existing.attempt if existing else None)
-    if stale:
-        report(f"{output_uri}: discarded {len(stale)} unpublished attempt(s) left by an earlier crash")
     return None
 
 
-def _published(output_uri: str, manifest: Manifest, skipped: bool, job_stats: str = "") -> Published:
-    manifest_uri = join(output_uri, MANIFEST_FILE)
-    files = manifest.file_uris(output_uri)
-    return Published(output_uri, manifest_uri, manifest.rows, files, skipped, manifest, job_stats)
+def _commit(
+    output_uri: str,
+    summaries: list[dict[str, Any]],
+    schema: pa.Schema,
+    record: CommitRecord,
+    mode: Mode,
+    storage_options: dict | None,
+    report: Callable[[str], None],
+) -> Committed:
+    files = [DataFile(s["file"], s["rows"], s["bytes"]) for s in sorted(summaries, key=lambda s: s["file"])]
+    version = commit(output_uri, files, schema, record, mode, storage_options)
+    report(f"committed {record.rows:,} rows in {len(files)} files as version {version} of {output_uri}")
+    return Committed(output_uri, version, record, [join(output_uri, f.path) for f in files], skipped=False)
 
 
-def _publish(
-    output_uri: str, manifest: Manifest, ds: ray.data.Dataset, report: Callable[[str], None]
-) -> Published:
-    uri = join(output_uri, MANIFEST_FILE)
-    atomic_write_json(uri, manifest.to_dict())  # the publish point
-    discard_stale_attempts(output_uri, keep=manifest.attempt)  # a replaced output's old attempt
-    report(f"published {manifest.rows:,} rows in {len(manifest.files)} files: {uri}")
-    return _published(output_uri, manifest, skipped=False, job_stats=ds.stats())
+def _file_name(run_key: str, content: str, rows: int) -> str:
+    """Run key first (two jobs never share a name), then what the file holds (a retry reuses it)."""
+    return f"part-{run_key[:16]}-{content}-{rows}.parquet"
 
 
-def _load_for_actor(model_uri: str, threads: int, device: str) -> Checkpoint:
+def _ids_digest(ids: pa.Array | pa.ChunkedArray) -> str:
+    """A digest of an id column of any type (ints, strings): names the file holding those rows."""
+    h = hashlib.sha1()
+    arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if pa.types.is_integer(arr.type) and not arr.null_count:
+        h.update(np.ascontiguousarray(arr.to_numpy()).tobytes())
+    else:
+        h.update("\0".join(map(str, arr.to_pylist())).encode())
+    return h.hexdigest()[:20]
+
+
+def _load_for_actor(model_uri: str, threads: int, device: str, storage_options: dict | None) -> Checkpoint:
     """Once per actor: the checkpoint with its model on `device` in eval mode (no corruption)."""
     torch.set_num_threads(threads)
-    ckpt = load_checkpoint(model_uri)
+    ckpt = load_checkpoint(model_uri, storage_options=storage_options)
     ckpt.model = ckpt.model.to(device).eval()
     return ckpt
 
@@ -211,17 +219,24 @@ class _Embedder:
         model_uri: str,
         input_uri: str,
         out_dir: str,
+        run_key: str,
         spec: DatasetSpec,
         keep: list[str],
         with_logvar: bool,
         chunk: int,
         threads: int,
         device: str,
+        storage_options: dict | None,
     ) -> None:
-        ckpt = _load_for_actor(model_uri, threads, device)
+        ckpt = _load_for_actor(model_uri, threads, device, storage_options)
         self.model, self.transformer = ckpt.model, ckpt.transformer
-        self.writer, self.spec, self.keep, self.input_uri = _Writer(out_dir), spec, keep, input_uri
-        self.with_logvar, self.chunk, self.device = with_logvar, chunk, device
+        self.writer, self.spec, self.keep, self.input_uri = (
+            _Writer(out_dir, storage_options),
+            spec,
+            keep,
+            input_uri,
+        )
+        self.run_key, self.with_logvar, self.chunk, self.device = run_key, with_logvar, chunk, device
 
     def _features(self, batch: pa.Table, source: str) -> np.ndarray:
         if self.spec.kind == "vector":
@@ -253,9 +268,7 @@ class _Embedder:
             columns["z_logvar"] = _fixed_list(torch.cat(logvars).numpy())
         table = pa.table(columns)
         # Named by the ids it holds: a retried batch rewrites the same file instead of adding one.
-        ids = batch.column(self.keep[0]).to_numpy() if self.keep else np.arange(0)
-        digest = hashlib.sha1(np.ascontiguousarray(ids).tobytes()).hexdigest()[:20]
-        name = f"part-{digest}-{len(table)}.parquet"
+        name = _file_name(self.run_key, _ids_digest(batch.column(self.keep[0])), len(table))
         size = self.writer.write(table, name)
         mu64 = mu.astype(np.float64)
         return pa.table(
@@ -282,25 +295,28 @@ def embed_corpus(
     cpus_per_worker: float = 1.0,
     use_gpu: bool = False,
     run_key: str | None = None,
-    overwrite: bool = False,
+    mode: Mode = "error",
+    night: str | None = None,
+    storage_options: dict | None = None,
     progress: Callable[[str], None] = print,
-) -> Published:
-    """Map every row of the Parquet shards under `input_uri` to its posterior mean (and logvar).
+) -> Committed:
+    """Map every row of the corpus at `input_uri` (Parquet shards or a Delta table) to its posterior
+    mean (and logvar), committed as one version of the Delta table at `output_uri`.
 
     Output rows: the id column, `passthrough` columns, `z_mean` (fixed_size_list<float32>[L]) and with
-    `with_logvar` `z_logvar`. Published at `output_uri` with a manifest whose `stats["z_mean"]` holds
-    the count, per-dimension mean and variance of the posterior means (the aggregate posterior's
-    moments). Rerunning with the same run key (default: a hash of the model, the input files and the
-    parameters) does nothing; a crashed attempt is discarded by the next run.
+    `with_logvar` `z_logvar`. The commit's record holds in `stats["z_mean"]` the count, per-dimension
+    mean and variance of the posterior means (the aggregate posterior's moments). Rerunning with the
+    same run key (default: a hash of the model, the input files and the parameters) does nothing.
+    `storage_options` (fsspec style) reach every read and write, on the driver and the actors.
     """
-    ckpt = load_checkpoint(model_uri)
+    ckpt = load_checkpoint(model_uri, storage_options=storage_options)
     if with_logvar and not ckpt.model.is_variational:
         raise ValueError(
             f"{model_uri}: a {ckpt.config.model.family} model has a point posterior, no log-variance; "
             "drop with_logvar"
         )
-    shards = list_shards(input_uri)
-    schema = read_schema(shards)
+    shards = list_shards(input_uri, storage_options)
+    schema = read_schema(shards, storage_options)
     spec = resolve_spec(ckpt.config.data, schema, input_uri)
     if spec.id_column is None:
         raise DataError(f"{input_uri}: the model's config names no id column (data.id_column)")
@@ -310,19 +326,20 @@ def embed_corpus(
                 f"{input_uri}: passthrough column {name!r} not in the input (have {schema.names})"
             )
     keep = [spec.id_column, *(c for c in passthrough if c != spec.id_column)]
-    total = count_rows(shards)
+    total = count_rows(shards, storage_options)
     params = {"with_logvar": with_logvar, "passthrough": list(keep[1:]), "format": "embed/1"}
-    model_fp = _model_fingerprint(model_uri)
-    run_key = run_key or fingerprint(shards, extra={"kind": "embeddings", "model": model_fp, **params})
-    existing = _begin(output_uri, run_key, overwrite, progress)
+    model_fp = _model_fingerprint(model_uri, storage_options)
+    input_fp = fingerprint(shards, storage_options)
+    run_key = run_key or fingerprint(
+        [], extra={"kind": "embeddings", "model": model_fp, "input": input_fp, **params}
+    )
+    existing = _existing(output_uri, run_key, mode, storage_options, progress)
     if existing is not None:
-        return _published(output_uri, existing, skipped=True)
+        return existing
 
     compute = ComputeConfig(num_workers=num_workers, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu)
     _start(compute)
-    attempt = new_attempt()
-    out_dir = attempt_uri(output_uri, attempt)
-    fs, _ = arrow_filesystem(shards[0])
+    fs, _ = arrow_filesystem(shards[0], storage_options)
     with_paths = PATH_COLUMN not in schema.names  # a user column of that name wins
     columns = sorted({*keep, *spec.feature_columns, *([PATH_COLUMN] if with_paths else [])})
     # One read task per shard, each reserving a quarter CPU: reads wait on object storage as much
@@ -332,7 +349,7 @@ def embed_corpus(
     ctx = ray.data.DataContext.get_current()
     v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     ds = ray.data.read_parquet(
-        [arrow_filesystem(s)[1] for s in shards],
+        [arrow_filesystem(s, storage_options)[1] for s in shards],
         filesystem=fs,
         include_paths=with_paths,
         override_num_blocks=len(shards),
@@ -344,13 +361,15 @@ def embed_corpus(
         fn_constructor_kwargs={
             "model_uri": model_uri,
             "input_uri": input_uri,
-            "out_dir": out_dir,
+            "out_dir": output_uri,
+            "run_key": run_key,
             "spec": spec,
             "keep": keep,
             "with_logvar": with_logvar,
             "chunk": batch_size,
             "threads": max(1, int(cpus_per_worker)),
             "device": "cuda" if use_gpu else "cpu",
+            "storage_options": storage_options,
         },
         batch_size=rows_per_file,
         batch_format="pyarrow",
@@ -362,8 +381,8 @@ def embed_corpus(
     summaries = _dedupe(_collect(ds, _Progress("embed", total, progress)))
     rows = sum(s["rows"] for s in summaries)
     if rows != total:
-        raise PublishError(
-            f"{output_uri}: attempt {attempt} wrote {rows:,} rows for {total:,} input rows; not publishing"
+        raise TableError(
+            f"{output_uri}: the job wrote {rows:,} rows for {total:,} input rows; not committing"
         )
     sums = np.sum([s["sum"] for s in summaries], axis=0)
     sumsq = np.sum([s["sumsq"] for s in summaries], axis=0)
@@ -373,20 +392,20 @@ def embed_corpus(
         + [pa.field("z_mean", pa.list_(pa.float32(), ckpt.model.latent_dim))]
         + ([pa.field("z_logvar", pa.list_(pa.float32(), ckpt.model.latent_dim))] if with_logvar else [])
     )
-    manifest = Manifest(
+    record = CommitRecord(
         kind="embeddings",
         run_key=run_key,
-        attempt=attempt,
-        files=_file_entries(attempt, summaries),
         rows=rows,
-        schema=schema_to_json(out_schema),
         model={"uri": model_uri, "fingerprint": model_fp, "epoch": ckpt.meta.get("epoch")},
-        input={"uri": input_uri, "shards": len(shards), "rows": total},
+        input={"uri": input_uri, "shards": len(shards), "rows": total, "fingerprint": input_fp},
         params=params,
         stats={"z_mean": {"count": rows, "mean": mean.tolist(), "var": (sumsq / rows - mean**2).tolist()}},
-        created_at=datetime.now(UTC).isoformat(),
+        night=night,
+        created_at=now_iso(),
     )
-    return _publish(output_uri, manifest, ds, progress)
+    committed = _commit(output_uri, summaries, out_schema, record, mode, storage_options, progress)
+    committed.job_stats = ds.stats()
+    return committed
 
 
 def _collect(ds: ray.data.Dataset, meter: _Progress) -> list[dict[str, Any]]:
@@ -405,14 +424,6 @@ def _collect(ds: ray.data.Dataset, meter: _Progress) -> list[dict[str, Any]]:
     return summaries
 
 
-def _file_entries(attempt: str, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Manifest entries of the (deduplicated) summaries, sorted by file name."""
-    return [
-        {"path": f"attempts/{attempt}/{s['file']}", "rows": s["rows"], "bytes": s["bytes"]}
-        for s in sorted(summaries, key=lambda s: s["file"])
-    ]
-
-
 # ---- generate ---------------------------------------------------------------------------------
 
 
@@ -428,19 +439,21 @@ class _Generator:
         self,
         model_uri: str,
         out_dir: str,
+        run_key: str,
         seed: int,
         sample_likelihood: bool,
         chunk: int,
         threads: int,
         device: str,
+        storage_options: dict | None,
     ) -> None:
-        ckpt = _load_for_actor(model_uri, threads, device)
+        ckpt = _load_for_actor(model_uri, threads, device, storage_options)
         self.model, self.transformer = ckpt.model, ckpt.transformer
         self.data = ckpt.config.data
         schema_text = ckpt.meta.get("data_schema")
         self.schema = decode_schema(schema_text) if schema_text else None
-        self.writer, self.seed, self.sample = _Writer(out_dir), seed, sample_likelihood
-        self.chunk, self.device = chunk, device
+        self.writer, self.seed, self.sample = _Writer(out_dir, storage_options), seed, sample_likelihood
+        self.run_key, self.chunk, self.device = run_key, chunk, device
 
     @torch.no_grad()
     def _decode(self, n: int, gen: torch.Generator) -> np.ndarray:
@@ -459,7 +472,11 @@ class _Generator:
         if self.data.id_column:
             known = self.schema is not None and self.data.id_column in self.schema.names
             id_type = self.schema.field(self.data.id_column).type if known else pa.int64()
-            columns[self.data.id_column] = pa.array(np.arange(start, start + len(x)), type=id_type)
+            ids = np.arange(start, start + len(x))
+            if pa.types.is_string(id_type) or pa.types.is_large_string(id_type):
+                columns[self.data.id_column] = pa.array([str(i) for i in ids], type=id_type)
+            else:
+                columns[self.data.id_column] = pa.array(ids, type=id_type)
         if self.transformer is not None:
             table = self.transformer.inverse(x)
             for name in table.column_names:
@@ -486,7 +503,7 @@ class _Generator:
         for block, start, n in zip(batch["block"], batch["start"], batch["rows"], strict=True):
             gen = torch.Generator().manual_seed(block_seed(self.seed, int(block)))
             table = self._rows(self._decode(int(n), gen), int(start))
-            name = f"part-{int(block):06d}.parquet"  # one name per block: a retry overwrites it
+            name = _file_name(self.run_key, f"{int(block):06d}", len(table))  # a retry rewrites it
             sizes.append(self.writer.write(table, name))
             files.append(name)
             rows.append(len(table))
@@ -506,10 +523,13 @@ def generate_rows(
     use_gpu: bool = False,
     sample_likelihood: bool | None = None,
     run_key: str | None = None,
-    overwrite: bool = False,
+    mode: Mode = "error",
+    night: str | None = None,
+    storage_options: dict | None = None,
     progress: Callable[[str], None] = print,
-) -> Published:
-    """Sample z ~ N(0, I), decode, and write `rows` rows in the training schema.
+) -> Committed:
+    """Sample z ~ N(0, I), decode, and commit `rows` rows in the training schema as one version of
+    the Delta table at `output_uri`.
 
     Rows are cut into blocks of `rows_per_block`; block b draws from a generator seeded by
     (seed, b), so the output depends on seed and rows_per_block, not on how many workers ran it.
@@ -519,7 +539,7 @@ def generate_rows(
     """
     if rows < 1:
         raise ValueError(f"rows must be positive, got {rows}")
-    ckpt = load_checkpoint(model_uri)
+    ckpt = load_checkpoint(model_uri, storage_options=storage_options)
     if sample_likelihood is None:
         sample_likelihood = ckpt.transformer is not None
     blocks = [
@@ -527,27 +547,26 @@ def generate_rows(
         for b, start in enumerate(range(0, rows, rows_per_block))
     ]
     params = {"rows": rows, "seed": seed, "rows_per_block": rows_per_block, "sample": sample_likelihood}
-    model_fp = _model_fingerprint(model_uri)
-    run_key = (
-        run_key or hashlib.sha256(f"samples/1 {model_fp} {sorted(params.items())}".encode()).hexdigest()[:24]
-    )
-    existing = _begin(output_uri, run_key, overwrite, progress)
+    model_fp = _model_fingerprint(model_uri, storage_options)
+    run_key = run_key or fingerprint([], extra={"kind": "samples/1", "model": model_fp, **params})
+    existing = _existing(output_uri, run_key, mode, storage_options, progress)
     if existing is not None:
-        return _published(output_uri, existing, skipped=True)
+        return existing
 
     compute = ComputeConfig(num_workers=num_workers, cpus_per_worker=cpus_per_worker, use_gpu=use_gpu)
     _start(compute)
-    attempt = new_attempt()
     ds = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
         _Generator,
         fn_constructor_kwargs={
             "model_uri": model_uri,
-            "out_dir": attempt_uri(output_uri, attempt),
+            "out_dir": output_uri,
+            "run_key": run_key,
             "seed": seed,
             "sample_likelihood": sample_likelihood,
             "chunk": batch_size,
             "threads": max(1, int(cpus_per_worker)),
             "device": "cuda" if use_gpu else "cpu",
+            "storage_options": storage_options,
         },
         batch_size=1,
         compute=ActorPoolStrategy(size=num_workers),
@@ -558,24 +577,21 @@ def generate_rows(
     summaries = _dedupe(_collect(ds, _Progress("generate", rows, progress)))
     written = sum(s["rows"] for s in summaries)
     if written != rows or len(summaries) != len(blocks):
-        raise PublishError(
-            f"{output_uri}: attempt {attempt} wrote {written:,} of {rows:,} rows; not publishing"
-        )
-    first = join(attempt_uri(output_uri, attempt), summaries[0]["file"])
-    fs, path = arrow_filesystem(first)
+        raise TableError(f"{output_uri}: the job wrote {written:,} of {rows:,} rows; not committing")
+    fs, path = arrow_filesystem(join(output_uri, summaries[0]["file"]), storage_options)
     out_schema = pq.read_schema(path, filesystem=fs)
-    manifest = Manifest(
+    record = CommitRecord(
         kind="samples",
         run_key=run_key,
-        attempt=attempt,
-        files=_file_entries(attempt, summaries),
         rows=rows,
-        schema=schema_to_json(out_schema),
         model={"uri": model_uri, "fingerprint": model_fp, "epoch": ckpt.meta.get("epoch")},
         params=params,
-        created_at=datetime.now(UTC).isoformat(),
+        night=night,
+        created_at=now_iso(),
     )
-    return _publish(output_uri, manifest, ds, progress)
+    committed = _commit(output_uri, summaries, out_schema, record, mode, storage_options, progress)
+    committed.job_stats = ds.stats()
+    return committed
 
 
 def _dedupe(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:

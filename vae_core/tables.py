@@ -1,0 +1,291 @@
+"""Job outputs as Delta Lake tables: one job is one atomic commit, its run key recorded in the log.
+
+A batch job's workers write Parquet files straight into the table's folder, under names that hold
+the job's run key and a digest of their content; the driver then commits them in ONE Delta commit
+(delta-rs: a create-only write of the next `_delta_log/<version>.json`, a conditional PUT on S3, so
+no lock service is needed). Until that commit the files are invisible to every Delta reader
+(deltalake, polars, Spark, DuckDB, Ray Data's read_delta); a crashed job leaves only unreferenced
+files, which no vaeflow code deletes: `vaeflow vacuum` (Delta VACUUM with a retention period) is the
+one explicit maintenance command that removes them.
+
+Each commit carries:
+  - an application transaction (Delta `txn` action, app id `vaeflow-<run key>`), so "this job has
+    already committed" is decided from the table log itself, by any Delta client;
+  - commit metadata `vaeflow` (a JSON `CommitRecord`: kind, run key, model URI and fingerprint,
+    input URI and fingerprint, rows, parameters, statistics such as the aggregate-posterior moments
+    the nightly drift check reads) plus `vaeflow.run_key` and `vaeflow.night` as plain strings.
+
+Modes: "error" (the table must not exist yet), "overwrite" (a new version replaces the rows;
+earlier versions stay readable by version: `DeltaTable(uri, version=v)`; nothing is deleted),
+"append" (a new version adds rows). Concurrent writers: Delta's optimistic concurrency makes the
+loser of a commit race fail (`TableConflict`, with a clear message) or, for compatible appends,
+retry; a commit never references a file that is not there, because the driver checks every file
+before committing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from vae_core.storage import delta_storage_options, filesystem, join
+
+Mode = Literal["error", "overwrite", "append"]
+MODES: tuple[Mode, ...] = ("error", "overwrite", "append")
+COMMIT_KEY = "vaeflow"  # commit metadata key holding the JSON CommitRecord
+LOG_DIR = "_delta_log"
+
+
+class TableError(RuntimeError):
+    """An output table cannot be written as asked (exists, wrong mode, missing files)."""
+
+
+class TableConflict(TableError):
+    """Another writer committed to the table while this job ran; this job committed nothing."""
+
+
+@dataclass
+class DataFile:
+    """A Parquet file a worker wrote into the table folder (path relative to the table root)."""
+
+    path: str
+    rows: int
+    bytes: int
+
+
+@dataclass
+class CommitRecord:
+    """What one job committed, stored in the commit's metadata (what a manifest used to hold)."""
+
+    kind: str  # "embeddings" | "samples"
+    run_key: str
+    rows: int
+    model: dict[str, Any] = field(default_factory=dict)  # uri, fingerprint, epoch
+    input: dict[str, Any] = field(default_factory=dict)  # uri, shards, rows, fingerprint
+    params: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)  # e.g. {"z_mean": {count, mean, var}}
+    night: str | None = None
+    created_at: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CommitRecord:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class Committed:
+    """The outcome of a job: the table, the version holding the job's rows, and what it committed."""
+
+    table_uri: str
+    version: int
+    record: CommitRecord
+    files: list[str]  # URIs of the data files this job committed (empty when skipped)
+    skipped: bool  # True when this run key was already committed: the rerun did nothing
+    job_stats: str = field(default="", repr=False)  # the engine's per-stage timings, when it ran
+
+    @property
+    def rows(self) -> int:
+        return self.record.rows
+
+
+# Delta Lake has signed integers only: an unsigned column is stored in the next wider signed type
+# (uint8 pixels as short), so that every Delta reader sees the values the job wrote.
+_WIDER = {pa.uint8(): pa.int16(), pa.uint16(): pa.int32(), pa.uint32(): pa.int64()}
+
+
+def _delta_type(t: pa.DataType, name: str) -> pa.DataType:
+    if t in _WIDER:
+        return _WIDER[t]
+    if t == pa.uint64():
+        raise TableError(f"column {name!r} is uint64, which no Delta type holds; cast it to int64 first")
+    if pa.types.is_dictionary(t):
+        return _delta_type(t.value_type, name)
+    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
+        # Delta arrays have no fixed size; polars refuses a fixed-size list under an array schema.
+        return pa.list_(_delta_type(t.value_type, name))
+    return t
+
+
+def delta_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with types every Delta reader agrees on: unsigned -> wider signed, dictionary ->
+    its values, fixed-size list -> list (a vector column keeps its length in the data, not the type)."""
+    return pa.schema([pa.field(f.name, _delta_type(f.type, f.name), f.nullable) for f in schema])
+
+
+def to_delta(table: pa.Table) -> pa.Table:
+    """Cast a batch to `delta_schema` before it is written as a data file of a Delta table."""
+    target = delta_schema(table.schema)
+    return table if target == table.schema else table.cast(target)
+
+
+def app_id(run_key: str) -> str:
+    return f"vaeflow-{run_key}"
+
+
+def is_delta_table(uri: str, storage_options: dict | None = None) -> bool:
+    """Whether `uri` holds a Delta table (a `_delta_log/` with at least one commit)."""
+    fs, path = filesystem(join(uri, LOG_DIR), storage_options)
+    fs.invalidate_cache(path)
+    try:
+        return any(p.endswith(".json") for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return False
+
+
+def _open(uri: str, storage_options: dict | None, version: int | None = None) -> Any:
+    from deltalake import DeltaTable
+
+    return DeltaTable(uri, version=version, storage_options=delta_storage_options(uri, storage_options))
+
+
+def history(uri: str, storage_options: dict | None = None) -> list[tuple[int, CommitRecord | None]]:
+    """(version, vaeflow record or None for commits by other tools), newest first."""
+    out = []
+    for commit in _open(uri, storage_options).history():
+        text = commit.get(COMMIT_KEY)
+        out.append((int(commit["version"]), CommitRecord.from_json(text) if text else None))
+    return sorted(out, key=lambda c: -c[0])
+
+
+def find_commit(
+    uri: str, run_key: str, mode: Mode, storage_options: dict | None = None
+) -> tuple[int, CommitRecord] | None:
+    """The commit of `run_key` if it still defines what the job would produce, else None.
+
+    The log's txn action says whether the key ever committed (one small read). For "append" any
+    such commit counts (the rows are still there); for "error"/"overwrite" the key's commit must be
+    the latest vaeflow commit: a later overwrite replaced its rows, so running again is real work.
+    """
+    if not is_delta_table(uri, storage_options):
+        return None
+    if _open(uri, storage_options).transaction_version(app_id(run_key)) is None:
+        return None
+    for version, record in history(uri, storage_options):
+        if record is None:
+            continue
+        if record.run_key == run_key:
+            return version, record
+        if mode != "append":
+            return None
+    return None
+
+
+def check_files(uri: str, files: list[DataFile], storage_options: dict | None = None) -> None:
+    """Refuse to commit unless every file is in the table folder with the size its writer reported."""
+    fs, root = filesystem(uri, storage_options)
+    fs.invalidate_cache(root)
+    try:
+        listing = fs.ls(root, detail=True)  # data files sit in the table's root folder
+    except FileNotFoundError:
+        listing = []
+    sizes = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e.get("size") for e in listing}
+    for f in files:
+        name = f.path.rsplit("/", 1)[-1]
+        if sizes.get(name) != f.bytes:
+            found = "missing" if name not in sizes else f"{sizes[name]} bytes, expected {f.bytes}"
+            raise TableError(f"{join(uri, f.path)}: data file {found}; not committing")
+
+
+def commit(
+    uri: str,
+    files: list[DataFile],
+    schema: pa.Schema,
+    record: CommitRecord,
+    mode: Mode,
+    storage_options: dict | None = None,
+) -> int:
+    """Commit `files` as one new table version (creating the table if needed); returns the version."""
+    from deltalake import Schema
+    from deltalake.exceptions import CommitFailedError, DeltaError
+    from deltalake.transaction import (
+        AddAction,
+        CommitProperties,
+        Transaction,
+        create_table_with_add_actions,
+    )
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    schema = delta_schema(schema)
+    check_files(uri, files, storage_options)
+    now = int(time.time() * 1000)
+    actions = [AddAction(f.path, f.bytes, {}, now, True, json.dumps({"numRecords": f.rows})) for f in files]
+    props = CommitProperties(
+        custom_metadata={
+            COMMIT_KEY: record.to_json(),
+            "vaeflow.run_key": record.run_key,
+            "vaeflow.night": record.night or "",
+        },
+        app_transactions=[Transaction(app_id(record.run_key), 1, now)],
+    )
+    options = delta_storage_options(uri, storage_options)
+    exists = is_delta_table(uri, storage_options)
+    if exists and mode == "error":
+        raise TableError(
+            f"{uri}: already holds a Delta table written by another run; write to a new output, "
+            "or choose mode overwrite (a new version; earlier ones stay readable) or append"
+        )
+    try:
+        if not exists:
+            create_table_with_add_actions(
+                uri, Schema.from_arrow(schema), actions, mode="error",
+                storage_options=options, commit_properties=props,
+            )  # fmt: skip
+        else:
+            table = _open(uri, storage_options)
+            table.create_write_transaction(actions, mode=mode, schema=schema, commit_properties=props)
+    except (CommitFailedError, DeltaError) as e:
+        raise TableConflict(
+            f"{uri}: another writer committed to this table while this job ran ({e}); this job "
+            "committed nothing. Rerun it (a job already committed by the same run key is skipped)."
+        ) from e
+    return _open(uri, storage_options).version()
+
+
+def read_table(
+    uri: str,
+    version: int | None = None,
+    columns: list[str] | None = None,
+    storage_options: dict | None = None,
+) -> pa.Table:
+    """The rows of a table (at `version`, default the latest) as one Arrow table."""
+    return _open(uri, storage_options, version).to_pyarrow_table(columns=columns)
+
+
+def data_files(uri: str, storage_options: dict | None = None) -> list[str]:
+    """URIs of the Parquet files of the table's latest version, for readers that take a file list.
+
+    Tables whose files are not plain Parquet rows (deletion vectors, column mapping) are refused.
+    """
+    table = _open(uri, storage_options)
+    protocol = table.protocol()
+    features = set(protocol.reader_features or [])
+    unsupported = features & {"deletionVectors", "columnMapping", "v2Checkpoint"}
+    if unsupported:
+        raise TableError(
+            f"{uri}: Delta table uses {sorted(unsupported)}; vaeflow reads tables whose files are plain "
+            "Parquet rows (rewrite it, e.g. with OPTIMIZE/REORG, or export Parquet files)"
+        )
+    return sorted(table.file_uris())
+
+
+def vacuum(
+    uri: str, retention_hours: int, dry_run: bool = True, storage_options: dict | None = None
+) -> list[str]:
+    """Delta VACUUM: files no version newer than `retention_hours` references (crashed jobs' files,
+    rows replaced by overwrites). Deletes only without `dry_run`; returns the files."""
+    return _open(uri, storage_options).vacuum(
+        retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
+    )  # full: also files the log never referenced (crashed jobs), not only removed ones
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
