@@ -1,5 +1,5 @@
 """Prefect flows under Prefect's test harness, data on moto S3, a local Ray cluster: the nightly
-registers and promotes a model, publishes embeddings and samples with artifacts; a bad candidate
+registers and promotes a model, commits embeddings and samples as Delta tables with artifacts; a bad candidate
 leaves the champion alone and the run says why."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from tests.integration.conftest import make_bucket
 from vae_core.config import VaeflowConfig
 from vae_core.importers import ShardWriter
 from vae_core.packaged import mnist_table
-from vae_core.pipeline import PipelineConfig, embeddings_uri, samples_uri
-from vae_core.publish import read_json, read_manifest, read_published
+from vae_core.pipeline import PipelineConfig, drift_uri, embeddings_uri, samples_uri
+from vae_core.publish import read_json
 from vae_core.registry import champion_record, list_versions, read_version
 from vae_core.storage import join
+from vae_core.tables import history, read_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -108,20 +109,22 @@ def test_a_nightly_registers_promotes_embeds_generates_and_writes_artifacts(firs
     assert version.metrics["training"]["epochs"] == 2
     assert "report/report.html" in version.record["files"]
     assert version.report_uri == result.report_uri
-    # Embeddings: every row of both splits once, with ids, labels and the latent mean.
+    # Embeddings: every row of both splits once, with ids, labels and the latent mean, one Delta
+    # version each whose commit names the night and holds the aggregate-posterior moments.
     day = date(2026, 1, 1)
     for split, rows in (("train", TRAIN_ROWS), ("test", TEST_ROWS)):
-        uri = embeddings_uri(pipeline.root, "mnist-vae", day, split)
+        uri = embeddings_uri(pipeline.root, "mnist-vae", split)
         assert result.embeddings[split] == uri
-        table = read_published(uri)
+        table = read_table(uri)
         assert table.num_rows == rows and len(set(table["id"].to_pylist())) == rows
         assert {"id", "label", "z_mean"} <= set(table.column_names)
-        assert read_manifest(uri).stats["z_mean"]["count"] == rows
-    drift = read_json(join(embeddings_uri(pipeline.root, "mnist-vae", day), "drift.json"))
+        (version, record), *_ = history(uri)
+        assert record.night == "2026-01-01" and record.stats["z_mean"]["count"] == rows
+    drift = read_json(join(drift_uri(pipeline.root, "mnist-vae", day), "drift.json"))
     assert drift["model_version"] == result.candidate and drift["stats"]["count"] == TRAIN_ROWS + TEST_ROWS
     assert drift["previous_night"] is None and not drift["alert"]
-    # Samples in the training schema.
-    samples = read_published(samples_uri(pipeline.root, "mnist-vae", day))
+    # Samples in the training schema (Delta types: uint8 pixels as short).
+    samples = read_table(samples_uri(pipeline.root, "mnist-vae"))
     assert samples.num_rows == SAMPLES and "image" in samples.column_names
     # Artifacts on the nightly run: metrics table, report, output locations.
     keys = artifact_keys(state.state_details.flow_run_id)
@@ -148,8 +151,10 @@ def test_an_untrained_candidate_fails_the_gate_and_the_champion_stays(first_nigh
     assert list_versions(pipeline.root, "mnist-vae") == sorted([before["version"], result.candidate])
     # The night's outputs come from the unchanged champion; its latent drift against the previous
     # night (same model, same corpus) is nil.
-    drift = read_json(join(embeddings_uri(pipeline.root, "mnist-vae", date(2026, 1, 2)), "drift.json"))
+    drift = read_json(join(drift_uri(pipeline.root, "mnist-vae", date(2026, 1, 2)), "drift.json"))
     assert drift["model_version"] == before["version"] and drift["previous_night"] == "2026-01-01"
     assert drift["kl_previous"] == pytest.approx(0.0, abs=1e-6) and not drift["alert"]
-    assert read_published(samples_uri(pipeline.root, "mnist-vae", date(2026, 1, 2))).num_rows == SAMPLES
+    # Same champion, same corpus: the night's jobs were already committed, so no new version.
+    samples = samples_uri(pipeline.root, "mnist-vae")
+    assert read_table(samples).num_rows == SAMPLES and len(history(samples)) == 1
     assert "mnist-vae-report" in artifact_keys(state.state_details.flow_run_id)
