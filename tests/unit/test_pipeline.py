@@ -1,8 +1,6 @@
 """Pipeline settings: the `make run` default, overrides for `vaeflow run`, the nightly's schedule and
 concurrency limit as `vaeflow serve` reads them from deploy/prefect.yaml."""
 
-from datetime import date
-
 import pytest
 from pydantic import ValidationError
 
@@ -15,8 +13,8 @@ def test_local_default_is_mnist_in_the_data_folder(tmp_path):
     assert pipeline.root == root and pipeline.bootstrap == "mnist"
     assert config.data.uri == f"{root}/datasets/mnist" and config.train.runs_uri == f"{root}/runs"
     assert config.compute.num_workers == 1 and config.train.epochs == 3
-    assert embeddings_uri(root, "m", date(2026, 1, 2), "test") == f"{root}/embeddings/m/2026-01-02/test"
-    assert samples_uri(root, "m", date(2026, 1, 2)) == f"{root}/samples/m/2026-01-02"
+    assert embeddings_uri(root, "m", "test") == f"{root}/embeddings/m/test"
+    assert samples_uri(root, "m") == f"{root}/samples/m"
 
 
 def test_run_overrides_split_between_config_and_pipeline(tmp_path):
