@@ -102,8 +102,9 @@ def test_a_nightly_registers_promotes_embeds_generates_and_writes_artifacts(firs
     # Registry: one complete version, the champion pointer on it, report and metrics inside.
     assert list_versions(pipeline.root, "mnist-vae") == [result.candidate]
     assert result.candidate.startswith("20260101-")
-    pointer = champion_record(pipeline.root, "mnist-vae")
-    assert pointer["version"] == result.candidate and pointer["previous"] is None
+    record = champion_record(pipeline.root, "mnist-vae")
+    assert (record.seq, record.version, record.previous) == (0, result.candidate, None)
+    assert record.night == "2026-01-01" and record.flow_run_id == str(state.state_details.flow_run_id)
     version = read_version(pipeline.root, "mnist-vae", result.candidate)
     assert version.metrics["test"]["n"] == 200 and version.metrics["test"]["elbo"] > -400
     assert version.metrics["training"]["epochs"] == 2
@@ -144,15 +145,13 @@ def test_an_untrained_candidate_fails_the_gate_and_the_champion_stays(first_nigh
     result = state.result()
     assert not result.promoted
     assert f"candidate {result.candidate} rejected" in state.message
-    assert (
-        "nats worse than champion" in state.message and f"champion stays {before['version']}" in state.message
-    )
-    assert champion_record(pipeline.root, "mnist-vae") == before  # untouched, not even rewritten
-    assert list_versions(pipeline.root, "mnist-vae") == sorted([before["version"], result.candidate])
+    assert "nats worse than champion" in state.message and f"champion stays {before.version}" in state.message
+    assert champion_record(pipeline.root, "mnist-vae") == before  # no new champion record
+    assert list_versions(pipeline.root, "mnist-vae") == sorted([before.version, result.candidate])
     # The night's outputs come from the unchanged champion; its latent drift against the previous
     # night (same model, same corpus) is nil.
     drift = read_json(join(drift_uri(pipeline.root, "mnist-vae", date(2026, 1, 2)), "drift.json"))
-    assert drift["model_version"] == before["version"] and drift["previous_night"] == "2026-01-01"
+    assert drift["model_version"] == before.version and drift["previous_night"] == "2026-01-01"
     assert drift["kl_previous"] == pytest.approx(0.0, abs=1e-6) and not drift["alert"]
     # Same champion, same corpus: the night's jobs were already committed, so no new version.
     samples = samples_uri(pipeline.root, "mnist-vae")
