@@ -1,4 +1,5 @@
-"""Checkpoints: bit-identical round trip, optimizer state, refusal of pickle and incomplete checkpoints."""
+"""Checkpoints: bit-identical round trip, optimizer state, refusal of pickle and incomplete checkpoints,
+no secret in config.json."""
 
 import pickle
 
@@ -7,7 +8,7 @@ import torch
 
 from tests.conftest import binary_data
 from vae_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from vae_core.config import ModelConfig, VaeflowConfig
+from vae_core.config import ModelConfig, VaeflowConfig, holds_redacted
 from vae_core.families import DataShape, build_model
 from vae_core.likelihoods import layout_from_widths
 from vae_core.train import fit
@@ -76,3 +77,37 @@ def test_incomplete_checkpoint_names_the_missing_file(tmp_path):
     (tmp_path / "meta.json").unlink()
     with pytest.raises(CheckpointError, match=r"meta\.json is missing"):
         load_checkpoint(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"key": "AKIA-FLAT-ID", "secret": "flat-secret-value"},
+        {
+            "client_kwargs": {
+                "endpoint_url": "http://127.0.0.1:9000",
+                "aws_access_key_id": "AKIA-NESTED-ID",
+                "aws_secret_access_key": "nested-secret-value",
+            },
+            "config_kwargs": {"region_name": "eu-west-1"},
+        },
+    ],
+    ids=["flat", "nested"],
+)
+def test_config_json_never_holds_a_secret(tmp_path, options):
+    cfg = VaeflowConfig.model_validate({"data": {"uri": "s3://bucket/data", "storage_options": options}})
+    cfg = cfg.with_overrides(["train.epochs=2"])  # overrides keep the secrets in memory
+    shape = DataShape(16)
+    model = build_model(cfg.model, shape)
+    save_checkpoint(str(tmp_path), model, cfg, shape, optimizer=torch.optim.Adam(model.parameters()))
+    written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    secrets = ["AKIA-FLAT-ID", "flat-secret-value", "AKIA-NESTED-ID", "nested-secret-value"]
+    assert not [s for s in secrets if s.encode() in written]
+    if "client_kwargs" in options:
+        assert b"127.0.0.1:9000" in written  # the endpoint is no secret: it stays readable
+    # Loaded alone, the config holds "***" (and refuses to open storage with it); with the real options
+    # given, they are the loaded config's.
+    alone = load_checkpoint(str(tmp_path))
+    assert holds_redacted(alone.config.data.storage_options)
+    given = load_checkpoint(str(tmp_path), storage_options=options)
+    assert given.config.data.storage_options == options and given.config.train.epochs == 2
