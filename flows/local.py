@@ -37,7 +37,8 @@ def build(
     config, pipeline = local_defaults(root, **({"epochs": epochs} if epochs else {}))
     if config_file:
         config = VaeflowConfig.from_file(config_file)
-        pipeline = pipeline.model_copy(update={"bootstrap": None})
+        # The MNIST-specific settings (bootstrap, the `label` passthrough) stay with the MNIST default.
+        pipeline = PipelineConfig(root=pipeline.root)
     config_overrides, pipeline_overrides = split_overrides(overrides)
     if epochs and config_file:
         config_overrides.insert(0, f"train.epochs={epochs}")

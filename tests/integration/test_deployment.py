@@ -194,4 +194,4 @@ def test_a_triggered_nightly_completes_and_a_second_trigger_waits_for_it(
     assert second.start_time >= first.end_time  # never both running
     history = _client_call(server, lambda c: c.read_flow_run_states(second.id))
     assert "AwaitingConcurrencySlot" in {s.name for s in history}  # it waited for the slot
-    assert champion_record(root, "tiny-vae")["version"] is not None
+    assert champion_record(root, "tiny-vae").version is not None

@@ -40,6 +40,7 @@ def test_only_the_pure_local_default_bootstraps(tmp_path):
     config_file.write_text('{"name": "mine", "data": {"uri": "s3://bucket/data"}}')
     config, pipeline = build(str(tmp_path), None, str(config_file), [])
     assert config.data.uri == "s3://bucket/data" and pipeline.bootstrap is None
+    assert pipeline.passthrough == []  # MNIST's `label` is not assumed of the user's data
     _, pipeline = build(str(tmp_path), None, str(config_file), ["pipeline.bootstrap=adult"])
     assert pipeline.bootstrap == "adult"  # only when asked for explicitly
 

@@ -91,6 +91,7 @@ class _Writer:
 
     def __init__(self, folder_uri: str, storage_options: dict | None) -> None:
         self.fs, self.folder = filesystem(folder_uri, storage_options)
+        self.fs.makedirs(self.folder, exist_ok=True)  # a local table folder; a no-op on object stores
 
     def write(self, table: pa.Table, name: str) -> int:
         """Write (or rewrite: a retried batch has the same name) one file; returns its size.
