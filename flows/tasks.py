@@ -86,10 +86,12 @@ class TrainSummary:
 
 @task(name="train-model", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def train_model(config: VaeflowConfig, run_name: str) -> TrainSummary:
-    """Ray Train. A retry relaunches the same run name and resumes from its latest checkpoint."""
+    """Ray Train. A retry relaunches the same run name and resumes from its latest checkpoint: the
+    task asks for resuming explicitly, and a stored run with other data/model/train settings is
+    still refused (RunNameError)."""
     from vae_core.distributed.trainer import train
 
-    result = train(config, run_name=run_name, progress=_log)
+    result = train(config, run_name=run_name, progress=_log, resume=True)
     return TrainSummary(
         run_name,
         result.checkpoint_uri,
@@ -181,6 +183,15 @@ def gate_and_promote(
         return Promotion(
             False, False, result.reason, before, before, champion_metrics=result.champion_metrics
         )
+    if expected is not None and expected.night == night and expected.flow_run_id != flow_run_id:
+        # One promotion per night: a second run of the same night (a duplicate trigger queued
+        # behind the first) serves the night's champion instead of moving it again.
+        reason = (
+            f"night {night} already promoted {expected.version} (flow run {expected.flow_run_id}); "
+            "the champion moves at most once a night"
+        )
+        log.warning(reason)
+        return Promotion(True, False, reason, before, before, champion_metrics=result.champion_metrics)
     try:
         record = registry.promote(
             root,

@@ -219,3 +219,19 @@ def test_a_nightly_that_loses_the_promotion_race_fails_and_serves_nothing(tmp_pa
     assert "nothing was embedded or generated" in state.message
     assert night.served == []
     assert champion_record(night.root, "m").version == "v2"  # moved once, by the other run
+
+
+def test_a_second_run_of_a_night_that_already_promoted_serves_that_champion(tmp_path, monkeypatch):
+    from vae_core.registry import champion_record, promote
+
+    night = _FakeNight(tmp_path, elbo=-100.0)  # better than the champion: it would pass the gate
+    night.publish("v1", -120.0)
+    # The first run of the night (another flow run) promoted v1 for 2026-01-03.
+    promote(night.root, "m", "v1", "first", expected_seq=None, night="2026-01-03", flow_run_id="run-1")
+    night.patch(monkeypatch)
+    state = night.run()
+    result = state.result()
+    assert state.is_completed() and not result.promoted
+    assert "already promoted v1" in state.message and "at most once a night" in state.message
+    assert night.served == [("embed", "v1"), ("generate", "v1")]
+    assert champion_record(night.root, "m").seq == 0  # the champion did not move again
