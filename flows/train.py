@@ -16,7 +16,8 @@ HISTORY_COLUMNS = ("epoch", "loss", "recon", "kl", "val_elbo", "samples_per_s", 
 
 @flow(name="vae-train")
 def train(config: VaeflowConfig, run_date: date | None = None, run_name: str | None = None) -> TrainSummary:
-    """Train with Ray Train. The run name defaults to <name>-<date>-<run id>; the same name resumes."""
+    """Train with Ray Train. The run name defaults to <name>-<date>-<run id>; a given name that has a
+    run resumes it (its data/model/train settings must match; train.epochs may grow to extend it)."""
     name = run_name or f"{config.name}-{new_version(night(run_date), run_id())}"
     summary = train_model(config, name)
     rows = [{k: h.get(k) for k in HISTORY_COLUMNS if k in h} for h in summary.history]

@@ -57,7 +57,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from vae_core.distributed.trainer import train
 
     cfg = VaeflowConfig.from_file(args.config).with_overrides(args.overrides)
-    result = train(cfg, run_name=args.run_name, progress=lambda msg: print(msg, flush=True))
+    result = train(
+        cfg, run_name=args.run_name, progress=lambda msg: print(msg, flush=True), resume=args.resume
+    )
     last = result.history[-1]
     print(
         f"done: {len(result.history)} epochs, val ELBO {last['val_elbo']:.2f} nats "
@@ -229,7 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("config", help="print a configuration as JSON (the defaults, or FILE with overrides)")
+    p = sub.add_parser(
+        "config",
+        help="print a configuration as JSON (the defaults, or FILE with overrides); secrets shown as ***",
+    )
     p.add_argument("--config", help="a JSON config file to start from")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=5 model.latent_dim=2")
     p.set_defaults(func=_cmd_config)
@@ -240,12 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train the configured model with Ray Train: compute.num_workers DDP workers stream "
             "data.uri/train/ with Ray Data, validate on data.uri/<train.val_split>/ each epoch and "
-            "checkpoint to train.runs_uri/<run name>/. Relaunching with the same run name resumes from "
-            "the latest checkpoint. Uses the cluster at RAY_ADDRESS if set, else starts a local one."
+            "checkpoint to train.runs_uri/<run name>/. A run name that already has a run is refused "
+            "unless --resume is given; then it continues from the latest checkpoint, provided the "
+            "data/model/train settings are the ones it was launched with (train.epochs may be raised "
+            "to extend a run). Uses the cluster at RAY_ADDRESS if set, else starts a local one with "
+            "token auth."
         ),
     )
     p.add_argument("--config", required=True, help="JSON config file (see `vaeflow config`)")
-    p.add_argument("--run-name", help="run name (default: the config's name); same name = resume")
+    p.add_argument("--run-name", help="run name (default: the config's name)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run of this name from its latest checkpoint (same data/model/train settings)",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     p.set_defaults(func=_cmd_train)
 

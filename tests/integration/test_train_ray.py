@@ -1,4 +1,5 @@
-"""Ray Train on a real local cluster with checkpoints in S3 (moto server): training, failures, resume."""
+"""Ray Train on a real local cluster with checkpoints in S3 (moto server): training, failures, resume,
+run names."""
 
 from __future__ import annotations
 
@@ -10,18 +11,22 @@ import sys
 import threading
 import time
 
+import numpy as np
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import s3fs
 import torch
 
-from tests.integration.conftest import make_bucket
+from tests.integration.conftest import TEST_KEY_ID, TEST_SECRET, make_bucket
 from vae_core.config import VaeflowConfig
 from vae_core.dataset import iter_batches, open_dataset, vector_features
 from vae_core.distributed.cluster import ClusterResourceError, check_resources
-from vae_core.distributed.trainer import train
+from vae_core.distributed.trainer import RunNameError, train
 from vae_core.evaluate import evaluate
 from vae_core.families import DataShape, build_model
+from vae_core.storage import arrow_filesystem
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -127,7 +132,7 @@ DRIVER = """
 import json, sys
 from vae_core.config import VaeflowConfig
 from vae_core.distributed.trainer import train
-result = train(VaeflowConfig.from_file(sys.argv[1]), run_name="driver-run")
+result = train(VaeflowConfig.from_file(sys.argv[1]), run_name="driver-run", resume=True)
 print("RESULT_META", json.dumps(result.checkpoint.meta))
 """
 
@@ -177,3 +182,81 @@ def test_a_plan_bigger_than_the_cluster_fails_fast_instead_of_hanging(ray_local)
     cfg = VaeflowConfig().with_overrides(["compute.num_workers=4", "compute.cpus_per_worker=1"])
     with pytest.raises(ClusterResourceError, match="would hang"):
         check_resources(cfg.compute)
+
+
+@pytest.fixture(scope="module")
+def tiny_s3(s3_server: str) -> str:
+    """A few hundred rows of 16-pixel binary 'images' in a fresh bucket: train/ 300, test/ 100."""
+    root = f"{make_bucket()}/tiny"
+    fs, _ = arrow_filesystem(root)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 300), ("test", 100)):
+        pixels = (rng.random((n, 16)) < 0.3).astype(np.uint8) * 255
+        table = pa.table(
+            {
+                "id": pa.array(np.arange(n), pa.int64()),
+                "image": pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), 16),
+            }
+        )
+        pq.write_table(table, arrow_filesystem(f"{root}/{split}/part-0.parquet")[1], filesystem=fs)
+    return root
+
+
+def tiny_config(data_uri: str, runs_uri: str, storage_options: dict, **train_kw) -> VaeflowConfig:
+    return VaeflowConfig.model_validate(
+        {
+            "name": "tiny",
+            "data": {
+                "uri": data_uri,
+                "vector_column": "image",
+                "scale": 255,
+                "storage_options": storage_options,
+            },
+            "model": {"family": "vae", "hidden": [16], "latent_dim": 2},
+            "train": {"epochs": 1, "batch_size": 64, "runs_uri": runs_uri, **train_kw},
+            "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+        }
+    )
+
+
+def test_a_run_name_is_resumed_only_when_asked_and_only_with_its_own_settings(ray_local, tiny_s3, s3_server):
+    runs = f"{make_bucket()}/runs"
+    # Explicit storage options (credentials nested and flat) on every path: data, checkpoints, run record.
+    options = {"key": TEST_KEY_ID, "secret": TEST_SECRET, "client_kwargs": {"endpoint_url": s3_server}}
+    cfg = tiny_config(tiny_s3, runs, options)
+    first = train(cfg, run_name="names")
+    assert [h["epoch"] for h in first.history] == [1]
+    assert first.checkpoint.config.data.storage_options == options  # the real ones, not "***"
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    record = json.loads(fs.cat(f"{runs}/names/vaeflow-run.json"))
+    assert record["run_name"] == "names" and record["config"]["data"]["uri"] == tiny_s3
+    files = [p for p in fs.find(f"{runs}/names") if not p.endswith("/")]  # pyarrow writes dir markers
+    written = b"".join(fs.cat(p) for p in files)
+    assert TEST_SECRET.encode() not in written and TEST_KEY_ID.encode() not in written
+
+    # The same name again without --resume: refused before any worker starts, nothing trained.
+    objects = set(fs.find(f"{runs}/names"))
+    t0 = time.monotonic()
+    with pytest.raises(RunNameError, match="pass --resume to continue it or choose another --run-name"):
+        train(cfg, run_name="names")
+    # Other settings, even with --resume: refused, the differing keys named.
+    changed = cfg.with_overrides(["train.lr=0.01", "model.latent_dim=3", "data.uri=" + tiny_s3 + "-other"])
+    with pytest.raises(RunNameError, match=r"these keys differ: data\.uri, model\.latent_dim, train\.lr\n"):
+        train(changed, run_name="names", resume=True)
+    nested = cfg.with_overrides(
+        [f'data.storage_options={{"client_kwargs": {{"endpoint_url": "{s3_server}/"}}}}']
+    )
+    with pytest.raises(RunNameError, match=r"data\.storage_options\.client_kwargs\.endpoint_url"):
+        train(nested, run_name="names", resume=True)
+    assert time.monotonic() - t0 < 20  # no Ray Train run was started for any of them
+    fs.invalidate_cache()
+    assert set(fs.find(f"{runs}/names")) == objects
+
+    # --resume with the same settings and more epochs extends the run: epoch 1 is not trained again.
+    longer = cfg.with_overrides(["train.epochs=2"])
+    second = train(longer, run_name="names", resume=True)
+    assert [h["epoch"] for h in second.history] == [1, 2]
+    assert second.history[0] == first.history[0]
+    assert [r["from_epoch"] for r in second.checkpoint.meta["restarts"]] == [1]
+    # A new name with resume=True simply starts (what the Prefect task passes on its first try).
+    assert [h["epoch"] for h in train(cfg, run_name="names-2", resume=True).history] == [1]

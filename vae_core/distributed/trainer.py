@@ -4,10 +4,18 @@ Ray touches the plain PyTorch loop at marked places only: the data shard (get_da
 the DDP wrapper (prepare_model), and the per-epoch report with rank 0's checkpoint (ray.train.report).
 Resuming: a restarted worker group, or a relaunch with the same run name and storage, gets the latest
 checkpoint from ray.train.get_checkpoint() and continues with the next epoch.
+
+Run names: the first launch of a run writes runs_uri/<name>/vaeflow-run.json (the redacted config).
+Relaunching a name that has a stored run is an error unless resuming is asked for (`resume=True`,
+`vaeflow train --resume`), and even then when the stored config differs in a data/model/train key
+(named in the error): a run is one model trained on one dataset. Not compared: train.epochs (a
+resume with more epochs extends a finished run), and settings that do not change what is trained
+(train.runs_uri, train.max_failures, train.keep_checkpoints, the compute section).
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +36,7 @@ from vae_core.config import VaeflowConfig
 from vae_core.dataset import DatasetSpec, encode_schema, iter_batches, open_dataset
 from vae_core.evaluate import EvalResult, evaluate
 from vae_core.families import DataShape, build_model
-from vae_core.storage import arrow_filesystem, scheme
+from vae_core.storage import arrow_filesystem, create_only_write, filesystem, join, scheme
 from vae_core.tabular import TabularTransformer
 from vae_core.train import EpochStats, KLSchedule, fit, make_optimizer
 
@@ -39,6 +47,10 @@ FEATURES = "x"
 
 class TrainingError(RuntimeError):
     """The Ray Train run failed after its allowed restarts."""
+
+
+class RunNameError(ValueError):
+    """The run name belongs to a stored run that this launch may not continue."""
 
 
 @dataclass
@@ -252,6 +264,98 @@ def _storage(runs_uri: str, storage_options: dict) -> dict[str, Any]:
     return {"storage_path": path, "storage_filesystem": fs}
 
 
+RUN_FILE = "vaeflow-run.json"
+COMPARED_SECTIONS = ("data", "model", "train")
+# Settings a resume may change: they do not change which model is trained on which data.
+NOT_COMPARED = frozenset({"train.epochs", "train.runs_uri", "train.max_failures", "train.keep_checkpoints"})
+
+
+def _leaves(value: Any, prefix: str) -> dict[str, Any]:
+    """Nested dicts as {"a.b.c": leaf}; lists are leaves."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_leaves(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value}
+
+
+def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (stored, current)} for data/model/train keys that differ, both redacted JSON."""
+    a = {k: v for s in COMPARED_SECTIONS for k, v in _leaves(stored.get(s, {}), s).items()}
+    b = {k: v for s in COMPARED_SECTIONS for k, v in _leaves(current.get(s, {}), s).items()}
+    missing = object()
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(a.keys() | b.keys())
+        if k not in NOT_COMPARED and a.get(k, missing) != b.get(k, missing)
+    }
+
+
+def _stored_config(run_uri: str, storage_options: dict) -> tuple[bool, dict[str, Any] | None]:
+    """(does run_uri hold a run, its stored config): vaeflow-run.json, else the newest checkpoint's
+    config.json (runs from before vaeflow-run.json), else None."""
+    fs, root = filesystem(run_uri, storage_options)
+    fs.invalidate_cache(root)  # s3fs caches listings; Ray writes checkpoints through another client
+    if not fs.exists(root):
+        return False, None
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    if not names:
+        return False, None
+    if RUN_FILE in names:
+        with fs.open(join(root, RUN_FILE), "r") as f:
+            return True, json.load(f)["config"]
+    for name in reversed([n for n in names if n.startswith("epoch_")]):
+        if fs.exists(join(root, name, "config.json")):
+            with fs.open(join(root, name, "config.json"), "r") as f:
+                return True, json.load(f)
+    return True, None
+
+
+def check_run_name(cfg: VaeflowConfig, name: str, resume: bool) -> bool:
+    """Whether run `name` under cfg.train.runs_uri is stored (to be resumed) or new; reads only.
+
+    Raises RunNameError when the stored config differs in a data/model/train key (naming them), or
+    when the run exists and resume is False.
+    """
+    exists, stored = _stored_config(join(cfg.train.runs_uri, name), cfg.data.storage_options)
+    if not exists:
+        return False
+    if stored is not None:
+        current = json.loads(cfg.to_json())  # redacted, as stored: rotated credentials are no difference
+        diff = config_differences(stored, current)
+        if diff:
+            lines = "\n".join(f"  {k}: {a!r} (stored) != {b!r} (now)" for k, (a, b) in diff.items())
+            raise RunNameError(
+                f"run {name!r} under {cfg.train.runs_uri} was launched with a different configuration; "
+                f"these keys differ: {', '.join(diff)}\n{lines}\n"
+                "Choose another --run-name for a new run (train.epochs may differ: that extends a run)."
+            )
+    if not resume:
+        raise RunNameError(
+            f"run {name!r} already exists under {cfg.train.runs_uri}: "
+            "pass --resume to continue it or choose another --run-name"
+        )
+    return True
+
+
+def record_run(cfg: VaeflowConfig, name: str, resume: bool) -> bool:
+    """Write runs_uri/<name>/vaeflow-run.json (the redacted config) for a new run, create-only.
+
+    Returns whether the run is resumed after all: a concurrent first launch of the same name that
+    wrote first makes this one a relaunch, checked as such (check_run_name)."""
+    record = {
+        "format": "vaeflow-run/1",
+        "run_name": name,
+        "created_at": time.time(),
+        "config": json.loads(cfg.to_json()),
+    }
+    uri = join(cfg.train.runs_uri, name, RUN_FILE)
+    if create_only_write(uri, json.dumps(record, indent=2).encode(), cfg.data.storage_options):
+        return False
+    return check_run_name(cfg, name, resume)
+
+
 def _checkpoint_uri(ckpt: ray.train.Checkpoint, runs_uri: str) -> str:
     kind = scheme(runs_uri)
     return ckpt.path if kind == "file" else f"{kind}://{ckpt.path.lstrip('/')}"
@@ -292,9 +396,20 @@ def prepare_data(
 
 
 def train(
-    cfg: VaeflowConfig, run_name: str | None = None, progress: Callable[[str], None] = print
+    cfg: VaeflowConfig,
+    run_name: str | None = None,
+    progress: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> TrainResult:
-    """Fit cfg's model with Ray Train. The same run name (and runs_uri) resumes; a new one starts fresh."""
+    """Fit cfg's model with Ray Train as run `run_name` (default: cfg.name) under train.runs_uri.
+
+    A new name starts a run. A name with a stored run is resumed from its latest checkpoint only with
+    resume=True and a config equal in its data/model/train keys (train.epochs may grow: that extends
+    the run); otherwise RunNameError, before any worker starts. The run is recorded once the data
+    have been checked, so a launch that fails on its data leaves no run behind.
+    """
+    name = run_name or cfg.name
+    resuming = check_run_name(cfg, name, resume)
     spec, schema, shards, shape, transformer = prepare_data(cfg, progress)
     ensure_ray(cfg.compute)
     check_resources(cfg.compute)
@@ -306,11 +421,12 @@ def train(
     # Deterministic block order and block-to-worker assignment: a rerun with the same seed sees the
     # same batches, so runs are reproducible and comparable across worker counts.
     ctx.execution_options.preserve_order = True
-    name = run_name or cfg.name
+    if not resuming:
+        resuming = record_run(cfg, name, resume)
     trainer = ray.train.torch.TorchTrainer(
         _worker_loop,
         train_loop_config={
-            "config": cfg.to_json(),
+            "config": cfg.to_json(redact=False),  # workers need the real storage options
             "shape": shape_to_json(shape),
             "transformer": transformer.to_json() if transformer else None,
             "scale": spec.scale,
@@ -338,7 +454,8 @@ def train(
         ),
         datasets=build_datasets(cfg, spec, shards, transformer),
     )
-    progress(f"training {cfg.model.family} on {cfg.data.uri} as run {name!r} under {cfg.train.runs_uri}")
+    what = "resuming" if resuming else "training"
+    progress(f"{what} {cfg.model.family} on {cfg.data.uri} as run {name!r} under {cfg.train.runs_uri}")
     try:
         result = trainer.fit()
     except Exception as e:  # Ray raises TrainingFailedError with the worker traceback inside
@@ -347,7 +464,7 @@ def train(
         raise TrainingError(f"run {name!r} finished without a checkpoint")
     best = result.get_best_checkpoint(metric="val_elbo", mode="max") or result.checkpoint
     with result.checkpoint.as_directory() as d:
-        latest = load_checkpoint(d)
+        latest = load_checkpoint(d, storage_options=cfg.data.storage_options)
     uri = _checkpoint_uri(result.checkpoint, cfg.train.runs_uri)
     progress(f"latest checkpoint: {uri}")
     return TrainResult(latest.meta["history"], uri, _checkpoint_uri(best, cfg.train.runs_uri), latest)
