@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -34,16 +33,17 @@ def ray_local(s3_server: str) -> Iterator[str]:
     """A local Ray cluster per test module (started after the S3 env is set, so workers inherit it).
 
     4 logical CPUs: 2 training workers x 1 CPU + 1 CPU for Ray Data, with room to spare.
-    Yields the GCS address, for drivers started in subprocesses (RAY_ADDRESS).
+    Started as vae_core starts its own (token auth, see vae_core.distributed.use_token_auth).
+    Yields the GCS address, for drivers started in subprocesses: they need RAY_ADDRESS and this
+    process's environment (`{**os.environ, "RAY_ADDRESS": address}`), which holds the token.
     """
-    import logging
-
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=4, num_gpus=0, include_dashboard=False, logging_level=logging.WARNING)
+    from vae_core.distributed.cluster import start_local_ray
+
+    address = start_local_ray(num_cpus=4)
     try:
-        yield ray.get_runtime_context().gcs_address
+        yield address
     finally:
         ray.shutdown()
 

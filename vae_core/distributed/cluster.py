@@ -4,6 +4,9 @@ Seen with Ray 2.60 on 2 CPUs: 2 training workers reserving 1 CPU each leave Ray 
 with, and the job hangs silently. So a local cluster gets enough *logical* CPUs for the workers plus
 a data budget (`compute.data_cpus`), and on any cluster the plan is checked up front: a job that
 could not be scheduled fails with a message instead of waiting forever.
+
+A local cluster runs with token auth (vae_core.distributed.use_token_auth): Ray's servers listen on
+all interfaces, and a caller without the token is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import os
 import ray
 
 from vae_core.config import ComputeConfig
+
+from . import use_token_auth
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +40,39 @@ def ensure_ray(compute: ComputeConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    # A local test/dev cluster of our own: no token file in ~/.ray, no dashboard noise.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     num_cpus = max(os.cpu_count() or 1, math.ceil(required_cpus(compute)))
+    start_local_ray(num_cpus, num_gpus=None if compute.use_gpu else 0)
+
+
+def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
+    """Start a quiet local cluster of our own (no dashboard, temp dir VAEFLOW_RAY_TMPDIR if set) with
+    token auth. Returns its GCS address: a driver in a subprocess connects with RAY_ADDRESS=<it> and
+    this process's environment, which holds the token."""
+    use_token_auth()
+    if os.environ["RAY_AUTH_MODE"].lower() != "token":
+        log.warning(
+            "RAY_AUTH_MODE=%s: the local Ray cluster listens on all interfaces without authentication",
+            os.environ["RAY_AUTH_MODE"],
+        )
+    _reload_ray_auth_settings()
     ray.init(
         num_cpus=num_cpus,
-        num_gpus=None if compute.use_gpu else 0,
+        num_gpus=num_gpus,
         include_dashboard=False,
         logging_level=logging.WARNING,
         _temp_dir=os.environ.get("VAEFLOW_RAY_TMPDIR"),
     )
+    return ray.get_runtime_context().gcs_address
+
+
+def _reload_ray_auth_settings() -> None:
+    # Ray caches RAY_AUTH_MODE and the token when ray is first imported. Importing vae_core.distributed
+    # sets them before that; should ray have been imported earlier, re-read them from the environment
+    # as ray.init does itself when it turns token auth on (a private API, as in Ray's own tests).
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def check_resources(compute: ComputeConfig) -> None:
