@@ -44,7 +44,7 @@ def embed(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None
     """Embed each split of the corpus as tonight's version of the Delta table
     <root>/embeddings/<name>/<split>/ and record the latent drift under <root>/drift/<name>/<date>/."""
     day = night(run_date)
-    model = resolve_model(pipeline.root, config.name, pipeline.model_version)
+    model = resolve_model(pipeline.root, config.name, pipeline.model_version, config.data.storage_options)
     corpus = pipeline.embed_uri or config.data.uri
     outputs = {
         split: embed_split(

@@ -24,7 +24,7 @@ def generate(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | N
     """Decode `pipeline.sample_rows` draws from N(0, I) as tonight's version of the Delta table
     <root>/samples/<name>/."""
     day = night(run_date)
-    model = resolve_model(pipeline.root, config.name, pipeline.model_version)
+    model = resolve_model(pipeline.root, config.name, pipeline.model_version, config.data.storage_options)
     out = generate_samples(
         model.uri,
         pipeline.sample_rows,

@@ -87,9 +87,10 @@ def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | No
     version = new_version(day, run_id())
     ensure_dataset(config, pipeline.bootstrap)
     # Read once: the gate compares with this record, the promotion swaps it, the night serves it.
-    start = read_champion(pipeline.root, config.name)
+    options = config.data.storage_options  # task arguments: never stored by Prefect
+    start = read_champion(pipeline.root, config.name, options)
     if pipeline.model_version is not None:  # a pinned version that does not exist fails before training
-        resolve_model(pipeline.root, config.name, pipeline.model_version)
+        resolve_model(pipeline.root, config.name, pipeline.model_version, options)
 
     trained = train(config, day, run_name=f"{config.name}-{version}")
     report = evaluate(
@@ -98,6 +99,7 @@ def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | No
         config.data.uri,
         pipeline.iwae_k,
         pipeline.max_eval_rows,
+        config,
     )
     metrics = {**report["metrics"], "training": _training_metrics(trained.history, trained.val_elbo_init)}
     candidate = register_model(
@@ -108,9 +110,17 @@ def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | No
         metrics,
         report["metrics_uri"].rsplit("/", 1)[0],
         {"run_date": day.isoformat(), "flow_run_id": run_id(), "train_run": trained.run_name},
+        options,
     )
     decision = gate_and_promote(
-        pipeline.root, config.name, candidate, start, pipeline.gate_margin, day.isoformat(), run_id()
+        pipeline.root,
+        config.name,
+        candidate,
+        start,
+        pipeline.gate_margin,
+        day.isoformat(),
+        run_id(),
+        options,
     )
     champion = decision.champion
     champion_uri = version_uri(pipeline.root, config.name, champion) if champion else None

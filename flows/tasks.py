@@ -103,13 +103,24 @@ def train_model(config: VaeflowConfig, run_name: str) -> TrainSummary:
 
 @task(name="write-report", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def write_report(
-    model_uri: str, out_uri: str, data_uri: str | None, iwae_k: int, max_eval_rows: int | None
+    model_uri: str,
+    out_uri: str,
+    data_uri: str | None,
+    iwae_k: int,
+    max_eval_rows: int | None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model and write report.html + metrics.json under out_uri (overwritten on retry)."""
     from vae_core.report import write_report as _write_report
 
     result = _write_report(
-        model_uri, out_uri, data_uri, iwae_k=iwae_k, max_eval_rows=max_eval_rows, progress=_log
+        model_uri,
+        out_uri,
+        data_uri,
+        iwae_k=iwae_k,
+        max_eval_rows=max_eval_rows,
+        progress=_log,
+        storage_options=storage_options,
     )
     return {"html_uri": result.html_uri, "metrics_uri": result.metrics_uri, "metrics": result.metrics}
 
@@ -126,17 +137,22 @@ def register_model(
     metrics: dict[str, Any],
     report_uri: str | None,
     extra: dict[str, Any],
+    storage_options: dict[str, Any] | None = None,
 ) -> registry.ModelVersion:
-    v = registry.publish_version(root, name, version, checkpoint_uri, metrics, report_uri, extra)
+    v = registry.publish_version(
+        root, name, version, checkpoint_uri, metrics, report_uri, extra, storage_options
+    )
     _log(f"registered {name} {version} at {v.uri}")
     return v
 
 
 @task(name="read-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def read_champion(root: str, name: str) -> registry.ChampionRecord | None:
+def read_champion(
+    root: str, name: str, storage_options: dict[str, Any] | None = None
+) -> registry.ChampionRecord | None:
     """The champion record as of now (None before the first promotion): a nightly reads it once, at
     its start, gates against it, promotes over it and serves it."""
-    record = registry.champion_record(root, name)
+    record = registry.champion_record(root, name, storage_options)
     _log(
         f"champion of {name}: {record.version} (record {record.seq})" if record else f"{name} has no champion"
     )
@@ -165,6 +181,7 @@ def gate_and_promote(
     margin: float,
     night: str,
     flow_run_id: str,
+    storage_options: dict[str, Any] | None = None,
 ) -> Promotion:
     """Gate the candidate against the champion record `expected` (read at the night's start) and,
     when it passes, promote it by compare-and-swap on that same record.
@@ -199,6 +216,7 @@ def gate_and_promote(
             candidate.version,
             result.reason,
             expected_seq=expected.seq if expected else None,
+            storage_options=storage_options,
             night=night,
             flow_run_id=flow_run_id,
         )
@@ -220,9 +238,11 @@ def gate_and_promote(
 
 
 @task(name="resolve-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def resolve_model(root: str, name: str, version: str | None) -> registry.ModelVersion:
+def resolve_model(
+    root: str, name: str, version: str | None, storage_options: dict[str, Any] | None = None
+) -> registry.ModelVersion:
     """The version asked for, else the champion."""
-    return registry.resolve(root, name, version)
+    return registry.resolve(root, name, version, storage_options)
 
 
 # ---- Ray Data jobs ----------------------------------------------------------------------------

@@ -116,9 +116,9 @@ class _FakeNight:
         for name in ("register_model", "gate_and_promote", "resolve_model"):
             monkeypatch.setattr(nightly_module, name, getattr(tasks, name).fn)
 
-        def read_champion(root, name):
+        def read_champion(root, name, storage_options=None):
             self.champion_reads += 1
-            return tasks.read_champion.fn(root, name)
+            return tasks.read_champion.fn(root, name, storage_options)
 
         def train(config, day, run_name):
             if self.during_training:
