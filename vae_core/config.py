@@ -38,6 +38,11 @@ class DataConfig(_Section):
         None, ge=1, description="Length of the vector column when it is a variable-length list."
     )
     scale: float = Field(1.0, gt=0, description="Vector features are divided by this (255 for uint8).")
+    codec: Literal["auto", "vector", "standardized", "tabular"] = Field(
+        "auto",
+        description="How rows become x: auto = vector with data.vector_column, else tabular; "
+        "standardized = a float vector column standardized per dimension (Gaussian likelihood).",
+    )
     columns: list[str] | None = Field(
         None, description="Tabular feature columns; None takes every column but the id."
     )

@@ -109,7 +109,7 @@ def count_rows(shards: list[str], storage_options: dict | None = None) -> int:
 class DatasetSpec:
     """How rows become features: one vector column, or tabular continuous + categorical columns."""
 
-    kind: Literal["vector", "tabular"]
+    kind: Literal["vector", "standardized", "tabular"]  # the codec (vae_core.codec.CODECS)
     id_column: str | None
     vector_column: str | None = None
     dim: int = 0
@@ -152,7 +152,12 @@ def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec
                 raise DataError(
                     f"{source}: column {cfg.vector_column!r}: {what} gives {value} values, expected {dim}"
                 )
-        return DatasetSpec("vector", cfg.id_column, cfg.vector_column, dim, cfg.image_shape, cfg.scale)
+        if cfg.codec == "tabular":
+            raise DataError(f"{source}: data.codec 'tabular' reads table columns; unset data.vector_column")
+        kind = "standardized" if cfg.codec == "standardized" else "vector"
+        return DatasetSpec(kind, cfg.id_column, cfg.vector_column, dim, cfg.image_shape, cfg.scale)
+    if cfg.codec in ("vector", "standardized"):
+        raise DataError(f"{source}: data.codec {cfg.codec!r} needs data.vector_column")
     features = cfg.columns or [n for n in schema.names if n != cfg.id_column]
     continuous, categorical = [], []
     for name in features:
