@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,11 +39,16 @@ def vector_rows(n: int, start_id: int = 0, seed: int = 0) -> pa.Table:
     )
 
 
-def write_dataset(fs: Any, root: str, train_rows: int, test_rows: int, shards: int = 4) -> None:
-    """Parquet shards under root/train and root/test (root: a path inside `fs`)."""
+def write_dataset(
+    fs: Any, root: str, train_rows: int, test_rows: int, shards: int = 4, first_id: int = 0
+) -> None:
+    """Parquet shards under root/train and root/test (root: a path inside `fs`); train ids count
+    from `first_id`."""
     per = train_rows // shards
     for i in range(shards):
-        _write(fs, f"{root}/train/part-{i:03d}.parquet", vector_rows(per, i * per, seed=i))
+        _write(
+            fs, f"{root}/train/part-{i:03d}.parquet", vector_rows(per, first_id + i * per, seed=first_id + i)
+        )
     _write(fs, f"{root}/test/part-000.parquet", vector_rows(test_rows, 10**6, seed=99))
 
 
@@ -95,6 +101,35 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[int | None, str]:
         kill_tree(proc.pid)
         out, _ = proc.communicate(timeout=30)
         return None, out
+
+
+class Lines:
+    """Collects a subprocess's output in a thread, so a test can wait on what it has printed."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def finish(self, timeout: float) -> tuple[int | None, str]:
+        """Like finish(): a hang is killed and reported as returncode None."""
+        try:
+            self.proc.wait(timeout=timeout)
+            hung = False
+        except subprocess.TimeoutExpired:
+            kill_tree(self.proc.pid)
+            self.proc.wait(timeout=30)
+            hung = True
+        self.thread.join(timeout=10)
+        return (None if hung else self.proc.returncode), self.text()
 
 
 def kill_tree(pid: int) -> None:

@@ -75,8 +75,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         outcome.survived = False
     if report.failed or report.skipped:
         text = report.longreprtext.strip().splitlines()
-        reason = next((ln for ln in reversed(text) if ln.startswith("E ")), text[-1] if text else "")
+        reason = next((ln for ln in text if ln.startswith("E ")), text[-1] if text else "")
         outcome.detail = f"{report.when} {report.outcome}: {reason[:500]}; {outcome.detail}".rstrip("; ")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The secrets scan (scenario 12) runs last: it greps what every other scenario left behind."""
+
+    def last(item: pytest.Item) -> int:
+        mark = item.get_closest_marker("scenario")
+        return int(mark is not None and mark.args[0] == 12)
+
+    items.sort(key=last)
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
@@ -223,6 +233,17 @@ def _pass_through(request: pytest.FixtureRequest) -> Iterator[None]:
     proxy.clear()
 
 
+# Ray session dirs of the tier's clusters: kept until the session ends, for the secrets scan.
+RAY_DIRS: list[Path] = []
+
+
+@pytest.fixture(scope="session")
+def _ray_dirs() -> Iterator[None]:
+    yield
+    for d in RAY_DIRS:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @dataclass
 class RayCluster:
     address: str  # GCS address, for drivers in subprocesses (RAY_ADDRESS)
@@ -231,7 +252,7 @@ class RayCluster:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(s3: S3) -> Iterator[RayCluster]:
+def ray_cluster(s3: S3, _ray_dirs: None) -> Iterator[RayCluster]:
     """A local Ray cluster per module, started as vaeflow starts its own (start_local_ray: token auth),
     after the S3 environment points at the proxy so that workers inherit it. 4 logical CPUs on 2
     cores: 2 training workers x 1 CPU + 1 for Ray Data + room for a batch job's actors. Ray's files
@@ -242,6 +263,7 @@ def ray_cluster(s3: S3) -> Iterator[RayCluster]:
 
     saved_env = dict(os.environ)
     temp_dir = Path(tempfile.mkdtemp(prefix="vf-ray-", dir="/tmp"))  # short: unix socket paths
+    RAY_DIRS.append(temp_dir)
     os.environ["VAEFLOW_RAY_TMPDIR"] = str(temp_dir)
     logging.getLogger("ray").setLevel(logging.WARNING)
     if ray.is_initialized():
@@ -254,4 +276,3 @@ def ray_cluster(s3: S3) -> Iterator[RayCluster]:
         ray.shutdown()
         os.environ.clear()
         os.environ.update(saved_env)
-        shutil.rmtree(temp_dir, ignore_errors=True)

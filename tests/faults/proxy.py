@@ -5,7 +5,9 @@ next N, and a black hole that accepts and never answers, for a window or until c
 also stalls connections already open (pooled keep-alive connections would otherwise dodge it) and
 resets them when it lifts, since bytes were dropped. One request-aware fault: hold every request
 whose bytes contain a pattern (e.g. "uploadId=": S3 multipart parts and completions), which stops a
-writer deterministically in the middle of a multipart upload. Otherwise bytes pass through unchanged.
+writer deterministically in the middle of a multipart upload; on release a held request is reset,
+or forwarded intact (to line up two writers' commits into a real race). Otherwise bytes pass through
+unchanged.
 
 The proxy is a separate process so that a test process whose GIL is held (delta-rs, Ray's driver)
 cannot stall it. Control: one JSON object per line on a second loopback port; every reply carries
@@ -53,7 +55,9 @@ class Faults:
     delay_next: int = 0
     delay_s: float = 0.0
     blackhole_until: float = 0.0  # time.monotonic(); math.inf until cleared
-    hold_matching: bytes = b""  # hold any request whose bytes contain this (until cleared)
+    hold_matching: bytes = b""  # hold any request whose bytes contain this (until cleared) ...
+    hold_after: int = 0  # ... once this many matching requests have passed; on clear() a held
+    hold_forward: bool = False  # request is forwarded (late, but intact) instead of reset
     lifted: asyncio.Event = field(default_factory=asyncio.Event)
 
     def blackholed(self) -> bool:
@@ -112,7 +116,8 @@ class FaultProxy:
             seconds = cmd.get("seconds")
             self._blackhole(math.inf if seconds is None else float(seconds))
         elif op == "hold_matching":
-            f.hold_matching = str(cmd["pattern"]).encode()
+            f.hold_matching, f.hold_after = str(cmd["pattern"]).encode(), int(cmd.get("after", 0))
+            f.hold_forward = bool(cmd.get("forward", False))
             if f.lifted.is_set():
                 f.lifted = asyncio.Event()
         elif op == "reset_open":
@@ -173,6 +178,15 @@ class FaultProxy:
             lifted.cancel()
         conn.abort()
 
+    def _held_request(self, data: bytes) -> bool:
+        f = self.faults
+        if not f.hold_matching or f.hold_matching not in data:
+            return False
+        if f.hold_after > 0:
+            f.hold_after -= 1
+            return False
+        return True
+
     async def _pipe(
         self,
         conn: _Conn,
@@ -184,8 +198,10 @@ class FaultProxy:
         sent = 0
         try:
             while data := await src.read(CHUNK):
-                match = self.faults.hold_matching
-                if self.faults.blackholed() or (request and match and match in data):
+                if request and self._held_request(data) and self.faults.hold_forward:
+                    self.counters.blackholed += 1
+                    await self.faults.lifted.wait()  # then forward it: a late request, not a lost one
+                elif self.faults.blackholed() or (request and self._held_request(data)):
                     await self._hold(conn, src)
                     return
                 if reset_after is not None and sent + len(data) >= reset_after:
@@ -325,9 +341,10 @@ class Proxy:
         """Accept and never answer, for `seconds` or until clear(); open connections stall too."""
         return self._send(op="blackhole", seconds=seconds)
 
-    def hold_matching(self, pattern: str) -> dict[str, Any]:
-        """Hold (never forward, never answer) any request containing `pattern`, until clear()."""
-        return self._send(op="hold_matching", pattern=pattern)
+    def hold_matching(self, pattern: str, after: int = 0, forward: bool = False) -> dict[str, Any]:
+        """Hold requests containing `pattern`, after letting the first `after` of them through, until
+        clear(), which resets the held connections or, with `forward`, sends the requests on."""
+        return self._send(op="hold_matching", pattern=pattern, after=after, forward=forward)
 
     def reset_open(self) -> dict[str, Any]:
         """RST every connection open now (drops pooled keep-alive connections)."""
