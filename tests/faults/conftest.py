@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import uuid
@@ -45,6 +46,7 @@ class Outcome:
 
 
 OUTCOME = pytest.StashKey[Outcome]()
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours its log prefixes
 DESELECTED = pytest.StashKey[bool]()
 
 
@@ -131,7 +133,7 @@ def _write_reliability(outcomes: list[Outcome]) -> None:
         row["survived"] &= o.survived
         row["rows_lost"] += o.rows_lost
         row["rows_duplicated"] += o.rows_duplicated
-        row["detail"] = "; ".join(d for d in (row["detail"], o.detail) if d)
+        row["detail"] = "; ".join(d for d in (row["detail"], ANSI.sub("", o.detail)) if d)
         row["tests"].append(o.test)
         row["seconds"] = round(row["seconds"] + o.seconds, 1)
     rows = list(by_number.values())

@@ -103,6 +103,7 @@ class FaultProxy:
             "faulted": self.counters.faulted,
             "reset_pending": f.reset_next,
             "delay_pending": f.delay_next,
+            "hold_passes_left": f.hold_after,
             "blackhole_s": None if remaining == math.inf else round(remaining, 3),
         }
 
@@ -198,10 +199,11 @@ class FaultProxy:
         sent = 0
         try:
             while data := await src.read(CHUNK):
-                if request and self._held_request(data) and self.faults.hold_forward:
+                held = request and self._held_request(data)
+                if held and self.faults.hold_forward:
                     self.counters.blackholed += 1
                     await self.faults.lifted.wait()  # then forward it: a late request, not a lost one
-                elif self.faults.blackholed() or (request and self._held_request(data)):
+                elif held or self.faults.blackholed():
                     await self._hold(conn, src)
                     return
                 if reset_after is not None and sent + len(data) >= reset_after:

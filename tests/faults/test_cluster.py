@@ -21,6 +21,7 @@ from tests.faults.conftest import S3, Outcome, RayCluster
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(240)]
 
+METRICS_PORT = int(os.environ.get("AUTOSCALER_METRIC_PORT", 44217))
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[?::1\]?|\[?::ffff:127\.\d+\.\d+\.\d+\]?)$")
 
 
@@ -92,8 +93,14 @@ def test_the_local_cluster_is_loopback_only_or_refuses_unauthenticated_calls(
     s3: S3, ray_cluster: RayCluster, tmp_path: Path, scenario: Outcome
 ) -> None:
     ours = _cluster_pids(s3)
-    exposed = [ln for ln in _listeners() if ln.pid in ours and not LOOPBACK.match(ln.host)]
+    listeners = _listeners()
+    exposed = [ln for ln in listeners if ln.pid in ours and not LOOPBACK.match(ln.host)]
     report = [f"{len(exposed)} non-loopback listeners: " + ", ".join(sorted({str(ln) for ln in exposed}))]
+    # Ray's autoscaler monitor serves Prometheus metrics on a fixed port (AUTOSCALER_METRIC_PORT,
+    # 44217): when another cluster on this machine holds it, this cluster's server is not up to probe.
+    taken = [ln for ln in listeners if ln.port == METRICS_PORT and ln.pid not in ours]
+    if taken:
+        report.append(f"metrics port {METRICS_PORT} held by another cluster ({taken[0]}): not probed here")
     scenario.detail = report[0]
     if not exposed:
         return
