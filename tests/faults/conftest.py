@@ -78,6 +78,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.failed or report.skipped:
         text = report.longreprtext.strip().splitlines()
         reason = next((ln for ln in text if ln.startswith("E ")), text[-1] if text else "")
+        reason = reason.removeprefix("E").strip()
         outcome.detail = f"{report.when} {report.outcome}: {reason[:500]}; {outcome.detail}".rstrip("; ")
 
 

@@ -23,7 +23,7 @@ from tests.faults.conftest import S3, Outcome
 from vae_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae_core.families import DataShape, build_model
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300, method="signal")]
 
 
 class _Payload:
@@ -130,7 +130,7 @@ def test_a_pickle_payload_posing_as_a_checkpoint_is_refused_and_never_runs(
             text=True,
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ""},
-            timeout=120,
+            timeout=60,
         )
         assert cli.returncode == 2, (what, cli.returncode, cli.stderr[-2000:])
         assert "safetensors" in cli.stderr or "pickle" in cli.stderr, (what, cli.stderr[-2000:])

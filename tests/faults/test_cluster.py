@@ -19,7 +19,7 @@ import pytest
 from tests.faults._helpers import finish, python
 from tests.faults.conftest import S3, Outcome, RayCluster
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(300, method="signal")]
 
 METRICS_PORT = int(os.environ.get("AUTOSCALER_METRIC_PORT", 44217))
 LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|\[?::1\]?|\[?::ffff:127\.\d+\.\d+\.\d+\]?)$")

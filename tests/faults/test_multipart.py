@@ -21,7 +21,7 @@ import pytest
 from tests.faults._helpers import finish, python, wait_for
 from tests.faults.conftest import S3, Outcome
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600, method="signal")]
 
 # Each writer is one project code path, given a target prefix (argv[1]) and a scratch dir (argv[2]).
 WRITERS: dict[str, str] = {
@@ -83,14 +83,14 @@ def test_a_writer_killed_inside_a_multipart_upload_leaves_no_incomplete_upload(
         try:
             started = wait_for(
                 lambda proc=proc, name=name: _uploads(s3, name) or proc.poll() is not None,
-                120,
+                60,
                 f"{writer}: a multipart upload or the end of the write",
             )
             multipart = isinstance(started, list)
             if multipart:
                 proc.send_signal(signal.SIGKILL)
         finally:
-            rc, out = finish(proc, 60)
+            rc, out = finish(proc, 30)
             s3.proxy.clear()
         if not multipart:
             assert rc == 0, f"{writer} failed:\n{out[-2000:]}"
@@ -98,7 +98,7 @@ def test_a_writer_killed_inside_a_multipart_upload_leaves_no_incomplete_upload(
             continue
         keys = sorted({u["Key"] for u in _uploads(s3, name)})
         # Recovery as an operator would do it: the same write again, to completion.
-        rc, out = finish(python(code, f"{bucket}/out", str(scratch), env=env), 120)
+        rc, out = finish(python(code, f"{bucket}/out", str(scratch), env=env), 90)
         assert rc == 0 and "WROTE" in out, f"{writer}: the rerun failed:\n{out[-2000:]}"
         remaining = sorted({u["Key"] for u in _uploads(s3, name)})
         findings.append(

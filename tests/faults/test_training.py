@@ -28,7 +28,7 @@ from tests.faults._helpers import (
 from tests.faults.conftest import S3, Outcome, RayCluster
 from vae_core.checkpoint import load_checkpoint
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600, method="signal")]
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 
