@@ -247,7 +247,12 @@ def commit(
             f"{uri}: another writer committed to this table while this job ran ({e}); this job "
             "committed nothing. Rerun it (a job already committed by the same run key is skipped)."
         ) from e
-    return _open(uri, storage_options).version()
+    # The version that holds this commit: the table's latest version may already be another
+    # writer's, so look the run key up rather than reading version().
+    found = find_commit(uri, record.run_key, "append", storage_options)
+    if found is None:
+        raise TableError(f"{uri}: committed, but run {record.run_key} is not in the table log")
+    return found[0]
 
 
 def read_table(

@@ -11,9 +11,12 @@ all interfaces, and a caller without the token is refused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import ray
 
@@ -55,14 +58,40 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
             os.environ["RAY_AUTH_MODE"],
         )
     _reload_ray_auth_settings()
-    ray.init(
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        _temp_dir=os.environ.get("VAEFLOW_RAY_TMPDIR"),
-    )
+    with _without_autoscaler_monitor():
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            _temp_dir=os.environ.get("VAEFLOW_RAY_TMPDIR"),
+        )
     return ray.get_runtime_context().gcs_address
+
+
+@contextlib.contextmanager
+def _without_autoscaler_monitor() -> Iterator[None]:
+    """Start the head without Ray's autoscaler monitor (`ray start --no-monitor`).
+
+    Ray turns a loopback node address into the machine's external one, so every process of a local
+    cluster listens beyond 127.0.0.1. Token auth guards the gRPC servers, but the monitor also serves
+    Prometheus metrics over plain HTTP on 0.0.0.0:44217, answering anyone (seen with Ray 2.60). A
+    fixed local cluster has nothing to autoscale; ray.init has no option for this, so the head's
+    parameters get `no_monitor` for the duration of this call (a private Ray API).
+    """
+    from ray._private import parameter
+
+    original = parameter.RayParams.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.no_monitor = True
+
+    parameter.RayParams.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__ = original  # type: ignore[method-assign]
 
 
 def _reload_ray_auth_settings() -> None:
