@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -169,6 +170,12 @@ print("RESULT_URI", result.checkpoint_uri, flush=True)
 """
 
 
+def tail(returncode: int | None, output: str) -> str:
+    """For assertion messages: the return code and the last exception line, then the output's end."""
+    errors = [ln.strip() for ln in output.splitlines() if re.match(r"^\s*[\w.]+(Error|Exception): ", ln)]
+    return f"rc {returncode}: {errors[-1] if errors else 'no exception'}\n{output[-4000:]}"
+
+
 @dataclass
 class DriverRun:
     returncode: int | None  # None: it hung and was killed
@@ -185,7 +192,7 @@ class DriverRun:
 
     @property
     def tail(self) -> str:
-        return self.output[-4000:]
+        return tail(self.returncode, self.output)
 
 
 def launch_training(cfg: VaeflowConfig, run_name: str, env: dict[str, str], tmp: Path, resume: bool = False):

@@ -20,7 +20,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.faults._helpers import Lines, descendants, finish, python, vector_rows, wait_for, write_dataset
+from tests.faults._helpers import (
+    Lines,
+    descendants,
+    finish,
+    python,
+    tail,
+    train_config,
+    vector_rows,
+    wait_for,
+    write_dataset,
+)
 from tests.faults.conftest import S3, Outcome, RayCluster
 from vae_core.checkpoint import save_checkpoint
 from vae_core.families import DataShape, build_model
@@ -50,10 +60,12 @@ class Job:
     output: str
 
     @property
+    def tail(self) -> str:
+        return tail(self.returncode, self.output)
+
+    @property
     def result(self) -> dict[str, Any]:
-        assert "RESULT" in self.output, (
-            f"the job gave no result (rc {self.returncode}):\n{self.output[-3000:]}"
-        )
+        assert "RESULT" in self.output, f"the job gave no result (rc {self.returncode}):\n{self.tail}"
         return json.loads(self.output.rsplit("RESULT", 1)[1].strip().splitlines()[0])
 
 
@@ -72,8 +84,6 @@ class Batch:
         self._save_model()
 
     def _save_model(self) -> None:
-        from tests.faults._helpers import train_config
-
         cfg = train_config(self.corpus, "unused")
         shape = DataShape(32, None)
         torch.manual_seed(0)
@@ -164,7 +174,7 @@ def baseline(batch: Batch) -> str:
     """A fault-free job: the reference output of scenarios 7 and 9."""
     out = f"{batch.bucket}/baseline"
     job = batch.run(out)
-    assert job.returncode == 0 and job.result["rows"] == ROWS, job.output[-3000:]
+    assert job.returncode == 0 and job.result["rows"] == ROWS, job.tail
     return out
 
 
@@ -197,7 +207,7 @@ def test_an_embed_driver_killed_halfway_then_rerun_gives_every_id_once(
     assert not batch.committed(out), "the killed job committed"
     rerun = batch.run(out)
     scenario.detail = f"killed with {written}/{FILES} data files written; rerun rc={rerun.returncode}"
-    assert rerun.returncode == 0 and not rerun.result["skipped"], rerun.output[-3000:]
+    assert rerun.returncode == 0 and not rerun.result["skipped"], rerun.tail
     ids = batch.check(out, batch.ids, scenario)
     assert sorted(ids) == sorted(batch.ids)
     import polars as pl  # a second, independent Delta reader
@@ -222,7 +232,7 @@ def test_a_map_actor_killed_mid_job_still_gives_every_id_once(batch: Batch, scen
         job = Job(*finish(driver, 180))
         batch.s3.proxy.clear()
     scenario.detail = f"killed actor pid {actors[0].pid} halfway; job rc={job.returncode}"
-    assert job.returncode == 0, job.output[-3000:]
+    assert job.returncode == 0, job.tail
     assert job.result["rows"] == ROWS
     ids = batch.check(out, batch.ids, scenario)
     assert sorted(ids) == sorted(batch.ids)
@@ -236,7 +246,7 @@ def test_rerunning_a_committed_job_commits_nothing_and_writes_nothing(
     before = batch.listing(prefix)
     version = batch.table(baseline).version()
     again = batch.run(baseline)
-    assert again.returncode == 0, again.output[-3000:]
+    assert again.returncode == 0, again.tail
     assert again.result["skipped"] and again.result["version"] == version, again.result
     assert batch.table(baseline).version() == version
     after = batch.listing(prefix)
@@ -272,7 +282,7 @@ def test_reset_and_delayed_s3_connections_leave_the_output_identical(
         stats = batch.s3.proxy.clear()
         details.append(f"{label}: rc={job.returncode}, {stats['reset']} reset, {stats['delayed']} delayed")
         scenario.detail = "; ".join(details)
-        assert job.returncode == 0, f"{label}:\n{job.output[-3000:]}"
+        assert job.returncode == 0, f"{label}:\n{job.tail}"
         assert stats["reset"] + stats["delayed"] == sum(n for _, n, _ in faults), stats
         batch.check(out, batch.ids, scenario)
         assert batch.checksums(out) == reference, f"{label}: the output differs from the fault-free run"
@@ -333,7 +343,7 @@ def test_two_concurrent_jobs_into_one_table_both_land_or_one_fails_cleanly(
         (loser,) = set(results) - landed
         kw = {"mode": "append", **({"input": second} if loser == "B" else {})}
         rerun = batch.run(out, **kw)
-        assert rerun.returncode == 0, rerun.output[-3000:]
+        assert rerun.returncode == 0, rerun.tail
         ids = batch.check(out, batch.ids | ids_b, scenario)
         assert sorted(ids) == sorted(batch.ids | ids_b)
         scenario.detail += f"; {loser} failed cleanly and its rerun appended its rows"
