@@ -93,26 +93,22 @@ def save_checkpoint(
     """Write a checkpoint directory at `uri` (opened with `storage_options`) and return it.
 
     config.json is the redacted config: no credential is ever written. meta.json goes last
-    (completeness marker).
+    (completeness marker). Each file is one pipe_file: one PUT on S3, so a killed writer leaves no
+    incomplete multipart upload.
     """
     fs, root = filesystem(uri, storage_options)
     fs.makedirs(root, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with fs.open(join(root, MODEL_FILE), "wb") as f:
-        f.write(st_save(weights))
+    fs.pipe_file(join(root, MODEL_FILE), st_save(weights))
     if optimizer is not None:
         tensors, rest = _optimizer_to_files(optimizer.state_dict())
-        with fs.open(join(root, OPTIM_FILE), "wb") as f:
-            f.write(st_save(tensors))
-        with fs.open(join(root, OPTIM_JSON), "w") as f:
-            json.dump(rest, f)
-    with fs.open(join(root, CONFIG_FILE), "w") as f:
-        f.write(config.to_json())
+        fs.pipe_file(join(root, OPTIM_FILE), st_save(tensors))
+        fs.pipe_file(join(root, OPTIM_JSON), json.dumps(rest).encode())
+    fs.pipe_file(join(root, CONFIG_FILE), config.to_json().encode())
     if transformer is not None:
-        with fs.open(join(root, TABULAR_FILE), "w") as f:
-            f.write(transformer.to_json())
-    with fs.open(join(root, META_FILE), "w") as f:
-        json.dump({**(meta or {}), "data_shape": shape_to_json(shape), "format": "vaeflow/1"}, f)
+        fs.pipe_file(join(root, TABULAR_FILE), transformer.to_json().encode())
+    meta_json = json.dumps({**(meta or {}), "data_shape": shape_to_json(shape), "format": "vaeflow/1"})
+    fs.pipe_file(join(root, META_FILE), meta_json.encode())
     return uri
 
 

@@ -83,7 +83,7 @@ class ShardWriter:
 
     def _write(self, table: pa.Table) -> None:
         shard = join(self.uri, f"part-{len(self.shards):05d}.parquet")
-        fs, path = arrow_filesystem(shard, self.options)
+        fs, path = arrow_filesystem(shard, self.options, for_writing=True)  # one PUT per shard
         pq.write_table(table, path, filesystem=fs)
         self.shards.append(shard)
         self.rows += table.num_rows

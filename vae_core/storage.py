@@ -6,6 +6,13 @@ AWS_ACCESS_KEY_ID, AWS_PROFILE, ...) or from explicit `storage_options`; nothing
 (endpoint_url, region_name, aws_access_key_id, ...), config_kwargs (region_name, ...). The same options
 are translated for pyarrow's native S3 client (`arrow_filesystem`) and for delta-rs
 (`delta_storage_options`).
+
+Every write to S3 is one PutObject (S3 takes up to 5 GiB in one; our files are bounded: shards by
+rows per shard, checkpoints by model size): a writer killed mid-write leaves no object and no
+incomplete multipart upload, whose parts S3 would keep, unlisted and billed, until aborted.
+`filesystem` gives s3fs that buffers a written file and PUTs it on close; `arrow_filesystem(...,
+for_writing=True)` gives the same to pyarrow writers, whose native S3 output stream always opens a
+multipart upload. Reads keep pyarrow's native S3 client.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 import fsspec
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
+from s3fs import S3FileSystem
 
 from vae_core.config import holds_redacted
 
@@ -39,10 +47,41 @@ def _check_not_redacted(uri: str, storage_options: dict[str, Any] | None) -> Non
         )
 
 
+# S3's limit for one PutObject; s3fs PUTs a file in one request below its block size.
+SINGLE_PUT_MAX = 5 * 2**30
+
+
+class SinglePutS3FileSystem(S3FileSystem):
+    """s3fs whose writes of a file under 5 GiB are one PutObject, never a multipart upload.
+
+    s3fs's S3File buffers writes and, closed before `block_size` bytes, sends them with one
+    put_object (S3File._upload_chunk / commit); past it, it starts a multipart upload. pipe_file and
+    put_file PUT once below min(5 GiB, 2 * chunksize). So writes get a 5 GiB block and chunksize
+    (the file is held in memory until closed); reads keep the usual 50 MiB read-ahead block. Append
+    mode ("ab") onto an existing object of 5 MiB or more still copies it as a part, as in s3fs.
+    """
+
+    def _open(self, path: str, mode: str = "rb", block_size: int | None = None, **kwargs: Any) -> Any:
+        if "r" not in mode:
+            block_size = SINGLE_PUT_MAX
+        return super()._open(path, mode, block_size=block_size, **kwargs)
+
+    async def _pipe_file(self, path: str, data: bytes, chunksize: int = SINGLE_PUT_MAX, **kwargs: Any) -> Any:
+        return await super()._pipe_file(path, data, chunksize=chunksize, **kwargs)
+
+    async def _put_file(
+        self, lpath: str, rpath: str, chunksize: int | None = SINGLE_PUT_MAX, **kwargs: Any
+    ) -> Any:
+        return await super()._put_file(lpath, rpath, chunksize=chunksize, **kwargs)
+
+
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
-    """Resolve a URI to (fsspec filesystem, path inside it)."""
+    """Resolve a URI to (fsspec filesystem, path inside it); S3 writes are single PUTs."""
     _check_not_redacted(uri, storage_options)
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if type(fs) is S3FileSystem:
+        # Same arguments (storage_options and any the URL implied), single-PUT writes.
+        fs = SinglePutS3FileSystem(*fs.storage_args, **fs.storage_options)
     return fs, path
 
 
@@ -138,17 +177,27 @@ def _native_s3(uri: str, opts: S3Options) -> tuple[pafs.FileSystem, str]:
     return fs, path
 
 
-def arrow_filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[pafs.FileSystem, str]:
+def arrow_filesystem(
+    uri: str, storage_options: dict[str, Any] | None = None, for_writing: bool = False
+) -> tuple[pafs.FileSystem, str]:
     """Resolve a URI to (pyarrow filesystem, path inside it) for pyarrow.parquet and Ray Data.
 
     Local and S3 URIs get pyarrow's native filesystems (fast C++ I/O; S3 honours AWS_ENDPOINT_URL),
     S3 with explicit options too when they translate (credentials, endpoint, region); other schemes,
-    or S3 options only s3fs knows, go through fsspec wrapped for pyarrow.
+    or S3 options only s3fs knows, go through fsspec wrapped for pyarrow. `for_writing=True` (what
+    pyarrow writers and Ray Train's checkpoint upload get): S3 goes through `filesystem`'s
+    single-PUT s3fs, because pyarrow's native S3 output stream opens a multipart upload for every
+    file, which a killed writer leaves behind; reads through it work too, at s3fs speed.
     """
     _check_not_redacted(uri, storage_options)
     kind = scheme(uri)
     if kind == "file":
         return pafs.LocalFileSystem(), fsspec.core.url_to_fs(uri)[1]
+    if kind == "s3" and for_writing:
+        # No listings cache: other processes (Ray Train workers) write here, and a cached listing
+        # would hide their files from this one (pyarrow's native client caches nothing either).
+        fs, path = filesystem(uri, {**(storage_options or {}), "use_listings_cache": False})
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
     if kind == "s3" and not storage_options:
         return pafs.FileSystem.from_uri(uri)
     if kind == "s3":

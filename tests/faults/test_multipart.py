@@ -5,9 +5,11 @@ someone aborts it. Each of the project's S3 writers runs in a subprocess; the pr
 request carrying "uploadId=" (UploadPart, CompleteMultipartUpload), so a writer that started a
 multipart upload is stopped inside it, deterministically; then it is SIGKILLed and the write is run
 again to completion, as an operator or a retry would. Measured with pyarrow 26 / s3fs 2026.9:
-pyarrow's S3 output stream (FileSystem.from_uri, which vae_core.storage.arrow_filesystem returns for
-s3:// without storage_options) opens a multipart upload as soon as a file is opened, whatever its
-size; s3fs writes files of 50 MiB and more (open/write) or 100 MiB and more (pipe_file) in parts.
+pyarrow's native S3 output stream (FileSystem.from_uri, which vae_core.storage.arrow_filesystem
+returns for reading s3:// without storage_options) opens a multipart upload as soon as a file is
+opened, whatever its size; plain s3fs writes files of 50 MiB and more (open/write) or 100 MiB and
+more (pipe_file) in parts. The Ray Train writer takes its filesystem from the trainer's own
+RunConfig storage (`_storage`), so the test follows what the trainer actually hands Ray Train.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ import sys, pyarrow.fs as pafs, torch
 from vae_core.checkpoint import save_checkpoint
 from vae_core.config import VaeflowConfig
 from vae_core.families import DataShape, build_model
-from vae_core.storage import arrow_filesystem
+from vae_core.distributed.trainer import _storage
 cfg = VaeflowConfig.model_validate({"model": {"hidden": [64], "latent_dim": 4}})
 local, shape = sys.argv[2] + "/ckpt", DataShape(32, None)
 save_checkpoint(local, build_model(cfg.model, shape), cfg, shape, meta={"epoch": 1})
-fs, path = arrow_filesystem(sys.argv[1])
+storage = _storage(sys.argv[1], {})  # the RunConfig storage the trainer gives Ray Train
+fs, path = storage["storage_filesystem"], storage["storage_path"]
 pafs.copy_files(local, path + "/epoch_0001", destination_filesystem=fs)
 print("WROTE", flush=True)
 """,

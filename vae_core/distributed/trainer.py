@@ -260,7 +260,9 @@ def _storage(runs_uri: str, storage_options: dict) -> dict[str, Any]:
         from pathlib import Path
 
         return {"storage_path": str(Path(runs_uri.removeprefix("file://")).resolve())}
-    fs, path = arrow_filesystem(runs_uri, storage_options)
+    # Ray Train uploads checkpoints (and reads them back on resume) through this filesystem: single
+    # PUTs, so a worker killed during an upload leaves no incomplete multipart upload.
+    fs, path = arrow_filesystem(runs_uri, storage_options, for_writing=True)
     return {"storage_path": path, "storage_filesystem": fs}
 
 
