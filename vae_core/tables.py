@@ -39,6 +39,7 @@ Mode = Literal["error", "overwrite", "append"]
 MODES: tuple[Mode, ...] = ("error", "overwrite", "append")
 COMMIT_KEY = "vaeflow"  # commit metadata key holding the JSON CommitRecord
 LOG_DIR = "_delta_log"
+COMMIT_ATTEMPTS, COMMIT_BACKOFF_S = 4, 1.0  # a commit request the object store drops is sent again
 
 
 class TableError(RuntimeError):
@@ -227,26 +228,45 @@ def commit(
         app_transactions=[Transaction(app_id(record.run_key), 1, now)],
     )
     options = delta_storage_options(uri, storage_options)
-    exists = is_delta_table(uri, storage_options)
-    if exists and mode == "error":
-        raise TableError(
-            f"{uri}: already holds a Delta table written by another run; write to a new output, "
-            "or choose mode overwrite (a new version; earlier ones stay readable) or append"
-        )
-    try:
-        if not exists:
-            create_table_with_add_actions(
-                uri, Schema.from_arrow(schema), actions, mode="error",
-                storage_options=options, commit_properties=props,
-            )  # fmt: skip
-        else:
-            table = _open(uri, storage_options)
-            table.create_write_transaction(actions, mode=mode, schema=schema, commit_properties=props)
-    except (CommitFailedError, DeltaError) as e:
-        raise TableConflict(
-            f"{uri}: another writer committed to this table while this job ran ({e}); this job "
-            "committed nothing. Rerun it (a job already committed by the same run key is skipped)."
-        ) from e
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        exists = is_delta_table(uri, storage_options)
+        if exists and mode == "error":
+            raise TableError(
+                f"{uri}: already holds a Delta table written by another run; write to a new output, "
+                "or choose mode overwrite (a new version; earlier ones stay readable) or append"
+            )
+        try:
+            if not exists:
+                create_table_with_add_actions(
+                    uri, Schema.from_arrow(schema), actions, mode="error",
+                    storage_options=options, commit_properties=props,
+                )  # fmt: skip
+            else:
+                table = _open(uri, storage_options)
+                table.create_write_transaction(actions, mode=mode, schema=schema, commit_properties=props)
+            break
+        except (CommitFailedError, DeltaError) as e:
+            # A retry after a lost response finds its own commit in place: that is success.
+            found = find_commit(uri, record.run_key, "append", storage_options)
+            if found is not None:
+                return found[0]
+            raise TableConflict(
+                f"{uri}: another writer committed to this table while this job ran ({e}); this job "
+                "committed nothing. Rerun it (a job already committed by the same run key is skipped)."
+            ) from e
+        except OSError as e:
+            # The object store dropped the commit request (reset, timeout): it may or may not have
+            # taken the log entry. The log says which; a commit is a create-only write, so trying
+            # again can never commit twice.
+            found = find_commit(uri, record.run_key, "append", storage_options)
+            if found is not None:
+                return found[0]
+            if attempt == COMMIT_ATTEMPTS:
+                raise TableError(
+                    f"{uri}: could not reach the object store to commit after {attempt} attempts ({e}); "
+                    "this job committed nothing. Rerun it."
+                ) from e
+            time.sleep(COMMIT_BACKOFF_S * attempt)
     # The version that holds this commit: the table's latest version may already be another
     # writer's, so look the run key up rather than reading version().
     found = find_commit(uri, record.run_key, "append", storage_options)

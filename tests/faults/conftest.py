@@ -29,7 +29,7 @@ from tests.faults.proxy import Proxy
 from vae_core.testing import local_s3_server
 
 # The reliability table of issue 12: every number here is expected in a full run.
-SCENARIOS = 14
+SCENARIOS = 15
 REPORT = "bench/results/reliability.json"
 
 

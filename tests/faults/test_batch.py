@@ -347,3 +347,28 @@ def test_two_concurrent_jobs_into_one_table_both_land_or_one_fails_cleanly(
         ids = batch.check(out, batch.ids | ids_b, scenario)
         assert sorted(ids) == sorted(batch.ids | ids_b)
         scenario.detail += f"; {loser} failed cleanly and its rerun appended its rows"
+
+
+@pytest.mark.scenario(15, "the Delta commit request is reset -> the job retries it and commits exactly once")
+def test_a_reset_commit_request_is_retried_and_commits_once(batch: Batch, scenario: Outcome) -> None:
+    out = f"{batch.bucket}/reset-commit"
+    # Hold the job's first commit request (the create-only PUT of _delta_log/...00.json), then reset
+    # it: the object store never takes it, and the job must send it again rather than die.
+    batch.s3.proxy.hold_matching(f"PUT /{batch.name}/reset-commit/_delta_log/", forward=False)
+    lines = Lines(batch.launch(out))
+    try:
+        wait_for(
+            lambda: batch.s3.proxy.stats()["blackholed"] >= 1 or lines.proc.poll() is not None,
+            200,
+            "the job's commit request",
+        )
+        time.sleep(1)
+    finally:
+        held = batch.s3.proxy.clear()["blackholed"]
+    job = Job(*lines.finish(180))
+    scenario.detail = f"{held} commit request(s) held and reset; rc={job.returncode}"
+    assert job.returncode == 0, job.tail
+    assert held >= 1, "the commit request was never held: the fault did not happen"
+    log = batch.commit_log(out)
+    assert sum(len(keys) for keys in log.values()) == 1, f"commits: {log}"
+    batch.check(out, batch.ids, scenario)
