@@ -165,8 +165,10 @@ def test_a_triggered_nightly_completes_and_a_second_trigger_waits_for_it(
         },
     }
     log = open(tmp_path_factory.mktemp("logs") / "worker.log", "wb")
-    # Flow runs join this module's Ray cluster instead of starting (and leaving behind) their own.
-    worker_env = {**env, "RAY_ADDRESS": ray_local}
+    # Flow runs join this module's Ray cluster instead of starting (and leaving behind) their own,
+    # and authenticate to it with its token (the cluster runs with Ray token auth).
+    auth = {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH_")}
+    worker_env = {**env, **auth, "RAY_ADDRESS": ray_local}
     worker = subprocess.Popen(
         [PREFECT, "worker", "start", "--pool", POOL, "--prefetch-seconds", "5"],
         env=worker_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
