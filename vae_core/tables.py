@@ -195,6 +195,19 @@ def check_files(uri: str, files: list[DataFile], storage_options: dict | None = 
             raise TableError(f"{join(uri, f.path)}: data file {found}; not committing")
 
 
+def _exists_error(uri: str) -> TableError:
+    return TableError(
+        f"{uri}: already holds a Delta table written by another run; write to a new output, "
+        "or choose mode overwrite (a new version; earlier ones stay readable) or append"
+    )
+
+
+def check_writable(uri: str, mode: Mode, storage_options: dict | None = None) -> None:
+    """Refuse up front, before any work, what `commit` would refuse: mode error on an existing table."""
+    if mode == "error" and is_delta_table(uri, storage_options):
+        raise _exists_error(uri)
+
+
 def commit(
     uri: str,
     files: list[DataFile],
@@ -231,10 +244,7 @@ def commit(
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         exists = is_delta_table(uri, storage_options)
         if exists and mode == "error":
-            raise TableError(
-                f"{uri}: already holds a Delta table written by another run; write to a new output, "
-                "or choose mode overwrite (a new version; earlier ones stay readable) or append"
-            )
+            raise _exists_error(uri)
         try:
             if not exists:
                 create_table_with_add_actions(

@@ -50,9 +50,9 @@ from vae_core.tables import (
     DataFile,
     Mode,
     TableError,
+    check_writable,
     commit,
     find_commit,
-    is_delta_table,
     now_iso,
     to_delta,
 )
@@ -162,11 +162,7 @@ def _existing(
         version, record = found
         report(f"{output_uri}: run {run_key} already committed version {version} ({record.rows:,} rows)")
         return Committed(output_uri, version, record, files=[], skipped=True)
-    if mode == "error" and is_delta_table(output_uri, storage_options):
-        raise TableError(
-            f"{output_uri}: already holds a Delta table of another run; write to a new output, or "
-            "choose mode overwrite (a new version; earlier ones stay readable) or append"
-        )
+    check_writable(output_uri, mode, storage_options)
     return None
 
 
