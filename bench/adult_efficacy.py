@@ -13,14 +13,14 @@ import torch
 
 from bench._results import write_result
 from vae_core.config import ModelConfig
-from vae_core.evaluate import evaluate
-from vae_core.families import DataShape, build_model
-from vae_core.importers import read_adult
-from vae_core.inference import generate
-from vae_core.model import LatentModel
-from vae_core.quality import ml_efficacy, synthetic_quality, to_frame
-from vae_core.tabular import TabularTransformer
-from vae_core.train import KLSchedule, fit
+from vae_core.data.importers import read_adult
+from vae_core.data.tabular import TabularTransformer
+from vae_core.models.families import DataShape, build_model
+from vae_core.models.model import LatentModel
+from vae_core.reports.quality import ml_efficacy, synthetic_quality, to_frame
+from vae_core.training.evaluation import evaluate
+from vae_core.training.inference import generate
+from vae_core.training.loop import KLSchedule, fit
 
 # TVAE (Xu et al. 2019, sdv-dev/CTGAN defaults): 128-128 MLPs, 128-d latent, batch 500, Adam 1e-3;
 # its loss_factor 2 on the reconstruction is beta = 0.5 here.

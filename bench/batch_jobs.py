@@ -22,16 +22,16 @@ import ray
 import torch
 
 from bench._results import write_result
-from vae_core.checkpoint import load_checkpoint, save_checkpoint
 from vae_core.config import ComputeConfig, VaeflowConfig
-from vae_core.dataset import encode_schema, list_shards, resolve_spec, vector_features
+from vae_core.data.dataset import encode_schema, list_shards, resolve_spec, vector_features
+from vae_core.data.importers import ShardWriter
+from vae_core.data.packaged import mnist_table
+from vae_core.data.storage import arrow_filesystem
 from vae_core.distributed.batch import block_seed, embed_corpus, generate_rows
 from vae_core.distributed.cluster import ensure_ray
-from vae_core.families import DataShape, build_model
-from vae_core.importers import ShardWriter
-from vae_core.packaged import mnist_table
-from vae_core.storage import arrow_filesystem
+from vae_core.models.families import DataShape, build_model
 from vae_core.testing import local_s3_server, make_bucket
+from vae_core.training.checkpoints import load_checkpoint, save_checkpoint
 
 # VAEFLOW_BENCH_SCALE=0.01 gives a quick smoke run of the same code at 10k / 50k rows.
 SCALE = float(os.environ.get("VAEFLOW_BENCH_SCALE", "1"))

@@ -9,10 +9,10 @@ import torch
 
 from bench._results import write_result
 from vae_core.config import ModelConfig
-from vae_core.evaluate import evaluate, iwae_log_likelihood
-from vae_core.families import DataShape, build_model
-from vae_core.packaged import read_mnist
-from vae_core.train import fit
+from vae_core.data.packaged import read_mnist
+from vae_core.models.families import DataShape, build_model
+from vae_core.training.evaluation import evaluate, iwae_log_likelihood
+from vae_core.training.loop import fit
 
 EPOCHS, BATCH, LR, SEED = 10, 128, 1e-3, 0
 

@@ -11,11 +11,11 @@ import torch
 
 from bench._results import write_result
 from vae_core.config import VaeflowConfig
-from vae_core.dataset import iter_batches, open_dataset, vector_features
+from vae_core.data.dataset import iter_batches, open_dataset, vector_features
+from vae_core.data.importers import import_mnist
 from vae_core.distributed.trainer import train
-from vae_core.evaluate import evaluate
-from vae_core.importers import import_mnist
 from vae_core.testing import local_s3_server, make_bucket
+from vae_core.training.evaluation import evaluate
 
 EPOCHS, WORKERS, GLOBAL_BATCH = 10, 2, 128
 

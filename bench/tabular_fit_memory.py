@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench._results import write_result
-from vae_core.importers import read_adult
+from vae_core.data.importers import read_adult
 
 ROWS_PER_SHARD, SHARDS = 50_000, 40
 JITTER = {"age": 2, "fnlwgt": 5000, "hours_per_week": 3}
@@ -42,8 +42,8 @@ def make_data(folder: Path, seed: int = 0) -> None:
 FIT = """
 import json, resource, sys, time
 from vae_core.config import DataConfig
-from vae_core.dataset import count_rows, iter_batches, open_dataset
-from vae_core.tabular import TabularTransformer
+from vae_core.data.dataset import count_rows, iter_batches, open_dataset
+from vae_core.data.tabular import TabularTransformer
 t0 = time.perf_counter()
 shards, schema, spec = open_dataset(DataConfig(uri=sys.argv[1]))
 tr = TabularTransformer.fit(

@@ -20,13 +20,13 @@ import torch
 
 from bench._results import write_result
 from vae_core.config import VaeflowConfig
+from vae_core.data.importers import ShardWriter, import_mnist
+from vae_core.data.packaged import mnist_table
+from vae_core.data.storage import arrow_filesystem
 from vae_core.distributed.trainer import train
-from vae_core.families import DataShape, build_model
-from vae_core.importers import ShardWriter, import_mnist
-from vae_core.packaged import mnist_table
-from vae_core.storage import arrow_filesystem
+from vae_core.models.families import DataShape, build_model
 from vae_core.testing import local_s3_server, make_bucket
-from vae_core.train import fit
+from vae_core.training.loop import fit
 
 COPIES, EPOCHS, GLOBAL_BATCH = 4, 3, 128  # 4 x 60,000 = 240,000 training rows
 

@@ -11,8 +11,8 @@ from prefect import flow
 from flows.common import locations_markdown, night
 from flows.tasks import Output, embed_split, markdown_artifact, record_drift, resolve_model, table_artifact
 from vae_core.config import VaeflowConfig
-from vae_core.pipeline import PipelineConfig, drift_uri, embeddings_uri
-from vae_core.storage import join
+from vae_core.data.storage import join
+from vae_core.operations.pipeline import PipelineConfig, drift_uri, embeddings_uri
 
 
 @dataclass

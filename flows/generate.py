@@ -10,7 +10,7 @@ from prefect import flow
 from flows.common import locations_markdown, night
 from flows.tasks import Output, generate_samples, markdown_artifact, resolve_model
 from vae_core.config import VaeflowConfig
-from vae_core.pipeline import PipelineConfig, samples_uri
+from vae_core.operations.pipeline import PipelineConfig, samples_uri
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flows.nightly import NightlyResult, nightly
 from vae_core.config import VaeflowConfig
-from vae_core.pipeline import PipelineConfig, local_defaults
+from vae_core.operations.pipeline import PipelineConfig, local_defaults
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:

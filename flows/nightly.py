@@ -32,9 +32,9 @@ from flows.tasks import (
 )
 from flows.train import train
 from vae_core.config import VaeflowConfig
-from vae_core.pipeline import PipelineConfig
-from vae_core.registry import new_version, version_uri
-from vae_core.storage import join
+from vae_core.data.storage import join
+from vae_core.operations.pipeline import PipelineConfig
+from vae_core.operations.registry import new_version, version_uri
 
 
 @dataclass

@@ -17,12 +17,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from vae_core import registry
 from vae_core.config import VaeflowConfig
-from vae_core.dataset import DataError, list_shards
-from vae_core.drift import DRIFT_FILE, LatentStats, compare, pool, previous_record
-from vae_core.publish import atomic_write_json
-from vae_core.storage import join
+from vae_core.data.dataset import DataError, list_shards
+from vae_core.data.objects import atomic_write_json
+from vae_core.data.storage import join
+from vae_core.operations import registry
+from vae_core.operations.drift import DRIFT_FILE, LatentStats, compare, pool, previous_record
 
 
 def _log(msg: str) -> None:
@@ -68,7 +68,7 @@ def ensure_dataset(config: VaeflowConfig, bootstrap: str | None) -> str:
     except DataError:
         if bootstrap is None:
             raise
-    from vae_core import importers
+    from vae_core.data import importers
 
     _log(f"{config.data.uri} has no training shards: importing {bootstrap} if that location is empty")
     importers.import_bundled(bootstrap, config.data.uri, config.data.storage_options, progress=_log)
@@ -111,7 +111,7 @@ def write_report(
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model and write report.html + metrics.json under out_uri (overwritten on retry)."""
-    from vae_core.report import write_report as _write_report
+    from vae_core.reports.report import write_report as _write_report
 
     result = _write_report(
         model_uri,

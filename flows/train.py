@@ -9,7 +9,7 @@ from prefect import flow
 from flows.common import night, run_id
 from flows.tasks import TrainSummary, table_artifact, train_model
 from vae_core.config import VaeflowConfig
-from vae_core.registry import new_version
+from vae_core.operations.registry import new_version
 
 HISTORY_COLUMNS = ("epoch", "loss", "recon", "kl", "val_elbo", "samples_per_s", "seconds")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vae_core.config import ModelConfig
-from vae_core.families import DataShape, build_model
-from vae_core.model import LatentModel
+from vae_core.models.families import DataShape, build_model
+from vae_core.models.model import LatentModel
 
 
 @pytest.fixture(autouse=True)

@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vae_core.checkpoint import save_checkpoint
 from vae_core.config import DataConfig, ModelConfig, VaeflowConfig
-from vae_core.families import DataShape, build_model
-from vae_core.importers import read_adult
-from vae_core.packaged import mnist_table
-from vae_core.tabular import TabularTransformer
-from vae_core.train import fit
+from vae_core.data.importers import read_adult
+from vae_core.data.packaged import mnist_table
+from vae_core.data.tabular import TabularTransformer
+from vae_core.models.families import DataShape, build_model
+from vae_core.training.checkpoints import save_checkpoint
+from vae_core.training.loop import fit
 
 
 def write_dataset(root: Path, train: pa.Table, test: pa.Table) -> str:

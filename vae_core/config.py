@@ -111,7 +111,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check_family(self) -> ModelConfig:
-        from vae_core.families import FAMILIES
+        from vae_core.models.families import FAMILIES
 
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; known: {sorted(FAMILIES)}")

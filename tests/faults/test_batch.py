@@ -32,9 +32,9 @@ from tests.faults._helpers import (
     write_dataset,
 )
 from tests.faults.conftest import S3, Outcome, RayCluster
-from vae_core.checkpoint import save_checkpoint
-from vae_core.families import DataShape, build_model
-from vae_core.train import KLSchedule, fit
+from vae_core.models.families import DataShape, build_model
+from vae_core.training.checkpoints import save_checkpoint
+from vae_core.training.loop import KLSchedule, fit
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600, method="signal")]
 

@@ -20,8 +20,8 @@ import torch
 
 from tests.faults._helpers import ROOT, train_config, write_dataset
 from tests.faults.conftest import S3, Outcome
-from vae_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from vae_core.families import DataShape, build_model
+from vae_core.models.families import DataShape, build_model
+from vae_core.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300, method="signal")]
 
@@ -117,7 +117,7 @@ def test_a_pickle_payload_posing_as_a_checkpoint_is_refused_and_never_runs(
             [
                 sys.executable,
                 "-m",
-                "vae_core.cli",
+                "flows.cli",
                 "embed",
                 "--model",
                 uri,

@@ -5,7 +5,7 @@ someone aborts it. Each of the project's S3 writers runs in a subprocess; the pr
 request carrying "uploadId=" (UploadPart, CompleteMultipartUpload), so a writer that started a
 multipart upload is stopped inside it, deterministically; then it is SIGKILLed and the write is run
 again to completion, as an operator or a retry would. Measured with pyarrow 26 / s3fs 2026.9:
-pyarrow's native S3 output stream (FileSystem.from_uri, which vae_core.storage.arrow_filesystem
+pyarrow's native S3 output stream (FileSystem.from_uri, which vae_core.data.storage.arrow_filesystem
 returns for reading s3:// without storage_options) opens a multipart upload as soon as a file is
 opened, whatever its size; plain s3fs writes files of 50 MiB and more (open/write) or 100 MiB and
 more (pipe_file) in parts. The Ray Train writer takes its filesystem from the trainer's own
@@ -31,9 +31,9 @@ WRITERS: dict[str, str] = {
     # (ray/train/v2/_internal/execution/storage.py: _upload_to_fs_path -> pyarrow.fs.copy_files).
     "Ray Train checkpoint upload (trainer storage_filesystem, pyarrow copy_files)": """
 import sys, pyarrow.fs as pafs, torch
-from vae_core.checkpoint import save_checkpoint
+from vae_core.training.checkpoints import save_checkpoint
 from vae_core.config import VaeflowConfig
-from vae_core.families import DataShape, build_model
+from vae_core.models.families import DataShape, build_model
 from vae_core.distributed.trainer import _storage
 cfg = VaeflowConfig.model_validate({"model": {"hidden": [64], "latent_dim": 4}})
 local, shape = sys.argv[2] + "/ckpt", DataShape(32, None)
@@ -43,9 +43,9 @@ fs, path = storage["storage_filesystem"], storage["storage_path"]
 pafs.copy_files(local, path + "/epoch_0001", destination_filesystem=fs)
 print("WROTE", flush=True)
 """,
-    "data import (vae_core.importers.import_files -> pyarrow.parquet.write_table)": """
+    "data import (vae_core.data.importers.import_files -> pyarrow.parquet.write_table)": """
 import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq
-from vae_core.importers import import_files
+from vae_core.data.importers import import_files
 src = sys.argv[2] + "/rows.parquet"
 pq.write_table(pa.table({"a": np.arange(1000.0), "b": np.ones(1000)}), src)
 import_files("parquet", [src], sys.argv[1], progress=lambda m: None)
@@ -53,9 +53,9 @@ print("WROTE", flush=True)
 """,
     "save_checkpoint of a 64 MiB model (s3fs open/write)": """
 import sys
-from vae_core.checkpoint import save_checkpoint
+from vae_core.training.checkpoints import save_checkpoint
 from vae_core.config import VaeflowConfig
-from vae_core.families import DataShape, build_model
+from vae_core.models.families import DataShape, build_model
 cfg = VaeflowConfig.model_validate({"model": {"hidden": [4096], "latent_dim": 4}})
 shape = DataShape(2048, None)  # 2 x 2048 x 4096 weights: about 64 MiB of float32
 save_checkpoint(sys.argv[1] + "/big", build_model(cfg.model, shape), cfg, shape, meta={"epoch": 1})

@@ -20,8 +20,8 @@ import fsspec
 import pytest
 
 from tests.faults._helpers import ROOT, finish, write_dataset
-from vae_core.registry import champion_record, champion_uri, list_versions
-from vae_core.tables import history, read_table
+from vae_core.data.tables import history, read_table
+from vae_core.operations.registry import champion_record, champion_uri, list_versions
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 

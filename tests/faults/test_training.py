@@ -26,7 +26,7 @@ from tests.faults._helpers import (
     write_dataset,
 )
 from tests.faults.conftest import S3, Outcome, RayCluster
-from vae_core.checkpoint import load_checkpoint
+from vae_core.training.checkpoints import load_checkpoint
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600, method="signal")]
 

@@ -51,7 +51,7 @@ def ray_local(s3_server: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def mnist_s3(s3_server: str) -> str:
     """MNIST imported once per module into a fresh bucket: the dataset root URI."""
-    from vae_core.importers import import_mnist
+    from vae_core.data.importers import import_mnist
 
     root = f"{make_bucket()}/mnist"
     import_mnist(root, rows_per_shard=7_500, progress=lambda m: None)

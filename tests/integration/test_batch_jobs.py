@@ -16,17 +16,17 @@ import s3fs
 import torch
 
 from tests.integration.conftest import make_bucket
-from vae_core.checkpoint import save_checkpoint
 from vae_core.config import VaeflowConfig
-from vae_core.dataset import DataError, encode_schema, iter_batches, open_dataset, vector_features
+from vae_core.data.dataset import DataError, encode_schema, iter_batches, open_dataset, vector_features
+from vae_core.data.importers import read_adult
+from vae_core.data.storage import delta_storage_options
+from vae_core.data.tables import TableError, delta_schema, is_delta_table, read_table
+from vae_core.data.tabular import TabularTransformer
 from vae_core.distributed.batch import embed_corpus, generate_rows
-from vae_core.families import DataShape, build_model
-from vae_core.importers import read_adult
-from vae_core.inference import embed
-from vae_core.storage import delta_storage_options
-from vae_core.tables import TableError, delta_schema, is_delta_table, read_table
-from vae_core.tabular import TabularTransformer
-from vae_core.train import KLSchedule, fit
+from vae_core.models.families import DataShape, build_model
+from vae_core.training.checkpoints import save_checkpoint
+from vae_core.training.inference import embed
+from vae_core.training.loop import KLSchedule, fit
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -86,7 +86,7 @@ def test_embed_matches_in_process_embed_and_a_rerun_is_a_no_op(ray_local, mnist_
     for _, batch in iter_batches(shards, ["id", "image"]):
         ids.append(batch.column("id").to_numpy())
         xs.append(vector_features(batch, spec, "test"))
-    from vae_core.checkpoint import load_checkpoint
+    from vae_core.training.checkpoints import load_checkpoint
 
     expected = embed(load_checkpoint(mnist_model).model, torch.from_numpy(np.concatenate(xs))).numpy()
     expected_ids = np.concatenate(ids)

@@ -11,9 +11,9 @@ import pytest
 
 from tests.integration.conftest import TEST_SECRET
 from vae_core.config import DataConfig
-from vae_core.dataset import DataError, count_rows, iter_batches, open_dataset, vector_features
-from vae_core.importers import ADULT_COLUMNS, import_adult, import_mnist
-from vae_core.tabular import TabularTransformer
+from vae_core.data.dataset import DataError, count_rows, iter_batches, open_dataset, vector_features
+from vae_core.data.importers import ADULT_COLUMNS, import_adult, import_mnist
+from vae_core.data.tabular import TabularTransformer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -69,7 +69,7 @@ def test_missing_s3_prefix_names_the_uri(bucket):
 
 def test_cli_import_to_s3_uses_the_aws_environment_and_hides_secrets(bucket):
     out = f"{bucket}/cli-adult"
-    cmd = [sys.executable, "-m", "vae_core.cli", "data", "import", "adult", "--out", out]
+    cmd = [sys.executable, "-m", "flows.cli", "data", "import", "adult", "--out", out]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=120)
     assert done.returncode == 0, done.stderr
     assert "train: 32,561 rows" in done.stdout and "test: 16,281 rows" in done.stdout

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from vae_core.importers import ShardWriter
-from vae_core.packaged import mnist_table
-from vae_core.registry import champion_record
+from vae_core.data.importers import ShardWriter
+from vae_core.data.packaged import mnist_table
+from vae_core.operations.registry import champion_record
 from vae_core.testing import _free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]

@@ -14,13 +14,13 @@ import pytest
 
 from tests.integration.conftest import make_bucket
 from vae_core.config import VaeflowConfig
-from vae_core.importers import ShardWriter
-from vae_core.packaged import mnist_table
-from vae_core.pipeline import PipelineConfig, drift_uri, embeddings_uri, samples_uri
-from vae_core.publish import read_json
-from vae_core.registry import champion_record, list_versions, read_version
-from vae_core.storage import join
-from vae_core.tables import history, read_table
+from vae_core.data.importers import ShardWriter
+from vae_core.data.objects import read_json
+from vae_core.data.packaged import mnist_table
+from vae_core.data.storage import join
+from vae_core.data.tables import history, read_table
+from vae_core.operations.pipeline import PipelineConfig, drift_uri, embeddings_uri, samples_uri
+from vae_core.operations.registry import champion_record, list_versions, read_version
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 

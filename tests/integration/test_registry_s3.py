@@ -8,11 +8,17 @@ import threading
 import pytest
 import torch
 
-from vae_core.checkpoint import save_checkpoint
 from vae_core.config import ModelConfig, VaeflowConfig
-from vae_core.families import DataShape, build_model
-from vae_core.registry import ChampionConflict, ChampionRecord, champion_record, promote, publish_version
-from vae_core.storage import create_only_write, filesystem, join
+from vae_core.data.storage import create_only_write, filesystem, join
+from vae_core.models.families import DataShape, build_model
+from vae_core.operations.registry import (
+    ChampionConflict,
+    ChampionRecord,
+    champion_record,
+    promote,
+    publish_version,
+)
+from vae_core.training.checkpoints import save_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

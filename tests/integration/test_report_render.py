@@ -11,7 +11,7 @@ import pytest
 from matplotlib.image import imread
 
 from tests.report_fixtures import mnist_checkpoint
-from vae_core.report import write_report
+from vae_core.reports.report import write_report
 
 FLAGS = [
     "--headless",

@@ -32,7 +32,7 @@ import json, sys
 from vae_core.config import VaeflowConfig
 from vae_core.distributed.batch import embed_corpus, generate_rows
 from vae_core.distributed.trainer import train
-from vae_core.report import write_report
+from vae_core.reports.report import write_report
 
 bucket, endpoint, key, secret = sys.argv[1:5]
 client = {"endpoint_url": endpoint, "region_name": "us-east-1"}

@@ -21,12 +21,12 @@ import torch
 
 from tests.integration.conftest import TEST_KEY_ID, TEST_SECRET, make_bucket
 from vae_core.config import VaeflowConfig
-from vae_core.dataset import iter_batches, open_dataset, vector_features
+from vae_core.data.dataset import iter_batches, open_dataset, vector_features
+from vae_core.data.storage import arrow_filesystem
 from vae_core.distributed.cluster import ClusterResourceError, check_resources
 from vae_core.distributed.trainer import RunNameError, train
-from vae_core.evaluate import evaluate
-from vae_core.families import DataShape, build_model
-from vae_core.storage import arrow_filesystem
+from vae_core.models.families import DataShape, build_model
+from vae_core.training.evaluation import evaluate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 

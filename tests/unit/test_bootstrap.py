@@ -10,8 +10,8 @@ import pytest
 
 from flows import tasks
 from vae_core.config import VaeflowConfig
-from vae_core.dataset import DataError, list_shards
-from vae_core.importers import import_bundled
+from vae_core.data.dataset import DataError, list_shards
+from vae_core.data.importers import import_bundled
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,7 @@ def test_the_bootstrap_imports_into_a_missing_or_empty_location(tmp_path, layout
 
 
 def test_a_failed_bundled_import_leaves_nothing_it_wrote(tmp_path, monkeypatch):
-    import vae_core.importers as importers
+    import vae_core.data.importers as importers
 
     def broken(split: str) -> pa.Table:
         if split == "test":

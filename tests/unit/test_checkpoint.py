@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tests.conftest import binary_data
-from vae_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vae_core.config import ModelConfig, VaeflowConfig, holds_redacted
-from vae_core.families import DataShape, build_model
-from vae_core.likelihoods import layout_from_widths
-from vae_core.train import fit
+from vae_core.models.families import DataShape, build_model
+from vae_core.models.likelihoods import layout_from_widths
+from vae_core.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from vae_core.training.loop import fit
 
 
 @pytest.mark.parametrize("uri_kind", ["path", "file", "memory"])

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from vae_core.cli import main
+from flows.cli import main
 
 
 def test_config_prints_validated_json_with_overrides(capsys):
@@ -51,8 +51,8 @@ def test_run_and_serve_are_documented_in_help(capsys):
 
 def test_core_imports_neither_ray_nor_prefect():
     code = (
-        "import sys, vae_core.cli, vae_core.checkpoint, vae_core.evaluate, vae_core.inference;"
-        "import vae_core.train;"
+        "import sys, flows.cli, vae_core.training.checkpoints, vae_core.training.evaluation;"
+        "import vae_core.training.inference, vae_core.training.loop;"
         "bad = [m for m in ('ray', 'prefect') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from vae_core.codec import (
+from vae_core.config import DataConfig
+from vae_core.data.codec import (
     StandardizedCodec,
     TabularCodec,
     VectorCodec,
@@ -15,8 +16,7 @@ from vae_core.codec import (
     codec_to_json,
     fit_codec,
 )
-from vae_core.config import DataConfig
-from vae_core.dataset import DataError, resolve_spec
+from vae_core.data.dataset import DataError, resolve_spec
 
 
 def _vectors(values: np.ndarray, value_type: pa.DataType, fixed: bool = True) -> pa.Table:

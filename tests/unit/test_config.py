@@ -6,7 +6,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from vae_core.config import REDACTED, VaeflowConfig, holds_redacted, redact
-from vae_core.storage import arrow_filesystem, delta_storage_options, filesystem
+from vae_core.data.storage import arrow_filesystem, delta_storage_options, filesystem
 
 
 def test_json_round_trip_is_lossless(tmp_path):

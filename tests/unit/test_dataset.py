@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vae_core.config import DataConfig
-from vae_core.dataset import (
+from vae_core.data.dataset import (
     DataError,
     iter_batches,
     list_shards,

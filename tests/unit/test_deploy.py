@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from vae_core.cli import build_parser
+from flows.cli import build_parser
 from vae_core.config import VaeflowConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,7 +180,7 @@ def _check_cli(exe: str, args: list[str], where: str) -> None:
 def _check_command(words: list[str], where: str) -> None:
     exe = Path(words[0]).name
     if exe == "vaeflow":
-        assert _project()["scripts"].get("vaeflow") == "vae_core.cli:main"
+        assert _project()["scripts"].get("vaeflow") == "flows.cli:main"
         try:
             build_parser().parse_args(words[1:])
         except SystemExit as e:
@@ -512,7 +512,7 @@ def test_prefect_yaml_configs_validate_and_fit_the_raycluster():
 
 def test_prefect_yaml_ships_no_bootstrap():
     # A deployment points at data that matters: it never imports a demo dataset into data.uri.
-    from vae_core.pipeline import PipelineConfig
+    from vae_core.operations.pipeline import PipelineConfig
 
     for dep in _prefect_yaml()["deployments"]:
         pipeline = dep.get("parameters", {}).get("pipeline")

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from vae_core.drift import (
+from vae_core.data.objects import atomic_write_json
+from vae_core.data.storage import join
+from vae_core.operations.drift import (
     DRIFT_FILE,
     LatentStats,
     compare,
@@ -15,8 +17,6 @@ from vae_core.drift import (
     pool,
     previous_record,
 )
-from vae_core.publish import atomic_write_json
-from vae_core.storage import join
 
 
 def _stats(z: np.ndarray) -> LatentStats:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.conftest import binary_data, small_model
-from vae_core.evaluate import active_units, evaluate, iwae_log_likelihood
-from vae_core.train import fit
+from vae_core.training.evaluation import active_units, evaluate, iwae_log_likelihood
+from vae_core.training.loop import fit
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_iwae_refuses_a_deterministic_autoencoder():
 
 
 def test_aggregate_posterior_is_near_the_prior_for_prior_draws_and_far_otherwise():
-    from vae_core.evaluate import aggregate_posterior
+    from vae_core.training.evaluation import aggregate_posterior
 
     g = torch.Generator().manual_seed(0)
     # Means ~ N(0, 0.5 I) with posterior variance 0.5: q(z) has covariance I (law of total variance).
@@ -68,7 +68,7 @@ def test_aggregate_posterior_is_near_the_prior_for_prior_draws_and_far_otherwise
 
 
 def test_posterior_moments_returns_no_logvar_for_an_autoencoder():
-    from vae_core.evaluate import posterior_moments
+    from vae_core.training.evaluation import posterior_moments
 
     mu, logvar = posterior_moments(small_model("ae"), [binary_data(8), binary_data(4)])
     assert mu.shape == (12, 4) and logvar is None

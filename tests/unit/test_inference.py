@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import binary_data, small_model
-from vae_core.inference import embed, generate, interpolate, reconstruct
+from vae_core.training.inference import embed, generate, interpolate, reconstruct
 
 
 def test_embed_returns_the_posterior_mean_not_a_sample():

@@ -7,7 +7,7 @@ import torch
 from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Normal
 
-from vae_core.likelihoods import Bernoulli, Gaussian, MixedTabular, layout_from_widths
+from vae_core.models.likelihoods import Bernoulli, Gaussian, MixedTabular, layout_from_widths
 
 
 def test_bernoulli_nll_matches_torch_distribution():

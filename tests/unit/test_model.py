@@ -5,10 +5,10 @@ import torch
 
 from tests.conftest import binary_data, small_model
 from vae_core.config import ModelConfig
-from vae_core.families import FAMILIES, DataShape, build_model
-from vae_core.likelihoods import layout_from_widths
-from vae_core.posterior import DiagonalGaussian, PointMass
-from vae_core.train import fit
+from vae_core.models.families import FAMILIES, DataShape, build_model
+from vae_core.models.likelihoods import layout_from_widths
+from vae_core.models.posterior import DiagonalGaussian, PointMass
+from vae_core.training.loop import fit
 
 CASES = [
     ("ae", "mlp", "bernoulli"),

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from vae_core.packaged import PackageDataError, mnist_table, package_file, read_mnist
+from vae_core.data.packaged import PackageDataError, mnist_table, package_file, read_mnist
 
 
 def test_mnist_test_split_is_read_from_the_package():

@@ -4,7 +4,7 @@ concurrency limit as `vaeflow serve` reads them from deploy/prefect.yaml."""
 import pytest
 from pydantic import ValidationError
 
-from vae_core.pipeline import PipelineConfig, embeddings_uri, local_defaults, samples_uri
+from vae_core.operations.pipeline import PipelineConfig, embeddings_uri, local_defaults, samples_uri
 
 
 def test_local_default_is_mnist_in_the_data_folder(tmp_path):
@@ -85,9 +85,9 @@ class _FakeNight:
     def __init__(self, tmp_path, elbo: float, during_training=None) -> None:
         import torch
 
-        from vae_core.checkpoint import save_checkpoint
         from vae_core.config import ModelConfig, VaeflowConfig
-        from vae_core.families import DataShape, build_model
+        from vae_core.models.families import DataShape, build_model
+        from vae_core.training.checkpoints import save_checkpoint
 
         self.root = str(tmp_path / "store")
         self.config = VaeflowConfig(name="m", model=ModelConfig(family="vae", hidden=[8], latent_dim=2))
@@ -153,7 +153,7 @@ class _FakeNight:
         monkeypatch.setattr(nightly_module, "table_artifact", lambda *a: None)
 
     def publish(self, version: str, elbo: float) -> None:
-        from vae_core.registry import publish_version
+        from vae_core.operations.registry import publish_version
 
         publish_version(self.root, "m", version, self.checkpoint, {"test": {"elbo": elbo}})
 
@@ -166,7 +166,7 @@ class _FakeNight:
 
 
 def test_the_nightly_serves_the_promoted_candidate_to_both_jobs(tmp_path, monkeypatch):
-    from vae_core.registry import champion_record, promote
+    from vae_core.operations.registry import champion_record, promote
 
     night = _FakeNight(tmp_path, elbo=-119.0)
     night.patch(monkeypatch)
@@ -187,7 +187,7 @@ def test_the_nightly_serves_the_promoted_candidate_to_both_jobs(tmp_path, monkey
 
 
 def test_a_rejected_candidate_leaves_both_jobs_on_the_champion_read_at_the_start(tmp_path, monkeypatch):
-    from vae_core.registry import promote
+    from vae_core.operations.registry import promote
 
     night = _FakeNight(tmp_path, elbo=-550.0)
     night.publish("v1", -120.0)
@@ -203,7 +203,7 @@ def test_a_rejected_candidate_leaves_both_jobs_on_the_champion_read_at_the_start
 
 
 def test_a_nightly_that_loses_the_promotion_race_fails_and_serves_nothing(tmp_path, monkeypatch):
-    from vae_core.registry import champion_record, promote
+    from vae_core.operations.registry import champion_record, promote
 
     night = _FakeNight(tmp_path, elbo=-100.0)
     night.publish("v1", -120.0)
@@ -222,7 +222,7 @@ def test_a_nightly_that_loses_the_promotion_race_fails_and_serves_nothing(tmp_pa
 
 
 def test_a_second_run_of_a_night_that_already_promoted_serves_that_champion(tmp_path, monkeypatch):
-    from vae_core.registry import champion_record, promote
+    from vae_core.operations.registry import champion_record, promote
 
     night = _FakeNight(tmp_path, elbo=-100.0)  # better than the champion: it would pass the gate
     night.publish("v1", -120.0)

@@ -2,7 +2,7 @@
 
 import torch
 
-from vae_core.posterior import DiagonalGaussian, PointMass, standard_normal_log_prob
+from vae_core.models.posterior import DiagonalGaussian, PointMass, standard_normal_log_prob
 
 
 def test_closed_form_kl_matches_monte_carlo_within_one_percent():

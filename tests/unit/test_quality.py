@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vae_core.quality import synthetic_quality
+from vae_core.reports.quality import synthetic_quality
 
 CONT, CAT = ["a", "b"], ["c", "y"]
 

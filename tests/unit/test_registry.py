@@ -9,10 +9,10 @@ from datetime import date
 import pytest
 import torch
 
-from vae_core.checkpoint import load_checkpoint, save_checkpoint
 from vae_core.config import ModelConfig, VaeflowConfig
-from vae_core.families import DataShape, build_model
-from vae_core.registry import (
+from vae_core.data.storage import create_only_write, filesystem, join
+from vae_core.models.families import DataShape, build_model
+from vae_core.operations.registry import (
     ChampionConflict,
     RegistryError,
     champion,
@@ -26,7 +26,7 @@ from vae_core.registry import (
     read_version,
     resolve,
 )
-from vae_core.storage import create_only_write, filesystem, join
+from vae_core.training.checkpoints import load_checkpoint, save_checkpoint
 
 
 def _root(tmp_path, kind: str) -> str:

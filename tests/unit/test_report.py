@@ -7,10 +7,10 @@ import re
 import fsspec
 import pytest
 
+from flows.cli import main
 from tests.report_fixtures import adult_checkpoint, mnist_checkpoint
-from vae_core.checkpoint import load_checkpoint
-from vae_core.cli import main
-from vae_core.report import write_report
+from vae_core.reports.report import write_report
+from vae_core.training.checkpoints import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pickle
 import pyarrow.fs as pafs
 import pytest
 
-from vae_core.storage import SINGLE_PUT_MAX, SinglePutS3FileSystem, arrow_filesystem, filesystem
+from vae_core.data.storage import SINGLE_PUT_MAX, SinglePutS3FileSystem, arrow_filesystem, filesystem
 
 
 @pytest.fixture(autouse=True)

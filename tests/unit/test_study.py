@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from vae_core.config import ModelConfig
-from vae_core.families import DataShape
-from vae_core.packaged import read_mnist
-from vae_core.study import beta_study, data_mean_recon
+from vae_core.data.packaged import read_mnist
+from vae_core.models.families import DataShape
+from vae_core.reports.study import beta_study, data_mean_recon
 
 
 def _mean_code_recon(model, x: torch.Tensor) -> float:

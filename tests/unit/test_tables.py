@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from vae_core.dataset import list_shards
-from vae_core.publish import atomic_write_json, fingerprint, read_json
-from vae_core.tables import (
+from vae_core.data.dataset import list_shards
+from vae_core.data.objects import atomic_write_json, fingerprint, read_json
+from vae_core.data.tables import (
     CommitRecord,
     DataFile,
     TableConflict,

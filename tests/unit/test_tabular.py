@@ -4,9 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from vae_core.importers import read_adult
-from vae_core.likelihoods import MixedTabular
-from vae_core.tabular import TabularTransformer
+from vae_core.data.importers import read_adult
+from vae_core.data.tabular import TabularTransformer
+from vae_core.models.likelihoods import MixedTabular
 
 
 def _table(n: int = 2000, seed: int = 0) -> pa.Table:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import binary_data, small_model
-from vae_core.train import KLSchedule, NonFiniteLossError, fit
+from vae_core.training.loop import KLSchedule, NonFiniteLossError, fit
 
 
 def test_kl_warmup_is_linear_in_epochs_or_steps():

@@ -6,7 +6,7 @@ into the output table's folder, under a name fixed by the run key and the batch'
 hash of the batch's ids; generate: the block index), and returns a one-row summary (file, rows,
 bytes, latent sums). The driver streams the summaries, prints progress, checks that every input row
 was written exactly once and that every file is there, and commits them as one Delta table version
-(vae_core.tables). Until then the files are invisible to every Delta reader; a file left by a task
+(vae_core.data.tables). Until then the files are invisible to every Delta reader; a file left by a task
 that Ray retried is rewritten under the same name, and only files a summary reported are committed.
 
 Why not `Dataset.write_delta`: its commit cannot carry the run key (Delta txn) and the job's
@@ -30,9 +30,8 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
-from vae_core.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, Checkpoint, load_checkpoint
 from vae_core.config import ComputeConfig
-from vae_core.dataset import (
+from vae_core.data.dataset import (
     DataError,
     DatasetSpec,
     count_rows,
@@ -42,9 +41,9 @@ from vae_core.dataset import (
     resolve_spec,
     vector_features,
 )
-from vae_core.publish import fingerprint
-from vae_core.storage import arrow_filesystem, filesystem, join, uri_of
-from vae_core.tables import (
+from vae_core.data.objects import fingerprint
+from vae_core.data.storage import arrow_filesystem, filesystem, join, uri_of
+from vae_core.data.tables import (
     CommitRecord,
     Committed,
     DataFile,
@@ -56,6 +55,7 @@ from vae_core.tables import (
     now_iso,
     to_delta,
 )
+from vae_core.training.checkpoints import CONFIG_FILE, META_FILE, MODEL_FILE, Checkpoint, load_checkpoint
 
 from .cluster import check_resources, ensure_ray
 

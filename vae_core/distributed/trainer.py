@@ -31,14 +31,20 @@ import torch
 import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
-from vae_core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, shape_from_json, shape_to_json
 from vae_core.config import VaeflowConfig
-from vae_core.dataset import DatasetSpec, encode_schema, iter_batches, open_dataset
-from vae_core.evaluate import EvalResult, evaluate
-from vae_core.families import DataShape, build_model
-from vae_core.storage import arrow_filesystem, create_only_write, filesystem, join, scheme
-from vae_core.tabular import TabularTransformer
-from vae_core.train import EpochStats, KLSchedule, fit, make_optimizer
+from vae_core.data.dataset import DatasetSpec, encode_schema, iter_batches, open_dataset
+from vae_core.data.storage import arrow_filesystem, create_only_write, filesystem, join, scheme
+from vae_core.data.tabular import TabularTransformer
+from vae_core.models.families import DataShape, build_model
+from vae_core.training.checkpoints import (
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    shape_from_json,
+    shape_to_json,
+)
+from vae_core.training.evaluation import EvalResult, evaluate
+from vae_core.training.loop import EpochStats, KLSchedule, fit, make_optimizer
 
 from .cluster import check_resources, ensure_ray
 

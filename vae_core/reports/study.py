@@ -14,11 +14,17 @@ from dataclasses import dataclass, field
 import torch
 
 from vae_core.config import ModelConfig
-from vae_core.evaluate import EvalResult, active_units, aggregate_posterior, evaluate, posterior_moments
-from vae_core.families import DataShape, build_model
-from vae_core.likelihoods import Bernoulli
-from vae_core.model import LatentModel
-from vae_core.train import EpochStats, KLSchedule, fit
+from vae_core.models.families import DataShape, build_model
+from vae_core.models.likelihoods import Bernoulli
+from vae_core.models.model import LatentModel
+from vae_core.training.evaluation import (
+    EvalResult,
+    active_units,
+    aggregate_posterior,
+    evaluate,
+    posterior_moments,
+)
+from vae_core.training.loop import EpochStats, KLSchedule, fit
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class ArmResult:
     model: LatentModel = field(repr=False)
     history: list[EpochStats]
     test: EvalResult  # at kl weight 1 and recon weight 1, whatever the arm trained on
-    latent: dict  # vae_core.evaluate.aggregate_posterior on the test split
+    latent: dict  # vae_core.training.evaluation.aggregate_posterior on the test split
     active_units: int
     mu: torch.Tensor = field(repr=False)  # (N_test, L) posterior means, for the scatter
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from vae_core.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from vae_core.likelihoods import Bernoulli, Block, Gaussian, Likelihood, MixedTabular
-from vae_core.model import GaussianHead, GaussianNoise, LatentModel, MaskNoise, PointHead
+from vae_core.models.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae_core.models.likelihoods import Bernoulli, Block, Gaussian, Likelihood, MixedTabular
+from vae_core.models.model import GaussianHead, GaussianNoise, LatentModel, MaskNoise, PointHead
 
 if TYPE_CHECKING:
     from vae_core.config import ModelConfig

@@ -10,7 +10,7 @@ from datetime import date
 from pathlib import Path
 
 from vae_core.config import VaeflowConfig
-from vae_core.tables import MODES, Committed, TableError
+from vae_core.data.tables import MODES, Committed, TableError
 
 DESCRIPTION = """\
 vaeflow: train variational autoencoders on Parquet shards in object storage, embed corpora,
@@ -142,7 +142,7 @@ def _batch_job_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_vacuum(args: argparse.Namespace) -> int:
-    from vae_core.tables import vacuum
+    from vae_core.data.tables import vacuum
 
     files = vacuum(args.table, args.retention_hours, dry_run=not args.delete)
     verb = "deleted" if args.delete else "would delete (pass --delete to do it)"
@@ -153,7 +153,7 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_import(args: argparse.Namespace) -> int:
-    from vae_core import importers
+    from vae_core.data import importers
 
     t0 = time.perf_counter()
     common = {"overwrite": args.overwrite, "progress": lambda msg: print(msg, flush=True)}
@@ -176,8 +176,8 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from vae_core.report import write_report
-    from vae_core.storage import join
+    from vae_core.data.storage import join
+    from vae_core.reports.report import write_report
 
     out = args.out or join(args.model, "report")
     result = write_report(
@@ -200,7 +200,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_beta_study(args: argparse.Namespace) -> int:
-    from vae_core.report import run_beta_study
+    from vae_core.reports.report import run_beta_study
 
     cfg = VaeflowConfig.from_file(args.config) if args.config else VaeflowConfig()
     result = run_beta_study(

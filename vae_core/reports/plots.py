@@ -127,7 +127,7 @@ def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Fig
 def aggregate_posterior_bars(stats: Mapping[str, Mapping[str, Any]], max_dims: int = 32) -> Figure:
     """Per-dimension mean and variance of each model's aggregate posterior against the prior's 0 and 1.
 
-    stats: model name -> the dict of vae_core.evaluate.aggregate_posterior.
+    stats: model name -> the dict of vae_core.training.evaluation.aggregate_posterior.
     """
     fig = Figure(figsize=(12, 3.4), layout="constrained")
     ax_m, ax_v = fig.subplots(1, 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vae_core.model import LatentModel
+from vae_core.models.model import LatentModel
 
 
 def _eval(model: LatentModel) -> LatentModel:

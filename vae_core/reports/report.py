@@ -1,7 +1,7 @@
 """Evaluation reports: metrics.json plus one self-contained HTML page (plots as base64 PNGs).
 
 `write_report` evaluates one checkpoint on a dataset's test split; `run_beta_study` trains the beta
-study (vae_core.study) on a vector dataset and reports its three arms side by side.
+study (vae_core.reports.study) on a vector dataset and reports its three arms side by side.
 
 metrics.json of `write_report` (nats per example throughout; elbo = -(recon + kl), so higher is better):
     model                 family, backbone, likelihood, latent_dim, checkpoint uri and epoch
@@ -13,7 +13,7 @@ metrics.json of `write_report` (nats per example throughout; elbo = -(recon + kl
     aggregate_posterior   q(z) = mean_x q(z|x) against N(0, I): "mean" and "var" per dim, "mean_abs_mu",
                           "mean_var", "kl_moment_matched" (KL from N(mean, Cov) to N(0, I)),
                           "kl_moment_matched_diag", "mean_posterior_var", "n"
-    synthetic_quality     tabular models only: vae_core.quality.synthetic_quality of rows sampled from the
+    synthetic_quality     tabular models only: reports.quality.synthetic_quality of rows sampled from the
                           model against the real train/test splits: "column_shapes", "column_pair_trends",
                           "detection", "privacy", "ml_efficacy" (when a categorical target exists), "rows"
     history               per-epoch training records from the checkpoint, when it has them
@@ -34,10 +34,8 @@ import pyarrow as pa
 import torch
 from matplotlib.figure import Figure
 
-from vae_core import plots
-from vae_core.checkpoint import data_shape, load_checkpoint, save_checkpoint
 from vae_core.config import DataConfig, ModelConfig, VaeflowConfig
-from vae_core.dataset import (
+from vae_core.data.dataset import (
     DataError,
     DatasetSpec,
     iter_batches,
@@ -46,19 +44,21 @@ from vae_core.dataset import (
     read_schema,
     vector_features,
 )
-from vae_core.evaluate import (
+from vae_core.data.storage import filesystem, join
+from vae_core.data.tabular import CategoricalColumn, TabularTransformer
+from vae_core.models.families import DataShape
+from vae_core.models.model import LatentModel
+from vae_core.reports import plots
+from vae_core.reports.study import StudyResult, beta_study
+from vae_core.training.checkpoints import data_shape, load_checkpoint, save_checkpoint
+from vae_core.training.evaluation import (
     active_units,
     aggregate_posterior,
     evaluate,
     iwae_log_likelihood,
     posterior_moments,
 )
-from vae_core.families import DataShape
-from vae_core.inference import generate, interpolate, reconstruct
-from vae_core.model import LatentModel
-from vae_core.storage import filesystem, join
-from vae_core.study import StudyResult, beta_study
-from vae_core.tabular import CategoricalColumn, TabularTransformer
+from vae_core.training.inference import generate, interpolate, reconstruct
 
 Progress = Callable[[str], None]
 EVAL_BATCH = 500
@@ -296,7 +296,7 @@ def _tabular_quality(
     seed: int,
     progress: Progress,
 ) -> tuple[dict, list[Section]]:
-    from vae_core.quality import synthetic_quality
+    from vae_core.reports.quality import synthetic_quality
 
     train = read_split(data, "train", transformer, None, max_rows)
     n = train.table.num_rows

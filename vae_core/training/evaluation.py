@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from vae_core.model import LatentModel
-from vae_core.posterior import DiagonalGaussian, standard_normal_log_prob
+from vae_core.models.model import LatentModel
+from vae_core.models.posterior import DiagonalGaussian, standard_normal_log_prob
 
 
 @dataclass

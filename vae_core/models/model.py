@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vae_core.likelihoods import Likelihood
-from vae_core.posterior import DiagonalGaussian, PointMass, Posterior
+from vae_core.models.likelihoods import Likelihood
+from vae_core.models.posterior import DiagonalGaussian, PointMass, Posterior
 
 
 class PointHead(nn.Module):

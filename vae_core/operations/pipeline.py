@@ -1,7 +1,7 @@
 """Settings and object-store layout of the nightly pipeline: train, evaluate, promote, embed, generate.
 
 Layout under one root URI (a local folder, s3://bucket/prefix, ...):
-    <root>/models/<name>/<version>/...            the model registry (vae_core.registry)
+    <root>/models/<name>/<version>/...            the model registry (vae_core.operations.registry)
     <root>/embeddings/<name>/<split>/             Delta table per corpus split: one version per night
     <root>/samples/<name>/                        Delta table of generated rows: one version per night
     <root>/drift/<name>/<YYYY-MM-DD>/drift.json   aggregate-posterior stats and the drift verdict
@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vae_core.config import VaeflowConfig
-from vae_core.storage import join
+from vae_core.data.storage import join
 
 
 class PipelineConfig(BaseModel):

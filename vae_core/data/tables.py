@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from vae_core.storage import delta_storage_options, filesystem, join
+from vae_core.data.storage import delta_storage_options, filesystem, join
 
 Mode = Literal["error", "overwrite", "append"]
 MODES: tuple[Mode, ...] = ("error", "overwrite", "append")

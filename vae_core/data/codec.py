@@ -13,7 +13,7 @@ the beta study alike:
 
 Codecs: `vector` (one fixed-length numeric vector column, e.g. uint8 image pixels divided by
 `scale`), `tabular` (continuous + categorical columns through the mode-specific normalization of
-vae_core.tabular) and `standardized` (a dense float vector standardized per dimension). Adding one is
+vae_core.data.tabular) and `standardized` (a dense float vector standardized per dimension). Adding one is
 a class here plus one line in CODECS; nothing else in vae_core asks what kind of data it has.
 """
 
@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vae_core.config import DataConfig
-from vae_core.dataset import DataError, DatasetSpec
-from vae_core.likelihoods import Block
-from vae_core.tabular import TabularTransformer
+from vae_core.data.dataset import DataError, DatasetSpec
+from vae_core.data.tabular import TabularTransformer
+from vae_core.models.likelihoods import Block
 
 FORMAT = "vaeflow-codec/1"
 Batches = Callable[[list[str]], Iterable[pa.RecordBatch | pa.Table]]  # columns -> one pass over train
@@ -228,7 +228,7 @@ class StandardizedCodec:
 
 
 class TabularCodec:
-    """Continuous and categorical columns (vae_core.tabular's mode-specific normalization and
+    """Continuous and categorical columns (vae_core.data.tabular's mode-specific normalization and
     one-hot codes); the mixed tabular likelihood over its layout."""
 
     kind: ClassVar[str] = "tabular"

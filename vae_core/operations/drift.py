@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from vae_core.publish import read_json
-from vae_core.storage import filesystem, join
+from vae_core.data.objects import read_json
+from vae_core.data.storage import filesystem, join
 
 VAR_FLOOR = 1e-3
 DRIFT_FILE = "drift.json"  # <embeddings>/<name>/<YYYY-MM-DD>/drift.json, written after the embeddings

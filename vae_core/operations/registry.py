@@ -12,7 +12,7 @@ Layout (any URI):
                                                        ... one create-only record per promotion; the
                                                        highest number names the current champion
 
-A version directory is a loadable checkpoint (`vae_core.checkpoint.load_checkpoint(version.uri)`).
+A version directory is a loadable checkpoint (`vae_core.training.checkpoints.load_checkpoint(version.uri)`).
 The champion changes only through `promote`, after the gate has passed the candidate against the
 champion record that was read; the record is written create-only under the next number, so two
 promotions decided against the same champion cannot both land (the loser gets ChampionConflict).
@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
-from vae_core.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, TABULAR_FILE
-from vae_core.publish import atomic_write_json, read_json
-from vae_core.storage import create_only_write, filesystem, join
+from vae_core.data.objects import atomic_write_json, read_json
+from vae_core.data.storage import create_only_write, filesystem, join
+from vae_core.training.checkpoints import CONFIG_FILE, META_FILE, MODEL_FILE, TABULAR_FILE
 
 MODELS_DIR = "models"
 VERSION_FILE, METRICS_FILE = "version.json", "metrics.json"

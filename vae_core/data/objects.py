@@ -2,7 +2,7 @@
 
 A single-key PUT is atomic on S3 (readers see the old object or the new one); on a local disk a
 file is written to a temporary name and renamed over the old one. Job outputs are Delta tables
-(vae_core.tables); these helpers serve the registry, drift records and reports.
+(vae_core.data.tables); these helpers serve the registry, drift records and reports.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import uuid
 from typing import Any
 
-from vae_core.storage import filesystem, scheme
+from vae_core.data.storage import filesystem, scheme
 
 
 def atomic_write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Reports on a trained model: metrics, figures, tabular quality, the HTML report and the beta study."""
