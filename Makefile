@@ -34,6 +34,7 @@ chromium:
 
 test: $(STAMP) chromium
 	$(VENV)/bin/ruff check vae_core flows tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q --ignore=tests/faults
 
 # The fault-injection tier (tests/faults): killed workers, drivers and writers, S3 faults through a
@@ -46,6 +47,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vae_core flows tests bench
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff format --check vae_core flows tests bench
 
 clean:

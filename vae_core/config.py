@@ -93,10 +93,25 @@ def holds_redacted(value: Any) -> bool:
     return value == REDACTED
 
 
+# The model families: name -> (its builder as "module:function", what it is). Adding a family is one
+# builder function in vae_core.models.families plus its line here; validating a config imports no torch.
+FAMILIES: dict[str, tuple[str, str]] = {
+    "ae": ("vae_core.models.families:build_ae", "autoencoder: a deterministic code, reconstruction loss"),
+    "dae": (
+        "vae_core.models.families:build_dae",
+        "denoising autoencoder: Gaussian-noise or masked input, clean target",
+    ),
+    "vae": (
+        "vae_core.models.families:build_vae",
+        "variational autoencoder: ELBO = reconstruction + beta * KL to N(0, I)",
+    ),
+}
+
+
 class ModelConfig(_Section):
     """Model family, backbone and likelihood; sizes are plain numbers passed to the modules."""
 
-    family: str = Field("vae", description="A registered family: ae, dae or vae.")
+    family: str = Field("vae", description="A model family from config.FAMILIES: ae, dae or vae.")
     backbone: Literal["mlp", "conv"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [400], min_length=1)
     latent_dim: int = Field(20, ge=1)
@@ -111,8 +126,6 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check_family(self) -> ModelConfig:
-        from vae_core.models.families import FAMILIES
-
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; known: {sorted(FAMILIES)}")
         if self.family == "dae" and self.corruption == "none":
@@ -146,7 +159,7 @@ class TrainConfig(_Section):
 
 
 class ComputeConfig(_Section):
-    """Resources for the distributed layer."""
+    """Resources for the distributed layer: training, embed and generate alike."""
 
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
@@ -157,6 +170,30 @@ class ComputeConfig(_Section):
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads; None keeps torch's.")
 
 
+class EmbedConfig(_Section):
+    """The embed job: every row of a corpus mapped to its posterior mean (and log-variance)."""
+
+    with_logvar: bool = Field(False, description="Also write z_logvar (VAE posteriors only).")
+    passthrough: list[str] = Field(
+        default_factory=list, description="Input columns copied next to z_mean (the id column always is)."
+    )
+    chunk_rows: int = Field(4096, ge=1, description="Rows per forward pass on a worker.")
+    rows_per_file: int = Field(32_768, ge=1, description="Rows per output Parquet file.")
+
+
+class GenerateConfig(_Section):
+    """The generate job: rows in the training schema decoded from draws z ~ N(0, I)."""
+
+    rows: int = Field(1000, ge=1, description="Rows to generate.")
+    seed: int = Field(0, description="Seed of the draws; the same seed gives the same rows.")
+    sample_likelihood: bool | None = Field(
+        None,
+        description="Sample p(x|z) instead of taking its mean; None: sample for tables, mean otherwise.",
+    )
+    chunk_rows: int = Field(4096, ge=1, description="Rows per decoder forward pass on a worker.")
+    rows_per_file: int = Field(10_000, ge=1, description="Rows per output Parquet file.")
+
+
 class VaeflowConfig(_Section):
     """Everything one run needs; written next to every checkpoint as JSON."""
 
@@ -165,6 +202,8 @@ class VaeflowConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
 
     def to_json(self, redact: bool = True) -> str:
         """JSON text. Redacted (secrets in data.storage_options as "***") for files, logs and output;

@@ -8,8 +8,8 @@ import torch
 
 from tests.conftest import binary_data
 from vae_core.config import ModelConfig, VaeflowConfig, holds_redacted
+from vae_core.data.layout import layout_from_widths
 from vae_core.models.families import DataShape, build_model
-from vae_core.models.likelihoods import layout_from_widths
 from vae_core.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from vae_core.training.loop import fit
 

@@ -7,7 +7,8 @@ import torch
 from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Normal
 
-from vae_core.models.likelihoods import Bernoulli, Gaussian, MixedTabular, layout_from_widths
+from vae_core.data.layout import layout_from_widths
+from vae_core.models.likelihoods import Bernoulli, Gaussian, MixedTabular
 
 
 def test_bernoulli_nll_matches_torch_distribution():

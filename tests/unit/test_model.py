@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tests.conftest import binary_data, small_model
-from vae_core.config import ModelConfig
-from vae_core.models.families import FAMILIES, DataShape, build_model
-from vae_core.models.likelihoods import layout_from_widths
+from vae_core.config import FAMILIES, ModelConfig
+from vae_core.data.layout import layout_from_widths
+from vae_core.models.families import DataShape, build_model
 from vae_core.models.posterior import DiagonalGaussian, PointMass
 from vae_core.training.loop import fit
 

@@ -30,8 +30,8 @@ import pyarrow.compute as pc
 
 from vae_core.config import DataConfig
 from vae_core.data.dataset import DataError, DatasetSpec
+from vae_core.data.layout import Block
 from vae_core.data.tabular import TabularTransformer
-from vae_core.models.likelihoods import Block
 
 FORMAT = "vaeflow-codec/1"
 Batches = Callable[[list[str]], Iterable[pa.RecordBatch | pa.Table]]  # columns -> one pass over train

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vae_core.models.likelihoods import Block
+from vae_core.data.layout import Block
 
 NULL_SLOT = "<null/unseen>"
 

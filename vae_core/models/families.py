@@ -1,24 +1,27 @@
-"""Registry of model families: each is a small builder from ModelConfig to a LatentModel.
+"""Model families: each is a small builder from ModelConfig and DataShape to a LatentModel.
 
-Adding a family is one builder function plus its @register line; the training loop never changes.
+The catalogue of names is `vae_core.config.FAMILIES` (torch-free, so validating a config stays
+light); adding a family is one builder here plus its line there. The training loop never changes.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from torch import nn
 
+from vae_core.config import FAMILIES
+from vae_core.data.layout import Block
 from vae_core.models.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from vae_core.models.likelihoods import Bernoulli, Block, Gaussian, Likelihood, MixedTabular
+from vae_core.models.likelihoods import Bernoulli, Gaussian, Likelihood, MixedTabular
 from vae_core.models.model import GaussianHead, GaussianNoise, LatentModel, MaskNoise, PointHead
 
 if TYPE_CHECKING:
     from vae_core.config import ModelConfig
 
 Builder = Callable[["ModelConfig", "DataShape"], LatentModel]
-FAMILIES: dict[str, Builder] = {}
 
 
 class DataShape:
@@ -33,14 +36,6 @@ class DataShape:
         if image_shape is not None and image_shape[0] * image_shape[1] * image_shape[2] != dim:
             raise ValueError(f"image shape {image_shape} does not hold {dim} features")
         self.dim, self.image_shape, self.layout = dim, image_shape, layout
-
-
-def register(name: str) -> Callable[[Builder], Builder]:
-    def deco(fn: Builder) -> Builder:
-        FAMILIES[name] = fn
-        return fn
-
-    return deco
 
 
 def _body(cfg: ModelConfig, shape: DataShape) -> tuple[nn.Module, nn.Module]:
@@ -64,13 +59,11 @@ def _likelihood(cfg: ModelConfig, shape: DataShape) -> Likelihood:
     return MixedTabular(shape.layout)
 
 
-@register("ae")
 def build_ae(cfg: ModelConfig, shape: DataShape) -> LatentModel:
     encoder, decoder = _body(cfg, shape)
     return LatentModel(encoder, PointHead(cfg.hidden[-1], cfg.latent_dim), decoder, _likelihood(cfg, shape))
 
 
-@register("dae")
 def build_dae(cfg: ModelConfig, shape: DataShape) -> LatentModel:
     model = build_ae(cfg, shape)
     model.corruption = (
@@ -79,7 +72,6 @@ def build_dae(cfg: ModelConfig, shape: DataShape) -> LatentModel:
     return model
 
 
-@register("vae")
 def build_vae(cfg: ModelConfig, shape: DataShape) -> LatentModel:
     encoder, decoder = _body(cfg, shape)
     head = GaussianHead(cfg.hidden[-1], cfg.latent_dim)
@@ -87,5 +79,7 @@ def build_vae(cfg: ModelConfig, shape: DataShape) -> LatentModel:
 
 
 def build_model(cfg: ModelConfig, shape: DataShape) -> LatentModel:
-    """Look the family up in the registry (validated by ModelConfig) and build it."""
-    return FAMILIES[cfg.family](cfg, shape)
+    """Look the family's builder up in config.FAMILIES (validated by ModelConfig) and build it."""
+    module, _, name = FAMILIES[cfg.family][0].partition(":")
+    builder: Builder = getattr(importlib.import_module(module), name)
+    return builder(cfg, shape)

@@ -7,12 +7,12 @@ log-likelihood per example (B,), in nats, and can turn parameters into a mean or
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vae_core.data.layout import Block
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -52,30 +52,6 @@ class Gaussian(nn.Module):
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         eps = torch.randn(params.shape, generator=generator, device=params.device, dtype=params.dtype)
         return params + self.log_sigma.exp() * eps
-
-
-@dataclass(frozen=True)
-class Block:
-    """A contiguous span of the feature vector: `width` columns from `start`."""
-
-    kind: Literal["continuous", "categorical"]
-    start: int
-    width: int
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.width
-
-
-def layout_from_widths(spec: list[tuple[str, int]]) -> list[Block]:
-    """[("continuous", 1), ("categorical", 5), ...] -> contiguous Blocks."""
-    blocks, start = [], 0
-    for kind, width in spec:
-        if kind not in ("continuous", "categorical") or width < 1:
-            raise ValueError(f"bad layout entry ({kind!r}, {width})")
-        blocks.append(Block(kind, start, width))  # type: ignore[arg-type]
-        start += width
-    return blocks
 
 
 class MixedTabular(nn.Module):

@@ -21,10 +21,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from vae_core.config import VaeflowConfig, holds_redacted
+from vae_core.data.layout import Block
 from vae_core.data.storage import filesystem, join
 from vae_core.data.tabular import TabularTransformer
 from vae_core.models.families import DataShape, build_model
-from vae_core.models.likelihoods import Block
 from vae_core.models.model import LatentModel
 
 MODEL_FILE, OPTIM_FILE, OPTIM_JSON = "model.safetensors", "optimizer.safetensors", "optimizer.json"
