@@ -13,7 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+# The feature codecs: name -> (its class as "module:class", what it reads). Adding a codec is one module in
+# vae_core.data.codecs plus its line here (config stays free of pyarrow and torch).
+CODECS: dict[str, tuple[str, str]] = {
+    "vector": ("vae_core.data.codecs.vector:VectorCodec", "one numeric vector column / scale (pixels)"),
+    "tabular": ("vae_core.data.codecs.table:TabularCodec", "continuous and categorical table columns"),
+    "standardized": (
+        "vae_core.data.codecs.standardized:StandardizedCodec",
+        "a float vector column standardized per dimension",
+    ),
+}
 
 
 class _Section(BaseModel):
@@ -38,10 +49,10 @@ class DataConfig(_Section):
         None, ge=1, description="Length of the vector column when it is a variable-length list."
     )
     scale: float = Field(1.0, gt=0, description="Vector features are divided by this (255 for uint8).")
-    codec: Literal["auto", "vector", "standardized", "tabular"] = Field(
+    codec: str = Field(
         "auto",
-        description="How rows become x: auto = vector with data.vector_column, else tabular; "
-        "standardized = a float vector column standardized per dimension (Gaussian likelihood).",
+        description="How rows become x, a name from config.CODECS: auto = vector with data.vector_column, "
+        "else tabular; standardized = a float vector column standardized per dimension (Gaussian).",
     )
     columns: list[str] | None = Field(
         None, description="Tabular feature columns; None takes every column but the id."
@@ -52,6 +63,13 @@ class DataConfig(_Section):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the URI; default: the AWS environment."
     )
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        if value != "auto" and value not in CODECS:
+            raise ValueError(f"unknown codec {value!r}; known: auto, {', '.join(CODECS)}")
+        return value
 
     # JSON only: configs written next to checkpoints, printed, or stored as Prefect parameters carry
     # no credentials; model_dump() (python mode, e.g. with_overrides) keeps them.

@@ -8,14 +8,10 @@ import pyarrow as pa
 import pytest
 
 from vae_core.config import DataConfig
-from vae_core.data.codec import (
-    StandardizedCodec,
-    TabularCodec,
-    VectorCodec,
-    codec_from_json,
-    codec_to_json,
-    fit_codec,
-)
+from vae_core.data.codecs import codec_from_json, codec_to_json, fit_codec
+from vae_core.data.codecs.standardized import StandardizedCodec
+from vae_core.data.codecs.table import TabularCodec
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.dataset import DataError, resolve_spec
 
 
@@ -128,3 +124,21 @@ def test_tables_get_the_tabular_codec_and_round_trip_their_types():
     with pytest.raises(DataError, match="'city' is missing"):
         codec.encode(table.drop_columns(["city"]), "part-1.parquet")
     assert isinstance(codec_from_json(codec_to_json(codec)), TabularCodec)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"codec": "standardized"}, "data.codec 'standardized' needs data.vector_column"),
+        ({"codec": "tabular", "vector_column": "v"}, "data.codec 'tabular' reads table columns"),
+    ],
+)
+def test_a_codec_that_does_not_read_what_the_config_names_is_refused(data, message):
+    table = _vectors(np.ones((4, 3), np.float32), pa.float32())
+    with pytest.raises(DataError, match=message):
+        _fit(table, **data)
+
+
+def test_an_unknown_codec_name_is_a_config_error_listing_the_known_ones():
+    with pytest.raises(ValueError, match="unknown codec 'sparse'; known: auto, vector, tabular, standardized"):
+        DataConfig(uri="mem", codec="sparse")

@@ -11,7 +11,6 @@ import base64
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -109,7 +108,7 @@ def count_rows(shards: list[str], storage_options: dict | None = None) -> int:
 class DatasetSpec:
     """How rows become features: one vector column, or tabular continuous + categorical columns."""
 
-    kind: Literal["vector", "standardized", "tabular"]  # the codec (vae_core.data.codec.CODECS)
+    kind: str  # the codec, a name from vae_core.config.CODECS
     id_column: str | None
     vector_column: str | None = None
     dim: int = 0
@@ -152,12 +151,8 @@ def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec
                 raise DataError(
                     f"{source}: column {cfg.vector_column!r}: {what} gives {value} values, expected {dim}"
                 )
-        if cfg.codec == "tabular":
-            raise DataError(f"{source}: data.codec 'tabular' reads table columns; unset data.vector_column")
-        kind = "standardized" if cfg.codec == "standardized" else "vector"
+        kind = "vector" if cfg.codec == "auto" else cfg.codec  # fit_codec checks that it reads vectors
         return DatasetSpec(kind, cfg.id_column, cfg.vector_column, dim, cfg.image_shape, cfg.scale)
-    if cfg.codec in ("vector", "standardized"):
-        raise DataError(f"{source}: data.codec {cfg.codec!r} needs data.vector_column")
     features = cfg.columns or [n for n in schema.names if n != cfg.id_column]
     continuous, categorical = [], []
     for name in features:
@@ -177,7 +172,8 @@ def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec
             continuous.append(name)
     if not features:
         raise DataError(f"{source}: no feature columns")
-    return DatasetSpec("tabular", cfg.id_column, continuous=continuous, categorical=categorical)
+    kind = "tabular" if cfg.codec == "auto" else cfg.codec
+    return DatasetSpec(kind, cfg.id_column, continuous=continuous, categorical=categorical)
 
 
 def open_dataset(cfg: DataConfig, split: str | None = None) -> tuple[list[str], pa.Schema, DatasetSpec]:

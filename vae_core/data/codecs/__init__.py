@@ -1,0 +1,66 @@
+"""Feature codecs: the one place where rows of the training schema become the model's x and back.
+
+A codec is fitted once on the training split (streaming), saved with every checkpoint as JSON
+(`codec.json`), and then used by training (Ray and in-process), embedding, generation, reports and
+the beta study alike:
+
+    encode(batch, source) -> x        an Arrow batch -> (N, D) float32, validated; errors name the
+                                      source (file), the column and the row
+    decode(x) -> table                (N, D) features (decoder means or samples) -> the feature
+                                      columns in the training schema's types
+    dim, image_shape, layout          what the model needs to know (families.DataShape)
+    likelihood                        the observation model that fits the data by default
+
+Codecs: `vector` (one fixed-length numeric vector column, e.g. uint8 image pixels divided by
+`scale`), `tabular` (continuous + categorical columns through the mode-specific normalization of
+vae_core.data.tabular) and `standardized` (a dense float vector standardized per dimension). Adding one is
+a module in this package plus its line in `vae_core.config.CODECS`; nothing else in vae_core asks
+what kind of data it has.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pyarrow as pa
+
+from vae_core.config import CODECS, DataConfig
+from vae_core.data.codecs.base import Batches, Codec
+from vae_core.data.dataset import DataError, DatasetSpec
+
+__all__ = ["Codec", "codec_class", "codec_from_json", "codec_to_json", "fit_codec"]
+
+FORMAT = "vaeflow-codec/1"
+
+
+def codec_class(kind: str) -> type[Codec]:
+    """The codec class config.CODECS names for `kind` (imported on first use)."""
+    module, _, name = CODECS[kind][0].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def codec_to_json(codec: Codec) -> str:
+    return json.dumps({"format": FORMAT, "kind": codec.kind, "codec": codec.to_dict()}, indent=1)
+
+
+def codec_from_json(text: str, source: str = "codec.json") -> Codec:
+    d = json.loads(text)
+    if d.get("format") != FORMAT or d.get("kind") not in CODECS:
+        raise ValueError(
+            f"{source}: not a vaeflow codec (format {d.get('format')!r}, kind {d.get('kind')!r})"
+        )
+    return codec_class(d["kind"]).from_dict(d["codec"])
+
+
+def fit_codec(
+    spec: DatasetSpec, schema: pa.Schema, batches: Batches, source: str, cfg: DataConfig, seed: int = 0
+) -> Codec:
+    """Fit the codec the spec names (`spec.kind`) on one streaming pass over the training split."""
+    cls = codec_class(spec.kind)
+    has_vector = spec.vector_column is not None
+    if cls.reads == "vector_column" and not has_vector:
+        raise DataError(f"{source}: data.codec {spec.kind!r} needs data.vector_column")
+    if cls.reads == "table_columns" and has_vector:
+        raise DataError(f"{source}: data.codec {spec.kind!r} reads table columns; unset data.vector_column")
+    return cls.fit(spec, schema, batches, source, cfg, seed)

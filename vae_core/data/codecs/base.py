@@ -1,0 +1,90 @@
+"""The codec protocol and the helpers codecs share: reading a checked vector column, writing one back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Literal, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vae_core.config import DataConfig
+from vae_core.data.dataset import DataError, DatasetSpec
+from vae_core.data.layout import Block
+
+Batches = Callable[[list[str]], Iterable[pa.RecordBatch | pa.Table]]  # columns -> one pass over train
+
+
+class Codec(Protocol):
+    """Rows of the training schema <-> the model's x. `reads` says what a codec takes from a row:
+    one vector column (data.vector_column) or table columns."""
+
+    kind: ClassVar[str]
+    reads: ClassVar[Literal["vector_column", "table_columns"]]
+
+    @property
+    def columns(self) -> list[str]: ...  # the input columns it reads
+    @property
+    def dim(self) -> int: ...
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None: ...
+    @property
+    def layout(self) -> list[Block] | None: ...
+    @property
+    def likelihood(self) -> str: ...
+    def encode(self, batch: pa.RecordBatch | pa.Table, source: str) -> np.ndarray: ...
+    def decode(self, x: np.ndarray) -> pa.Table: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Codec: ...
+    @classmethod
+    def fit(
+        cls, spec: DatasetSpec, schema: pa.Schema, batches: Batches, source: str, cfg: DataConfig, seed: int
+    ) -> Codec: ...
+
+
+def column(batch: pa.RecordBatch | pa.Table, name: str, source: str) -> pa.Array:
+    if name not in batch.schema.names:
+        raise DataError(f"{source}: column {name!r} is missing (have {batch.schema.names})")
+    col = batch.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def vectors(batch: pa.RecordBatch | pa.Table, name: str, dim: int, source: str) -> np.ndarray:
+    """A list column as (N, dim) float32, checked: no null vectors, every length dim, finite values."""
+    arr = column(batch, name, source)
+    t = arr.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        raise DataError(f"{source}: column {name!r} is {t}, not a list of numbers")
+    if arr.null_count:
+        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{source}: column {name!r}: row {row} is a null vector")
+    if pa.types.is_fixed_size_list(t):
+        if t.list_size != dim:
+            raise DataError(f"{source}: column {name!r}: vectors of {t.list_size} values, expected {dim}")
+    else:
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != dim)
+        if len(bad):
+            raise DataError(
+                f"{source}: column {name!r}: row {bad[0]} has {lengths[bad[0]]} values, expected {dim}"
+            )
+    flat = arr.flatten()
+    if flat.null_count:
+        row = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]) // dim
+        raise DataError(f"{source}: column {name!r}: a null value in the vector of row {row}")
+    values = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(arr), dim)
+    if not np.isfinite(values).all():
+        row = int(np.flatnonzero(~np.isfinite(values).all(1))[0])
+        raise DataError(f"{source}: column {name!r}: NaN or inf in vector features (row {row})")
+    return values
+
+
+def list_column(values: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """(N, L) -> fixed_size_list<value_type>[L], integers rounded and clipped to their range."""
+    if pa.types.is_integer(value_type):
+        info = np.iinfo(value_type.to_pandas_dtype())
+        values = np.clip(np.rint(values), info.min, info.max)
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1).astype(value_type.to_pandas_dtype()), value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])

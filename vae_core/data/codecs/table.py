@@ -1,0 +1,66 @@
+"""The table codec: continuous and categorical columns through vae_core.data.tabular's transformer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from vae_core.config import DataConfig
+from vae_core.data.codecs.base import Batches, column
+from vae_core.data.dataset import DataError, DatasetSpec
+from vae_core.data.tabular import TabularTransformer
+
+
+class TabularCodec:
+    """Continuous and categorical columns (vae_core.data.tabular's mode-specific normalization and
+    one-hot codes); the mixed tabular likelihood over its layout."""
+
+    kind: ClassVar[str] = "tabular"
+    reads: ClassVar[str] = "table_columns"
+
+    def __init__(self, transformer: TabularTransformer) -> None:
+        self.transformer = transformer
+
+    columns = property(lambda self: self.transformer.column_names)
+    dim = property(lambda self: self.transformer.dim)
+    image_shape = property(lambda self: None)
+    layout = property(lambda self: self.transformer.layout)
+    likelihood = property(lambda self: "tabular")
+
+    def encode(self, batch: pa.RecordBatch | pa.Table, source: str) -> np.ndarray:
+        for name in self.columns:
+            column(batch, name, source)
+        try:
+            return self.transformer.transform(batch)
+        except (ValueError, pa.ArrowException) as e:
+            raise DataError(f"{source}: {e}") from e
+
+    def decode(self, x: np.ndarray) -> pa.Table:
+        return self.transformer.inverse(x)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.transformer.to_json())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TabularCodec:
+        return cls(TabularTransformer.from_json(json.dumps(d)))
+
+    @classmethod
+    def fit(
+        cls, spec: DatasetSpec, schema: pa.Schema, batches: Batches, source: str, cfg: DataConfig, seed: int
+    ) -> TabularCodec:
+        try:
+            transformer = TabularTransformer.fit(
+                batches(spec.feature_columns),
+                spec.continuous,
+                spec.categorical,
+                schema,
+                max_categories=cfg.max_categories,
+                seed=seed,
+            )
+        except ValueError as e:
+            raise DataError(f"{source}: {e}") from e
+        return cls(transformer)
