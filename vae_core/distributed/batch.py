@@ -17,7 +17,6 @@ pass.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,6 +57,7 @@ from vae_core.data.tables import (
 from vae_core.training.checkpoints import CONFIG_FILE, META_FILE, MODEL_FILE, Checkpoint, load_checkpoint
 
 from .cluster import check_resources, ensure_ray
+from .errors import reraise_data_error
 
 PATH_COLUMN = "path"  # read_parquet(include_paths=True) adds it: errors name the input file
 
@@ -112,26 +112,6 @@ def _fixed_list(values: np.ndarray, value_type: pa.DataType | None = None) -> pa
     value_type = value_type or pa.float32()
     flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=value_type)
     return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
-
-
-def _data_error_message(e: BaseException) -> str | None:
-    """The message of a DataError raised in an actor, from inside Ray's wrappers.
-
-    Ray re-raises user errors as RayTaskError(UserCodeException) whose cause chain does not always
-    keep the original type across processes; the remote traceback text always names it.
-    """
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [e]
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, DataError) and not str(err).lstrip().startswith("\x1b"):
-            return str(err).strip().splitlines()[-1]
-        todo += [err.__cause__, err.__context__, getattr(err, "cause", None)]
-    found = re.findall(r"vae_core\.dataset\.DataError: (.+)", str(e))
-    return found[-1].strip() if found else None
 
 
 # Blocks a job may hold in the object store at once (read-ahead plus outputs). Without a cap Ray
@@ -414,9 +394,7 @@ def _collect(ds: ray.data.Dataset, meter: _Progress) -> list[dict[str, Any]]:
                 summaries.append(s)
                 meter.add(s["rows"])
     except Exception as e:  # Ray wraps the actor's exception; surface the named data error
-        message = _data_error_message(e)
-        if message is not None:
-            raise DataError(message) from e
+        reraise_data_error(e)
         raise
     return summaries
 
