@@ -52,8 +52,6 @@ def embed(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None
             join(corpus, split),
             embeddings_uri(pipeline.root, config.name, split),
             config,
-            pipeline.passthrough,
-            pipeline.with_logvar,
             day.isoformat(),
         )
         for split in pipeline.embed_splits

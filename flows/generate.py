@@ -21,18 +21,11 @@ class GenerateResult:
 
 @flow(name="vae-generate")
 def generate(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> GenerateResult:
-    """Decode `pipeline.sample_rows` draws from N(0, I) as tonight's version of the Delta table
+    """Decode `config.generate.rows` draws from N(0, I) as tonight's version of the Delta table
     <root>/samples/<name>/."""
     day = night(run_date)
     model = resolve_model(pipeline.root, config.name, pipeline.model_version, config.data.storage_options)
-    out = generate_samples(
-        model.uri,
-        pipeline.sample_rows,
-        samples_uri(pipeline.root, config.name),
-        config,
-        pipeline.sample_seed,
-        day.isoformat(),
-    )
+    out = generate_samples(model.uri, samples_uri(pipeline.root, config.name), config, day.isoformat())
     markdown_artifact(
         f"{config.name}-samples",
         locations_markdown(

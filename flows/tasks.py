@@ -272,28 +272,23 @@ def _output(committed: Any) -> Output:
 
 
 @task(name="embed-corpus", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
-def embed_split(
-    model_uri: str,
-    input_uri: str,
-    output_uri: str,
-    config: VaeflowConfig,
-    passthrough: list[str],
-    with_logvar: bool,
-    night: str,
-) -> Output:
-    """Ray Data embed job, one Delta commit (a new version replacing the table's rows): a retry or
-    rerun of the same run key is skipped."""
+def embed_split(model_uri: str, input_uri: str, output_uri: str, config: VaeflowConfig, night: str) -> Output:
+    """Ray Data embed job with `config.embed` and `config.compute`, one Delta commit (a new version
+    replacing the table's rows): a retry or rerun of the same run key is skipped."""
     from vae_core.distributed.batch import embed_corpus
 
+    job, compute = config.embed, config.compute
     committed = embed_corpus(
         model_uri,
         input_uri,
         output_uri,
-        with_logvar=with_logvar,
-        passthrough=tuple(passthrough),
-        num_workers=config.compute.num_workers,
-        cpus_per_worker=config.compute.cpus_per_worker,
-        use_gpu=config.compute.use_gpu,
+        with_logvar=job.with_logvar,
+        passthrough=tuple(job.passthrough),
+        batch_size=job.chunk_rows,
+        rows_per_file=job.rows_per_file,
+        num_workers=compute.num_workers,
+        cpus_per_worker=compute.cpus_per_worker,
+        use_gpu=compute.use_gpu,
         mode="overwrite",
         night=night,
         storage_options=config.data.storage_options,
@@ -303,20 +298,23 @@ def embed_split(
 
 
 @task(name="generate-rows", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
-def generate_samples(
-    model_uri: str, rows: int, output_uri: str, config: VaeflowConfig, seed: int, night: str
-) -> Output:
-    """Ray Data generate job, one Delta commit (a new version replacing the table's rows)."""
+def generate_samples(model_uri: str, output_uri: str, config: VaeflowConfig, night: str) -> Output:
+    """Ray Data generate job with `config.generate` and `config.compute`, one Delta commit (a new
+    version replacing the table's rows)."""
     from vae_core.distributed.batch import generate_rows
 
+    job, compute = config.generate, config.compute
     committed = generate_rows(
         model_uri,
-        rows,
+        job.rows,
         output_uri,
-        seed=seed,
-        num_workers=config.compute.num_workers,
-        cpus_per_worker=config.compute.cpus_per_worker,
-        use_gpu=config.compute.use_gpu,
+        seed=job.seed,
+        rows_per_block=job.rows_per_file,
+        batch_size=job.chunk_rows,
+        sample_likelihood=job.sample_likelihood,
+        num_workers=compute.num_workers,
+        cpus_per_worker=compute.cpus_per_worker,
+        use_gpu=compute.use_gpu,
         mode="overwrite",
         night=night,
         storage_options=config.data.storage_options,

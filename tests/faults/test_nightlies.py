@@ -49,9 +49,9 @@ def _launch(root: Path, config: Path, i: int) -> subprocess.Popen:
     overrides = [
         "pipeline.iwae_k=10",
         "pipeline.max_eval_rows=200",
-        "pipeline.sample_rows=100",
+        "generate.rows=100",
         'pipeline.embed_splits=["test"]',
-        "pipeline.passthrough=[]",
+        "embed.passthrough=[]",
     ]
     return subprocess.Popen(
         [str(exe), "run", "--root", str(root), "--config", str(config), "--date", "2026-03-01", *overrides],

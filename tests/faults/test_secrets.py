@@ -84,7 +84,7 @@ def test_fake_aws_keys_appear_in_no_log_file_or_object(
         f"pipeline.root={bucket}/root",
         "pipeline.iwae_k=10",
         "pipeline.max_eval_rows=200",
-        "pipeline.sample_rows=100",
+        "generate.rows=100",
         'pipeline.embed_splits=["test"]',
     ]
     exe = Path(sys.executable).with_name("vaeflow")

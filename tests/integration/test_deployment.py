@@ -155,11 +155,11 @@ def test_a_triggered_nightly_completes_and_a_second_trigger_waits_for_it(
             "model": {"family": "vae", "hidden": [64], "latent_dim": 4},
             "train": {"epochs": 1, "batch_size": 100, "runs_uri": f"{root}/runs"},
             "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+            "generate": {"rows": 50},
         },
         "pipeline": {
             "root": root,
             "embed_splits": ["test"],
-            "sample_rows": 50,
             "iwae_k": 5,
             "max_eval_rows": 100,
         },

@@ -57,16 +57,11 @@ def configs(data_uri: str, bucket: str, **train) -> tuple[VaeflowConfig, Pipelin
             "model": {"family": "vae", "hidden": [200], "latent_dim": 8},
             "train": {"epochs": 2, "batch_size": 100, "runs_uri": f"{bucket}/runs", **train},
             "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+            "embed": {"passthrough": ["label"]},
+            "generate": {"rows": SAMPLES},
         }
     )
-    pipeline = PipelineConfig(
-        root=f"{bucket}/vaeflow",
-        passthrough=["label"],
-        sample_rows=SAMPLES,
-        iwae_k=10,
-        max_eval_rows=200,
-        gate_margin=2.0,
-    )
+    pipeline = PipelineConfig(root=f"{bucket}/vaeflow", iwae_k=10, max_eval_rows=200, gate_margin=2.0)
     return config, pipeline
 
 

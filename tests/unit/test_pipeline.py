@@ -13,6 +13,7 @@ def test_local_default_is_mnist_in_the_data_folder(tmp_path):
     assert pipeline.root == root and pipeline.bootstrap == "mnist"
     assert config.data.uri == f"{root}/datasets/mnist" and config.train.runs_uri == f"{root}/runs"
     assert config.compute.num_workers == 1 and config.train.epochs == 3
+    assert config.embed.passthrough == ["label"] and config.generate.rows == 1000
     assert embeddings_uri(root, "m", "test") == f"{root}/embeddings/m/test"
     assert samples_uri(root, "m") == f"{root}/samples/m"
 
@@ -21,10 +22,12 @@ def test_run_overrides_split_between_config_and_pipeline(tmp_path):
     from flows.local import build
 
     config, pipeline = build(
-        str(tmp_path), 1, None, ["train.lr=0.01", "pipeline.sample_rows=5", 'pipeline.embed_splits=["test"]']
+        str(tmp_path), 1, None, ["train.lr=0.01", "generate.rows=5", 'pipeline.embed_splits=["test"]']
     )
-    assert config.train.epochs == 1 and config.train.lr == 0.01
-    assert pipeline.sample_rows == 5 and pipeline.embed_splits == ["test"]
+    assert config.train.epochs == 1 and config.train.lr == 0.01 and config.generate.rows == 5
+    assert pipeline.embed_splits == ["test"] and pipeline.gate_margin == PipelineConfig(root="x").gate_margin
+    with pytest.raises(ValidationError, match="sample_rows"):  # the job settings live in VaeflowConfig
+        build(str(tmp_path), None, None, ["pipeline.sample_rows=5"])
     with pytest.raises(ValidationError, match="gate_margn"):
         build(str(tmp_path), None, None, ["pipeline.gate_margn=1"])
     with pytest.raises(ValidationError):
@@ -40,7 +43,7 @@ def test_only_the_pure_local_default_bootstraps(tmp_path):
     config_file.write_text('{"name": "mine", "data": {"uri": "s3://bucket/data"}}')
     config, pipeline = build(str(tmp_path), None, str(config_file), [])
     assert config.data.uri == "s3://bucket/data" and pipeline.bootstrap is None
-    assert pipeline.passthrough == []  # MNIST's `label` is not assumed of the user's data
+    assert config.embed.passthrough == []  # MNIST's `label` is not assumed of the user's data
     _, pipeline = build(str(tmp_path), None, str(config_file), ["pipeline.bootstrap=adult"])
     assert pipeline.bootstrap == "adult"  # only when asked for explicitly
 

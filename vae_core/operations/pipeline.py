@@ -26,7 +26,9 @@ from vae_core.data.storage import join
 
 
 class PipelineConfig(BaseModel):
-    """What the nightly flow does around training; the model and data live in VaeflowConfig."""
+    """What only the nightly flow decides: where its outputs live, which model serves, the gate and the
+    drift threshold, what the report evaluates. The model, data, training, compute and the embed and
+    generate jobs' settings live in VaeflowConfig."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -44,10 +46,6 @@ class PipelineConfig(BaseModel):
     )
     embed_uri: str | None = Field(None, description="Corpus root to embed; default: the training data.uri.")
     embed_splits: list[str] = Field(default_factory=lambda: ["train", "test"], min_length=1)
-    passthrough: list[str] = Field(default_factory=list, description="Columns copied next to z_mean.")
-    with_logvar: bool = False
-    sample_rows: int = Field(1000, ge=1, description="Rows generated each night.")
-    sample_seed: int = 0
     iwae_k: int = Field(1000, ge=1, description="Importance samples per row for the IWAE bound.")
     max_eval_rows: int | None = Field(10_000, ge=1, description="Held-out rows the report evaluates.")
     bootstrap: Literal["mnist", "adult"] | None = Field(
@@ -80,7 +78,7 @@ def local_defaults(root: str | Path = "data", epochs: int = 3) -> tuple[VaeflowC
     folder is empty or missing (a config file given to `vaeflow run` does not inherit this).
 
     Sized for a 2-core machine: 3 epochs of the 784-400-20 VAE, IWAE (k=1000) on 1,000 held-out rows,
-    embeddings of all 70,000 rows, 1,000 samples.
+    embeddings of all 70,000 rows (with their `label`), 1,000 samples.
     """
     base = str(Path(root).resolve())  # Ray Train wants absolute local storage paths
     config = VaeflowConfig.model_validate(
@@ -95,12 +93,9 @@ def local_defaults(root: str | Path = "data", epochs: int = 3) -> tuple[VaeflowC
             "model": {"family": "vae", "hidden": [400], "latent_dim": 20},
             "train": {"epochs": epochs, "batch_size": 128, "runs_uri": join(base, "runs")},
             "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+            "embed": {"passthrough": ["label"]},
+            "generate": {"rows": 1000},
         }
     )
-    pipeline = PipelineConfig(
-        root=base,
-        passthrough=["label"],
-        max_eval_rows=1000,
-        bootstrap="mnist",
-    )
+    pipeline = PipelineConfig(root=base, max_eval_rows=1000, bootstrap="mnist")
     return config, pipeline
