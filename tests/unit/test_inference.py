@@ -18,6 +18,15 @@ def test_embed_returns_the_posterior_mean_not_a_sample():
     assert none is None
 
 
+def test_embed_in_chunks_equals_one_pass():
+    model, x = small_model("vae", latent=5), binary_data(10)
+    mu, logvar = embed(model, x, with_logvar=True)
+    mu3, logvar3 = embed(model, x, with_logvar=True, chunk_rows=3)  # chunks of 3, 3, 3, 1 rows
+    torch.testing.assert_close(mu3, mu)
+    torch.testing.assert_close(logvar3, logvar)
+    assert embed(model, x[:0]).shape == (0, 5)
+
+
 def test_embed_does_not_corrupt_a_dae_input():
     model, x = small_model("dae", corruption="mask", mask_prob=0.9), binary_data(10)
     model.train()
@@ -36,6 +45,10 @@ def test_generate_is_seeded():
     assert a.shape == (7, 16) and torch.equal(a, b) and not torch.equal(a, c)
     s = generate(model, 7, seed=3, sample_likelihood=True)
     assert set(s.unique().tolist()) <= {0.0, 1.0}
+    # Chunks draw from the same generator: seeded as a whole, and the first chunk is the first rows.
+    chunked = generate(model, 7, seed=3, chunk_rows=2)
+    assert chunked.shape == (7, 16) and torch.equal(chunked, generate(model, 7, seed=3, chunk_rows=2))
+    torch.testing.assert_close(chunked[:2], generate(model, 2, seed=3))
 
 
 def test_interpolation_starts_and_ends_at_the_reconstructions():

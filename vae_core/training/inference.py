@@ -12,13 +12,26 @@ def _eval(model: LatentModel) -> LatentModel:
     return model.eval()
 
 
+def _device(model: LatentModel) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def embed(
-    model: LatentModel, x: torch.Tensor, with_logvar: bool = False
+    model: LatentModel, x: torch.Tensor, with_logvar: bool = False, chunk_rows: int | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-    """x: (B, D) -> posterior mean mu: (B, L); with_logvar also returns logvar (None for an AE)."""
-    q = _eval(model).encode(x)
-    return (q.mean, q.logvar) if with_logvar else q.mean
+    """x: (B, D) -> posterior mean mu: (B, L); with_logvar also returns logvar (None for an AE).
+
+    x goes to the model's device `chunk_rows` rows at a time (all at once by default), so a GPU holds
+    one chunk's activations; the results come back on x's device.
+    """
+    model, device, chunk = _eval(model), _device(model), chunk_rows or max(len(x), 1)
+    qs = [model.encode(x[i : i + chunk].to(device)) for i in range(0, max(len(x), 1), chunk)]
+    mu = torch.cat([q.mean for q in qs]).to(x.device)  # (B, L)
+    if not with_logvar:
+        return mu
+    logvar = None if qs[0].logvar is None else torch.cat([q.logvar for q in qs]).to(x.device)
+    return mu, logvar
 
 
 @torch.no_grad()
@@ -30,16 +43,23 @@ def reconstruct(model: LatentModel, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(
-    model: LatentModel, n: int, seed: int, sample_likelihood: bool = False, device: str = "cpu"
+    model: LatentModel, n: int, seed: int, sample_likelihood: bool = False, chunk_rows: int | None = None
 ) -> torch.Tensor:
-    """Decode n draws z ~ N(0, I): (n, D). The likelihood mean by default, or a sample from it."""
-    model = _eval(model)
+    """Decode n draws z ~ N(0, I): (n, D) on the model's device. The likelihood mean by default, or a
+    sample from it.
+
+    One generator seeded `seed` draws z and the likelihood samples, `chunk_rows` rows per decoder
+    pass (all at once by default): the rows depend on (seed, n, chunk_rows) and the device type.
+    """
+    model, device, chunk = _eval(model), _device(model), chunk_rows or max(n, 1)
+    lik = model.likelihood
     gen = torch.Generator(device=device).manual_seed(seed)
-    z = torch.randn((n, model.latent_dim), generator=gen, device=device)
-    params = model.decode(z)
-    if sample_likelihood:
-        return model.likelihood.sample(params, generator=gen)
-    return model.likelihood.mean(params)
+    parts = []
+    for i in range(0, n, chunk):
+        z = torch.randn((min(chunk, n - i), model.latent_dim), generator=gen, device=device)  # (m, L)
+        params = model.decode(z)
+        parts.append(lik.sample(params, generator=gen) if sample_likelihood else lik.mean(params))
+    return torch.cat(parts)  # (n, D)
 
 
 @torch.no_grad()
