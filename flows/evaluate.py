@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import link, metrics_rows
-from flows.tasks import markdown_artifact, table_artifact, write_report
+from flows.tasks import markdown_artifact, table_artifact, write_model_report
 from vae_core.config import VaeflowConfig
 
 
@@ -30,7 +30,7 @@ def report_markdown(title: str, report: dict[str, Any]) -> str:
 
 
 @flow(name="vae-evaluate")
-def evaluate(
+def evaluate_flow(
     model_uri: str,
     out_uri: str,
     data_uri: str | None = None,
@@ -44,7 +44,7 @@ def evaluate(
     it is stored redacted, so a deployed run takes credentials from its environment instead.
     """
     options = config.data.storage_options if config else None
-    report = write_report(model_uri, out_uri, data_uri, iwae_k, max_eval_rows, options)
+    report = write_model_report(model_uri, out_uri, data_uri, iwae_k, max_eval_rows, options)
     table_artifact("vae-evaluate-metrics", metrics_rows(report["metrics"]), f"metrics of {model_uri}")
     markdown_artifact("vae-evaluate-report", report_markdown("Evaluation report", report), model_uri)
     return report

@@ -20,7 +20,9 @@ class GenerateResult:
 
 
 @flow(name="vae-generate")
-def generate(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> GenerateResult:
+def generate_flow(
+    config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None
+) -> GenerateResult:
     """Decode `config.generate.rows` draws from N(0, I) as tonight's version of the Delta table
     <root>/samples/<name>/."""
     day = night(run_date)

@@ -7,7 +7,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from flows.nightly import NightlyResult, nightly
+from flows.nightly import NightlyResult, nightly_flow
 from vae_core.config import VaeflowConfig
 from vae_core.operations.pipeline import PipelineConfig, local_defaults
 
@@ -84,7 +84,7 @@ def run(
 ) -> int:
     config, pipeline = build(root, epochs, config_file, overrides or [])
     t0 = time.perf_counter()
-    state = nightly(config, pipeline, run_date, return_state=True)
+    state = nightly_flow(config, pipeline, run_date, return_state=True)
     result = state.result(raise_on_failure=False)
     if not isinstance(result, NightlyResult):
         print(f"vae-nightly failed: {state.message}", flush=True)

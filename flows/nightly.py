@@ -18,9 +18,9 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
 from flows.common import link, locations_markdown, metrics_rows, night, run_id
-from flows.embed import embed
-from flows.evaluate import evaluate, report_markdown
-from flows.generate import generate
+from flows.embed import embed_flow
+from flows.evaluate import evaluate_flow, report_markdown
+from flows.generate import generate_flow
 from flows.tasks import (
     ensure_dataset,
     gate_and_promote,
@@ -30,7 +30,7 @@ from flows.tasks import (
     resolve_model,
     table_artifact,
 )
-from flows.train import train
+from flows.train import train_flow
 from vae_core.config import VaeflowConfig
 from vae_core.data.storage import join
 from vae_core.operations.pipeline import PipelineConfig
@@ -80,7 +80,7 @@ def _night_artifacts(name: str, report_md: str, result: NightlyResult) -> None:
 
 
 @flow(name="vae-nightly")
-def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> State:
+def nightly_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> State:
     """One night: a new candidate model, the gate, and the night's embeddings and samples."""
     log = get_run_logger()
     day = night(run_date)
@@ -92,8 +92,8 @@ def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | No
     if pipeline.model_version is not None:  # a pinned version that does not exist fails before training
         resolve_model(pipeline.root, config.name, pipeline.model_version, options)
 
-    trained = train(config, day, run_name=f"{config.name}-{version}")
-    report = evaluate(
+    trained = train_flow(config, day, run_name=f"{config.name}-{version}")
+    report = evaluate_flow(
         trained.best_checkpoint_uri,
         join(config.train.runs_uri, trained.run_name, "report"),
         config.data.uri,
@@ -172,8 +172,8 @@ def nightly(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | No
 
     # Both sub-flows get the one version decided above, never a second champion lookup.
     tonight = pipeline.model_copy(update={"model_version": served})
-    embedded = embed(config, tonight, day)
-    generated = generate(config, tonight, day)
+    embedded = embed_flow(config, tonight, day)
+    generated = generate_flow(config, tonight, day)
     result.embeddings = {split: o.uri for split, o in embedded.outputs.items()}
     result.drift = embedded.drift
     result.samples_uri = generated.output.uri

@@ -19,10 +19,10 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.local import build
-from flows.nightly import nightly
+from flows.nightly import nightly_flow
 
 PREFECT_FILE = Path(__file__).resolve().parent.parent / "deploy" / "prefect.yaml"
-NIGHTLY_ENTRYPOINT = "flows/nightly.py:nightly"
+NIGHTLY_ENTRYPOINT = "flows/nightly.py:nightly_flow"
 
 
 def nightly_spec(prefect_file: str | Path = PREFECT_FILE) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def serve(
 def _serve(root: str, prefect_file: str | None, config_file: str | None, overrides: list[str]) -> None:
     spec = nightly_spec(prefect_file or PREFECT_FILE)
     config, pipeline = build(root, None, config_file, overrides)
-    nightly.serve(
+    nightly_flow.serve(
         name=spec["name"],
         schedules=schedules(spec),
         global_limit=concurrency(spec),

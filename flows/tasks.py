@@ -97,12 +97,12 @@ def train_model(config: VaeflowConfig, run_name: str) -> TrainSummary:
         result.checkpoint_uri,
         result.best_checkpoint_uri,
         result.history,
-        float(result.checkpoint.meta["val_elbo_init"]),
+        float(result.checkpoint.meta.val_elbo_init),
     )
 
 
 @task(name="write-report", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def write_report(
+def write_model_report(
     model_uri: str,
     out_uri: str,
     data_uri: str | None,

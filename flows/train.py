@@ -15,7 +15,9 @@ HISTORY_COLUMNS = ("epoch", "loss", "recon", "kl", "val_elbo", "samples_per_s", 
 
 
 @flow(name="vae-train")
-def train(config: VaeflowConfig, run_date: date | None = None, run_name: str | None = None) -> TrainSummary:
+def train_flow(
+    config: VaeflowConfig, run_date: date | None = None, run_name: str | None = None
+) -> TrainSummary:
     """Train with Ray Train. The run name defaults to <name>-<date>-<run id>; a given name that has a
     run resumes it (its data/model/train settings must match; train.epochs may grow to extend it)."""
     name = run_name or f"{config.name}-{new_version(night(run_date), run_id())}"

@@ -69,7 +69,7 @@ def test_missing_s3_prefix_names_the_uri(bucket):
 
 def test_cli_import_to_s3_uses_the_aws_environment_and_hides_secrets(bucket):
     out = f"{bucket}/cli-adult"
-    cmd = [sys.executable, "-m", "flows.cli", "data", "import", "adult", "--out", out]
+    cmd = [sys.executable, "-m", "flows.cli", "data", "import", "adult", "--output", out]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=120)
     assert done.returncode == 0, done.stderr
     assert "train: 32,561 rows" in done.stdout and "test: 16,281 rows" in done.stdout

@@ -136,7 +136,7 @@ def test_deploy_all_registers_the_flows_with_schedule_and_concurrency_limit(serv
     assert schedule.active
     assert nightly.global_concurrency_limit.limit == 1
     assert nightly.concurrency_options.collision_strategy == "ENQUEUE"
-    assert nightly.work_pool_name == POOL and nightly.entrypoint == "flows/nightly.py:nightly"
+    assert nightly.work_pool_name == POOL and nightly.entrypoint == "flows/nightly.py:nightly_flow"
     assert nightly.parameters["pipeline"]["root"] == env["VAEFLOW_ROOT"]  # {{ $VAEFLOW_ROOT }} filled in
 
 

@@ -81,11 +81,11 @@ def artifact_keys(flow_run_id: UUID) -> set[str]:
 
 @pytest.fixture(scope="module")
 def first_night(prefect_harness, ray_local, small_mnist_s3):
-    from flows.nightly import nightly
+    from flows.nightly import nightly_flow
 
     bucket = make_bucket()
     config, pipeline = configs(small_mnist_s3, bucket)
-    state = nightly(config, pipeline, date(2026, 1, 1), return_state=True)
+    state = nightly_flow(config, pipeline, date(2026, 1, 1), return_state=True)
     return config, pipeline, state
 
 
@@ -128,14 +128,14 @@ def test_a_nightly_registers_promotes_embeds_generates_and_writes_artifacts(firs
 
 
 def test_an_untrained_candidate_fails_the_gate_and_the_champion_stays(first_night, small_mnist_s3):
-    from flows.nightly import nightly
+    from flows.nightly import nightly_flow
 
     config, pipeline, _ = first_night
     before = champion_record(pipeline.root, "mnist-vae")
     # lr 1e-9: Adam moves each weight by ~1e-9 per step, so the candidate is the untrained model
     # (held-out ELBO ~-550 nats against ~-200 for the champion).
     bad = config.with_overrides(["train.lr=1e-9", "train.epochs=1"])
-    state = nightly(bad, pipeline, date(2026, 1, 2), return_state=True)
+    state = nightly_flow(bad, pipeline, date(2026, 1, 2), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     assert not result.promoted

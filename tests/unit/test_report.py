@@ -80,7 +80,7 @@ def test_tabular_report_scores_synthetic_rows(tmp_path):
 def test_report_command_prints_where_it_wrote(mnist, tmp_path, capsys):
     _, ckpt = mnist
     out = tmp_path / "cli-report"
-    assert main(["report", "--model", ckpt, "--out", str(out), "--iwae-k", "5", "--max-rows", "100"]) == 0
+    assert main(["report", "--model", ckpt, "--output", str(out), "--iwae-k", "5", "--max-rows", "100"]) == 0
     printed = capsys.readouterr().out
     assert "test: ELBO" in printed and str(out / "report.html") in printed
     assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 100
@@ -91,7 +91,7 @@ def test_report_command_prints_where_it_wrote(mnist, tmp_path, capsys):
 def test_beta_study_command_writes_three_models_and_their_report(mnist, tmp_path, capsys):
     data, _ = mnist
     out = tmp_path / "study"
-    argv = ["beta-study", "--data", data, "--out", str(out), "--epochs", "1", "--hidden", "16"]
+    argv = ["beta-study", "--input", data, "--output", str(out), "--epochs", "1", "--hidden", "16"]
     assert main([*argv, "--max-train-rows", "500", "--max-test-rows", "100", "train.batch_size=50"]) == 0
     printed = capsys.readouterr().out
     assert "KL only" in printed and str(out / "report.html") in printed
