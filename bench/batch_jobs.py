@@ -23,6 +23,7 @@ import torch
 
 from bench._results import write_result
 from vae_core.config import ComputeConfig, VaeflowConfig
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.dataset import encode_schema, list_shards, resolve_spec, vector_features
 from vae_core.data.importers import ShardWriter
 from vae_core.data.packaged import mnist_table
@@ -31,7 +32,7 @@ from vae_core.distributed.batch import block_seed, embed_corpus, generate_rows
 from vae_core.distributed.cluster import ensure_ray
 from vae_core.models.families import DataShape, build_model
 from vae_core.testing import local_s3_server, make_bucket
-from vae_core.training.checkpoints import load_checkpoint, save_checkpoint
+from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 
 # VAEFLOW_BENCH_SCALE=0.01 gives a quick smoke run of the same code at 10k / 50k rows.
 SCALE = float(os.environ.get("VAEFLOW_BENCH_SCALE", "1"))
@@ -96,11 +97,10 @@ def save_model(uri: str, schema: pa.Schema) -> VaeflowConfig:
             "model": {"family": "vae", "hidden": [400], "latent_dim": 20},
         }
     )
-    shape = DataShape(784, (1, 28, 28))
+    codec = VectorCodec("image", 784, str(schema.field("image").type.value_type), 255.0, (1, 28, 28))
     torch.manual_seed(0)
-    save_checkpoint(
-        uri, build_model(cfg.model, shape), cfg, shape, meta={"data_schema": encode_schema(schema)}
-    )
+    model = build_model(cfg.model, DataShape.of(codec))
+    save_checkpoint(uri, model, cfg, codec, meta=CheckpointMeta(data_schema=encode_schema(schema)))
     return cfg
 
 

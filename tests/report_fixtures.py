@@ -9,11 +9,13 @@ import pyarrow.parquet as pq
 import torch
 
 from vae_core.config import DataConfig, ModelConfig, VaeflowConfig
+from vae_core.data.codecs.table import TabularCodec
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.importers import read_adult
 from vae_core.data.packaged import mnist_table
 from vae_core.data.tabular import TabularTransformer
 from vae_core.models.families import DataShape, build_model
-from vae_core.training.checkpoints import save_checkpoint
+from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 from vae_core.training.loop import fit
 
 
@@ -35,12 +37,12 @@ def mnist_checkpoint(tmp: Path, n_train: int = 1000, n_test: int = 300, epochs: 
     )
     pixels = train["image"].combine_chunks().flatten().to_numpy().reshape(n_train, 784)
     x = torch.tensor(pixels, dtype=torch.float32) / 255.0  # (n_train, 784)
-    shape = DataShape(784, (1, 28, 28))
+    codec = VectorCodec("image", 784, "uint8", 255.0, (1, 28, 28))
     torch.manual_seed(0)
-    model = build_model(cfg.model, shape)
+    model = build_model(cfg.model, DataShape.of(codec))
     history = fit(model, [x[i : i + 100] for i in range(0, n_train, 100)], epochs=epochs, lr=3e-3)
-    meta = {"epoch": epochs, "history": [s.to_dict() for s in history]}
-    return data, save_checkpoint(str(tmp / "mnist-ckpt"), model, cfg, shape, meta=meta)
+    meta = CheckpointMeta(epoch=epochs, history=[s.to_dict() for s in history])
+    return data, save_checkpoint(str(tmp / "mnist-ckpt"), model, cfg, codec, meta=meta)
 
 
 def adult_checkpoint(tmp: Path, n_train: int = 800, n_test: int = 400, epochs: int = 3) -> tuple[str, str]:
@@ -55,12 +57,10 @@ def adult_checkpoint(tmp: Path, n_train: int = 800, n_test: int = 400, epochs: i
         data=DataConfig(uri=data, id_column=None),
         model=ModelConfig(family="vae", hidden=[64], latent_dim=8, likelihood="tabular"),
     )
-    shape = DataShape(transformer.dim, layout=transformer.layout)
-    x = torch.from_numpy(transformer.transform(train))
+    codec = TabularCodec(transformer)
+    x = torch.from_numpy(codec.encode(train, "train"))
     torch.manual_seed(0)
-    model = build_model(cfg.model, shape)
+    model = build_model(cfg.model, DataShape.of(codec))
     fit(model, [x[i : i + 100] for i in range(0, n_train, 100)], epochs=epochs, lr=3e-3)
-    ckpt = save_checkpoint(
-        str(tmp / "adult-ckpt"), model, cfg, shape, meta={"epoch": epochs}, transformer=transformer
-    )
+    ckpt = save_checkpoint(str(tmp / "adult-ckpt"), model, cfg, codec, meta=CheckpointMeta(epoch=epochs))
     return data, ckpt

@@ -165,7 +165,7 @@ from vae_core.config import VaeflowConfig
 from vae_core.distributed.trainer import train
 cfg = VaeflowConfig.from_file(sys.argv[1])
 result = train(cfg, run_name=sys.argv[2], resume=sys.argv[3] == "resume")
-print("RESULT_META", json.dumps(result.checkpoint.meta), flush=True)
+print("RESULT_META", result.checkpoint.meta.to_json(), flush=True)
 print("RESULT_URI", result.checkpoint_uri, flush=True)
 """
 

@@ -32,8 +32,9 @@ from tests.faults._helpers import (
     write_dataset,
 )
 from tests.faults.conftest import S3, Outcome, RayCluster
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.models.families import DataShape, build_model
-from vae_core.training.checkpoints import save_checkpoint
+from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 from vae_core.training.loop import KLSchedule, fit
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(600, method="signal")]
@@ -90,7 +91,8 @@ class Batch:
         model = build_model(cfg.model, shape)
         x = torch.from_numpy(np.stack(vector_rows(512).column("x").to_numpy(zero_copy_only=False)))
         fit(model, [x[i : i + 64] for i in range(0, 512, 64)], epochs=2, schedule=KLSchedule(1.0))
-        save_checkpoint(self.model, model, cfg, shape, meta={"epoch": 2})
+        codec = VectorCodec("x", 32, "float32")
+        save_checkpoint(self.model, model, cfg, codec, meta=CheckpointMeta(epoch=2))
 
     def launch(self, output: str, **kw: Any):
         args = {"model": self.model, "input": self.corpus, "output": output, **JOB, **kw}

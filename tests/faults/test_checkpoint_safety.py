@@ -20,8 +20,9 @@ import torch
 
 from tests.faults._helpers import ROOT, train_config, write_dataset
 from tests.faults.conftest import S3, Outcome
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.models.families import DataShape, build_model
-from vae_core.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from vae_core.training.checkpoints import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300, method="signal")]
 
@@ -52,7 +53,9 @@ def _checkpoint(uri: str, data_uri: str, optimizer: bool = False) -> None:
     shape = DataShape(32, None)
     model = build_model(cfg.model, shape)
     opt = torch.optim.Adam(model.parameters()) if optimizer else None
-    save_checkpoint(uri, model, cfg, shape, optimizer=opt, meta={"epoch": 1})
+    save_checkpoint(
+        uri, model, cfg, VectorCodec("x", 32, "float32"), optimizer=opt, meta=CheckpointMeta(epoch=1)
+    )
 
 
 @pytest.mark.scenario(11, "a pickle payload given as a checkpoint -> refused, the payload never runs")

@@ -31,13 +31,14 @@ WRITERS: dict[str, str] = {
     # (ray/train/v2/_internal/execution/storage.py: _upload_to_fs_path -> pyarrow.fs.copy_files).
     "Ray Train checkpoint upload (trainer storage_filesystem, pyarrow copy_files)": """
 import sys, pyarrow.fs as pafs, torch
-from vae_core.training.checkpoints import save_checkpoint
+from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 from vae_core.config import VaeflowConfig
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.models.families import DataShape, build_model
 from vae_core.distributed.trainer import _storage
 cfg = VaeflowConfig.model_validate({"model": {"hidden": [64], "latent_dim": 4}})
-local, shape = sys.argv[2] + "/ckpt", DataShape(32, None)
-save_checkpoint(local, build_model(cfg.model, shape), cfg, shape, meta={"epoch": 1})
+local, codec = sys.argv[2] + "/ckpt", VectorCodec("x", 32, "float32")
+save_checkpoint(local, build_model(cfg.model, DataShape.of(codec)), cfg, codec, meta=CheckpointMeta(epoch=1))
 storage = _storage(sys.argv[1], {})  # the RunConfig storage the trainer gives Ray Train
 fs, path = storage["storage_filesystem"], storage["storage_path"]
 pafs.copy_files(local, path + "/epoch_0001", destination_filesystem=fs)
@@ -53,12 +54,14 @@ print("WROTE", flush=True)
 """,
     "save_checkpoint of a 64 MiB model (s3fs open/write)": """
 import sys
-from vae_core.training.checkpoints import save_checkpoint
+from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 from vae_core.config import VaeflowConfig
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.models.families import DataShape, build_model
 cfg = VaeflowConfig.model_validate({"model": {"hidden": [4096], "latent_dim": 4}})
-shape = DataShape(2048, None)  # 2 x 2048 x 4096 weights: about 64 MiB of float32
-save_checkpoint(sys.argv[1] + "/big", build_model(cfg.model, shape), cfg, shape, meta={"epoch": 1})
+codec = VectorCodec("x", 2048, "float32")  # 2 x 2048 x 4096 weights: about 64 MiB of float32
+model = build_model(cfg.model, DataShape.of(codec))
+save_checkpoint(sys.argv[1] + "/big", model, cfg, codec, meta=CheckpointMeta(epoch=1))
 print("WROTE", flush=True)
 """,
 }

@@ -17,6 +17,8 @@ import torch
 
 from tests.integration.conftest import make_bucket
 from vae_core.config import VaeflowConfig
+from vae_core.data.codecs.table import TabularCodec
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.dataset import DataError, encode_schema, iter_batches, open_dataset, vector_features
 from vae_core.data.importers import read_adult
 from vae_core.data.storage import delta_storage_options
@@ -24,7 +26,7 @@ from vae_core.data.tables import TableError, delta_schema, is_delta_table, read_
 from vae_core.data.tabular import TabularTransformer
 from vae_core.distributed.batch import embed_corpus, generate_rows
 from vae_core.models.families import DataShape, build_model
-from vae_core.training.checkpoints import save_checkpoint
+from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 from vae_core.training.inference import embed
 from vae_core.training.loop import KLSchedule, fit
 
@@ -62,7 +64,8 @@ def mnist_model(mnist_s3: str) -> str:
     model = build_model(cfg.model, shape)
     fit(model, [x[i : i + 128] for i in range(0, len(x), 128)], epochs=2, schedule=KLSchedule(1.0))
     uri = f"{make_bucket()}/models/mnist/v1"
-    save_checkpoint(uri, model, cfg, shape, meta={"epoch": 2, "data_schema": encode_schema(schema)})
+    codec = VectorCodec("image", 784, str(schema.field("image").type.value_type), 255.0, (1, 28, 28))
+    save_checkpoint(uri, model, cfg, codec, meta=CheckpointMeta(epoch=2, data_schema=encode_schema(schema)))
     return uri
 
 
@@ -195,8 +198,8 @@ def adult_model(s3_server: str) -> tuple[str, TabularTransformer]:
     torch.manual_seed(0)
     model = build_model(cfg.model, shape)
     uri = f"{make_bucket()}/models/adult/v1"
-    meta = {"epoch": 0, "data_schema": encode_schema(table.schema)}
-    save_checkpoint(uri, model, cfg, shape, meta=meta, transformer=transformer)
+    meta = CheckpointMeta(epoch=0, data_schema=encode_schema(table.schema))
+    save_checkpoint(uri, model, cfg, TabularCodec(transformer), meta=meta)
     return uri, transformer
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vae_core.config import ModelConfig, VaeflowConfig
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.storage import create_only_write, filesystem, join
 from vae_core.models.families import DataShape, build_model
 from vae_core.operations.registry import (
@@ -18,7 +19,7 @@ from vae_core.operations.registry import (
     promote,
     publish_version,
 )
-from vae_core.training.checkpoints import save_checkpoint
+from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -30,7 +31,9 @@ def _checkpoint(root: str) -> str:
     cfg = VaeflowConfig(name="m", model=ModelConfig(family="vae", hidden=[8], latent_dim=2))
     shape = DataShape(6)
     uri = join(root, "runs", "r1", "epoch_0001")
-    save_checkpoint(uri, build_model(cfg.model, shape), cfg, shape, meta={"epoch": 1})
+    save_checkpoint(
+        uri, build_model(cfg.model, shape), cfg, VectorCodec("x", 6, "float32"), meta=CheckpointMeta(epoch=1)
+    )
     return uri
 
 

@@ -76,7 +76,7 @@ def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ra
     cfg = mnist_config(mnist_s3, runs)
     result = train(cfg, run_name="s3-run")
     assert [h["epoch"] for h in result.history] == [1, 2]
-    assert result.checkpoint.meta["world_size"] == 2
+    assert result.checkpoint.meta.world_size == 2
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     for epoch in (1, 2):
         files = set(fs.ls(f"{runs}/s3-run/epoch_{epoch:04d}"))
@@ -89,7 +89,7 @@ def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ra
     torch.manual_seed(cfg.train.seed)
     untrained = evaluate(build_model(cfg.model, DataShape(784, (1, 28, 28))), batches).elbo
     assert trained > untrained + 100, (trained, untrained)
-    assert result.history[-1]["val_elbo"] > result.checkpoint.meta["val_elbo_init"]
+    assert result.history[-1]["val_elbo"] > result.checkpoint.meta.val_elbo_init
 
 
 def _train_worker_pids() -> list[int]:
@@ -120,9 +120,9 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, 
     history = result.history
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[0]["finished_at"] < killed["at"] < history[1]["finished_at"]  # epoch 1 not re-run
-    restarts = result.checkpoint.meta["restarts"]
+    restarts = result.checkpoint.meta.restarts
     assert [r["from_epoch"] for r in restarts] == [1]
-    assert result.checkpoint.meta["epoch"] == 3 and result.checkpoint_uri.endswith("epoch_0003")
+    assert result.checkpoint.meta.epoch == 3 and result.checkpoint_uri.endswith("epoch_0003")
     # keep_checkpoints=2 by validation ELBO: the worst (epoch 1) is gone, the best two remain.
     kept = [e for e in (1, 2, 3) if _exists(f"{runs}/kill-run/epoch_{e:04d}/meta.json")]
     assert kept == [2, 3] and result.best_checkpoint_uri.endswith("epoch_0003")
@@ -133,7 +133,7 @@ import json, sys
 from vae_core.config import VaeflowConfig
 from vae_core.distributed.trainer import train
 result = train(VaeflowConfig.from_file(sys.argv[1]), run_name="driver-run", resume=True)
-print("RESULT_META", json.dumps(result.checkpoint.meta))
+print("RESULT_META", result.checkpoint.meta.to_json())
 """
 
 
@@ -257,6 +257,6 @@ def test_a_run_name_is_resumed_only_when_asked_and_only_with_its_own_settings(ra
     second = train(longer, run_name="names", resume=True)
     assert [h["epoch"] for h in second.history] == [1, 2]
     assert second.history[0] == first.history[0]
-    assert [r["from_epoch"] for r in second.checkpoint.meta["restarts"]] == [1]
+    assert [r["from_epoch"] for r in second.checkpoint.meta.restarts] == [1]
     # A new name with resume=True simply starts (what the Prefect task passes on its first try).
     assert [h["epoch"] for h in train(cfg, run_name="names-2", resume=True).history] == [1]

@@ -1,30 +1,57 @@
-"""Checkpoints: bit-identical round trip, optimizer state, refusal of pickle and incomplete checkpoints,
-no secret in config.json."""
+"""Checkpoints: bit-identical round trip, optimizer state, the codec and typed meta carried along, old
+checkpoints (tabular.json, no codec file) still load, refusal of pickle and incomplete checkpoints, no
+secret in config.json."""
 
+import json
 import pickle
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
 from tests.conftest import binary_data
-from vae_core.config import ModelConfig, VaeflowConfig, holds_redacted
-from vae_core.data.layout import layout_from_widths
+from vae_core.config import DataConfig, ModelConfig, VaeflowConfig, holds_redacted
+from vae_core.data.codecs.table import TabularCodec
+from vae_core.data.codecs.vector import VectorCodec
+from vae_core.data.dataset import encode_schema
+from vae_core.data.tabular import TabularTransformer
 from vae_core.models.families import DataShape, build_model
-from vae_core.training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from vae_core.training.checkpoints import (
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    save_checkpoint,
+)
 from vae_core.training.loop import fit
+
+
+def _codec(dim: int = 16) -> VectorCodec:
+    return VectorCodec("x", dim, "float32", unit_interval=False)
+
+
+def _table(n: int = 64) -> pa.Table:
+    rng = np.random.default_rng(0)
+    return pa.table(
+        {
+            "age": pa.array(rng.integers(18, 90, n), pa.int64()),
+            "job": pa.array(rng.choice(["a", "b", "c"], n)),
+        }
+    )
 
 
 @pytest.mark.parametrize("uri_kind", ["path", "file", "memory"])
 def test_round_trip_gives_bit_identical_outputs(tmp_path, uri_kind):
     cfg = VaeflowConfig(model=ModelConfig(family="vae", hidden=[32], latent_dim=4, likelihood="gaussian"))
-    shape = DataShape(16)
-    model = build_model(cfg.model, shape)
+    codec = _codec()
+    model = build_model(cfg.model, DataShape.of(codec))
     opt = torch.optim.Adam(model.parameters())
     fit(model, [binary_data(32)], epochs=3, optimizer=opt)
     uri = {"path": str(tmp_path / "ck"), "file": f"file://{tmp_path}/ck", "memory": "memory://ck/1"}[uri_kind]
-    save_checkpoint(uri, model, cfg, shape, optimizer=opt, meta={"epoch": 3})
+    save_checkpoint(uri, model, cfg, codec, optimizer=opt, meta=CheckpointMeta(epoch=3))
     ck = load_checkpoint(uri, with_optimizer=True)
-    assert ck.config == cfg and ck.meta["epoch"] == 3
+    assert ck.config == cfg and ck.meta.epoch == 3
+    assert ck.codec.to_dict() == codec.to_dict() and ck.meta.data_shape == DataShape(16)
     x = binary_data(8, seed=5)
     model.eval()
     ck.model.eval()
@@ -38,11 +65,97 @@ def test_round_trip_gives_bit_identical_outputs(tmp_path, uri_kind):
         assert all(torch.equal(value, after[idx][name]) for name, value in entry.items())
 
 
-def test_tabular_layout_survives_the_round_trip(tmp_path):
+def test_the_codec_travels_in_codec_json_and_sets_the_model_shape(tmp_path):
+    table = _table()
+    transformer = TabularTransformer.fit([table], ["age"], ["job"], table.schema, max_modes=2)
+    codec = TabularCodec(transformer)
     cfg = VaeflowConfig(model=ModelConfig(likelihood="tabular", hidden=[8], latent_dim=2))
-    shape = DataShape(5, None, layout_from_widths([("continuous", 1), ("categorical", 4)]))
-    save_checkpoint(str(tmp_path), build_model(cfg.model, shape), cfg, shape)
-    assert load_checkpoint(str(tmp_path)).model.likelihood.layout == shape.layout
+    save_checkpoint(str(tmp_path), build_model(cfg.model, DataShape.of(codec)), cfg, codec)
+    assert not (tmp_path / "tabular.json").exists()
+    assert json.loads((tmp_path / "codec.json").read_text())["kind"] == "tabular"
+    ck = load_checkpoint(str(tmp_path))
+    assert isinstance(ck.codec, TabularCodec) and ck.model.likelihood.layout == codec.layout
+    np.testing.assert_array_equal(ck.codec.encode(table, "t"), codec.encode(table, "t"))
+    assert ck.codec.decode(codec.encode(table, "t")).equals(codec.decode(codec.encode(table, "t")))
+
+
+def test_meta_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
+    meta = CheckpointMeta(
+        epoch=4,
+        step=120,
+        history=[{"epoch": 1, "loss": 3.5, "val_elbo": -3.6}],
+        val_elbo=-2.5,
+        val_elbo_init=-9.0,
+        data_schema=encode_schema(_table().schema),
+        world_size=2,
+        worker_nodes=["n1", "n2"],
+        restarts=[{"from_epoch": 2, "at": 1.5}],
+        data_shape=DataShape(3, (1, 1, 3)),
+        extra={"recon_weight": 0.0},
+    )
+    again = CheckpointMeta.from_dict(json.loads(meta.to_json()))
+    assert again == meta and again.schema() == _table().schema
+    # Old meta.json keys stay readable by readers that index the JSON; unknown keys are no error.
+    written = json.loads(meta.to_json())
+    assert written["epoch"] == 4 and written["data_shape"]["image_shape"] == [1, 1, 3]
+    assert CheckpointMeta.from_dict({"epoch": 2, "someday": [1]}).extra == {"someday": [1]}
+    assert CheckpointMeta.from_dict({}) == CheckpointMeta()
+
+
+def test_save_records_the_codec_shape_in_meta(tmp_path):
+    cfg = VaeflowConfig(model=ModelConfig(hidden=[8], latent_dim=2))
+    codec = VectorCodec("image", 12, "uint8", 255.0, (3, 2, 2))
+    save_checkpoint(
+        str(tmp_path), build_model(cfg.model, DataShape.of(codec)), cfg, codec, meta=CheckpointMeta()
+    )
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["data_shape"] == {"dim": 12, "image_shape": [3, 2, 2], "layout": None}
+
+
+def _write_old_format(path, codec, cfg: VaeflowConfig, meta: dict) -> None:
+    """A checkpoint as written before codec.json: the tabular transformer in tabular.json (tabular data
+    only), a meta.json with data_shape and no codec."""
+    save_checkpoint(str(path), build_model(cfg.model, DataShape.of(codec)), cfg, codec)
+    (path / "codec.json").unlink()
+    if isinstance(codec, TabularCodec):
+        (path / "tabular.json").write_text(codec.transformer.to_json())
+    shape = json.loads((path / "meta.json").read_text())["data_shape"]
+    (path / "meta.json").write_text(json.dumps({**meta, "data_shape": shape, "format": "vaeflow/1"}))
+
+
+def test_an_old_tabular_checkpoint_loads_its_codec_from_tabular_json(tmp_path):
+    table = _table()
+    codec = TabularCodec(TabularTransformer.fit([table], ["age"], ["job"], table.schema, max_modes=2))
+    cfg = VaeflowConfig(model=ModelConfig(likelihood="tabular", hidden=[8], latent_dim=2))
+    _write_old_format(tmp_path, codec, cfg, {"epoch": 5, "history": [{"epoch": 5}], "val_elbo_init": -7.0})
+    ck = load_checkpoint(str(tmp_path))
+    assert isinstance(ck.codec, TabularCodec) and ck.codec.to_dict() == codec.to_dict()
+    assert ck.meta.epoch == 5 and ck.meta.val_elbo_init == -7.0 and ck.meta.history == [{"epoch": 5}]
+    assert ck.model.likelihood.layout == codec.layout
+
+
+def test_an_old_vector_checkpoint_rebuilds_its_codec_from_config_and_meta(tmp_path):
+    pixels = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(24, dtype=np.uint8)), 12)
+    table = pa.table({"id": pa.array([0, 1], pa.int64()), "image": pixels})
+    data = DataConfig(uri="mem", vector_column="image", scale=255, image_shape=(3, 2, 2))
+    cfg = VaeflowConfig(data=data, model=ModelConfig(hidden=[8], latent_dim=2))
+    codec = VectorCodec("image", 12, "uint8", 255.0, (3, 2, 2))
+    _write_old_format(tmp_path, codec, cfg, {"epoch": 1, "data_schema": encode_schema(table.schema)})
+    ck = load_checkpoint(str(tmp_path))
+    assert ck.codec.to_dict() == codec.to_dict()  # uint8 from the data schema, Bernoulli -> [0, 1]
+    np.testing.assert_array_equal(
+        ck.codec.encode(table, "t"), np.arange(24, dtype=np.float32).reshape(2, 12) / 255
+    )
+    # Without a recorded schema the vector's values are read back as float32.
+    _write_old_format(tmp_path, codec, cfg, {"epoch": 1})
+    assert load_checkpoint(str(tmp_path)).codec.to_dict() == {**codec.to_dict(), "value_type": "float32"}
+
+
+def test_an_old_checkpoint_without_a_vector_column_or_tabular_json_is_a_clear_error(tmp_path):
+    cfg = VaeflowConfig(model=ModelConfig(hidden=[8], latent_dim=2))
+    _write_old_format(tmp_path, _codec(), cfg, {"epoch": 1})
+    with pytest.raises(CheckpointError, match=r"codec cannot be rebuilt.*data\.vector_column"):
+        load_checkpoint(str(tmp_path))
 
 
 class _Payload:
@@ -60,8 +173,8 @@ def test_a_pickle_checkpoint_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError, match="single file"):
         load_checkpoint(str(tmp_path / "model.pt"))
     # The same payload dressed up as a checkpoint directory is refused by its bytes.
-    cfg, shape = VaeflowConfig(), DataShape(784)
-    save_checkpoint(str(tmp_path / "ck"), build_model(cfg.model, shape), cfg, shape)
+    cfg, codec = VaeflowConfig(), _codec(784)
+    save_checkpoint(str(tmp_path / "ck"), build_model(cfg.model, DataShape.of(codec)), cfg, codec)
     (tmp_path / "ck" / "model.safetensors").write_bytes(blob)
     with pytest.raises(CheckpointError, match=r"model.safetensors: not a safetensors file \(a pickle"):
         load_checkpoint(str(tmp_path / "ck"))
@@ -72,8 +185,8 @@ def test_a_pickle_checkpoint_is_refused_and_never_runs(tmp_path):
 
 
 def test_incomplete_checkpoint_names_the_missing_file(tmp_path):
-    cfg, shape = VaeflowConfig(), DataShape(784)
-    save_checkpoint(str(tmp_path), build_model(cfg.model, shape), cfg, shape)
+    cfg, codec = VaeflowConfig(), _codec(784)
+    save_checkpoint(str(tmp_path), build_model(cfg.model, DataShape.of(codec)), cfg, codec)
     (tmp_path / "meta.json").unlink()
     with pytest.raises(CheckpointError, match=r"meta\.json is missing"):
         load_checkpoint(str(tmp_path))
@@ -97,9 +210,8 @@ def test_incomplete_checkpoint_names_the_missing_file(tmp_path):
 def test_config_json_never_holds_a_secret(tmp_path, options):
     cfg = VaeflowConfig.model_validate({"data": {"uri": "s3://bucket/data", "storage_options": options}})
     cfg = cfg.with_overrides(["train.epochs=2"])  # overrides keep the secrets in memory
-    shape = DataShape(16)
-    model = build_model(cfg.model, shape)
-    save_checkpoint(str(tmp_path), model, cfg, shape, optimizer=torch.optim.Adam(model.parameters()))
+    model = build_model(cfg.model, DataShape(16))
+    save_checkpoint(str(tmp_path), model, cfg, _codec(), optimizer=torch.optim.Adam(model.parameters()))
     written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     secrets = ["AKIA-FLAT-ID", "flat-secret-value", "AKIA-NESTED-ID", "nested-secret-value"]
     assert not [s for s in secrets if s.encode() in written]

@@ -142,5 +142,6 @@ def test_a_codec_that_does_not_read_what_the_config_names_is_refused(data, messa
 
 
 def test_an_unknown_codec_name_is_a_config_error_listing_the_known_ones():
-    with pytest.raises(ValueError, match="unknown codec 'sparse'; known: auto, vector, tabular, standardized"):
+    known = "auto, vector, tabular, standardized"
+    with pytest.raises(ValueError, match=f"unknown codec 'sparse'; known: {known}"):
         DataConfig(uri="mem", codec="sparse")

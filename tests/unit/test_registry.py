@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vae_core.config import ModelConfig, VaeflowConfig
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.storage import create_only_write, filesystem, join
 from vae_core.models.families import DataShape, build_model
 from vae_core.operations.registry import (
@@ -26,7 +27,7 @@ from vae_core.operations.registry import (
     read_version,
     resolve,
 )
-from vae_core.training.checkpoints import load_checkpoint, save_checkpoint
+from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 
 
 def _root(tmp_path, kind: str) -> str:
@@ -40,7 +41,9 @@ def _checkpoint(root: str, run: str, seed: int = 0) -> str:
     model = build_model(cfg.model, shape)
     opt = torch.optim.Adam(model.parameters())
     uri = join(root, "runs", run, "epoch_0001")
-    save_checkpoint(uri, model, cfg, shape, optimizer=opt, meta={"epoch": 1})
+    save_checkpoint(
+        uri, model, cfg, VectorCodec("x", 6, "float32"), optimizer=opt, meta=CheckpointMeta(epoch=1)
+    )
     return uri
 
 

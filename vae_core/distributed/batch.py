@@ -38,7 +38,6 @@ from vae_core.data.dataset import (
     list_shards,
     read_schema,
     resolve_spec,
-    vector_features,
 )
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import arrow_filesystem, filesystem, join, uri_of
@@ -206,7 +205,7 @@ class _Embedder:
         storage_options: dict | None,
     ) -> None:
         ckpt = _load_for_actor(model_uri, threads, device, storage_options)
-        self.model, self.transformer = ckpt.model, ckpt.transformer
+        self.model, self.codec = ckpt.model, ckpt.codec
         self.writer, self.spec, self.keep, self.input_uri = (
             _Writer(out_dir, storage_options),
             spec,
@@ -216,13 +215,7 @@ class _Embedder:
         self.run_key, self.with_logvar, self.chunk, self.device = run_key, with_logvar, chunk, device
 
     def _features(self, batch: pa.Table, source: str) -> np.ndarray:
-        if self.spec.kind == "vector":
-            return vector_features(batch, self.spec, source)
-        assert self.transformer is not None
-        try:
-            return self.transformer.transform(batch.select(self.spec.feature_columns))
-        except ValueError as e:
-            raise DataError(f"{source}: {e}") from e
+        return self.codec.encode(batch, source)
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -373,7 +366,7 @@ def embed_corpus(
         kind="embeddings",
         run_key=run_key,
         rows=rows,
-        model={"uri": model_uri, "fingerprint": model_fp, "epoch": ckpt.meta.get("epoch")},
+        model={"uri": model_uri, "fingerprint": model_fp, "epoch": ckpt.meta.epoch},
         input={"uri": input_uri, "shards": len(shards), "rows": total, "fingerprint": input_fp},
         params=params,
         stats={"z_mean": {"count": rows, "mean": mean.tolist(), "var": (sumsq / rows - mean**2).tolist()}},
@@ -423,9 +416,10 @@ class _Generator:
         storage_options: dict | None,
     ) -> None:
         ckpt = _load_for_actor(model_uri, threads, device, storage_options)
-        self.model, self.transformer = ckpt.model, ckpt.transformer
+        self.model = ckpt.model
+        self.transformer = ckpt.codec.transformer if ckpt.codec.kind == "tabular" else None  # type: ignore[attr-defined]
         self.data = ckpt.config.data
-        schema_text = ckpt.meta.get("data_schema")
+        schema_text = ckpt.meta.data_schema
         self.schema = decode_schema(schema_text) if schema_text else None
         self.writer, self.seed, self.sample = _Writer(out_dir, storage_options), seed, sample_likelihood
         self.run_key, self.chunk, self.device = run_key, chunk, device
@@ -516,7 +510,7 @@ def generate_rows(
         raise ValueError(f"rows must be positive, got {rows}")
     ckpt = load_checkpoint(model_uri, storage_options=storage_options)
     if sample_likelihood is None:
-        sample_likelihood = ckpt.transformer is not None
+        sample_likelihood = ckpt.codec.kind == "tabular"
     blocks = [
         {"block": b, "start": start, "rows": min(rows_per_block, rows - start)}
         for b, start in enumerate(range(0, rows, rows_per_block))
@@ -559,7 +553,7 @@ def generate_rows(
         kind="samples",
         run_key=run_key,
         rows=rows,
-        model={"uri": model_uri, "fingerprint": model_fp, "epoch": ckpt.meta.get("epoch")},
+        model={"uri": model_uri, "fingerprint": model_fp, "epoch": ckpt.meta.epoch},
         params=params,
         night=night,
         created_at=now_iso(),

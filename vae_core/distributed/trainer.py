@@ -32,17 +32,11 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
 from vae_core.config import VaeflowConfig
+from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, fit_codec
 from vae_core.data.dataset import DatasetSpec, encode_schema, iter_batches, open_dataset
 from vae_core.data.storage import arrow_filesystem, create_only_write, filesystem, join, scheme
-from vae_core.data.tabular import TabularTransformer
 from vae_core.models.families import DataShape, build_model
-from vae_core.training.checkpoints import (
-    Checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    shape_from_json,
-    shape_to_json,
-)
+from vae_core.training.checkpoints import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult, evaluate
 from vae_core.training.loop import EpochStats, KLSchedule, fit, make_optimizer
 
@@ -80,9 +74,9 @@ def _read(shards: list[str], columns: list[str], storage_options: dict) -> ray.d
     return ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
 
 
-def _tabular_features(transformer: TabularTransformer) -> Callable[[pa.Table], dict[str, np.ndarray]]:
+def _tabular_features(codec: Codec) -> Callable[[pa.Table], dict[str, np.ndarray]]:
     def to_features(batch: pa.Table) -> dict[str, np.ndarray]:
-        return {FEATURES: transformer.transform(batch)}  # (B, D) float32
+        return {FEATURES: codec.encode(batch, "train")}  # (B, D) float32
 
     return to_features
 
@@ -91,7 +85,7 @@ def build_datasets(
     cfg: VaeflowConfig,
     spec: DatasetSpec,
     shards: dict[str, list[str]],
-    transformer: TabularTransformer | None,
+    codec: Codec,
 ) -> dict[str, ray.data.Dataset]:
     """Ray Datasets with one feature column each: the raw vector column, or tabular features."""
     out = {}
@@ -99,8 +93,8 @@ def build_datasets(
         ds = _read(split_shards, spec.feature_columns, cfg.data.storage_options)
         if name == "train":  # shards arrive in a seeded random order, rows then mix in the shuffle buffer
             ds = ds.randomize_block_order(seed=cfg.train.seed)
-        if transformer is not None:
-            ds = ds.map_batches(_tabular_features(transformer), batch_format="pyarrow")
+        if spec.kind == "tabular":
+            ds = ds.map_batches(_tabular_features(codec), batch_format="pyarrow")
         out[name] = ds
     return out
 
@@ -130,8 +124,8 @@ def _validate(model: torch.nn.Module, batches: Iterator[torch.Tensor], seed: int
 
 def _worker_loop(loop_cfg: dict[str, Any]) -> None:
     cfg = VaeflowConfig.from_json(loop_cfg["config"])
-    shape: DataShape = shape_from_json(loop_cfg["shape"])
-    transformer = TabularTransformer.from_json(loop_cfg["transformer"]) if loop_cfg["transformer"] else None
+    codec = codec_from_json(loop_cfg["codec"])
+    shape = DataShape.of(codec)
     scale, vector_column = loop_cfg["scale"], loop_cfg["column"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -154,10 +148,10 @@ def _worker_loop(loop_cfg: dict[str, Any]) -> None:
         model.load_state_dict(restored.model.state_dict())
         optimizer.load_state_dict(restored.optimizer_state)
         meta = restored.meta
-        start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
-        init_val = meta["val_elbo_init"]
+        start_epoch, step, history = meta.epoch, meta.step, meta.history
+        init_val = meta.val_elbo_init
         # Each resume (worker-group restart or relaunch) is recorded: the run's history is auditable.
-        restarts = [*meta["restarts"], {"from_epoch": start_epoch, "at": time.time()}]
+        restarts = [*meta.restarts, {"from_epoch": start_epoch, "at": time.time()}]
     model = ray.train.torch.prepare_model(model)  # DDP: gloo on CPU, NCCL on GPU; moves to device
     # Per-worker, per-resume randomness (reparameterisation noise, DAE corruption).
     torch.manual_seed(cfg.train.seed * 100_003 + 1_009 * start_epoch + rank)
@@ -170,7 +164,7 @@ def _worker_loop(loop_cfg: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    column = FEATURES if transformer is not None else vector_column
+    column = FEATURES if loop_cfg["kind"] == "tabular" else vector_column
 
     def batches_of(shard: Any, shuffle_seed: int | None = None) -> Iterator[torch.Tensor]:
         # Training batches come through a seeded local shuffle buffer (rows from several blocks mix);
@@ -224,19 +218,19 @@ def _worker_loop(loop_cfg: dict[str, Any]) -> None:
             f"{record['samples_per_s']:,.0f} samples/s",
             flush=True,
         )
-        meta = {
-            "epoch": stats.epoch,
-            "step": stats.step,
-            "history": history,
-            "val_elbo": val.elbo,
-            "val_elbo_init": init_val,
-            "data_schema": loop_cfg["schema"],  # the training columns' Arrow types, for generation
-            "world_size": world,
-            "worker_nodes": nodes,
-            "restarts": restarts,
-        }
+        meta = CheckpointMeta(
+            epoch=stats.epoch,
+            step=stats.step,
+            history=history,
+            val_elbo=val.elbo,
+            val_elbo_init=init_val,
+            data_schema=loop_cfg["schema"],
+            world_size=world,
+            worker_nodes=nodes,
+            restarts=restarts,
+        )
         with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(d, core, cfg, shape, optimizer=opt, meta=meta, transformer=transformer)
+            save_checkpoint(d, core, cfg, codec, optimizer=opt, meta=meta)
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(d),
@@ -371,36 +365,21 @@ def _checkpoint_uri(ckpt: ray.train.Checkpoint, runs_uri: str) -> str:
 
 def prepare_data(
     cfg: VaeflowConfig, progress: Callable[[str], None] = print
-) -> tuple[DatasetSpec, pa.Schema, dict[str, list[str]], DataShape, TabularTransformer | None]:
-    """Check both splits up front (clear errors before any worker starts) and fit the tabular codec."""
+) -> tuple[DatasetSpec, pa.Schema, dict[str, list[str]], Codec]:
+    """Check both splits up front (clear errors before any worker starts) and fit the codec on train."""
     train_shards, schema, spec = open_dataset(cfg.data, "train")
     val_shards, val_schema, _ = open_dataset(cfg.data, cfg.train.val_split)
     if val_schema != schema:
         raise ValueError(f"{cfg.data.uri}: the {cfg.train.val_split!r} split's schema differs from train's")
-    transformer = None
-    if spec.kind == "tabular":
-        t0 = time.perf_counter()
-        batches = (
-            b
-            for _, b in iter_batches(
-                train_shards, spec.feature_columns, storage_options=cfg.data.storage_options
-            )
-        )
-        transformer = TabularTransformer.fit(
-            batches,
-            spec.continuous,
-            spec.categorical,
-            schema,
-            max_categories=cfg.data.max_categories,
-            seed=cfg.train.seed,
-        )
-        progress(
-            f"fitted the tabular transformer ({transformer.dim} features) in {time.perf_counter() - t0:.1f}s"
-        )
-        shape = DataShape(transformer.dim, None, transformer.layout)
-    else:
-        shape = DataShape(spec.dim, spec.image_shape)
-    return spec, schema, {"train": train_shards, "val": val_shards}, shape, transformer
+    t0 = time.perf_counter()
+
+    def batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
+        for _, b in iter_batches(train_shards, columns, storage_options=cfg.data.storage_options):
+            yield b
+
+    codec = fit_codec(spec, schema, batches, join(cfg.data.uri, "train"), cfg.data, seed=cfg.train.seed)
+    progress(f"fitted the {codec.kind} codec ({codec.dim} features) in {time.perf_counter() - t0:.1f}s")
+    return spec, schema, {"train": train_shards, "val": val_shards}, codec
 
 
 def train(
@@ -418,7 +397,7 @@ def train(
     """
     name = run_name or cfg.name
     resuming = check_run_name(cfg, name, resume)
-    spec, schema, shards, shape, transformer = prepare_data(cfg, progress)
+    spec, schema, shards, codec = prepare_data(cfg, progress)
     ensure_ray(cfg.compute)
     check_resources(cfg.compute)
     ctx = ray.data.DataContext.get_current()
@@ -435,8 +414,8 @@ def train(
         _worker_loop,
         train_loop_config={
             "config": cfg.to_json(redact=False),  # workers need the real storage options
-            "shape": shape_to_json(shape),
-            "transformer": transformer.to_json() if transformer else None,
+            "codec": codec_to_json(codec),
+            "kind": spec.kind,
             "scale": spec.scale,
             "column": spec.vector_column,
             "schema": encode_schema(schema),
@@ -460,7 +439,7 @@ def train(
             ),
             **_storage(cfg.train.runs_uri, cfg.data.storage_options),
         ),
-        datasets=build_datasets(cfg, spec, shards, transformer),
+        datasets=build_datasets(cfg, spec, shards, codec),
     )
     what = "resuming" if resuming else "training"
     progress(f"{what} {cfg.model.family} on {cfg.data.uri} as run {name!r} under {cfg.train.runs_uri}")
@@ -475,4 +454,4 @@ def train(
         latest = load_checkpoint(d, storage_options=cfg.data.storage_options)
     uri = _checkpoint_uri(result.checkpoint, cfg.train.runs_uri)
     progress(f"latest checkpoint: {uri}")
-    return TrainResult(latest.meta["history"], uri, _checkpoint_uri(best, cfg.train.runs_uri), latest)
+    return TrainResult(latest.meta.history, uri, _checkpoint_uri(best, cfg.train.runs_uri), latest)

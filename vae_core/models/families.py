@@ -7,7 +7,9 @@ light); adding a family is one builder here plus its line there. The training lo
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -20,22 +22,27 @@ from vae_core.models.model import GaussianHead, GaussianNoise, LatentModel, Mask
 
 if TYPE_CHECKING:
     from vae_core.config import ModelConfig
+    from vae_core.data.codecs.base import Codec
 
 Builder = Callable[["ModelConfig", "DataShape"], LatentModel]
 
 
+@dataclass
 class DataShape:
     """What a model needs to know of the data: feature count, optional image shape, tabular layout."""
 
-    def __init__(
-        self,
-        dim: int,
-        image_shape: tuple[int, int, int] | None = None,
-        layout: list[Block] | None = None,
-    ) -> None:
-        if image_shape is not None and image_shape[0] * image_shape[1] * image_shape[2] != dim:
-            raise ValueError(f"image shape {image_shape} does not hold {dim} features")
-        self.dim, self.image_shape, self.layout = dim, image_shape, layout
+    dim: int
+    image_shape: tuple[int, int, int] | None = None
+    layout: list[Block] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_shape is not None and math.prod(self.image_shape) != self.dim:
+            raise ValueError(f"image shape {self.image_shape} does not hold {self.dim} features")
+
+    @classmethod
+    def of(cls, codec: Codec) -> DataShape:
+        """The shape of the x a codec encodes: (N, codec.dim), as its image (C, H, W) or table blocks."""
+        return cls(codec.dim, codec.image_shape, codec.layout)
 
 
 def _body(cfg: ModelConfig, shape: DataShape) -> tuple[nn.Module, nn.Module]:

@@ -4,7 +4,7 @@ Layout (any URI):
     <root>/models/<name>/<version>/model.safetensors   weights (copied from the training checkpoint)
     <root>/models/<name>/<version>/config.json         the VaeflowConfig the model was trained with
     <root>/models/<name>/<version>/meta.json           data shape, epoch, training history
-    <root>/models/<name>/<version>/tabular.json        the fitted tabular transformer (tabular data only)
+    <root>/models/<name>/<version>/codec.json          the fitted feature codec (older: tabular.json)
     <root>/models/<name>/<version>/metrics.json        evaluation metrics (what the gate reads)
     <root>/models/<name>/<version>/report/...          the evaluation report (report.html, ...)
     <root>/models/<name>/<version>/version.json        written last: marks a complete version
@@ -30,7 +30,7 @@ from typing import Any
 
 from vae_core.data.objects import atomic_write_json, read_json
 from vae_core.data.storage import create_only_write, filesystem, join
-from vae_core.training.checkpoints import CONFIG_FILE, META_FILE, MODEL_FILE, TABULAR_FILE
+from vae_core.training.checkpoints import CONFIG_FILE, META_FILE, MODEL_FILE, MODEL_FILES
 
 MODELS_DIR = "models"
 VERSION_FILE, METRICS_FILE = "version.json", "metrics.json"
@@ -38,8 +38,6 @@ CHAMPION_DIR = "champion"
 _RECORD = re.compile(r"(\d{10})\.json")
 LEGACY_CHAMPION_FILE = "champion.json"  # the single overwritten pointer of earlier releases
 REPORT_DIR, REPORT_HTML = "report", "report.html"
-# Optimizer state stays with the training run: a registered model is for inference and evaluation.
-MODEL_FILES = (MODEL_FILE, CONFIG_FILE, TABULAR_FILE, META_FILE)
 GATE_METRIC = ("test", "elbo")  # held-out ELBO in nats per row; higher is better
 
 
@@ -110,7 +108,7 @@ def publish_version(
     extra: dict[str, Any] | None = None,
     storage_options: dict | None = None,
 ) -> ModelVersion:
-    """Copy a checkpoint (weights, config, meta, tabular transformer), its report folder and metrics
+    """Copy a checkpoint (weights, config, codec, meta), its report folder and metrics
     into `<root>/models/<name>/<version>/`, then write version.json as the completeness marker.
 
     Idempotent: publishing the same checkpoint as the same version again returns the existing one

@@ -1,34 +1,46 @@
-"""Checkpoints as safetensors (weights, optimizer tensors) + JSON (config, metadata). Never pickle.
+"""Checkpoints as safetensors (weights, optimizer tensors) + JSON (config, codec, metadata). Never pickle.
 
 Layout of a checkpoint directory (any URI):
     model.safetensors      model state_dict
     optimizer.safetensors  optimizer tensors, keyed "state.<param index>.<name>" (optional)
     optimizer.json         optimizer param_groups and non-tensor state (optional)
     config.json            the VaeflowConfig, secrets in data.storage_options redacted ("***")
-    tabular.json           the fitted tabular transformer (tabular datasets only)
-    meta.json              data shape, epoch, step, metrics; written last, so it marks a complete checkpoint
+    codec.json             the fitted feature codec: how rows of the training schema become x and back
+    meta.json              CheckpointMeta: epoch, step, history, data schema and shape; written last, so it
+                           marks a complete checkpoint
+
+Checkpoints written before codec.json hold tabular.json (a fitted tabular transformer) or nothing; their
+codec is rebuilt from it, or from config.data and the saved data shape (vae_core.data.codecs.legacy_codec).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from vae_core.config import VaeflowConfig, holds_redacted
+from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, legacy_codec
+from vae_core.data.dataset import decode_schema
 from vae_core.data.layout import Block
 from vae_core.data.storage import filesystem, join
-from vae_core.data.tabular import TabularTransformer
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.model import LatentModel
 
 MODEL_FILE, OPTIM_FILE, OPTIM_JSON = "model.safetensors", "optimizer.safetensors", "optimizer.json"
-CONFIG_FILE, META_FILE, TABULAR_FILE = "config.json", "meta.json", "tabular.json"
+CONFIG_FILE, CODEC_FILE, META_FILE = "config.json", "codec.json", "meta.json"
+LEGACY_TABULAR_FILE = "tabular.json"  # the codec of checkpoints written before codec.json
+# What a model needs for inference and evaluation, meta.json (the completeness marker) last. Optimizer
+# state stays with the training run.
+MODEL_FILES = (MODEL_FILE, CONFIG_FILE, CODEC_FILE, LEGACY_TABULAR_FILE, META_FILE)
+META_FORMAT = "vaeflow/1"
 
 
 class CheckpointError(ValueError):
@@ -36,15 +48,55 @@ class CheckpointError(ValueError):
 
 
 @dataclass
+class CheckpointMeta:
+    """meta.json: where training stood when the checkpoint was written. Every field has a default, so
+    the meta of older checkpoints and of hand-made ones reads; keys this version does not know are
+    kept in `extra` and written back."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch (EpochStats + val)
+    val_elbo: float | None = None
+    val_elbo_init: float | None = None  # validation ELBO of the untrained model
+    data_schema: str | None = None  # the training columns' Arrow schema (dataset.encode_schema)
+    world_size: int = 1
+    worker_nodes: list[str] = field(default_factory=list)
+    restarts: list[dict[str, Any]] = field(default_factory=list)  # {"from_epoch", "at"} per resume
+    data_shape: DataShape | None = None  # set by save_checkpoint from the codec
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def schema(self) -> pa.Schema | None:
+        """The training schema (types of the id and feature columns), when recorded."""
+        return decode_schema(self.data_schema) if self.data_schema else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d["data_shape"] = _shape_to_json(self.data_shape) if self.data_shape else None
+        return {**self.extra, **d, "format": META_FORMAT}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckpointMeta:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names and v is not None}
+        if "data_shape" in known:
+            known["data_shape"] = _shape_from_json(known["data_shape"])
+        extra = {k: v for k, v in d.items() if k not in names and k != "format"}
+        return cls(**known, extra=extra)
+
+
+@dataclass
 class Checkpoint:
     model: LatentModel
     config: VaeflowConfig
-    meta: dict[str, Any]
+    codec: Codec  # rows <-> x for this model
+    meta: CheckpointMeta
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
-    transformer: TabularTransformer | None = field(default=None, repr=False)
 
 
-def shape_to_json(shape: DataShape) -> dict[str, Any]:
+def _shape_to_json(shape: DataShape) -> dict[str, Any]:
     return {
         "dim": shape.dim,
         "image_shape": list(shape.image_shape) if shape.image_shape else None,
@@ -52,7 +104,7 @@ def shape_to_json(shape: DataShape) -> dict[str, Any]:
     }
 
 
-def shape_from_json(d: dict[str, Any]) -> DataShape:
+def _shape_from_json(d: dict[str, Any]) -> DataShape:
     layout = [Block(k, s, w) for k, s, w in d["layout"]] if d.get("layout") else None
     image_shape = tuple(d["image_shape"]) if d.get("image_shape") else None
     return DataShape(d["dim"], image_shape, layout)  # type: ignore[arg-type]
@@ -84,17 +136,16 @@ def save_checkpoint(
     uri: str,
     model: LatentModel,
     config: VaeflowConfig,
-    shape: DataShape,
+    codec: Codec,
     optimizer: torch.optim.Optimizer | None = None,
-    meta: dict[str, Any] | None = None,
-    transformer: TabularTransformer | None = None,
+    meta: CheckpointMeta | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Write a checkpoint directory at `uri` (opened with `storage_options`) and return it.
 
     config.json is the redacted config: no credential is ever written. meta.json goes last
-    (completeness marker). Each file is one pipe_file: one PUT on S3, so a killed writer leaves no
-    incomplete multipart upload.
+    (completeness marker), its data_shape that of `codec`. Each file is one pipe_file: one PUT on S3,
+    so a killed writer leaves no incomplete multipart upload.
     """
     fs, root = filesystem(uri, storage_options)
     fs.makedirs(root, exist_ok=True)
@@ -105,10 +156,9 @@ def save_checkpoint(
         fs.pipe_file(join(root, OPTIM_FILE), st_save(tensors))
         fs.pipe_file(join(root, OPTIM_JSON), json.dumps(rest).encode())
     fs.pipe_file(join(root, CONFIG_FILE), config.to_json().encode())
-    if transformer is not None:
-        fs.pipe_file(join(root, TABULAR_FILE), transformer.to_json().encode())
-    meta_json = json.dumps({**(meta or {}), "data_shape": shape_to_json(shape), "format": "vaeflow/1"})
-    fs.pipe_file(join(root, META_FILE), meta_json.encode())
+    fs.pipe_file(join(root, CODEC_FILE), codec_to_json(codec).encode())
+    meta = dataclasses.replace(meta or CheckpointMeta(), data_shape=DataShape.of(codec))
+    fs.pipe_file(join(root, META_FILE), meta.to_json().encode())
     return uri
 
 
@@ -163,8 +213,9 @@ def load_checkpoint(
     if storage_options is not None and holds_redacted(config.data.storage_options):
         data = config.data.model_copy(update={"storage_options": {**storage_options}})
         config = config.model_copy(update={"data": data})
-    meta = _read_json(fs, join(root, META_FILE))
-    model = build_model(config.model, shape_from_json(meta["data_shape"]))
+    meta = CheckpointMeta.from_dict(_read_json(fs, join(root, META_FILE)))
+    codec = _read_codec(fs, root, uri, config, meta)
+    model = build_model(config.model, DataShape.of(codec))
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
@@ -174,12 +225,38 @@ def load_checkpoint(
         optimizer_state = _optimizer_from_files(
             _read_safetensors(fs, join(root, OPTIM_FILE)), _read_json(fs, join(root, OPTIM_JSON))
         )
-    transformer = None
-    if fs.exists(join(root, TABULAR_FILE)):
-        with fs.open(join(root, TABULAR_FILE), "r") as f:
-            transformer = TabularTransformer.from_json(f.read())
-    return Checkpoint(model, config, meta, optimizer_state, transformer)
+    return Checkpoint(model, config, codec, meta, optimizer_state)
+
+
+def _read_codec(fs: Any, root: str, uri: str, config: VaeflowConfig, meta: CheckpointMeta) -> Codec:
+    """codec.json, or for a checkpoint from before it, the codec rebuilt from tabular.json / config.data."""
+    if fs.exists(join(root, CODEC_FILE)):
+        with fs.open(join(root, CODEC_FILE), "r") as f:
+            text = f.read()
+        try:
+            return codec_from_json(text, source=join(uri, CODEC_FILE))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{join(uri, CODEC_FILE)}: not a readable codec: {e}") from e
+    tabular_json = None
+    if fs.exists(join(root, LEGACY_TABULAR_FILE)):
+        with fs.open(join(root, LEGACY_TABULAR_FILE), "r") as f:
+            tabular_json = f.read()
+    if meta.data_shape is None:
+        raise CheckpointError(f"{uri}: {META_FILE} has no data_shape and there is no {CODEC_FILE}")
+    shape = meta.data_shape
+    try:
+        return legacy_codec(
+            config.data,
+            shape.dim,
+            shape.image_shape,
+            meta.schema(),
+            tabular_json,
+            unit_interval=config.model.likelihood == "bernoulli",
+        )
+    except ValueError as e:
+        raise CheckpointError(f"{uri}: no {CODEC_FILE}, and the codec cannot be rebuilt: {e}") from e
 
 
 def data_shape(checkpoint: Checkpoint) -> DataShape:
-    return shape_from_json(checkpoint.meta["data_shape"])
+    """The shape of the model's x: that of its codec."""
+    return DataShape.of(checkpoint.codec)

@@ -29,7 +29,7 @@ from vae_core.config import CODECS, DataConfig
 from vae_core.data.codecs.base import Batches, Codec
 from vae_core.data.dataset import DataError, DatasetSpec
 
-__all__ = ["Codec", "codec_class", "codec_from_json", "codec_to_json", "fit_codec"]
+__all__ = ["Codec", "codec_class", "codec_from_json", "codec_to_json", "fit_codec", "legacy_codec"]
 
 FORMAT = "vaeflow-codec/1"
 
@@ -64,3 +64,36 @@ def fit_codec(
     if cls.reads == "table_columns" and has_vector:
         raise DataError(f"{source}: data.codec {spec.kind!r} reads table columns; unset data.vector_column")
     return cls.fit(spec, schema, batches, source, cfg, seed)
+
+
+def legacy_codec(
+    cfg: DataConfig,
+    dim: int,
+    image_shape: tuple[int, int, int] | None,
+    schema: pa.Schema | None,
+    tabular_json: str | None,
+    unit_interval: bool,
+) -> Codec:
+    """The codec of a model saved before codecs were saved with it (no codec.json).
+
+    Such a model was trained on the fitted tabular transformer it was saved with (`tabular_json`,
+    its tabular.json), else on data.vector_column / data.scale: a vector codec of the saved `dim` and
+    `image_shape`, with the vector's value type from the training `schema` (float32 when the checkpoint
+    has none). `unit_interval` sets its default likelihood; pass whether the model's is Bernoulli.
+    """
+    if tabular_json is not None:
+        return codec_class("tabular").from_dict(json.loads(tabular_json))
+    if cfg.vector_column is None:
+        raise ValueError("without codec.json or tabular.json, the config must name data.vector_column")
+    known = schema is not None and cfg.vector_column in schema.names
+    value_type = str(schema.field(cfg.vector_column).type.value_type) if known else "float32"
+    return codec_class("vector").from_dict(
+        {
+            "column": cfg.vector_column,
+            "dim": dim,
+            "value_type": value_type,
+            "scale": cfg.scale,
+            "image_shape": image_shape,
+            "unit_interval": unit_interval,
+        }
+    )
