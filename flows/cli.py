@@ -282,7 +282,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_beta_study(args: argparse.Namespace) -> int:
-    from vae_core.reports.report import run_beta_study
+    from vae_core.reports.study import run_beta_study
 
     result = run_beta_study(
         args.input,

@@ -1,0 +1,81 @@
+"""The numbers of a model report: held-out ELBO terms, the IWAE bound, active units, the aggregate
+posterior, and for data with table columns the quality of rows sampled from the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from vae_core.data.tabular import TabularTransformer
+from vae_core.models.model import LatentModel
+from vae_core.progress import Progress
+from vae_core.reports.quality import synthetic_quality
+from vae_core.reports.splits import SplitData, eval_batches
+from vae_core.training.evaluation import (
+    EvalResult,
+    active_units,
+    aggregate_posterior,
+    evaluate,
+    iwae_log_likelihood,
+    posterior_moments,
+)
+from vae_core.training.inference import generate
+
+
+@dataclass
+class LatentScores:
+    """How well a model explains held-out x and how its codes sit against the prior."""
+
+    test: EvalResult  # one-sample ELBO terms
+    iwae: dict[str, Any]  # {"log_likelihood" (None for an AE), "k", "n"}
+    active_units: int
+    aggregate_posterior: dict[str, Any]  # vae_core.training.evaluation.aggregate_posterior
+    mu: torch.Tensor  # (N, L) posterior means, for the latent scatter
+
+
+def score_model(
+    model: LatentModel, x: torch.Tensor, iwae_k: int, seed: int, progress: Progress
+) -> LatentScores:
+    """Evaluate `model` (in eval mode) on x (N, D): ELBO terms, the IWAE bound with iwae_k samples (a
+    variational model), active units and the aggregate posterior."""
+    batches = eval_batches(x)
+    iwae: dict[str, Any] = {"log_likelihood": None, "k": iwae_k, "n": 0}
+    if model.is_variational:
+        progress(f"importance-weighted bound with k = {iwae_k}")
+        ll = iwae_log_likelihood(model, eval_batches(x, 250), k=iwae_k, chunk=min(iwae_k, 100), seed=seed)
+        iwae = {"log_likelihood": ll, "k": iwae_k, "n": len(x)}
+    mu, logvar = posterior_moments(model, batches)
+    return LatentScores(
+        evaluate(model, batches, seed=seed),
+        iwae,
+        active_units(model, batches),
+        aggregate_posterior(mu, logvar),
+        mu,
+    )
+
+
+def sample_quality(
+    model: LatentModel,
+    transformer: TabularTransformer,
+    train: SplitData,
+    test: SplitData,
+    continuous: list[str],
+    categorical: list[str],
+    target: str | None,
+    seed: int,
+    progress: Progress,
+) -> tuple[dict[str, Any], pa.Table]:
+    """reports.quality.synthetic_quality of as many rows sampled from the model (z ~ N(0, I),
+    x ~ p(x|z)) as `train` holds, against the real train and test rows; and the sampled rows."""
+    n = train.table.num_rows
+    progress(
+        f"synthetic quality: sampling {n:,} rows and comparing with {n:,} train / {len(test.x):,} test rows"
+    )
+    synthetic = transformer.inverse(generate(model, n, seed=seed, sample_likelihood=True).numpy())
+    quality = synthetic_quality(
+        train.table, test.table, synthetic, continuous, categorical, target=target, seed=seed
+    )
+    return quality, synthetic

@@ -1,0 +1,123 @@
+"""Captioned figures of a report page: what each picture shows and why it matters (plots.py draws them)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from matplotlib.figure import Figure
+
+from vae_core.models.model import LatentModel
+from vae_core.reports import plots
+from vae_core.training.inference import generate, interpolate, reconstruct
+
+
+@dataclass
+class Section:
+    heading: str
+    caption: str
+    png: bytes
+
+
+def section(heading: str, caption: str, fig: Figure) -> Section:
+    return Section(heading, caption, plots.to_png(fig))
+
+
+def _pairs_with_different_labels(labels: np.ndarray | None, n_pairs: int) -> list[tuple[int, int]]:
+    """Index pairs of test rows to interpolate between: different labels when there are labels."""
+    if labels is None:
+        return [(2 * i, 2 * i + 1) for i in range(n_pairs)]
+    pairs, i = [], 0
+    while len(pairs) < n_pairs and i + 1 < len(labels):
+        j = next((j for j in range(i + 1, len(labels)) if labels[j] != labels[i]), None)
+        if j is None:
+            break
+        pairs.append((i, j))
+        i = j + 1
+    return pairs
+
+
+def image_sections(
+    models: Mapping[str, LatentModel],
+    x: torch.Tensor,
+    labels: np.ndarray | None,
+    image_shape: tuple[int, int, int],
+) -> list[Section]:
+    """Prior samples, reconstructions and interpolation strips for each named model.
+
+    x: (N, C*H*W) test images; labels: (N,) or None, to interpolate between different classes.
+    """
+    samples = {name: generate(m, 32, seed=0).numpy() for name, m in models.items()}
+    recon = {"input": x[:16].numpy(), **{name: reconstruct(m, x[:16]).numpy() for name, m in models.items()}}
+    strips = {}
+    for a, b in _pairs_with_different_labels(labels, 2):
+        pair = f"{labels[a]}→{labels[b]}" if labels is not None else f"{a}→{b}"
+        for name, m in models.items():
+            strips[f"{name}\n{pair}"] = interpolate(m, x[a], x[b], steps=12).numpy()
+    return [
+        section(
+            "Samples from the prior",
+            "Decoder means at z ~ N(0, I): in a complete latent space a random point decodes to "
+            "something that looks like data.",
+            plots.image_rows(samples, image_shape, ncols=16),
+        ),
+        section(
+            "Inputs and reconstructions",
+            "First row: test inputs; below: the decoder mean at z = mu(x).",
+            plots.image_rows(recon, image_shape),
+        ),
+        section(
+            "Interpolation",
+            "Decoded points on the straight line between mu(x_a) and mu(x_b): in a continuous latent "
+            "space nearby codes decode to similar images all along the path.",
+            plots.image_rows(strips, image_shape),
+        ),
+    ]
+
+
+def _column_values(table: pa.Table, name: str) -> np.ndarray:
+    col = table.column(name)
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        return col.cast(pa.float64()).fill_null(math.nan).to_numpy()
+    return np.asarray(col.to_pylist(), dtype=object)
+
+
+def quality_sections(
+    quality: Mapping[str, Any],
+    real: pa.Table,
+    synthetic: pa.Table,
+    columns: Sequence[str],
+    continuous: Sequence[str],
+) -> list[Section]:
+    """Column shapes, pair trends and marginals of rows sampled from the model against real rows.
+
+    quality: reports.quality.synthetic_quality of `synthetic` against `real` (the training split).
+    """
+    return [
+        section(
+            "Column shapes",
+            "Per-column similarity of synthetic to real training rows: 1 - KS statistic (continuous), "
+            "1 - total variation distance (categorical).",
+            plots.column_scores(quality["column_shapes"]["columns"], "column shape similarity"),
+        ),
+        section(
+            "Column pair trends",
+            "1 - |r_real - r_synth| / 2 for continuous pairs; 1 - total variation distance of the joint "
+            "frequencies (continuous columns in quantile bins) for the others.",
+            plots.pair_heatmap(quality["column_pair_trends"]["pairs"], columns, "pair trend similarity"),
+        ),
+        section(
+            "Marginals",
+            "Real training rows against rows sampled from the model (z ~ N(0, I), x ~ p(x|z)).",
+            plots.marginals(
+                {c: _column_values(real, c) for c in columns},
+                {c: _column_values(synthetic, c) for c in columns},
+                continuous,
+            ),
+        ),
+    ]
