@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
 
 from prefect import flow
 
@@ -12,6 +11,7 @@ from flows.common import locations_markdown, night
 from flows.tasks import Output, embed_split, markdown_artifact, record_drift, resolve_model, table_artifact
 from vae_core.config import VaeflowConfig
 from vae_core.data.storage import join
+from vae_core.operations.drift import DriftRecord
 from vae_core.operations.pipeline import PipelineConfig, drift_uri, embeddings_uri
 
 
@@ -19,23 +19,23 @@ from vae_core.operations.pipeline import PipelineConfig, drift_uri, embeddings_u
 class EmbedResult:
     model_version: str
     outputs: dict[str, Output]  # split -> published embeddings
-    drift: dict[str, Any]  # the drift.json record
+    drift: DriftRecord  # what drift.json holds
 
 
-def drift_markdown(drift: dict[str, Any]) -> str:
+def drift_markdown(drift: DriftRecord) -> str:
     def num(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    verdict = "**ALERT**" if drift["alert"] else "ok"
+    v = drift.verdict
     return (
-        f"# Latent drift {drift['night']}: {verdict}\n\n"
-        f"Model {drift['model_version']}, {drift['stats']['count']:,} rows; previous night "
-        f"{drift['previous_night'] or '-'} (model {drift['previous_model_version'] or '-'}).\n\n"
+        f"# Latent drift {drift.night}: {'**ALERT**' if v.alert else 'ok'}\n\n"
+        f"Model {drift.model_version}, {drift.stats.count:,} rows; previous night "
+        f"{drift.previous_night or '-'} (model {drift.previous_model_version or '-'}).\n\n"
         "| measure | nats |\n|---|---|\n"
-        f"| KL(tonight ‖ N(0, I)) | {num(drift['kl_prior'])} |\n"
-        f"| change since the previous night | {num(drift['prior_change'])} |\n"
-        f"| KL(tonight ‖ previous night) | {num(drift['kl_previous'])} |\n"
-        f"| threshold | {drift['threshold']:g} |\n\n" + "\n".join(f"- {r}" for r in drift["reasons"]) + "\n"
+        f"| KL(tonight ‖ N(0, I)) | {num(v.kl_prior)} |\n"
+        f"| change since the previous night | {num(v.prior_change)} |\n"
+        f"| KL(tonight ‖ previous night) | {num(v.kl_previous)} |\n"
+        f"| threshold | {v.threshold:g} |\n\n" + "\n".join(f"- {r}" for r in v.reasons) + "\n"
     )
 
 

@@ -70,8 +70,8 @@ def summary(result: NightlyResult, message: str, seconds: float) -> str:
     lines += [f"  embeddings       {uri}  ({split})" for split, uri in result.embeddings.items()]
     lines.append(f"  samples          {result.samples_uri or '-'}")
     if result.drift:
-        verdict = "ALERT" if result.drift["alert"] else "ok"
-        lines.append(f"  latent drift     {verdict}: {'; '.join(result.drift['reasons'])}")
+        drift = result.drift.verdict
+        lines.append(f"  latent drift     {'ALERT' if drift.alert else 'ok'}: {'; '.join(drift.reasons)}")
     return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ from flows.tasks import (
 from flows.train import train_flow
 from vae_core.config import VaeflowConfig
 from vae_core.data.storage import join
+from vae_core.operations.drift import DriftRecord
 from vae_core.operations.pipeline import PipelineConfig
 from vae_core.operations.registry import new_version, version_uri
 
@@ -50,7 +51,7 @@ class NightlyResult:
     report_uri: str | None  # tonight's candidate report (report.html in the registry)
     elbo: float  # the candidate's held-out ELBO, nats per row
     embeddings: dict[str, str] = field(default_factory=dict)  # split -> location
-    drift: dict[str, Any] = field(default_factory=dict)
+    drift: DriftRecord | None = None  # None when nothing was embedded
     samples_uri: str | None = None
 
     def locations(self) -> dict[str, str | None]:
@@ -178,10 +179,10 @@ def nightly_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date
     result.drift = embedded.drift
     result.samples_uri = generated.output.uri
 
-    drift = embedded.drift
+    drift = embedded.drift.verdict
     report_md += (
-        f"\n**Latent drift {'ALERT' if drift['alert'] else 'ok'}**: {'; '.join(drift['reasons'])} "
-        f"(KL to N(0, I) {drift['kl_prior']:.2f} nats)\n"
+        f"\n**Latent drift {'ALERT' if drift.alert else 'ok'}**: {'; '.join(drift.reasons)} "
+        f"(KL to N(0, I) {drift.kl_prior:.2f} nats)\n"
     )
     _night_artifacts(config.name, report_md, result)
     for what, uri in result.locations().items():
@@ -192,6 +193,6 @@ def nightly_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date
         if decision.promoted
         else f"candidate {version} rejected: {decision.reason}; champion stays {champion}"
     ]
-    if drift["alert"]:
-        parts.append(f"latent drift alert: {'; '.join(drift['reasons'])}")
+    if drift.alert:
+        parts.append(f"latent drift alert: {'; '.join(drift.reasons)}")
     return Completed(message="; ".join(parts), data=result)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -19,10 +20,17 @@ from prefect.cache_policies import NO_CACHE
 
 from vae_core.config import VaeflowConfig
 from vae_core.data.dataset import DataError, list_shards
-from vae_core.data.objects import atomic_write_json
 from vae_core.data.storage import join
 from vae_core.operations import registry
-from vae_core.operations.drift import DRIFT_FILE, LatentStats, compare, pool, previous_record
+from vae_core.operations.drift import (
+    DriftRecord,
+    EmbeddedSplit,
+    LatentStats,
+    assess,
+    pool,
+    previous_record,
+    write_drift_record,
+)
 
 
 def _log(msg: str) -> None:
@@ -327,33 +335,23 @@ def generate_samples(model_uri: str, output_uri: str, config: VaeflowConfig, nig
 def record_drift(
     night_uri: str,
     nights_uri: str,
-    run_date: Any,
+    run_date: date,
     model: registry.ModelVersion,
     outputs: dict[str, Output],
     threshold: float,
     storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> DriftRecord:
     """Pool tonight's aggregate-posterior moments over the splits, compare them with the previous
-    night's and N(0, I), and write <night_uri>/drift.json (overwritten on retry)."""
+    night's record and N(0, I), and write <night_uri>/drift.json (overwritten on retry)."""
     current = pool([LatentStats.from_dict(o.stats["z_mean"]) for o in outputs.values()])
     previous = previous_record(nights_uri, run_date, storage_options)
-    prev_stats = LatentStats.from_dict(previous[1]["stats"]) if previous else None
-    same_model = previous is not None and previous[1].get("model_version") == model.version
-    result = compare(current, prev_stats, threshold=threshold, same_model=same_model)
-    record = {
-        "night": run_date.isoformat(),
-        "model_version": model.version,
-        "model_uri": model.uri,
-        "splits": {split: {"table": o.uri, "version": o.version} for split, o in outputs.items()},
-        "stats": current.to_dict(),
-        "previous_night": previous[0] if previous else None,
-        "previous_model_version": previous[1].get("model_version") if previous else None,
-        **result.to_dict(),
-    }
-    atomic_write_json(join(night_uri, DRIFT_FILE), record, storage_options)
+    splits = {split: EmbeddedSplit(o.uri, o.version) for split, o in outputs.items()}
+    record = assess(run_date, model.version, model.uri, splits, current, previous, threshold)
+    write_drift_record(night_uri, record, storage_options)
+    verdict = record.verdict
+    message = f"latent drift vs {record.previous_night or 'nothing'}: {'; '.join(verdict.reasons)}"
     log = get_run_logger()
-    message = f"latent drift vs {record['previous_night'] or 'nothing'}: {'; '.join(result.reasons)}"
-    (log.warning if result.alert else log.info)(message)
+    (log.warning if verdict.alert else log.info)(message)
     return record
 
 

@@ -52,7 +52,7 @@ def test_serve_takes_schedule_and_concurrency_from_prefect_yaml():
     from flows.serve import PREFECT_FILE, concurrency, nightly_spec, schedules
 
     spec = nightly_spec(PREFECT_FILE)
-    assert spec["entrypoint"] == "flows/nightly.py:nightly"
+    assert spec["entrypoint"] == "flows/nightly.py:nightly_flow"
     [cron] = schedules(spec)
     assert cron.cron == "30 2 * * *" and cron.timezone == "Europe/Berlin"
     limit = concurrency(spec)
@@ -89,6 +89,7 @@ class _FakeNight:
         import torch
 
         from vae_core.config import ModelConfig, VaeflowConfig
+        from vae_core.data.codecs.vector import VectorCodec
         from vae_core.models.families import DataShape, build_model
         from vae_core.training.checkpoints import save_checkpoint
 
@@ -97,7 +98,8 @@ class _FakeNight:
         self.checkpoint = str(tmp_path / "runs" / "r" / "epoch_0001")
         shape = DataShape(6)
         torch.manual_seed(0)
-        save_checkpoint(self.checkpoint, build_model(self.config.model, shape), self.config, shape, meta={})
+        model, codec = build_model(self.config.model, shape), VectorCodec("x", 6, "float32")
+        save_checkpoint(self.checkpoint, model, self.config, codec)
         self.report = tmp_path / "runs" / "r" / "report"
         self.report.mkdir(parents=True)
         (self.report / "report.html").write_text("<html></html>")
@@ -138,8 +140,13 @@ class _FakeNight:
             return {"metrics": self.metrics, "metrics_uri": uri, "html_uri": str(self.report / "report.html")}
 
         def embed(config, pipeline, day):
+            import numpy as np
+
+            from vae_core.operations.drift import LatentStats, assess
+
             self.served.append(("embed", pipeline.model_version))
-            drift = {"alert": False, "reasons": ["ok"], "kl_prior": 0.0}
+            stats = LatentStats(10, np.zeros(2), np.ones(2))
+            drift = assess(day, pipeline.model_version, "m", {}, stats, None, pipeline.drift_threshold)
             return SimpleNamespace(outputs={"test": SimpleNamespace(uri="e")}, drift=drift)
 
         def generate(config, pipeline, day):
@@ -148,10 +155,10 @@ class _FakeNight:
 
         monkeypatch.setattr(nightly_module, "ensure_dataset", lambda *a: None)
         monkeypatch.setattr(nightly_module, "read_champion", read_champion)
-        monkeypatch.setattr(nightly_module, "train", train)
-        monkeypatch.setattr(nightly_module, "evaluate", evaluate)
-        monkeypatch.setattr(nightly_module, "embed", embed)
-        monkeypatch.setattr(nightly_module, "generate", generate)
+        monkeypatch.setattr(nightly_module, "train_flow", train)
+        monkeypatch.setattr(nightly_module, "evaluate_flow", evaluate)
+        monkeypatch.setattr(nightly_module, "embed_flow", embed)
+        monkeypatch.setattr(nightly_module, "generate_flow", generate)
         monkeypatch.setattr(nightly_module, "markdown_artifact", lambda *a: None)
         monkeypatch.setattr(nightly_module, "table_artifact", lambda *a: None)
 
@@ -163,9 +170,9 @@ class _FakeNight:
     def run(self):
         from datetime import date
 
-        from flows.nightly import nightly
+        from flows.nightly import nightly_flow
 
-        return nightly.fn(self.config, PipelineConfig(root=self.root), date(2026, 1, 3))
+        return nightly_flow.fn(self.config, PipelineConfig(root=self.root), date(2026, 1, 3))
 
 
 def test_the_nightly_serves_the_promoted_candidate_to_both_jobs(tmp_path, monkeypatch):

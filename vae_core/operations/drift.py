@@ -11,21 +11,24 @@ Against N(0, I) the number is a baseline, not zero: a VAE's posterior means vary
 from one night to the next. Variances are floored (VAR_FLOOR) so that collapsed dimensions, whose
 means are nearly constant, cannot dominate the sum. Night-over-night KL is meaningful only between
 embeddings by the same model version: a new champion has its own latent coordinates.
+
+A night's verdict is a DriftRecord, written as <root>/drift/<name>/<YYYY-MM-DD>/drift.json and read
+back by the next night (write_drift_record, read_drift_record, previous_record).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from typing import Any
 
 import numpy as np
 
-from vae_core.data.objects import read_json
+from vae_core.data.objects import atomic_write_json, read_json
 from vae_core.data.storage import filesystem, join
 
 VAR_FLOOR = 1e-3
-DRIFT_FILE = "drift.json"  # <embeddings>/<name>/<YYYY-MM-DD>/drift.json, written after the embeddings
+DRIFT_FILE = "drift.json"  # <drift>/<name>/<YYYY-MM-DD>/drift.json, written after the embeddings
 
 
 @dataclass
@@ -72,7 +75,11 @@ class DriftResult:
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DriftResult:
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 def compare(
@@ -113,11 +120,96 @@ def compare(
     return DriftResult(kl_prior, kl_previous, change, threshold, alert, reasons)
 
 
-def previous_record(
-    nights_uri: str, before: date, storage_options: dict | None = None
-) -> tuple[str, dict[str, Any]] | None:
-    """The latest night strictly before `before` under `nights_uri` (folders named YYYY-MM-DD) that
-    has a drift record: (night, record), or None."""
+@dataclass(frozen=True)
+class EmbeddedSplit:
+    """Where one split's embeddings of the night are: the Delta table and its version."""
+
+    table: str
+    version: int
+
+
+@dataclass
+class DriftRecord:
+    """One night's drift.json: what was embedded by which model, the pooled moments of mu(x), and the
+    verdict against the previous night's record. The file's keys are the fields, with the verdict's
+    fields (kl_prior, kl_previous, prior_change, threshold, alert, reasons) at the top level."""
+
+    night: str  # YYYY-MM-DD
+    model_version: str
+    model_uri: str
+    splits: dict[str, EmbeddedSplit]
+    stats: LatentStats  # pooled over the splits
+    previous_night: str | None
+    previous_model_version: str | None
+    verdict: DriftResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "night": self.night,
+            "model_version": self.model_version,
+            "model_uri": self.model_uri,
+            "splits": {split: asdict(where) for split, where in self.splits.items()},
+            "stats": self.stats.to_dict(),
+            "previous_night": self.previous_night,
+            "previous_model_version": self.previous_model_version,
+            **self.verdict.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DriftRecord:
+        return cls(
+            night=d["night"],
+            model_version=d["model_version"],
+            model_uri=d["model_uri"],
+            splits={split: EmbeddedSplit(w["table"], int(w["version"])) for split, w in d["splits"].items()},
+            stats=LatentStats.from_dict(d["stats"]),
+            previous_night=d["previous_night"],
+            previous_model_version=d["previous_model_version"],
+            verdict=DriftResult.from_dict(d),
+        )
+
+
+def assess(
+    night: date,
+    model_version: str,
+    model_uri: str,
+    splits: dict[str, EmbeddedSplit],
+    stats: LatentStats,
+    previous: DriftRecord | None,
+    threshold: float,
+) -> DriftRecord:
+    """Tonight's record: `stats` (pooled over `splits`) compared with the previous night's record;
+    night over night only when both nights embedded with the same model version."""
+    same_model = previous is not None and previous.model_version == model_version
+    verdict = compare(stats, previous.stats if previous else None, threshold=threshold, same_model=same_model)
+    return DriftRecord(
+        night=night.isoformat(),
+        model_version=model_version,
+        model_uri=model_uri,
+        splits=splits,
+        stats=stats,
+        previous_night=previous.night if previous else None,
+        previous_model_version=previous.model_version if previous else None,
+        verdict=verdict,
+    )
+
+
+def write_drift_record(night_uri: str, record: DriftRecord, storage_options: dict | None = None) -> str:
+    """Write <night_uri>/drift.json in one step (a retry overwrites it); returns its URI."""
+    uri = join(night_uri, DRIFT_FILE)
+    atomic_write_json(uri, record.to_dict(), storage_options)
+    return uri
+
+
+def read_drift_record(night_uri: str, storage_options: dict | None = None) -> DriftRecord | None:
+    """The record in <night_uri>/drift.json, or None when the night has none (yet)."""
+    d = read_json(join(night_uri, DRIFT_FILE), storage_options)
+    return None if d is None else DriftRecord.from_dict(d)
+
+
+def previous_record(nights_uri: str, before: date, storage_options: dict | None = None) -> DriftRecord | None:
+    """The record of the latest night strictly before `before` under `nights_uri` (folders named
+    YYYY-MM-DD) that has one, or None."""
     fs, path = filesystem(nights_uri, storage_options)
     fs.invalidate_cache(path)
     if not fs.exists(path):
@@ -131,7 +223,7 @@ def previous_record(
         except ValueError:
             continue  # not a night folder
     for night in sorted(nights, reverse=True):
-        record = read_json(join(nights_uri, night, DRIFT_FILE), storage_options)
+        record = read_drift_record(join(nights_uri, night), storage_options)
         if record is not None:
-            return night, record
+            return record
     return None
