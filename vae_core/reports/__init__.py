@@ -1,1 +1,2 @@
-"""Reports on a trained model: metrics, figures, tabular quality, the HTML report and the beta study."""
+"""Reports on a trained model: the evaluation report (report: splits, metrics, sections, html, plots),
+the quality of sampled table rows (quality) and the beta study (study)."""

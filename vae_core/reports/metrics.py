@@ -9,7 +9,8 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from vae_core.data.tabular import TabularTransformer
+from vae_core.data.codecs import Codec
+from vae_core.data.dataset import DatasetSpec
 from vae_core.models.model import LatentModel
 from vae_core.progress import Progress
 from vae_core.reports.quality import synthetic_quality
@@ -59,23 +60,23 @@ def score_model(
 
 def sample_quality(
     model: LatentModel,
-    transformer: TabularTransformer,
+    codec: Codec,
+    spec: DatasetSpec,
     train: SplitData,
     test: SplitData,
-    continuous: list[str],
-    categorical: list[str],
     target: str | None,
     seed: int,
     progress: Progress,
 ) -> tuple[dict[str, Any], pa.Table]:
     """reports.quality.synthetic_quality of as many rows sampled from the model (z ~ N(0, I),
-    x ~ p(x|z)) as `train` holds, against the real train and test rows; and the sampled rows."""
+    x ~ p(x|z), decoded by the codec) as `train` holds, against the real train and test rows of the
+    data's table columns (spec.continuous, spec.categorical); and the sampled rows."""
     n = train.table.num_rows
     progress(
         f"synthetic quality: sampling {n:,} rows and comparing with {n:,} train / {len(test.x):,} test rows"
     )
-    synthetic = transformer.inverse(generate(model, n, seed=seed, sample_likelihood=True).numpy())
+    synthetic = codec.decode(generate(model, n, seed=seed, sample_likelihood=True).numpy())
     quality = synthetic_quality(
-        train.table, test.table, synthetic, continuous, categorical, target=target, seed=seed
+        train.table, test.table, synthetic, spec.continuous, spec.categorical, target=target, seed=seed
     )
     return quality, synthetic

@@ -13,9 +13,10 @@ metrics.json (nats per example throughout; elbo = -(recon + kl), so higher is be
     aggregate_posterior   q(z) = mean_x q(z|x) against N(0, I): "mean" and "var" per dim, "mean_abs_mu",
                           "mean_var", "kl_moment_matched" (KL from N(mean, Cov) to N(0, I)),
                           "kl_moment_matched_diag", "mean_posterior_var", "n"
-    synthetic_quality     tabular models only: reports.quality.synthetic_quality of rows sampled from the
-                          model against the real train/test splits: "column_shapes", "column_pair_trends",
-                          "detection", "privacy", "ml_efficacy" (when a categorical target exists), "rows"
+    synthetic_quality     data with table columns only: reports.quality.synthetic_quality of rows sampled
+                          from the model against the real train/test splits: "column_shapes",
+                          "column_pair_trends", "detection", "privacy", "ml_efficacy" (when a categorical
+                          target exists), "rows"
     history               per-epoch training records from the checkpoint, when it has them
 """
 
@@ -28,14 +29,13 @@ from typing import Any
 from vae_core.data.dataset import open_dataset
 from vae_core.data.objects import atomic_write_bytes
 from vae_core.data.storage import join
-from vae_core.data.tabular import CategoricalColumn
 from vae_core.progress import Progress, quiet
 from vae_core.reports import plots
 from vae_core.reports.html import json_safe, render_html, write_page
 from vae_core.reports.metrics import sample_quality, score_model
 from vae_core.reports.sections import image_sections, quality_sections, section
 from vae_core.reports.splits import default_label_column, read_split
-from vae_core.training.checkpoints import data_shape, load_checkpoint
+from vae_core.training.checkpoints import load_checkpoint
 
 METRICS_FILE = "metrics.json"
 
@@ -67,22 +67,22 @@ def write_report(
     opened with the environment's credentials and the data with the checkpoint config's options,
     which config.json stores redacted: options that held secrets must be passed again.
 
-    max_eval_rows caps the rows read per split (test, and train for tabular quality). label_column
-    colours the latent scatter (default: 'label' if the data have it, else the last categorical
-    feature); target_column is the ML-efficacy target of tabular models (default: the same column).
+    max_eval_rows caps the rows read per split (test, and train for the synthetic quality of table
+    columns). label_column colours the latent scatter (default: 'label' if the data have it, else the
+    last categorical feature); target_column is the ML-efficacy target among the categorical columns
+    (default: the same column).
     """
     ck = load_checkpoint(model_uri, storage_options=storage_options)
-    cfg, model = ck.config, ck.model.eval()
+    cfg, codec, model = ck.config, ck.codec, ck.model.eval()
     update: dict[str, Any] = {"uri": data_uri} if data_uri else {}
     if storage_options is not None:
         update["storage_options"] = storage_options
     data = cfg.data.model_copy(update=update)
     if not data.uri:
-        raise ValueError(f"{model_uri}: the checkpoint's config has no data.uri; pass data_uri (--data)")
-    shape = data_shape(ck)
+        raise ValueError(f"{model_uri}: the checkpoint's config has no data.uri; pass data_uri (--input)")
     _, schema, spec = open_dataset(data, "test")
     label = label_column or default_label_column(spec, schema)
-    test = read_split(data, "test", ck.transformer, label, max_eval_rows)
+    test = read_split(data, "test", codec, label, max_eval_rows)
     progress(f"evaluating on {len(test.x):,} test rows of {data.uri}")
     scores = score_model(model, test.x, iwae_k, seed, progress)
     metrics: dict[str, Any] = {
@@ -92,7 +92,7 @@ def write_report(
             "backbone": cfg.model.backbone,
             "likelihood": cfg.model.likelihood,
             "latent_dim": cfg.model.latent_dim,
-            "epoch": ck.meta.get("epoch"),
+            "epoch": ck.meta.epoch,
         },
         "data": {"uri": data.uri, "test_rows": len(test.x), "label_column": label},
         "test": scores.test.to_dict(),
@@ -101,7 +101,7 @@ def write_report(
         "aggregate_posterior": scores.aggregate_posterior,
     }
     figures = []
-    history = ck.meta.get("history")
+    history = ck.meta.history
     if history:
         metrics["history"] = history
         figures.append(
@@ -125,27 +125,26 @@ def write_report(
             plots.aggregate_posterior_bars({cfg.name: scores.aggregate_posterior}),
         ),
     ]
-    if shape.image_shape is not None:
-        figures += image_sections({cfg.name: model}, test.x, test.labels, shape.image_shape)
-    if ck.transformer is not None:
+    if codec.image_shape is not None:  # x are images: show samples, reconstructions, interpolations
+        figures += image_sections({cfg.name: model}, test.x, test.labels, codec.image_shape)
+    # Sampled rows can be compared with real ones column by column where the data have table columns
+    # (continuous, categorical); a vector column (pixels, embeddings) has none.
+    if spec.continuous or spec.categorical:
         target = target_column or label
-        continuous = [c.name for c in ck.transformer.columns if not isinstance(c, CategoricalColumn)]
-        categorical = [c.name for c in ck.transformer.columns if isinstance(c, CategoricalColumn)]
-        train = read_split(data, "train", ck.transformer, None, max_eval_rows)
+        train = read_split(data, "train", codec, None, max_eval_rows)
         quality, synthetic = sample_quality(
             model,
-            ck.transformer,
+            codec,
+            spec,
             train,
             test,
-            continuous,
-            categorical,
-            target if target in categorical else None,
+            target if target in spec.categorical else None,
             seed,
             progress,
         )
         metrics["synthetic_quality"] = quality
         metrics["data"]["train_rows"] = quality["rows"]["real_train"]
-        figures += quality_sections(quality, train.table, synthetic, ck.transformer.column_names, continuous)
+        figures += quality_sections(quality, train.table, synthetic, codec.columns, spec.continuous)
     metrics = json_safe(metrics)
     intro = (
         f"Model {model_uri} ({cfg.model.family}, {cfg.model.likelihood} likelihood, "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,8 @@ import pyarrow as pa
 import torch
 
 from vae_core.config import DataConfig, ModelConfig, VaeflowConfig
-from vae_core.data.dataset import DataError, list_shards, open_dataset, read_schema
+from vae_core.data.codecs import fit_codec
+from vae_core.data.dataset import DataError, iter_batches, list_shards, open_dataset, read_schema
 from vae_core.data.objects import atomic_write_bytes
 from vae_core.data.storage import join
 from vae_core.models.families import DataShape, build_model
@@ -33,7 +34,7 @@ from vae_core.reports import plots
 from vae_core.reports.html import json_safe, render_html, write_page
 from vae_core.reports.sections import image_sections, section
 from vae_core.reports.splits import default_label_column, read_split
-from vae_core.training.checkpoints import save_checkpoint
+from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 from vae_core.training.evaluation import (
     EvalResult,
     active_units,
@@ -275,36 +276,40 @@ def run_beta_study(
     label_column: str | None = None,
     progress: Progress = quiet,
 ) -> StudyReport:
-    """Train the three arms of the beta study on a vector dataset, save each model under
-    out_uri/models/<arm>/ and write out_uri/report.html and out_uri/metrics.json.
+    """Train the three arms of the beta study on a dataset (its one vector column when the config
+    names no features), save each model with the codec under out_uri/models/<arm>/ and write
+    out_uri/report.html and out_uri/metrics.json.
 
     config supplies data settings, batch size, lr and seed (its model section is replaced by an MLP
-    VAE with `hidden` and `latent_dim`; Bernoulli for features in [0, 1], else Gaussian). Its
-    data.storage_options open the data and out_uri alike.
+    VAE with `hidden` and `latent_dim` and the codec's likelihood: Bernoulli for features in [0, 1],
+    else Gaussian). Its data.storage_options open the data and out_uri alike.
     """
     base = config or VaeflowConfig()
     data = _vector_data_config(base.data.model_copy(update={"uri": data_uri}))
-    _, schema, spec = open_dataset(data, "train")
-    if spec.kind != "vector":
-        raise DataError(f"{data_uri}: the beta study runs on a vector column (images), not tabular data")
+    shards, schema, spec = open_dataset(data, "train")
+
+    def train_batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
+        return (b for _, b in iter_batches(shards, columns, storage_options=data.storage_options))
+
+    # Fitted on the whole training split, as training fits it, so the saved models read data as
+    # trained models do.
+    codec = fit_codec(spec, schema, train_batches, join(data.uri, "train"), data, base.train.seed)
     label = label_column or default_label_column(spec, schema)
-    train = read_split(data, "train", None, None, max_train_rows)
-    test = read_split(data, "test", None, label, max_test_rows)
-    binary_range = bool(train.x.min() >= 0 and train.x.max() <= 1)
+    train = read_split(data, "train", codec, None, max_train_rows)
+    test = read_split(data, "test", codec, label, max_test_rows)
     model_cfg = ModelConfig(
         family="vae",
         backbone="mlp",
         hidden=hidden or [256],
         latent_dim=latent_dim,
-        likelihood="bernoulli" if binary_range else "gaussian",
+        likelihood=codec.likelihood,
     )
-    shape = DataShape(spec.dim, data.image_shape)
     progress(f"beta study: {len(train.x):,} train / {len(test.x):,} test rows, {epochs} epochs per objective")
     study = beta_study(
         train.x,
         test.x,
         model_cfg,
-        shape,
+        DataShape.of(codec),
         epochs=epochs,
         batch_size=base.train.batch_size,
         lr=base.train.lr,
@@ -321,13 +326,16 @@ def run_beta_study(
             train=base.train.model_copy(update={"epochs": epochs, "beta": arm.arm.beta}),
             compute=base.compute,
         )
-        history = [s.to_dict() for s in arm.history]
-        meta = {"epoch": epochs, "history": history, "recon_weight": arm.arm.recon_weight}
+        meta = CheckpointMeta(
+            epoch=epochs,
+            history=[s.to_dict() for s in arm.history],
+            extra={"recon_weight": arm.arm.recon_weight},
+        )
         checkpoints[arm.arm.name] = save_checkpoint(
             join(out_uri, "models", slug),
             arm.model,
             cfg,
-            shape,
+            codec,
             meta=meta,
             storage_options=data.storage_options,
         )
@@ -344,5 +352,5 @@ def run_beta_study(
     }
     progress(f"writing {join(out_uri, 'report.html')}")
     return write_beta_study_report(
-        study, out_uri, test.x, test.labels, data.image_shape, extra, data.storage_options
+        study, out_uri, test.x, test.labels, codec.image_shape, extra, data.storage_options
     )
