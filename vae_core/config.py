@@ -1,4 +1,6 @@
-"""One validated configuration for data, model, training and compute, round-trippable through JSON.
+"""One validated configuration: data, model, train, compute and the embed and generate jobs, as JSON.
+
+The one carrier of settings from the CLI and flow parameters to Ray workers and checkpoints.
 
 Secrets in `data.storage_options` stay in memory as given; they are redacted ("***") only where a
 config leaves the process as text: `to_json()` (the default), `model_dump_json()`, `model_dump(mode="json")`

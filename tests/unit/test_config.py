@@ -22,6 +22,8 @@ def test_json_round_trip_is_lossless(tmp_path):
             "model": {"family": "dae", "corruption": "mask", "backbone": "conv", "hidden": [256]},
             "train": {"epochs": 3, "beta": 4.0, "warmup_steps": 100, "grad_clip": 5.0},
             "compute": {"num_workers": 2, "cpus_per_worker": 0.5},
+            "embed": {"with_logvar": True, "passthrough": ["label"], "chunk_rows": 512},
+            "generate": {"rows": 50, "seed": 3, "sample_likelihood": False, "rows_per_file": 25},
         }
     )
     path = tmp_path / "c.json"
@@ -42,6 +44,10 @@ def test_overrides_are_typed_and_checked():
 def test_unknown_keys_and_conflicts_are_errors(tmp_path):
     with pytest.raises(ValueError, match="extra"):
         VaeflowConfig.model_validate({"train": {"epohcs": 3}})
+    with pytest.raises(ValueError, match="extra"):  # the job sections are as strict as the others
+        VaeflowConfig.model_validate({"embed": {"batch_size": 3}})
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        VaeflowConfig().with_overrides(["generate.rows_per_file=0"])
     with pytest.raises(ValueError, match="not both"):
         VaeflowConfig.model_validate({"train": {"warmup_epochs": 1, "warmup_steps": 1}})
     bad = tmp_path / "bad.json"
