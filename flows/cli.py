@@ -272,10 +272,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         label_column=args.label,
         target_column=args.target,
     )
-    m, test = result.metrics, result.metrics["test"]
+    r = result.report
     print(
-        f"test: ELBO {test['elbo']:.2f} nats (recon {test['recon']:.2f}, KL {test['kl']:.2f}), "
-        f"{m['active_units']}/{m['model']['latent_dim']} active units"
+        f"test: ELBO {r.test.elbo:.2f} nats (recon {r.test.recon:.2f}, KL {r.test.kl:.2f}), "
+        f"{r.active_units}/{r.model.latent_dim} active units"
     )
     print(f"report:  {result.html_uri}\nmetrics: {result.metrics_uri}")
     return 0

@@ -31,6 +31,7 @@ from vae_core.operations.drift import (
     previous_record,
     write_drift_record,
 )
+from vae_core.training.model_report import ModelReport
 
 
 def _log(msg: str) -> None:
@@ -130,7 +131,11 @@ def write_model_report(
         progress=_log,
         storage_options=storage_options,
     )
-    return {"html_uri": result.html_uri, "metrics_uri": result.metrics_uri, "metrics": result.metrics}
+    return {
+        "html_uri": result.html_uri,
+        "metrics_uri": result.metrics_uri,
+        "metrics": result.report.to_json_dict(),
+    }
 
 
 # ---- the registry -----------------------------------------------------------------------------
@@ -147,8 +152,9 @@ def register_model(
     extra: dict[str, Any],
     storage_options: dict[str, Any] | None = None,
 ) -> registry.ModelVersion:
+    report = ModelReport.from_dict(metrics)  # read as metrics.json is read: a wrong field is an error
     v = registry.publish_version(
-        root, name, version, checkpoint_uri, metrics, report_uri, extra, storage_options
+        root, name, version, checkpoint_uri, report, report_uri, extra, storage_options
     )
     _log(f"registered {name} {version} at {v.uri}")
     return v
@@ -199,15 +205,14 @@ def gate_and_promote(
     re-reads the same immutable metrics and repeats the same swap, a no-op once it has landed.
     """
     log = get_run_logger()
-    result = registry.gate_against(candidate.metrics, expected, margin)
+    result = registry.gate_against(candidate.report, expected, margin)
+    champion_metrics = result.champion_report.to_json_dict() if result.champion_report else None
     (log.info if result.passed else log.warning)(
         f"gate {'passed' if result.passed else 'FAILED'}: {result.reason}"
     )
     before = expected.version if expected else None
     if not result.passed:
-        return Promotion(
-            False, False, result.reason, before, before, champion_metrics=result.champion_metrics
-        )
+        return Promotion(False, False, result.reason, before, before, champion_metrics=champion_metrics)
     if expected is not None and expected.night == night and expected.flow_run_id != flow_run_id:
         # One promotion per night: a second run of the same night (a duplicate trigger queued
         # behind the first) serves the night's champion instead of moving it again.
@@ -216,7 +221,7 @@ def gate_and_promote(
             "the champion moves at most once a night"
         )
         log.warning(reason)
-        return Promotion(True, False, reason, before, before, champion_metrics=result.champion_metrics)
+        return Promotion(True, False, reason, before, before, champion_metrics=champion_metrics)
     try:
         record = registry.promote(
             root,
@@ -237,12 +242,10 @@ def gate_and_promote(
             before,
             e.current.version,
             conflict=True,
-            champion_metrics=result.champion_metrics,
+            champion_metrics=champion_metrics,
         )
     _log(f"champion of {name} is now {record.version} (record {record.seq}, was {record.previous})")
-    return Promotion(
-        True, True, result.reason, before, record.version, champion_metrics=result.champion_metrics
-    )
+    return Promotion(True, True, result.reason, before, record.version, champion_metrics=champion_metrics)
 
 
 @task(name="resolve-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -101,8 +101,8 @@ def test_a_nightly_registers_promotes_embeds_generates_and_writes_artifacts(firs
     assert (record.seq, record.version, record.previous) == (0, result.candidate, None)
     assert record.night == "2026-01-01" and record.flow_run_id == str(state.state_details.flow_run_id)
     version = read_version(pipeline.root, "mnist-vae", result.candidate)
-    assert version.metrics["test"]["n"] == 200 and version.metrics["test"]["elbo"] > -400
-    assert version.metrics["training"]["epochs"] == 2
+    assert version.report.test.n == 200 and version.report.heldout_elbo > -400
+    assert version.report.to_dict()["training"]["epochs"] == 2  # the nightly's summary, kept
     assert "report/report.html" in version.record["files"]
     assert version.report_uri == result.report_uri
     # Embeddings: every row of both splits once, with ids, labels and the latent mean, one Delta

@@ -20,6 +20,8 @@ from vae_core.operations.registry import (
     publish_version,
 )
 from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
+from vae_core.training.evaluation import EvalResult
+from vae_core.training.model_report import ModelReport
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -56,7 +58,7 @@ def test_concurrent_promotions_on_s3_exactly_one_record_is_written(bucket):
     ckpt = _checkpoint(root)
     versions = [f"v{i}" for i in range(RACERS + 1)]
     for v in versions:
-        publish_version(root, "m", v, ckpt, {"test": {"elbo": -120.0}})
+        publish_version(root, "m", v, ckpt, ModelReport(test=EvalResult(-120.0, 115.0, 5.0, 100)))
     first = promote(root, "m", "v0", "first", expected_seq=None)
 
     start = threading.Barrier(RACERS)

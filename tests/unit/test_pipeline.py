@@ -164,8 +164,11 @@ class _FakeNight:
 
     def publish(self, version: str, elbo: float) -> None:
         from vae_core.operations.registry import publish_version
+        from vae_core.training.evaluation import EvalResult
+        from vae_core.training.model_report import ModelReport
 
-        publish_version(self.root, "m", version, self.checkpoint, {"test": {"elbo": elbo}})
+        report = ModelReport(test=EvalResult(elbo, -elbo - 5.0, 5.0, 10))
+        publish_version(self.root, "m", version, self.checkpoint, report)
 
     def run(self):
         from datetime import date

@@ -2,6 +2,7 @@
 compare-and-swap on the champion series."""
 
 import json
+import math
 import threading
 import uuid
 from datetime import date
@@ -28,6 +29,8 @@ from vae_core.operations.registry import (
     resolve,
 )
 from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
+from vae_core.training.evaluation import EvalResult
+from vae_core.training.model_report import IwaeBound, ModelReport
 
 
 def _root(tmp_path, kind: str) -> str:
@@ -56,8 +59,10 @@ def _report(root: str, run: str) -> str:
     return uri
 
 
-def metrics(elbo: float) -> dict:
-    return {"test": {"elbo": elbo, "recon": -elbo - 5.0, "kl": 5.0, "n": 100}, "iwae": elbo + 1.0}
+def metrics(elbo: float, kl: float = 5.0) -> ModelReport:
+    return ModelReport(
+        test=EvalResult(elbo, -elbo - kl, kl, 100), iwae=IwaeBound(log_likelihood=elbo + 1.0, k=10, n=100)
+    )
 
 
 @pytest.mark.parametrize("kind", ["path", "memory"])
@@ -73,7 +78,8 @@ def test_a_published_version_is_a_loadable_checkpoint_with_metrics_and_report(tm
     loaded = load_checkpoint(v.uri)
     assert loaded.config.name == "m"
     again = read_version(root, "m", "20260101-aaaa")
-    assert again.metrics["test"]["elbo"] == -120.0 and again.record["source_checkpoint"] == ckpt
+    assert again.report == v.report and again.report.heldout_elbo == -120.0
+    assert again.record["source_checkpoint"] == ckpt
     assert list_versions(root, "m") == ["20260101-aaaa"]
 
 
@@ -216,16 +222,22 @@ def test_gate_rejects_a_worse_model_and_says_by_how_much():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_gate_rejects_non_finite_metrics_even_without_a_champion(bad):
-    m = metrics(-120.0)
-    m["test"]["kl"] = bad
-    result = gate(m, None, margin=2.0)
+    result = gate(metrics(-120.0, kl=bad), None, margin=2.0)
     assert not result.passed and f"test.kl={bad}" in result.reason
-    assert not gate({"iwae": 1.0}, None, margin=2.0).passed  # no held-out ELBO at all
+    no_elbo = gate(ModelReport(active_units=1), None, margin=2.0)  # no held-out ELBO at all
+    assert not no_elbo.passed and "candidate has no held-out ELBO" in no_elbo.reason
 
 
-@pytest.mark.parametrize("champ", [{}, {"test": {}}, {"test": {"elbo": float("nan")}}, {"test": "x"}])
+@pytest.mark.parametrize(
+    "champ",
+    [
+        {},
+        {"test": {"elbo": float("nan"), "recon": 1.0, "kl": 1.0, "n": 10}},
+        {"test": {"elbo": None, "recon": 1.0, "kl": 1.0, "n": 10}},  # how a NaN ELBO is written
+    ],
+)
 def test_gate_fails_against_a_champion_without_a_finite_held_out_elbo(champ):
-    result = gate(metrics(-120.0), champ, margin=2.0, champion_version="v1")
+    result = gate(metrics(-120.0), ModelReport.from_dict(champ), margin=2.0, champion_version="v1")
     assert not result.passed and "champion v1 has no finite held-out ELBO" in result.reason
 
 
@@ -234,7 +246,7 @@ def test_gate_against_a_champion_reads_its_metrics_strictly(tmp_path):
     _two_versions(root)
     record = promote(root, "m", "v1", "first", expected_seq=None)
     ok = gate_against(metrics(-119.0), record, margin=2.0)
-    assert ok.passed and ok.champion_version == "v1" and ok.champion_metrics["test"]["elbo"] == -120.0
+    assert ok.passed and ok.champion_version == "v1" and ok.champion_report.heldout_elbo == -120.0
     metrics_file = tmp_path / "store/models/m/v1/metrics.json"
     metrics_file.unlink()
     missing = gate_against(metrics(-119.0), record, margin=2.0)
@@ -243,10 +255,30 @@ def test_gate_against_a_champion_reads_its_metrics_strictly(tmp_path):
     assert f"{join(record.uri, 'metrics.json')}: missing" in missing.reason
     metrics_file.write_text("{not json")
     assert "not JSON" in gate_against(metrics(-119.0), record, margin=2.0).reason
+    metrics_file.write_text("[]")
+    assert "not a JSON object but list" in gate_against(metrics(-119.0), record, margin=2.0).reason
+    for wrong in ({"test": "x"}, {"test": {}}):  # a test section that is not the ELBO terms
+        metrics_file.write_text(json.dumps(wrong))
+        result = gate_against(metrics(-119.0), record, margin=2.0)
+        assert not result.passed and "champion v1 has no readable metrics" in result.reason
+        assert "not a model report (test" in result.reason
     metrics_file.write_text("{}")  # present but empty: read, then no held-out ELBO to compare with
     empty = gate_against(metrics(-119.0), record, margin=2.0)
     assert not empty.passed and "no finite held-out ELBO" in empty.reason
     assert gate_against(metrics(-119.0), None, margin=2.0).passed  # no champion at all
+
+
+def test_a_version_keeps_non_finite_metrics_as_null_and_the_gate_still_sees_them(tmp_path):
+    root = _root(tmp_path, "path")
+    publish_version(root, "m", "v1", _checkpoint(root, "r1"), metrics(-120.0, kl=float("inf")))
+    metrics_file = tmp_path / "store/models/m/v1/metrics.json"
+    assert json.loads(metrics_file.read_text())["test"]["kl"] is None  # strict JSON on disk
+    stored = read_version(root, "m", "v1").report
+    assert math.isnan(stored.test.kl) and stored.heldout_elbo == -120.0
+    assert "test.kl=nan" in gate(stored, None, margin=2.0).reason
+    metrics_file.write_text("{not json")
+    with pytest.raises(RegistryError, match=r"metrics\.json: not JSON"):
+        read_version(root, "m", "v1")
 
 
 def test_version_ids_sort_by_date():

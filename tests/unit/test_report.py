@@ -11,6 +11,7 @@ from flows.cli import main
 from tests.report_fixtures import adult_checkpoint, mnist_checkpoint
 from vae_core.reports.report import write_report
 from vae_core.training.checkpoints import load_checkpoint
+from vae_core.training.model_report import load_model_report
 
 
 @pytest.fixture(scope="module")
@@ -27,21 +28,22 @@ def test_image_report_has_the_metrics_and_embeds_every_plot(mnist):
     out = "memory://reports/mnist"  # any URI: the report goes through fsspec
     lines = []
     result = write_report(ckpt, out, iwae_k=20, max_eval_rows=200, progress=lines.append)
-    m = result.metrics
+    r = result.report
     assert result.html_uri == f"{out}/report.html" and result.metrics_uri == f"{out}/metrics.json"
-    assert m["test"]["n"] == 200 and m["test"]["elbo"] == pytest.approx(
-        -(m["test"]["recon"] + m["test"]["kl"])
-    )
-    assert m["iwae"]["k"] == 20 and m["iwae"]["n"] == 200
+    assert r.test.n == 200 and r.heldout_elbo == pytest.approx(-(r.test.recon + r.test.kl))
+    assert r.iwae.k == 20 and r.iwae.n == 200
     # The IWAE bound is tighter than the one-sample ELBO estimate, up to its noise.
-    assert m["iwae"]["log_likelihood"] > m["test"]["elbo"] - 1.0
-    assert 0 <= m["active_units"] <= 3
-    agg = m["aggregate_posterior"]
+    assert r.iwae.log_likelihood > r.test.elbo - 1.0
+    assert 0 <= r.active_units <= 3 and r.model.latent_dim == 3 and r.model.epoch == 2
+    agg = r.aggregate_posterior
     assert len(agg["mean"]) == len(agg["var"]) == 3 and agg["kl_moment_matched"] >= 0
-    assert m["data"]["label_column"] == "label" and len(m["history"]) == 2
-    assert "synthetic_quality" not in m and any("test rows" in line for line in lines)
+    assert r.data.label_column == "label" and len(r.history) == 2
+    assert r.synthetic_quality is None and any("test rows" in line for line in lines)
     with fsspec.open(result.metrics_uri, "r") as f:
-        assert json.load(f)["test"] == m["test"]
+        written = json.load(f)
+    assert written["test"] == {"elbo": r.test.elbo, "recon": r.test.recon, "kl": r.test.kl, "n": 200}
+    assert "synthetic_quality" not in written and "train_rows" not in written["data"]
+    assert load_model_report(out) == r
     with fsspec.open(result.html_uri, "r") as f:
         page = f.read()
     images = _images(page)
@@ -62,9 +64,9 @@ def test_missing_data_uri_is_a_clear_error(tmp_path, mnist):
 def test_tabular_report_scores_synthetic_rows(tmp_path):
     _, ckpt = adult_checkpoint(tmp_path)
     result = write_report(ckpt, str(tmp_path / "report"), iwae_k=5)
-    m = result.metrics
-    assert m["test"]["n"] == 400 and m["data"]["train_rows"] == 800
-    q = m["synthetic_quality"]
+    r = result.report
+    assert r.test.n == 400 and r.data.train_rows == 800
+    q = r.synthetic_quality
     assert set(q) >= {"column_shapes", "column_pair_trends", "ml_efficacy", "detection", "privacy"}
     assert len(q["column_shapes"]["columns"]) == 15 and 0 < q["column_shapes"]["mean"] <= 1
     eff = q["ml_efficacy"]
@@ -72,6 +74,7 @@ def test_tabular_report_scores_synthetic_rows(tmp_path):
     assert set(eff["synthetic"]) == {"logistic_regression", "decision_tree", "gradient_boosting"}
     assert eff["real_mean"] > 0.4 and 0.5 <= q["detection"]["auc"] <= 1.0
     assert q["privacy"]["rows"] == 800 and q["privacy"]["dcr_holdout_median"] > 0
+    assert load_model_report(str(tmp_path / "report")).synthetic_quality == json.loads(json.dumps(q))
     page = (tmp_path / "report" / "report.html").read_text()
     # latent scatter, aggregate posterior, column shapes, pair trends, marginals
     assert len(_images(page)) == 5

@@ -5,7 +5,7 @@ Layout (any URI):
     <root>/models/<name>/<version>/config.json         the VaeflowConfig the model was trained with
     <root>/models/<name>/<version>/meta.json           data shape, epoch, training history
     <root>/models/<name>/<version>/codec.json          the fitted feature codec (older: tabular.json)
-    <root>/models/<name>/<version>/metrics.json        evaluation metrics (what the gate reads)
+    <root>/models/<name>/<version>/metrics.json        the ModelReport (what the gate reads)
     <root>/models/<name>/<version>/report/...          the evaluation report (report.html, ...)
     <root>/models/<name>/<version>/version.json        written last: marks a complete version
     <root>/models/<name>/champion/<seq>.json           the champion series: 0000000000.json, 0000000001.json,
@@ -31,14 +31,20 @@ from typing import Any
 from vae_core.data.objects import atomic_write_json, read_json
 from vae_core.data.storage import create_only_write, filesystem, join
 from vae_core.training.checkpoints import CONFIG_FILE, META_FILE, MODEL_FILE, MODEL_FILES
+from vae_core.training.model_report import (
+    METRICS_FILE,
+    ModelReport,
+    ModelReportError,
+    load_model_report,
+    save_model_report,
+)
 
 MODELS_DIR = "models"
-VERSION_FILE, METRICS_FILE = "version.json", "metrics.json"
+VERSION_FILE = "version.json"
 CHAMPION_DIR = "champion"
 _RECORD = re.compile(r"(\d{10})\.json")
 LEGACY_CHAMPION_FILE = "champion.json"  # the single overwritten pointer of earlier releases
 REPORT_DIR, REPORT_HTML = "report", "report.html"
-GATE_METRIC = ("test", "elbo")  # held-out ELBO in nats per row; higher is better
 
 
 class RegistryError(RuntimeError):
@@ -50,7 +56,7 @@ class ModelVersion:
     name: str
     version: str
     uri: str  # the version directory: a loadable checkpoint
-    metrics: dict[str, Any]
+    report: ModelReport  # its metrics.json
     record: dict[str, Any]  # the whole version.json
 
     @property
@@ -63,7 +69,7 @@ class GateResult:
     passed: bool
     reason: str
     champion_version: str | None = None  # the champion the candidate was compared with
-    champion_metrics: dict[str, Any] | None = field(default=None, repr=False)
+    champion_report: ModelReport | None = field(default=None, repr=False)
 
 
 def model_uri(root: str, name: str) -> str:
@@ -103,13 +109,14 @@ def publish_version(
     name: str,
     version: str,
     checkpoint_uri: str,
-    metrics: dict[str, Any],
+    report: ModelReport,
     report_uri: str | None = None,
     extra: dict[str, Any] | None = None,
     storage_options: dict | None = None,
 ) -> ModelVersion:
-    """Copy a checkpoint (weights, config, codec, meta), its report folder and metrics
-    into `<root>/models/<name>/<version>/`, then write version.json as the completeness marker.
+    """Copy a checkpoint (weights, config, codec, meta) and its report folder into
+    `<root>/models/<name>/<version>/`, write `report` as its metrics.json, then version.json as the
+    completeness marker.
 
     Idempotent: publishing the same checkpoint as the same version again returns the existing one
     (a retried task); a different checkpoint under an existing version is an error.
@@ -135,7 +142,7 @@ def publish_version(
         for rel in _files_under(report_uri, storage_options):
             _copy(join(report_uri, rel), join(uri, REPORT_DIR, rel), storage_options)
             report_files.append(f"{REPORT_DIR}/{rel}")
-    atomic_write_json(join(uri, METRICS_FILE), metrics, storage_options)
+    save_model_report(uri, report, storage_options)
     record = {
         "name": name,
         "version": version,
@@ -149,17 +156,21 @@ def publish_version(
         **(extra or {}),
     }
     atomic_write_json(join(uri, VERSION_FILE), record, storage_options)
-    return ModelVersion(name, version, uri, metrics, record)
+    return ModelVersion(name, version, uri, report, record)
 
 
 def read_version(root: str, name: str, version: str, storage_options: dict | None = None) -> ModelVersion:
-    """A complete registered version; an unknown or half-written one is a RegistryError."""
+    """A complete registered version; an unknown or half-written one, or one whose metrics.json does
+    not read, is a RegistryError."""
     uri = version_uri(root, name, version)
     record = read_json(join(uri, VERSION_FILE), storage_options)
     if record is None:
         raise RegistryError(f"{uri}: no such model version (or not completely published)")
-    metrics = read_json(join(uri, METRICS_FILE), storage_options) or {}
-    return ModelVersion(name, version, uri, metrics, record)
+    try:
+        report = load_model_report(uri, storage_options)
+    except ModelReportError as e:
+        raise RegistryError(str(e)) from e
+    return ModelVersion(name, version, uri, report, record)
 
 
 def list_versions(root: str, name: str, storage_options: dict | None = None) -> list[str]:
@@ -363,63 +374,35 @@ def _non_finite(metrics: Any, prefix: str = "") -> list[str]:
     return []
 
 
-def _gate_value(metrics: dict[str, Any]) -> float | None:
-    section, key = GATE_METRIC
-    part = metrics.get(section)
-    value = part.get(key) if isinstance(part, dict) else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def read_metrics(uri: str, storage_options: dict | None = None) -> dict[str, Any]:
-    """The metrics.json of the version directory `uri`, strictly: a RegistryError saying what is wrong
-    when it is missing, not JSON or not an object (an empty object is returned as it is)."""
-    metrics_uri = join(uri, METRICS_FILE)
-    fs, path = filesystem(metrics_uri, storage_options)
-    fs.invalidate_cache(path)
-    try:
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        raise RegistryError(f"{metrics_uri}: missing") from None
-    try:
-        metrics = json.loads(data)
-    except ValueError as e:
-        raise RegistryError(f"{metrics_uri}: not JSON ({e})") from e
-    if not isinstance(metrics, dict):
-        raise RegistryError(f"{metrics_uri}: not a JSON object but {type(metrics).__name__}")
-    return metrics
-
-
 def gate(
-    candidate: dict[str, Any],
-    champion_metrics: dict[str, Any] | None,
+    candidate: ModelReport,
+    champion_report: ModelReport | None,
     margin: float,
     champion_version: str | None = None,
 ) -> GateResult:
-    """Pass a candidate when its metrics are finite and its held-out ELBO (nats per row, higher is
+    """Pass a candidate when its report is finite and its held-out ELBO (nats per row, higher is
     better) is not worse than the champion's by more than `margin` nats.
 
-    `champion_metrics` None means there is no champion; a champion whose metrics hold no finite
+    `champion_report` None means there is no champion; a champion whose report holds no finite
     held-out ELBO fails the gate (the candidate cannot be compared with it).
     """
-    bad = _non_finite(candidate)
-    value = _gate_value(candidate)
+    bad = _non_finite(candidate.to_dict())
+    value = candidate.heldout_elbo
     if value is None:
         return GateResult(False, "candidate has no held-out ELBO (metrics['test']['elbo'])")
     if bad:
         return GateResult(False, f"candidate metrics are not finite: {', '.join(bad[:5])}")
-    if champion_metrics is None:
+    if champion_report is None:
         return GateResult(True, f"no champion yet; candidate held-out ELBO {value:.2f} nats is finite")
-    best = _gate_value(champion_metrics)
+    best = champion_report.heldout_elbo
     label = f"champion {champion_version}" if champion_version else "champion"
     if best is None or not math.isfinite(best):
-        found = champion_metrics.get(GATE_METRIC[0], {})
-        found = found.get(GATE_METRIC[1]) if isinstance(found, dict) else None
         return GateResult(
             False,
-            f"{label} has no finite held-out ELBO (metrics['test']['elbo'] is {found!r}), so candidate "
+            f"{label} has no finite held-out ELBO (metrics['test']['elbo'] is {best!r}), so candidate "
             f"{value:.2f} nats cannot be compared with it",
             champion_version,
-            champion_metrics,
+            champion_report,
         )
     if value < best - margin:
         return GateResult(
@@ -427,18 +410,18 @@ def gate(
             f"candidate held-out ELBO {value:.2f} nats is {best - value:.2f} nats worse than {label} "
             f"({best:.2f}); the allowed margin is {margin:g}",
             champion_version,
-            champion_metrics,
+            champion_report,
         )
     return GateResult(
         True,
         f"candidate held-out ELBO {value:.2f} nats vs {label} {best:.2f}: within the margin {margin:g}",
         champion_version,
-        champion_metrics,
+        champion_report,
     )
 
 
 def gate_against(
-    candidate: dict[str, Any],
+    candidate: ModelReport,
     champion: ChampionRecord | None,
     margin: float,
     storage_options: dict | None = None,
@@ -448,12 +431,12 @@ def gate_against(
     if champion is None:
         return gate(candidate, None, margin)
     try:
-        metrics = read_metrics(champion.uri, storage_options)
-    except RegistryError as e:
+        report = load_model_report(champion.uri, storage_options)
+    except ModelReportError as e:
         return GateResult(
             False,
             f"champion {champion.version} has no readable metrics ({e}), so the candidate cannot be "
             "compared with it",
             champion.version,
         )
-    return gate(candidate, metrics, margin, champion_version=champion.version)
+    return gate(candidate, report, margin, champion_version=champion.version)

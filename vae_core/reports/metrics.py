@@ -24,6 +24,7 @@ from vae_core.training.evaluation import (
     posterior_moments,
 )
 from vae_core.training.inference import generate
+from vae_core.training.model_report import IwaeBound
 
 
 @dataclass
@@ -31,7 +32,7 @@ class LatentScores:
     """How well a model explains held-out x and how its codes sit against the prior."""
 
     test: EvalResult  # one-sample ELBO terms
-    iwae: dict[str, Any]  # {"log_likelihood" (None for an AE), "k", "n"}
+    iwae: IwaeBound  # log_likelihood None for an AE
     active_units: int
     aggregate_posterior: dict[str, Any]  # vae_core.training.evaluation.aggregate_posterior
     mu: torch.Tensor  # (N, L) posterior means, for the latent scatter
@@ -43,11 +44,11 @@ def score_model(
     """Evaluate `model` (in eval mode) on x (N, D): ELBO terms, the IWAE bound with iwae_k samples (a
     variational model), active units and the aggregate posterior."""
     batches = eval_batches(x)
-    iwae: dict[str, Any] = {"log_likelihood": None, "k": iwae_k, "n": 0}
+    iwae = IwaeBound(log_likelihood=None, k=iwae_k, n=0)
     if model.is_variational:
         progress(f"importance-weighted bound with k = {iwae_k}")
         ll = iwae_log_likelihood(model, eval_batches(x, 250), k=iwae_k, chunk=min(iwae_k, 100), seed=seed)
-        iwae = {"log_likelihood": ll, "k": iwae_k, "n": len(x)}
+        iwae = IwaeBound(log_likelihood=ll, k=iwae_k, n=len(x))
     mu, logvar = posterior_moments(model, batches)
     return LatentScores(
         evaluate(model, batches, seed=seed),
