@@ -22,15 +22,17 @@ import ray
 import torch
 
 from bench._results import write_result
-from vae_core.config import ComputeConfig, VaeflowConfig
+from vae_core.config import ComputeConfig, EmbedConfig, GenerateConfig, VaeflowConfig
 from vae_core.data.codecs.vector import VectorCodec
-from vae_core.data.dataset import encode_schema, list_shards, resolve_spec, vector_features
+from vae_core.data.dataset import encode_schema, list_shards
 from vae_core.data.importers import ShardWriter
 from vae_core.data.packaged import mnist_table
 from vae_core.data.storage import arrow_filesystem
-from vae_core.distributed.batch import block_seed, embed_corpus, generate_rows
 from vae_core.distributed.cluster import ensure_ray
+from vae_core.distributed.embed import embed_corpus
+from vae_core.distributed.generate import block_seed, generate_rows
 from vae_core.models.families import DataShape, build_model
+from vae_core.progress import quiet
 from vae_core.testing import local_s3_server, make_bucket
 from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 
@@ -115,7 +117,6 @@ def plain_embed(model_uri: str, input_uri: str, out: str, moto_pid: int) -> dict
     ckpt = load_checkpoint(model_uri)
     model = ckpt.model.eval()
     shards = list_shards(input_uri)
-    spec = None
     times = {"read": 0.0, "compute": 0.0, "write": 0.0}
     rows = 0
     with PeakRSS({moto_pid}) as mem:
@@ -124,8 +125,7 @@ def plain_embed(model_uri: str, input_uri: str, out: str, moto_pid: int) -> dict
             t = time.perf_counter()
             fs, path = arrow_filesystem(shard)
             table = pq.read_table(path, filesystem=fs, columns=["id", "image"])
-            spec = spec or resolve_spec(ckpt.config.data, table.schema, shard)
-            x = torch.from_numpy(vector_features(table, spec, shard))
+            x = torch.from_numpy(ckpt.codec.encode(table, shard))
             times["read"] += time.perf_counter() - t
             t = time.perf_counter()
             with torch.no_grad():
@@ -188,28 +188,15 @@ def ray_job(kind: str, workers: int, model_uri: str, source: str | int, out: str
     """One job on a fresh local cluster: 1 worker x 2 threads, or 2 workers x 1 thread."""
     if ray.is_initialized():
         ray.shutdown()
-    cpus = THREADS // workers
-    ensure_ray(ComputeConfig(num_workers=workers, cpus_per_worker=cpus))
+    compute = ComputeConfig(num_workers=workers, cpus_per_worker=THREADS // workers)
+    ensure_ray(compute)
     with PeakRSS({moto_pid}) as mem:
         t0 = time.perf_counter()
         if kind == "embed":
-            published = embed_corpus(
-                model_uri,
-                str(source),
-                out,
-                num_workers=workers,
-                cpus_per_worker=cpus,
-                progress=lambda m: None,
-            )
+            published = embed_corpus(model_uri, str(source), out, EmbedConfig(), compute, progress=quiet)
         else:
-            published = generate_rows(
-                model_uri,
-                int(source),
-                out,
-                num_workers=workers,
-                cpus_per_worker=cpus,
-                progress=lambda m: None,
-            )
+            job = GenerateConfig(rows=int(source))
+            published = generate_rows(model_uri, out, job, compute, progress=quiet)
         wall = time.perf_counter() - t0
     ray.shutdown()
     return {

@@ -125,7 +125,7 @@ def _generate_config(args: argparse.Namespace) -> VaeflowConfig:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from vae_core.distributed.batch import embed_corpus
+    from vae_core.distributed.embed import embed_corpus
 
     cfg = _embed_config(args)
     job, compute = cfg.embed, cfg.compute
@@ -133,13 +133,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         args.model,
         args.input,
         args.output,
-        with_logvar=job.with_logvar,
-        passthrough=job.passthrough,
-        batch_size=job.chunk_rows,
-        rows_per_file=job.rows_per_file,
-        num_workers=compute.num_workers,
-        cpus_per_worker=compute.cpus_per_worker,
-        use_gpu=compute.use_gpu,
+        job,
+        compute,
         run_key=args.run_key,
         mode=args.mode,
         storage_options=cfg.data.storage_options or None,
@@ -150,21 +145,15 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from vae_core.distributed.batch import generate_rows
+    from vae_core.distributed.generate import generate_rows
 
     cfg = _generate_config(args)
     job, compute = cfg.generate, cfg.compute
     committed = generate_rows(
         args.model,
-        job.rows,
         args.output,
-        seed=job.seed,
-        rows_per_block=job.rows_per_file,
-        batch_size=job.chunk_rows,
-        num_workers=compute.num_workers,
-        cpus_per_worker=compute.cpus_per_worker,
-        use_gpu=compute.use_gpu,
-        sample_likelihood=job.sample_likelihood,
+        job,
+        compute,
         run_key=args.run_key,
         mode=args.mode,
         storage_options=cfg.data.storage_options or None,

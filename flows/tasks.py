@@ -286,20 +286,15 @@ def _output(committed: Any) -> Output:
 def embed_split(model_uri: str, input_uri: str, output_uri: str, config: VaeflowConfig, night: str) -> Output:
     """Ray Data embed job with `config.embed` and `config.compute`, one Delta commit (a new version
     replacing the table's rows): a retry or rerun of the same run key is skipped."""
-    from vae_core.distributed.batch import embed_corpus
+    from vae_core.distributed.embed import embed_corpus
 
     job, compute = config.embed, config.compute
     committed = embed_corpus(
         model_uri,
         input_uri,
         output_uri,
-        with_logvar=job.with_logvar,
-        passthrough=tuple(job.passthrough),
-        batch_size=job.chunk_rows,
-        rows_per_file=job.rows_per_file,
-        num_workers=compute.num_workers,
-        cpus_per_worker=compute.cpus_per_worker,
-        use_gpu=compute.use_gpu,
+        job,
+        compute,
         mode="overwrite",
         night=night,
         storage_options=config.data.storage_options,
@@ -312,20 +307,14 @@ def embed_split(model_uri: str, input_uri: str, output_uri: str, config: Vaeflow
 def generate_samples(model_uri: str, output_uri: str, config: VaeflowConfig, night: str) -> Output:
     """Ray Data generate job with `config.generate` and `config.compute`, one Delta commit (a new
     version replacing the table's rows)."""
-    from vae_core.distributed.batch import generate_rows
+    from vae_core.distributed.generate import generate_rows
 
     job, compute = config.generate, config.compute
     committed = generate_rows(
         model_uri,
-        job.rows,
         output_uri,
-        seed=job.seed,
-        rows_per_block=job.rows_per_file,
-        batch_size=job.chunk_rows,
-        sample_likelihood=job.sample_likelihood,
-        num_workers=compute.num_workers,
-        cpus_per_worker=compute.cpus_per_worker,
-        use_gpu=compute.use_gpu,
+        job,
+        compute,
         mode="overwrite",
         night=night,
         storage_options=config.data.storage_options,

@@ -41,13 +41,18 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(6
 
 ROWS, SHARDS, ROWS_PER_FILE = 2000, 8, 125  # 16 data files per job
 FILES = ROWS // ROWS_PER_FILE
-JOB = {"rows_per_file": ROWS_PER_FILE, "batch_size": ROWS_PER_FILE, "num_workers": 1, "cpus_per_worker": 0.5}
+JOB = {
+    "job": {"rows_per_file": ROWS_PER_FILE, "chunk_rows": ROWS_PER_FILE},
+    "compute": {"num_workers": 1, "cpus_per_worker": 0.5},
+}
 
 EMBED_DRIVER = """
 import json, sys
-from vae_core.distributed.batch import embed_corpus
+from vae_core.config import ComputeConfig, EmbedConfig
+from vae_core.distributed.embed import embed_corpus
 args = json.loads(sys.argv[1])
 c = embed_corpus(args.pop("model"), args.pop("input"), args.pop("output"),
+                 EmbedConfig(**args.pop("job")), ComputeConfig(**args.pop("compute")),
                  progress=lambda m: print(m, flush=True), **args)
 result = {"table_uri": c.table_uri, "version": c.version, "rows": c.rows, "skipped": c.skipped,
           "run_key": c.record.run_key}

@@ -16,18 +16,19 @@ import s3fs
 import torch
 
 from tests.integration.conftest import make_bucket
-from vae_core.config import VaeflowConfig
+from vae_core.config import ComputeConfig, EmbedConfig, GenerateConfig, VaeflowConfig
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
-from vae_core.data.dataset import DataError, encode_schema, iter_batches, open_dataset, vector_features
+from vae_core.data.dataset import DataError, encode_schema, iter_batches, list_shards, open_dataset
 from vae_core.data.importers import read_adult
 from vae_core.data.storage import delta_storage_options
 from vae_core.data.tables import TableError, delta_schema, is_delta_table, read_table
 from vae_core.data.tabular import TabularTransformer
-from vae_core.distributed.batch import embed_corpus, generate_rows
+from vae_core.distributed.embed import embed_corpus
+from vae_core.distributed.generate import block_seed, generate_rows
 from vae_core.models.families import DataShape, build_model
-from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
-from vae_core.training.inference import embed
+from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
+from vae_core.training.inference import embed, generate
 from vae_core.training.loop import KLSchedule, fit
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -57,23 +58,21 @@ def mnist_model(mnist_s3: str) -> str:
             "model": {"family": "vae", "hidden": [128], "latent_dim": 8},
         }
     )
-    shards, schema, spec = open_dataset(cfg.data, "train")
-    x = torch.from_numpy(vector_features(next(iter_batches(shards[:1], ["image"], 4000))[1], spec, "t"))
-    shape = DataShape(784, (1, 28, 28))
+    shards, schema, _ = open_dataset(cfg.data, "train")
+    codec = VectorCodec("image", 784, str(schema.field("image").type.value_type), 255.0, (1, 28, 28))
+    x = torch.from_numpy(codec.encode(next(iter_batches(shards[:1], ["image"], 4000))[1], "t"))
     torch.manual_seed(0)
-    model = build_model(cfg.model, shape)
+    model = build_model(cfg.model, DataShape.of(codec))
     fit(model, [x[i : i + 128] for i in range(0, len(x), 128)], epochs=2, schedule=KLSchedule(1.0))
     uri = f"{make_bucket()}/models/mnist/v1"
-    codec = VectorCodec("image", 784, str(schema.field("image").type.value_type), 255.0, (1, 28, 28))
     save_checkpoint(uri, model, cfg, codec, meta=CheckpointMeta(epoch=2, data_schema=encode_schema(schema)))
     return uri
 
 
 def test_embed_matches_in_process_embed_and_a_rerun_is_a_no_op(ray_local, mnist_s3, mnist_model):
     out = f"{make_bucket()}/embeddings/mnist-test"
-    committed = embed_corpus(
-        mnist_model, f"{mnist_s3}/test", out, passthrough=["label"], rows_per_file=4096, progress=print
-    )
+    job = EmbedConfig(passthrough=["label"], rows_per_file=4096)
+    committed = embed_corpus(mnist_model, f"{mnist_s3}/test", out, job, progress=print)
     assert committed.rows == 10_000 and not committed.skipped and committed.version == 0
     table = read_table(out)
     assert table.column_names == ["id", "label", "z_mean"]
@@ -83,15 +82,12 @@ def test_embed_matches_in_process_embed_and_a_rerun_is_a_no_op(ray_local, mnist_
         assert sorted(ids) == list(range(60_000, 70_000))  # MNIST test ids, each once
 
     # The same rows through vae_core's in-process embed.
-    cfg = VaeflowConfig.model_validate({"data": {"uri": mnist_s3, "vector_column": "image", "scale": 255}})
-    shards, _, spec = open_dataset(cfg.data, "test")
+    ckpt = load_checkpoint(mnist_model)
     ids, xs = [], []
-    for _, batch in iter_batches(shards, ["id", "image"]):
+    for shard, batch in iter_batches(list_shards(f"{mnist_s3}/test"), ["id", "image"]):
         ids.append(batch.column("id").to_numpy())
-        xs.append(vector_features(batch, spec, "test"))
-    from vae_core.training.checkpoints import load_checkpoint
-
-    expected = embed(load_checkpoint(mnist_model).model, torch.from_numpy(np.concatenate(xs))).numpy()
+        xs.append(ckpt.codec.encode(batch, shard))
+    expected = embed(ckpt.model, torch.from_numpy(np.concatenate(xs))).numpy()
     expected_ids = np.concatenate(ids)
     order = np.argsort(table.column("id").to_numpy())
     got_ids = table.column("id").to_numpy()[order]
@@ -105,24 +101,27 @@ def test_embed_matches_in_process_embed_and_a_rerun_is_a_no_op(ray_local, mnist_
 
     fs = _fs()
     listing = sorted(fs.find(out))
-    again = embed_corpus(mnist_model, f"{mnist_s3}/test", out, passthrough=["label"], rows_per_file=4096)
+    again = embed_corpus(mnist_model, f"{mnist_s3}/test", out, job)
     assert again.skipped and again.rows == 10_000 and again.version == 0
     assert again.record.stats == committed.record.stats  # from the commit's metadata
     fs.invalidate_cache()
     assert sorted(fs.find(out)) == listing, "a rerun of a committed job wrote something"
     # A different run into the same table is refused rather than mixed in...
     with pytest.raises(TableError, match="another run"):
-        embed_corpus(mnist_model, f"{mnist_s3}/test", out, with_logvar=True)
+        embed_corpus(mnist_model, f"{mnist_s3}/test", out, EmbedConfig(with_logvar=True))
     # ...unless asked to replace it: a new version, the earlier one still readable by version.
-    replaced = embed_corpus(mnist_model, f"{mnist_s3}/test", out, with_logvar=True, mode="overwrite")
+    replaced = embed_corpus(
+        mnist_model, f"{mnist_s3}/test", out, EmbedConfig(with_logvar=True), mode="overwrite"
+    )
     assert replaced.version == 1 and "z_logvar" in read_table(out).column_names
     assert read_table(out, version=0).column_names == ["id", "label", "z_mean"]
 
 
 DRIVER = """
 import sys
-from vae_core.distributed.batch import embed_corpus
-embed_corpus(sys.argv[1], sys.argv[2], sys.argv[3], rows_per_file=250, batch_size=250)
+from vae_core.config import EmbedConfig
+from vae_core.distributed.embed import embed_corpus
+embed_corpus(sys.argv[1], sys.argv[2], sys.argv[3], EmbedConfig(rows_per_file=250, chunk_rows=250))
 """
 
 
@@ -147,7 +146,8 @@ def test_a_killed_driver_commits_nothing_and_the_rerun_gives_each_id_once(ray_lo
     assert 15 <= len(staged) < 40, f"the driver was not killed halfway ({len(staged)} files staged)"
     assert not is_delta_table(out), "a killed run must not commit"
 
-    committed = embed_corpus(mnist_model, f"{mnist_s3}/test", out, rows_per_file=250, batch_size=250)
+    job = EmbedConfig(rows_per_file=250, chunk_rows=250)
+    committed = embed_corpus(mnist_model, f"{mnist_s3}/test", out, job)
     assert committed.rows == 10_000 and len(committed.files) == 40
     for ids in _ids_by_standard_readers(out):
         assert len(ids) == 10_000 and len(set(ids)) == 10_000
@@ -156,19 +156,63 @@ def test_a_killed_driver_commits_nothing_and_the_rerun_gives_each_id_once(ray_lo
     assert set(staged) <= set(fs.glob(f"{out}/part-*.parquet"))
 
 
-def test_a_nan_vector_names_file_and_column_and_publishes_nothing(ray_local, mnist_model):
-    root = make_bucket()
+def _bad_images(fault: str) -> pa.Array:
+    """300 random vectors of 784 values with row 123 broken: a NaN value, or (a variable-length column)
+    one value short."""
     values = np.random.default_rng(0).random((300, 784)).astype(np.float32)
-    values[123, 5] = np.nan
-    image = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), 784)
+    if fault == "nan":
+        values[123, 5] = np.nan
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), 784)
+    vectors = values.tolist()
+    vectors[123] = vectors[123][:783]
+    return pa.array(vectors, pa.list_(pa.float32()))
+
+
+@pytest.mark.parametrize("fault", ["nan", "short"])
+def test_a_bad_vector_names_file_column_and_row_and_commits_nothing(ray_local, mnist_model, fault):
+    root = make_bucket()
+    rows = pa.table({"id": np.arange(300), "image": _bad_images(fault)})
     fs = _fs()
     with fs.open(f"{root}/bad/part-0.parquet", "wb") as f:
-        pq.write_table(pa.table({"id": np.arange(300), "image": image}), f)
+        pq.write_table(rows, f)
     out = f"{root}/embeddings/bad"
     with pytest.raises(DataError) as err:
         embed_corpus(mnist_model, f"{root}/bad", out)
-    assert "part-0.parquet" in str(err.value) and "'image'" in str(err.value) and "NaN" in str(err.value)
-    assert not is_delta_table(out)
+    message = str(err.value)
+    assert message.startswith(f"{root}/bad/part-0.parquet (batch from id 0): column 'image': ")
+    assert "row 123" in message and ("NaN" in message if fault == "nan" else "783 values" in message)
+    # The codec's own message for the same rows: the job adds nothing but the file it read.
+    with pytest.raises(DataError) as direct:
+        load_checkpoint(mnist_model).codec.encode(rows, f"{root}/bad/part-0.parquet (batch from id 0)")
+    assert message == str(direct.value)
+    assert not is_delta_table(out), "a failed job committed"
+    fs.invalidate_cache()
+    assert not fs.exists(f"{out}/_delta_log")
+
+
+def test_generate_follows_the_job_settings_and_matches_in_process_generation(ray_local, mnist_model):
+    """rows_per_file decides the files, chunk_rows the decoder passes, torch_threads the actors' threads;
+    the rows are inference.generate's, decoded by the codec into the training schema (uint8 pixels)."""
+    out, lines = f"{make_bucket()}/samples/mnist", []
+    job = GenerateConfig(rows=1000, seed=3, rows_per_file=300, chunk_rows=128)
+    compute = ComputeConfig(num_workers=1, cpus_per_worker=1, torch_threads=3)
+    committed = generate_rows(mnist_model, out, job, compute, progress=lines.append)
+    assert committed.rows == 1000 and len(committed.files) == 4
+    fs = _fs()
+    sizes = sorted(pq.ParquetFile(fs.open(f)).metadata.num_rows for f in committed.files)
+    assert sizes == [100, 300, 300, 300]
+    assert "generate: actors ran torch with 3 thread(s)" in lines
+    table = read_table(out).sort_by("id")
+    assert table.column_names == ["id", "image"] and table.column("id").to_pylist() == list(range(1000))
+    assert table.schema.field("image").type == pa.list_(pa.int16())  # uint8 pixels, Delta-wide
+    pixels = np.stack(table.column("image").to_numpy(zero_copy_only=False))  # (1000, 784)
+    assert pixels.min() >= 0 and pixels.max() <= 255 and pixels.std() > 0
+    ckpt = load_checkpoint(mnist_model)
+    x = generate(ckpt.model, 300, block_seed(3, 1), chunk_rows=128).numpy()  # file 1: rows 300..599
+    expected = ckpt.codec.decode(x).column("image").to_numpy(zero_copy_only=False)
+    np.testing.assert_array_equal(pixels[300:600], np.stack(expected).astype(np.int16))
+    params = {"rows": 1000, "seed": 3, "rows_per_file": 300, "chunk_rows": 128, "sample": False}
+    assert committed.record.params == params
 
 
 def _adult_train() -> pa.Table:
@@ -207,8 +251,9 @@ def test_generate_adult_in_the_training_schema_identical_for_any_parallelism(ray
     uri, transformer = adult_model
     real = _adult_train()
     root = make_bucket()
-    one = generate_rows(uri, 50_000, f"{root}/samples/w1", seed=7, num_workers=1)
-    two = generate_rows(uri, 50_000, f"{root}/samples/w2", seed=7, num_workers=2)
+    job = GenerateConfig(rows=50_000, seed=7)
+    one = generate_rows(uri, f"{root}/samples/w1", job, ComputeConfig(num_workers=1))
+    two = generate_rows(uri, f"{root}/samples/w2", job, ComputeConfig(num_workers=2))
     assert one.rows == two.rows == 50_000 and len(one.files) == 5
     a, b = read_table(f"{root}/samples/w1"), read_table(f"{root}/samples/w2")
     a, b = a.sort_by("id"), b.sort_by("id")
@@ -220,5 +265,6 @@ def test_generate_adult_in_the_training_schema_identical_for_any_parallelism(ray
             seen = set(a.column(col.name).drop_null().to_pylist())
             assert seen <= set(col.categories), (col.name, seen - set(col.categories))
             assert len(seen) > 1, f"{col.name}: a single category in 50,000 sampled rows"
-    other = generate_rows(uri, 50_000, f"{root}/samples/seed8", seed=8, num_workers=2)
+    job8 = GenerateConfig(rows=50_000, seed=8)
+    other = generate_rows(uri, f"{root}/samples/seed8", job8, ComputeConfig(num_workers=2))
     assert not read_table(other.table_uri).sort_by("id").equals(a)

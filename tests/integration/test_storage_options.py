@@ -29,8 +29,9 @@ DIM = 16
 
 RUN = """
 import json, sys
-from vae_core.config import VaeflowConfig
-from vae_core.distributed.batch import embed_corpus, generate_rows
+from vae_core.config import GenerateConfig, VaeflowConfig
+from vae_core.distributed.embed import embed_corpus
+from vae_core.distributed.generate import generate_rows
 from vae_core.distributed.trainer import train
 from vae_core.reports.report import write_report
 
@@ -47,7 +48,7 @@ cfg = VaeflowConfig.model_validate({
 result = train(cfg, run_name="opts")
 model = result.best_checkpoint_uri
 emb = embed_corpus(model, f"{bucket}/data/test", f"{bucket}/emb", storage_options=options)
-gen = generate_rows(model, 500, f"{bucket}/samples", storage_options=options)
+gen = generate_rows(model, f"{bucket}/samples", GenerateConfig(rows=500), storage_options=options)
 rep = write_report(model, f"{bucket}/report", f"{bucket}/data", iwae_k=10, max_eval_rows=200,
                    storage_options=options)
 print("RESULT", json.dumps({"model": model, "embedded": emb.rows, "generated": gen.rows,
