@@ -17,7 +17,7 @@ from vae_core.data.importers import read_adult
 from vae_core.data.tabular import TabularTransformer
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.model import LatentModel
-from vae_core.reports.quality import ml_efficacy, synthetic_quality, to_frame
+from vae_core.reports.quality import Frames, ml_efficacy, synthetic_quality
 from vae_core.training.evaluation import evaluate
 from vae_core.training.inference import generate
 from vae_core.training.loop import KLSchedule, fit
@@ -82,14 +82,7 @@ def main(epochs: int = EPOCHS) -> None:
     )
     quality_s = time.perf_counter() - t0
     eff = quality["ml_efficacy"]
-    eff_tvae = ml_efficacy(
-        *(to_frame(t, continuous, categorical) for t in (tvae, train, test)),
-        TARGET,
-        continuous,
-        categorical,
-        POSITIVE,
-        SEED,
-    )
+    eff_tvae = ml_efficacy(Frames.of(train, test, tvae, continuous, categorical), TARGET, POSITIVE, SEED)
     print(f"  F1 on synthetic rows: {eff['synthetic']}  mean {eff['synthetic_mean']:.3f}")
     print(f"  F1, TVAE's sampler:   {eff_tvae['synthetic']}  mean {eff_tvae['synthetic_mean']:.3f}")
     print(f"  F1 on real rows:      {eff['real']}  mean {eff['real_mean']:.3f}")

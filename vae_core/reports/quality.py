@@ -16,6 +16,7 @@ Scores in [0, 1] are similarities (1 = indistinguishable), after SDMetrics' defi
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,33 @@ def to_frame(table: pa.Table | pd.DataFrame, continuous: list[str], categorical:
     return out
 
 
+@dataclass(frozen=True)
+class Frames:
+    """Real training, real test and synthetic rows as `to_frame` gives them, and which columns are which."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    synth: pd.DataFrame
+    continuous: list[str]
+    categorical: list[str]
+
+    @classmethod
+    def of(
+        cls,
+        real_train: pa.Table | pd.DataFrame,
+        real_test: pa.Table | pd.DataFrame,
+        synthetic: pa.Table | pd.DataFrame,
+        continuous: list[str],
+        categorical: list[str],
+    ) -> Frames:
+        frames = (to_frame(t, continuous, categorical) for t in (real_train, real_test, synthetic))
+        return cls(*frames, continuous, categorical)
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.continuous, *self.categorical]
+
+
 def _tv_similarity(a: pd.Series | pd.DataFrame, b: pd.Series | pd.DataFrame) -> float:
     """1 - total variation distance between the empirical distributions of a and b."""
     p = a.value_counts(normalize=True)
@@ -55,16 +83,14 @@ def _tv_similarity(a: pd.Series | pd.DataFrame, b: pd.Series | pd.DataFrame) -> 
     return float(1.0 - 0.5 * np.abs(p - q).sum())
 
 
-def column_shapes(
-    real: pd.DataFrame, synth: pd.DataFrame, continuous: list[str], categorical: list[str]
-) -> dict:
-    """Per-column similarity of the marginals, and their mean."""
+def column_shapes(f: Frames) -> dict:
+    """Per-column similarity of the synthetic marginals to the training ones, and their mean."""
     scores: dict[str, float] = {}
-    for c in continuous:
-        r, s = real[c].dropna(), synth[c].dropna()
+    for c in f.continuous:
+        r, s = f.train[c].dropna(), f.synth[c].dropna()
         scores[c] = 1.0 - float(ks_2samp(r, s).statistic) if len(r) and len(s) else 0.0
-    for c in categorical:
-        scores[c] = _tv_similarity(real[c], synth[c])
+    for c in f.categorical:
+        scores[c] = _tv_similarity(f.train[c], f.synth[c])
     return {"mean": float(np.mean(list(scores.values()))), "columns": scores}
 
 
@@ -79,16 +105,15 @@ def _binned(real: pd.Series, synth: pd.Series, bins: int) -> tuple[pd.Series, pd
     return cut(real), cut(synth)
 
 
-def column_pair_trends(
-    real: pd.DataFrame, synth: pd.DataFrame, continuous: list[str], categorical: list[str], bins: int = 10
-) -> dict:
-    """Correlation similarity (continuous pairs) and contingency similarity (all other pairs)."""
+def column_pair_trends(f: Frames, bins: int = 10) -> dict:
+    """Correlation similarity (continuous pairs) and contingency similarity (all other pairs) of the
+    synthetic rows to the training rows."""
+    real, synth, continuous = f.train, f.synth, f.continuous
     corr, cont = {}, {}
-    discrete_r, discrete_s = real[categorical].copy(), synth[categorical].copy()
+    discrete_r, discrete_s = real[f.categorical].copy(), synth[f.categorical].copy()
     for c in continuous:
         discrete_r[c], discrete_s[c] = _binned(real[c], synth[c], bins)
-    columns = [*continuous, *categorical]
-    for a, b in itertools.combinations(columns, 2):
+    for a, b in itertools.combinations(f.columns, 2):
         key = f"{a}|{b}"
         if a in continuous and b in continuous:
             r = real[[a, b]].dropna().corr().iloc[0, 1]
@@ -131,26 +156,18 @@ def efficacy_classifiers(seed: int = 0) -> dict[str, Any]:
     }
 
 
-def ml_efficacy(
-    synth: pd.DataFrame,
-    real_train: pd.DataFrame,
-    real_test: pd.DataFrame,
-    target: str,
-    continuous: list[str],
-    categorical: list[str],
-    positive: str | None = None,
-    seed: int = 0,
-) -> dict:
+def ml_efficacy(f: Frames, target: str, positive: str | None = None, seed: int = 0) -> dict:
     """Train each classifier on synthetic rows and on real training rows; score both on real test rows.
 
-    Frames come from `to_frame` (categoricals as strings). `target` must be categorical; for a binary
-    target the score is F1 of `positive` (default: the rarer class in real_train), else macro F1.
+    `target` must be categorical; for a binary target the score is F1 of `positive` (default: the
+    rarer class in the training rows), else macro F1.
     """
-    if target not in categorical:
+    if target not in f.categorical:
         raise ValueError(f"ML efficacy needs a categorical target column; {target!r} is not one")
-    features_cont = [c for c in continuous if c != target]
-    features_cat = [c for c in categorical if c != target]
-    classes = real_train[target].value_counts()
+    features_cont = [c for c in f.continuous if c != target]
+    features_cat = [c for c in f.categorical if c != target]
+    real_test = f.test
+    classes = f.train[target].value_counts()
     binary = len(classes) == 2
     if binary and positive is None:
         positive = str(classes.index[-1])
@@ -173,7 +190,7 @@ def ml_efficacy(
             out[name] = score(pipe.predict(real_test[features_cont + features_cat]))
         return out
 
-    on_synth, on_real = run(synth), run(real_train)
+    on_synth, on_real = run(f.synth), run(f.train)
     synth_mean, real_mean = float(np.mean(list(on_synth.values()))), float(np.mean(list(on_real.values())))
     return {
         "target": target,
@@ -187,23 +204,17 @@ def ml_efficacy(
     }
 
 
-def detection(
-    real: pd.DataFrame,
-    synth: pd.DataFrame,
-    continuous: list[str],
-    categorical: list[str],
-    max_rows: int = 5_000,
-    seed: int = 0,
-) -> dict:
-    """3-fold cross-validated ROC AUC of classifiers separating real (1) from synthetic (0) rows.
+def detection(f: Frames, max_rows: int = 5_000, seed: int = 0) -> dict:
+    """3-fold cross-validated ROC AUC of classifiers separating real training (1) from synthetic (0)
+    rows, at most max_rows of each.
 
     score = 1 - (2 * max(auc, 0.5) - 1) over the stronger detector, as SDMetrics: 1 = undetectable.
     """
     rng = np.random.default_rng(seed)
-    n = min(len(real), len(synth), max_rows)
-    r = real.iloc[rng.choice(len(real), n, replace=False)]
-    s = synth.iloc[rng.choice(len(synth), n, replace=False)]
-    x = pd.concat([r, s], ignore_index=True)[continuous + categorical]
+    n = min(len(f.train), len(f.synth), max_rows)
+    r = f.train.iloc[rng.choice(len(f.train), n, replace=False)]
+    s = f.synth.iloc[rng.choice(len(f.synth), n, replace=False)]
+    x = pd.concat([r, s], ignore_index=True)[f.columns]
     y = np.r_[np.ones(n), np.zeros(n)]
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
     detectors = {
@@ -212,29 +223,22 @@ def detection(
     }
     aucs = {}
     for name, clf in detectors.items():
-        pipe = Pipeline([("design", _design(continuous, categorical)), ("clf", clf)])
+        pipe = Pipeline([("design", _design(f.continuous, f.categorical)), ("clf", clf)])
         aucs[name] = float(cross_val_score(pipe, x, y, cv=folds, scoring="roc_auc").mean())
     auc = max(aucs.values())
     return {"auc": auc, "score": 1.0 - (2.0 * max(auc, 0.5) - 1.0), "detectors": aucs, "rows_each": n}
 
 
-def privacy(
-    real_train: pd.DataFrame,
-    synth: pd.DataFrame,
-    real_test: pd.DataFrame,
-    continuous: list[str],
-    categorical: list[str],
-    max_rows: int = 5_000,
-    seed: int = 0,
-) -> dict:
-    """Distance to the closest training record for synthetic rows and, as the reference, real test rows.
+def privacy(f: Frames, max_rows: int = 5_000, seed: int = 0) -> dict:
+    """Distance to the closest training record for synthetic rows and, as the reference, real test rows
+    (at most max_rows of each).
 
     Distances are Euclidean in the training split's standardised one-hot space. A synthetic median
     DCR far below the holdout's means the model copies training rows; `exact_copy_share` counts rows
     equal to some training row on every column (the holdout share is what chance alone gives).
     """
-    columns = continuous + categorical
-    design = _design(continuous, categorical).fit(real_train[columns])
+    columns, real_train = f.columns, f.train
+    design = _design(f.continuous, f.categorical).fit(real_train[columns])
     index = NearestNeighbors(n_neighbors=1).fit(_dense(design, real_train[columns]))
     rng = np.random.default_rng(seed)
 
@@ -242,7 +246,7 @@ def privacy(
         n = min(len(df), max_rows)
         return df.iloc[rng.choice(len(df), n, replace=False)][columns]
 
-    s, h = sample(synth), sample(real_test)
+    s, h = sample(f.synth), sample(f.test)
     dcr_s = index.kneighbors(_dense(design, s))[0].ravel()
     dcr_h = index.kneighbors(_dense(design, h))[0].ravel()
     train_rows = set(map(tuple, real_train[columns].astype(str).to_numpy()))
@@ -276,14 +280,14 @@ def synthetic_quality(
     Returns {"column_shapes", "column_pair_trends", "detection", "privacy", and with a target
     "ml_efficacy"}; fidelity is measured against real_train, efficacy and DCR reference on real_test.
     """
-    train, test, synth = (to_frame(t, continuous, categorical) for t in (real_train, real_test, synthetic))
+    f = Frames.of(real_train, real_test, synthetic, continuous, categorical)
     out = {
-        "rows": {"real_train": len(train), "real_test": len(test), "synthetic": len(synth)},
-        "column_shapes": column_shapes(train, synth, continuous, categorical),
-        "column_pair_trends": column_pair_trends(train, synth, continuous, categorical),
-        "detection": detection(train, synth, continuous, categorical, seed=seed),
-        "privacy": privacy(train, synth, test, continuous, categorical, seed=seed),
+        "rows": {"real_train": len(f.train), "real_test": len(f.test), "synthetic": len(f.synth)},
+        "column_shapes": column_shapes(f),
+        "column_pair_trends": column_pair_trends(f),
+        "detection": detection(f, seed=seed),
+        "privacy": privacy(f, seed=seed),
     }
     if target is not None:
-        out["ml_efficacy"] = ml_efficacy(synth, train, test, target, continuous, categorical, positive, seed)
+        out["ml_efficacy"] = ml_efficacy(f, target, positive, seed)
     return out
