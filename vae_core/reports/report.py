@@ -38,25 +38,26 @@ def write_report(
     out_uri: str,
     data_uri: str | None = None,
     *,
-    iwae_k: int = 1000,
     max_eval_rows: int | None = None,
-    progress: Progress = quiet,
     label_column: str | None = None,
     target_column: str | None = None,
+    iwae_k: int = 1000,
     seed: int = 0,
+    progress: Progress = quiet,
     storage_options: dict[str, Any] | None = None,
 ) -> ReportResult:
     """Evaluate the checkpoint at model_uri on data_uri (default: its config's data.uri) and write
     out_uri/report.html and out_uri/metrics.json (a ModelReport; its keys: training.model_report).
 
+    The rows: max_eval_rows caps the rows read per split (test, and train for the synthetic quality
+    of table columns); label_column colours the latent scatter (default: 'label' if the data have it,
+    else the last categorical feature); target_column is the ML-efficacy target among the categorical
+    columns (default: the same column). The evaluation: the IWAE bound takes iwae_k samples per row;
+    seed fixes every sample drawn.
+
     storage_options open the checkpoint, the data and the output. Without them the checkpoint is
     opened with the environment's credentials and the data with the checkpoint config's options,
     which config.json stores redacted: options that held secrets must be passed again.
-
-    max_eval_rows caps the rows read per split (test, and train for the synthetic quality of table
-    columns). label_column colours the latent scatter (default: 'label' if the data have it, else the
-    last categorical feature); target_column is the ML-efficacy target among the categorical columns
-    (default: the same column).
     """
     ck = load_checkpoint(model_uri, storage_options=storage_options)
     cfg, codec, model = ck.config, ck.codec, ck.model.eval()
