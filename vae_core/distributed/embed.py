@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -15,23 +16,12 @@ from vae_core.data.codecs.base import list_column
 from vae_core.data.dataset import DataError, count_rows, list_shards, read_schema
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import arrow_filesystem, uri_of
-from vae_core.data.tables import CommitRecord, Committed, Mode, now_iso
+from vae_core.data.tables import Committed, Mode
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.inference import embed
 
-from .jobs import (
-    Summary,
-    Writer,
-    actor_pool,
-    collect,
-    commit_files,
-    existing_commit,
-    file_name,
-    load_for_actor,
-    model_fingerprint,
-    start_cluster,
-)
+from .jobs import Actors, Run, Summary, model_record, start_cluster
 
 PATH_COLUMN = "path"  # read_parquet(include_paths=True) adds it: errors name the input file
 READ_CPUS = 0.25  # per read task: reads wait on object storage as much as they decode
@@ -52,23 +42,11 @@ class _Embedder:
     """Loads the checkpoint once per actor; maps a batch of rows to one Parquet file of latents."""
 
     def __init__(
-        self,
-        model_uri: str,
-        input_uri: str,
-        output_uri: str,
-        schema: pa.Schema,
-        run_key: str,
-        keep: list[str],
-        with_paths: bool,
-        job: EmbedConfig,
-        compute: ComputeConfig,
-        storage_options: dict | None,
+        self, actors: Actors, job: EmbedConfig, input_uri: str, keep: list[str], with_paths: bool
     ) -> None:
-        ckpt = load_for_actor(model_uri, compute, storage_options)
+        ckpt, self.writer = actors.load()
         self.model, self.codec = ckpt.model, ckpt.codec
-        self.writer = Writer(output_uri, schema, storage_options)
-        self.input_uri, self.run_key, self.keep, self.with_paths = input_uri, run_key, keep, with_paths
-        self.job = job
+        self.job, self.input_uri, self.keep, self.with_paths = job, input_uri, keep, with_paths
 
     def _encode(self, batch: pa.Table) -> np.ndarray:
         """batch -> x: (B, D) float32, each input file's rows encoded with that file named as the source.
@@ -98,28 +76,19 @@ class _Embedder:
         columns["z_mean"] = list_column(mu_np, pa.float32())
         if logvar is not None:
             columns["z_logvar"] = list_column(logvar.float().cpu().numpy(), pa.float32())
-        table = pa.table(columns)
-        # Named by the ids it holds: a retried batch rewrites the same file instead of adding one.
-        name = file_name(self.run_key, _ids_digest(batch.column(self.keep[0])), len(table))
-        size = self.writer.write(table, name)
+        # Named by the ids it holds: a retried batch rewrites the same file.
+        summary = self.writer.write(pa.table(columns), _ids_digest(batch.column(self.keep[0])))
         mu64 = mu_np.astype(np.float64)
-        return pa.table(
-            {
-                "file": [name],
-                "rows": [len(table)],
-                "bytes": [size],
-                "threads": [torch.get_num_threads()],
-                "sum": [mu64.sum(0).tolist()],
-                "sumsq": [(mu64**2).sum(0).tolist()],
-            }
-        )
+        summary.update(sum=mu64.sum(0).tolist(), sumsq=(mu64**2).sum(0).tolist())
+        return pa.Table.from_pylist([summary])
 
 
-def _z_stats(summaries: list[Summary], rows: int) -> dict[str, object]:
-    """Count, per-dimension mean and variance of the posterior means (the aggregate posterior's moments)."""
+def _z_stats(summaries: list[Summary], rows: int) -> dict[str, Any]:
+    """The commit's stats: in "z_mean" the count, per-dimension mean and variance of the posterior means
+    (the aggregate posterior's moments)."""
     mean = np.sum([s["sum"] for s in summaries], axis=0) / rows
     var = np.sum([s["sumsq"] for s in summaries], axis=0) / rows - mean**2
-    return {"count": rows, "mean": mean.tolist(), "var": var.tolist()}
+    return {"z_mean": {"count": rows, "mean": mean.tolist(), "var": var.tolist()}}
 
 
 def _read(
@@ -195,14 +164,13 @@ def embed_corpus(
         if name not in schema.names:
             raise DataError(f"{input_uri}: {what} {name!r} not in the input (have {schema.names})")
     params = {"with_logvar": job.with_logvar, "passthrough": keep[1:], "format": "embed/1"}
-    model_fp = model_fingerprint(model_uri, storage_options)
+    model = model_record(model_uri, ckpt, storage_options)
     input_fp = fingerprint(shards, storage_options)
-    run_key = run_key or fingerprint(
-        [], extra={"kind": "embeddings", "model": model_fp, "input": input_fp, **params}
-    )
-    existing = existing_commit(output_uri, run_key, mode, storage_options, progress)
-    if existing is not None:
-        return existing
+    key = {"kind": "embeddings", "model": model["fingerprint"], "input": input_fp, **params}
+    run_key = run_key or fingerprint([], extra=key)
+    run = Run("embed", "embeddings", output_uri, run_key, mode, night, storage_options, progress)
+    if (earlier := run.earlier()) is not None:
+        return earlier
 
     latent = pa.list_(pa.float32(), ckpt.model.latent_dim)
     out_schema = pa.schema(
@@ -213,38 +181,16 @@ def embed_corpus(
     start_cluster(compute)
     with_paths = PATH_COLUMN not in schema.names  # a user column of that name wins
     columns = sorted({*keep, *ckpt.codec.columns, *([PATH_COLUMN] if with_paths else [])})
+    actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
     ds = _read(shards, columns, with_paths, compute, storage_options).map_batches(
         _Embedder,
-        fn_constructor_kwargs={
-            "model_uri": model_uri,
-            "input_uri": input_uri,
-            "output_uri": output_uri,
-            "schema": out_schema,
-            "run_key": run_key,
-            "keep": keep,
-            "with_paths": with_paths,
-            "job": job,
-            "compute": compute,
-            "storage_options": storage_options,
-        },
+        fn_constructor_args=(actors, job, input_uri, keep, with_paths),
         batch_size=job.rows_per_file,
         batch_format="pyarrow",
-        **actor_pool(compute),
+        **actors.pool(),
     )
     total = count_rows(shards, storage_options)
     progress(f"embedding {total:,} rows of {input_uri} with {model_uri} on {compute.num_workers} worker(s)")
-    summaries = collect(ds, "embed", total, output_uri, progress)
-    record = CommitRecord(
-        kind="embeddings",
-        run_key=run_key,
-        rows=total,
-        model={"uri": model_uri, "fingerprint": model_fp, "epoch": ckpt.meta.epoch},
-        input={"uri": input_uri, "shards": len(shards), "rows": total, "fingerprint": input_fp},
-        params=params,
-        stats={"z_mean": _z_stats(summaries, total)},
-        night=night,
-        created_at=now_iso(),
-    )
-    committed = commit_files(output_uri, summaries, out_schema, record, mode, storage_options, progress)
-    committed.job_stats = ds.stats()
-    return committed
+    inputs = {"uri": input_uri, "shards": len(shards), "rows": total, "fingerprint": input_fp}
+    record = {"model": model, "input": inputs, "params": params}
+    return run.execute(ds, total, out_schema, record, stats=lambda summaries: _z_stats(summaries, total))

@@ -5,26 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import ray
-import torch
 
 from vae_core.config import ComputeConfig, GenerateConfig
 from vae_core.data.objects import fingerprint
-from vae_core.data.tables import CommitRecord, Committed, Mode, now_iso
+from vae_core.data.tables import Committed, Mode
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import Checkpoint, load_checkpoint
 from vae_core.training.inference import generate
 
-from .jobs import (
-    Writer,
-    actor_pool,
-    collect,
-    commit_files,
-    existing_commit,
-    file_name,
-    load_for_actor,
-    model_fingerprint,
-    start_cluster,
-)
+from .jobs import Actors, Run, model_record, start_cluster
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -57,23 +46,12 @@ class _Generator:
     """Loads the checkpoint once per actor; turns one file description (index, first row, rows) into
     one Parquet file of decoded rows."""
 
-    def __init__(
-        self,
-        model_uri: str,
-        output_uri: str,
-        schema: pa.Schema,
-        run_key: str,
-        job: GenerateConfig,
-        sample_likelihood: bool,
-        compute: ComputeConfig,
-        storage_options: dict | None,
-    ) -> None:
-        ckpt = load_for_actor(model_uri, compute, storage_options)
+    def __init__(self, actors: Actors, job: GenerateConfig, sample_likelihood: bool) -> None:
+        ckpt, self.writer = actors.load()
         self.model, self.codec = ckpt.model, ckpt.codec
         id_column = ckpt.config.data.id_column
-        self.id_field = schema.field(id_column) if id_column else None
-        self.writer = Writer(output_uri, schema, storage_options)
-        self.run_key, self.job, self.sample = run_key, job, sample_likelihood
+        self.id_field = actors.schema.field(id_column) if id_column else None
+        self.job, self.sample = job, sample_likelihood
 
     def _rows(self, block: int, start: int, n: int) -> pa.Table:
         seed = block_seed(self.job.seed, block)
@@ -83,20 +61,12 @@ class _Generator:
             table = table.add_column(0, self.id_field, _ids(start, n, self.id_field.type))
         return table
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        files, rows, sizes = [], [], []
-        for block, start, n in zip(batch["block"], batch["start"], batch["rows"], strict=True):
-            table = self._rows(int(block), int(start), int(n))
-            name = file_name(self.run_key, f"{int(block):06d}", len(table))  # a retry rewrites it
-            sizes.append(self.writer.write(table, name))
-            files.append(name)
-            rows.append(len(table))
-        return {
-            "file": np.array(files),
-            "rows": np.array(rows),
-            "bytes": np.array(sizes),
-            "threads": np.full(len(files), torch.get_num_threads()),
-        }
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        summaries = [
+            self.writer.write(self._rows(int(block), int(start), int(n)), f"{int(block):06d}")
+            for block, start, n in zip(batch["block"], batch["start"], batch["rows"], strict=True)
+        ]
+        return pa.Table.from_pylist(summaries)
 
 
 def generate_rows(
@@ -136,43 +106,20 @@ def generate_rows(
         "chunk_rows": job.chunk_rows,
         "sample": sample,
     }
-    model_fp = model_fingerprint(model_uri, storage_options)
-    run_key = run_key or fingerprint([], extra={"kind": "samples/2", "model": model_fp, **params})
-    existing = existing_commit(output_uri, run_key, mode, storage_options, progress)
-    if existing is not None:
-        return existing
+    model = model_record(model_uri, ckpt, storage_options)
+    run_key = run_key or fingerprint([], extra={"kind": "samples/2", "model": model["fingerprint"], **params})
+    run = Run("generate", "samples", output_uri, run_key, mode, night, storage_options, progress)
+    if (earlier := run.earlier()) is not None:
+        return earlier
 
     out_schema = output_schema(ckpt)
     start_cluster(compute)
+    actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
     ds = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
-        _Generator,
-        fn_constructor_kwargs={
-            "model_uri": model_uri,
-            "output_uri": output_uri,
-            "schema": out_schema,
-            "run_key": run_key,
-            "job": job,
-            "sample_likelihood": sample,
-            "compute": compute,
-            "storage_options": storage_options,
-        },
-        batch_size=1,
-        **actor_pool(compute),
+        _Generator, fn_constructor_args=(actors, job, sample), batch_size=1, **actors.pool()
     )
     progress(
         f"generating {job.rows:,} rows with {model_uri} in {len(blocks)} files "
         f"on {compute.num_workers} worker(s)"
     )
-    summaries = collect(ds, "generate", job.rows, output_uri, progress)
-    record = CommitRecord(
-        kind="samples",
-        run_key=run_key,
-        rows=job.rows,
-        model={"uri": model_uri, "fingerprint": model_fp, "epoch": ckpt.meta.epoch},
-        params=params,
-        night=night,
-        created_at=now_iso(),
-    )
-    committed = commit_files(output_uri, summaries, out_schema, record, mode, storage_options, progress)
-    committed.job_stats = ds.stats()
-    return committed
+    return run.execute(ds, job.rows, out_schema, {"model": model, "params": params})

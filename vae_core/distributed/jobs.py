@@ -19,6 +19,8 @@ pass.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -40,6 +42,7 @@ from vae_core.data.tables import (
     commit,
     delta_schema,
     find_commit,
+    now_iso,
     to_delta,
 )
 from vae_core.progress import Progress
@@ -69,45 +72,50 @@ def start_cluster(compute: ComputeConfig) -> None:
     ctx.print_on_execution_start = False
 
 
-def actor_pool(compute: ComputeConfig) -> dict[str, Any]:
-    """The map_batches arguments of a job's actors: `num_workers` actors of `cpus_per_worker` CPUs (and a
-    GPU each with `use_gpu`)."""
-    return {
-        "compute": ActorPoolStrategy(size=compute.num_workers),
-        "num_cpus": compute.cpus_per_worker,
-        "num_gpus": 1 if compute.use_gpu else 0,
-    }
+@dataclass(frozen=True)
+class Actors:
+    """What each actor of a job is built from (sent to it once): the model, the output table (folder,
+    schema), the run key that names its files, the compute settings and the storage options."""
 
+    model_uri: str
+    output_uri: str
+    schema: pa.Schema
+    run_key: str
+    compute: ComputeConfig
+    storage_options: dict | None
 
-def load_for_actor(model_uri: str, compute: ComputeConfig, storage_options: dict | None) -> Checkpoint:
-    """Once per actor: torch's intra-op threads set (compute.torch_threads, else the CPUs the actor
-    reserved), then the checkpoint with its model on the job's device."""
-    torch.set_num_threads(compute.torch_threads or max(1, int(compute.cpus_per_worker)))
-    ckpt = load_checkpoint(model_uri, storage_options=storage_options)
-    ckpt.model = ckpt.model.to("cuda" if compute.use_gpu else "cpu").eval()
-    return ckpt
+    def pool(self) -> dict[str, Any]:
+        """map_batches' arguments for the pool: `num_workers` actors of `cpus_per_worker` CPUs (and a
+        GPU each with `use_gpu`)."""
+        c = self.compute
+        return {
+            "compute": ActorPoolStrategy(size=c.num_workers),
+            "num_cpus": c.cpus_per_worker,
+            "num_gpus": 1 if c.use_gpu else 0,
+        }
 
-
-def model_fingerprint(model_uri: str, storage_options: dict | None) -> str:
-    """Identifies a checkpoint for run keys: meta.json is written last, so a rewrite changes it."""
-    return fingerprint([join(model_uri, f) for f in (MODEL_FILE, CONFIG_FILE, META_FILE)], storage_options)
-
-
-def file_name(run_key: str, content: str, rows: int) -> str:
-    """Run key first (two jobs never share a name), then what the file holds (a retry reuses it)."""
-    return f"part-{run_key[:16]}-{content}-{rows}.parquet"
+    def load(self) -> tuple[Checkpoint, Writer]:
+        """Once per actor: torch's intra-op threads set (compute.torch_threads, else the CPUs the actor
+        reserved), the checkpoint with its model on the job's device, and the file writer."""
+        torch.set_num_threads(self.compute.torch_threads or max(1, int(self.compute.cpus_per_worker)))
+        ckpt = load_checkpoint(self.model_uri, storage_options=self.storage_options)
+        ckpt.model = ckpt.model.to("cuda" if self.compute.use_gpu else "cpu").eval()
+        return ckpt, Writer(self.output_uri, self.schema, self.run_key, self.storage_options)
 
 
 class Writer:
-    """Writes Parquet files of one schema into one table folder; the filesystem is resolved once per actor."""
+    """Writes the Parquet files of one job into its table folder (filesystem resolved once per actor)."""
 
-    def __init__(self, folder_uri: str, schema: pa.Schema, storage_options: dict | None) -> None:
-        self.schema = delta_schema(schema)  # every file as the commit declares it
+    def __init__(
+        self, folder_uri: str, schema: pa.Schema, run_key: str, storage_options: dict | None
+    ) -> None:
+        self.schema, self.run_key = delta_schema(schema), run_key  # every file as the commit declares it
         self.fs, self.folder = filesystem(folder_uri, storage_options)
         self.fs.makedirs(self.folder, exist_ok=True)  # a local table folder; a no-op on object stores
 
-    def write(self, table: pa.Table, name: str) -> int:
-        """Write (or rewrite: a retried batch has the same name) one file; returns its size.
+    def write(self, table: pa.Table, content: str) -> Summary:
+        """Write one file named by the run key and `content` (what it holds: a retried batch rewrites the
+        same file instead of adding one); returns its summary for the driver.
 
         The file is serialized in memory and stored with one PUT (s3fs uses a single request below
         100 MB): a killed writer leaves no incomplete multipart upload behind.
@@ -118,8 +126,10 @@ class Writer:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         data = sink.getvalue().to_pybytes()
+        # Run key first (two jobs never share a name), then what the file holds.
+        name = f"part-{self.run_key[:16]}-{content}-{len(table)}.parquet"
         self.fs.pipe_file(f"{self.folder.rstrip('/')}/{name}", data)
-        return len(data)
+        return {"file": name, "rows": len(table), "bytes": len(data), "threads": torch.get_num_threads()}
 
 
 class Meter:
@@ -142,55 +152,87 @@ class Meter:
             )
 
 
-def existing_commit(
-    output_uri: str, run_key: str, mode: Mode, storage_options: dict | None, progress: Progress
-) -> Committed | None:
-    """The earlier commit of this run key (a rerun then does nothing); refuse early what cannot commit."""
-    found = find_commit(output_uri, run_key, mode, storage_options)
-    if found is not None:
-        version, record = found
-        progress(f"{output_uri}: run {run_key} already committed version {version} ({record.rows:,} rows)")
-        return Committed(output_uri, version, record, files=[], skipped=True)
-    check_writable(output_uri, mode, storage_options)
-    return None
+def model_record(model_uri: str, ckpt: Checkpoint, storage_options: dict | None) -> dict[str, Any]:
+    """The model as a commit records it (uri, fingerprint, epoch); the fingerprint also keys the run:
+    meta.json is written last, so a rewritten checkpoint changes it."""
+    files = [join(model_uri, f) for f in (MODEL_FILE, CONFIG_FILE, META_FILE)]
+    return {"uri": model_uri, "fingerprint": fingerprint(files, storage_options), "epoch": ckpt.meta.epoch}
 
 
-def collect(
-    ds: ray.data.Dataset, what: str, total: int, output_uri: str, progress: Progress
-) -> list[Summary]:
-    """Run the job: stream the per-file summaries as the actors finish them, one per file (a retried
-    batch reports its file again), and check that they hold `total` rows.
+@dataclass
+class Run:
+    """One run of a batch job as the driver sees it: the table it commits to, its run key (a rerun of
+    a committed key does nothing) and the commit's options."""
 
-    A DataError raised in an actor (a bad row, named by file, column and row) comes back as a DataError.
-    """
-    meter, summaries, threads = Meter(what, total, progress), {}, set()
-    try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for s in batch.to_pylist():
-                summaries[s["file"]] = s
-                threads.add(s["threads"])
-                meter.add(s["rows"])
-    except Exception as e:  # Ray wraps the actor's exception; surface the named data error
-        reraise_data_error(e)
-        raise
-    rows = sum(s["rows"] for s in summaries.values())
-    if rows != total:
-        raise TableError(f"{output_uri}: the {what} job wrote {rows:,} of {total:,} rows; not committing")
-    progress(f"{what}: actors ran torch with {', '.join(map(str, sorted(threads)))} thread(s)")
-    return sorted(summaries.values(), key=lambda s: s["file"])
+    job: str  # its name in progress lines: "embed" | "generate"
+    kind: str  # CommitRecord.kind: "embeddings" | "samples"
+    output_uri: str
+    run_key: str
+    mode: Mode
+    night: str | None
+    storage_options: dict | None
+    progress: Progress
 
+    def earlier(self) -> Committed | None:
+        """The earlier commit of this run key (a rerun then does nothing); refuse early what cannot commit."""
+        found = find_commit(self.output_uri, self.run_key, self.mode, self.storage_options)
+        if found is not None:
+            version, record = found
+            self.progress(
+                f"{self.output_uri}: run {self.run_key} already committed version {version} "
+                f"({record.rows:,} rows)"
+            )
+            return Committed(self.output_uri, version, record, files=[], skipped=True)
+        check_writable(self.output_uri, self.mode, self.storage_options)
+        return None
 
-def commit_files(
-    output_uri: str,
-    summaries: list[Summary],
-    schema: pa.Schema,
-    record: CommitRecord,
-    mode: Mode,
-    storage_options: dict | None,
-    progress: Progress,
-) -> Committed:
-    """Commit the files the summaries name as one version of the Delta table at `output_uri`."""
-    files = [DataFile(s["file"], s["rows"], s["bytes"]) for s in summaries]
-    version = commit(output_uri, files, schema, record, mode, storage_options)
-    progress(f"committed {record.rows:,} rows in {len(files)} files as version {version} of {output_uri}")
-    return Committed(output_uri, version, record, [join(output_uri, f.path) for f in files], skipped=False)
+    def execute(
+        self,
+        ds: ray.data.Dataset,
+        rows: int,
+        schema: pa.Schema,
+        record: dict[str, Any],
+        stats: Callable[[list[Summary]], dict[str, Any]] | None = None,
+    ) -> Committed:
+        """Run `ds` (its actors write the files and summarize them), check that they hold `rows` rows, and
+        commit them as one table version of `schema`. `record`: the CommitRecord's model, params and
+        input; `stats(summaries)` its stats."""
+        summaries = self._collect(ds, rows)
+        commit_record = CommitRecord(
+            kind=self.kind,
+            run_key=self.run_key,
+            rows=rows,
+            stats=stats(summaries) if stats else {},
+            night=self.night,
+            created_at=now_iso(),
+            **record,
+        )
+        files = [DataFile(s["file"], s["rows"], s["bytes"]) for s in summaries]
+        version = commit(self.output_uri, files, schema, commit_record, self.mode, self.storage_options)
+        self.progress(
+            f"committed {rows:,} rows in {len(files)} files as version {version} of {self.output_uri}"
+        )
+        uris = [join(self.output_uri, f.path) for f in files]
+        return Committed(self.output_uri, version, commit_record, uris, skipped=False, job_stats=ds.stats())
+
+    def _collect(self, ds: ray.data.Dataset, rows: int) -> list[Summary]:
+        """Stream the per-file summaries as the actors finish them, one per file (a retried batch
+        reports its file again), and check that they hold `rows` rows.
+
+        A DataError raised in an actor (a bad row, named by file, column and row) comes back as a DataError.
+        """
+        meter, summaries, threads = Meter(self.job, rows, self.progress), {}, set()
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for s in batch.to_pylist():
+                    summaries[s["file"]] = s
+                    threads.add(s["threads"])
+                    meter.add(s["rows"])
+        except Exception as e:  # Ray wraps the actor's exception; surface the named data error
+            reraise_data_error(e)
+            raise
+        written = sum(s["rows"] for s in summaries.values())
+        if written != rows:
+            raise TableError(f"{self.output_uri}: the job wrote {written:,} of {rows:,} rows; not committing")
+        self.progress(f"{self.job}: actors ran torch with {', '.join(map(str, sorted(threads)))} thread(s)")
+        return sorted(summaries.values(), key=lambda s: s["file"])
