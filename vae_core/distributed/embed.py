@@ -192,5 +192,6 @@ def embed_corpus(
     total = count_rows(shards, storage_options)
     progress(f"embedding {total:,} rows of {input_uri} with {model_uri} on {compute.num_workers} worker(s)")
     inputs = {"uri": input_uri, "shards": len(shards), "rows": total, "fingerprint": input_fp}
-    record = {"model": model, "input": inputs, "params": params}
-    return run.execute(ds, total, out_schema, record, stats=lambda summaries: _z_stats(summaries, total))
+    return run.execute(
+        ds, total, out_schema, model, params, inputs, lambda summaries: _z_stats(summaries, total)
+    )

@@ -122,4 +122,4 @@ def generate_rows(
         f"generating {job.rows:,} rows with {model_uri} in {len(blocks)} files "
         f"on {compute.num_workers} worker(s)"
     )
-    return run.execute(ds, job.rows, out_schema, {"model": model, "params": params})
+    return run.execute(ds, job.rows, out_schema, model, params)

@@ -191,21 +191,25 @@ class Run:
         ds: ray.data.Dataset,
         rows: int,
         schema: pa.Schema,
-        record: dict[str, Any],
+        model: dict[str, Any],
+        params: dict[str, Any],
+        inputs: dict[str, Any] | None = None,
         stats: Callable[[list[Summary]], dict[str, Any]] | None = None,
     ) -> Committed:
         """Run `ds` (its actors write the files and summarize them), check that they hold `rows` rows, and
-        commit them as one table version of `schema`. `record`: the CommitRecord's model, params and
-        input; `stats(summaries)` its stats."""
+        commit them as one table version of `schema`. The commit's record holds `model` (model_record),
+        `params` (the settings that key the run), `inputs` and `stats(summaries)`."""
         summaries = self._collect(ds, rows)
         commit_record = CommitRecord(
             kind=self.kind,
             run_key=self.run_key,
             rows=rows,
+            model=model,
+            input=inputs or {},
+            params=params,
             stats=stats(summaries) if stats else {},
             night=self.night,
             created_at=now_iso(),
-            **record,
         )
         files = [DataFile(s["file"], s["rows"], s["bytes"]) for s in summaries]
         version = commit(self.output_uri, files, schema, commit_record, self.mode, self.storage_options)
