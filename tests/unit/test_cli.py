@@ -1,12 +1,14 @@
-"""The vaeflow command line: config printing, clear errors, the main job end to end, layering."""
+"""The vaeflow command line: config printing, clear errors, one name per option, layering."""
 
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-from flows.cli import main
+from flows.cli import build_parser, main
+from vae_core.config import ComputeConfig, EmbedConfig, GenerateConfig
 
 
 def test_config_prints_validated_json_with_overrides(capsys):
@@ -56,3 +58,143 @@ def test_core_imports_neither_ray_nor_prefect():
         "bad = [m for m in ('ray', 'prefect') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_validating_a_config_imports_neither_torch_nor_ray_nor_prefect(tmp_path):
+    # `vaeflow config` stays fast (about half a second) because validation needs none of them.
+    path = tmp_path / "c.json"
+    path.write_text(
+        json.dumps({"model": {"family": "dae", "corruption": "mask"}, "embed": {"chunk_rows": 8}})
+    )
+    code = (
+        "import sys, flows.cli;"
+        f"assert flows.cli.main(['config', '--config', {str(path)!r}, 'generate.rows=7']) == 0;"
+        "bad = [m for m in ('torch', 'ray', 'prefect') if m in sys.modules]; assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cfg = json.loads(done.stdout)
+    assert (
+        cfg["model"]["family"] == "dae" and cfg["embed"]["chunk_rows"] == 8 and cfg["generate"]["rows"] == 7
+    )
+
+
+_JOB = {
+    "embed": ["embed", "--model", "m", "--input", "i", "--output", "o"],
+    "generate": ["generate", "--model", "m", "--output", "o"],
+    "train": ["train", "--config", "c.json"],
+}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["data", "import", "mnist", "--out", "x"],
+        ["data", "import", "mnist", "--output", "x", "--rows-per-shard", "10"],
+        ["report", "--model", "m", "--data", "d"],
+        ["report", "--model", "m", "--out", "o"],
+        ["beta-study", "--data", "d"],
+        ["beta-study", "--input", "d", "--out", "o"],
+        [*_JOB["embed"], "--batch-size", "10"],
+        [*_JOB["generate"], "--rows-per-block", "10"],
+        [*_JOB["generate"], "--batch-size", "10"],
+    ],
+    ids=lambda argv: " ".join(a for a in argv if a.startswith("--"))[-40:],
+)
+def test_old_option_names_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments" in err or "the following arguments are required" in err
+
+
+def test_input_output_and_rows_per_file_are_the_names_everywhere():
+    parse = build_parser().parse_args
+    args = parse(["data", "import", "csv", "--input", "a.csv", "--output", "o", "--rows-per-file", "10"])
+    assert (args.input, args.output, args.rows_per_file) == (["a.csv"], "o", 10)
+    args = parse(["report", "--model", "m", "--input", "d", "--output", "o"])
+    assert (args.input, args.output) == ("d", "o")
+    args = parse(["beta-study", "--input", "d", "--output", "o"])
+    assert (args.input, args.output) == ("d", "o")
+    for command in ("embed", "generate"):
+        args = vars(parse([*_JOB[command], "--rows-per-file", "7", "--chunk-rows", "5"]))
+        assert (args["output"], args[f"{command}.rows_per_file"], args[f"{command}.chunk_rows"]) == (
+            "o",
+            7,
+            5,
+        )
+
+
+@pytest.mark.parametrize("command", ["train", "embed", "generate"])
+def test_every_job_command_has_the_same_compute_options(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--workers", "--cpus-per-worker", "--gpu, --no-gpu", "--config"):
+        assert option in text, (command, option)
+    args = build_parser().parse_args([*_JOB[command], "--workers", "3", "--gpu", "--cpus-per-worker", "2"])
+    compute = {key: value for key, value in vars(args).items() if key.startswith("compute.")}
+    assert compute == {"compute.num_workers": 3, "compute.use_gpu": True, "compute.cpus_per_worker": 2.0}
+
+
+def _fake_job(monkeypatch, module: str, function: str) -> list[tuple[tuple, dict]]:
+    """Replace vae_core.distributed.<module>.<function> (a Ray job) by one that records its call."""
+    calls: list[tuple[tuple, dict]] = []
+
+    def job(*args, **kwargs):
+        calls.append((args, kwargs))
+        return SimpleNamespace(skipped=False, rows=3, version=0, table_uri="o")
+
+    monkeypatch.setitem(sys.modules, f"vae_core.distributed.{module}", SimpleNamespace(**{function: job}))
+    return calls
+
+
+def _config_file(tmp_path, **sections) -> str:
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(sections))
+    return str(path)
+
+
+def test_embed_settings_come_from_config_then_overrides_then_options(tmp_path, monkeypatch, capsys):
+    calls = _fake_job(monkeypatch, "embed", "embed_corpus")
+    options = {"key": "AKIA", "client_kwargs": {"endpoint_url": "http://127.0.0.1:1"}}
+    config = _config_file(
+        tmp_path,
+        data={"storage_options": options},
+        embed={"with_logvar": True, "chunk_rows": 9, "rows_per_file": 50},
+        compute={"num_workers": 2, "data_cpus": 0.5, "torch_threads": 2},
+    )
+    argv = [*_JOB["embed"], "--config", config, "embed.chunk_rows=123", "compute.num_workers=4"]
+    assert main([*argv, "--workers", "3", "--passthrough", "label", "--run-key", "k"]) == 0
+    assert "3 rows: version 0 of the Delta table o" in capsys.readouterr().out
+    [(args, kwargs)] = calls
+    assert args == (
+        "m",
+        "i",
+        "o",
+        EmbedConfig(with_logvar=True, chunk_rows=123, rows_per_file=50, passthrough=["label"]),
+        ComputeConfig(num_workers=3, data_cpus=0.5, torch_threads=2),
+    )
+    assert kwargs["storage_options"] == options and kwargs["run_key"] == "k" and kwargs["mode"] == "error"
+    # An explicit option beats the override of the same setting; a bad value is a config error.
+    assert main([*argv, "--chunk-rows", "7", "--no-with-logvar"]) == 0
+    assert calls[-1][0][3] == EmbedConfig(with_logvar=False, chunk_rows=7, rows_per_file=50)
+    assert main([*_JOB["embed"], "--chunk-rows", "0"]) == 2
+    assert "chunk_rows" in capsys.readouterr().err
+
+
+def test_generate_settings_come_from_config_then_overrides_then_options(tmp_path, monkeypatch):
+    calls = _fake_job(monkeypatch, "generate", "generate_rows")
+    config = _config_file(tmp_path, generate={"rows": 11, "seed": 5, "sample_likelihood": True})
+    assert main([*_JOB["generate"], "--config", config, "generate.seed=6", "--decode", "mean", "--gpu"]) == 0
+    assert main([*_JOB["generate"], "--rows", "20", "--rows-per-file", "4", "--cpus-per-worker", "0.5"]) == 0
+    (first, kwargs), (second, _) = calls
+    assert first == (
+        "m",
+        "o",
+        GenerateConfig(rows=11, seed=6, sample_likelihood=False),
+        ComputeConfig(use_gpu=True),
+    )
+    assert kwargs["storage_options"] is None  # none configured: the AWS environment
+    assert second == ("m", "o", GenerateConfig(rows=20, rows_per_file=4), ComputeConfig(cpus_per_worker=0.5))

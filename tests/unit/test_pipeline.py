@@ -199,16 +199,22 @@ def test_the_nightly_serves_the_promoted_candidate_to_both_jobs(tmp_path, monkey
     )
 
 
-def test_a_rejected_candidate_leaves_both_jobs_on_the_champion_read_at_the_start(tmp_path, monkeypatch):
+def _night_while_another_run_promotes(tmp_path, monkeypatch, elbo: float) -> _FakeNight:
+    """Champion v1 at the start; another run promotes v2 while this night trains."""
     from vae_core.operations.registry import promote
 
-    night = _FakeNight(tmp_path, elbo=-550.0)
+    night = _FakeNight(tmp_path, elbo=elbo)
     night.publish("v1", -120.0)
     night.publish("v2", -118.0)
     promote(night.root, "m", "v1", "first", expected_seq=None)
-    # Another run promotes v2 while this night trains: tonight still serves the champion it read.
     night.during_training = lambda: promote(night.root, "m", "v2", "other run", expected_seq=0)
     night.patch(monkeypatch)
+    return night
+
+
+def test_a_rejected_candidate_leaves_both_jobs_on_the_champion_read_at_the_start(tmp_path, monkeypatch):
+    # Tonight still serves the champion it read at its start, not the one promoted meanwhile.
+    night = _night_while_another_run_promotes(tmp_path, monkeypatch, elbo=-550.0)
     state = night.run()
     assert state.is_completed() and not state.result().promoted
     assert "champion stays v1" in state.message
@@ -216,14 +222,9 @@ def test_a_rejected_candidate_leaves_both_jobs_on_the_champion_read_at_the_start
 
 
 def test_a_nightly_that_loses_the_promotion_race_fails_and_serves_nothing(tmp_path, monkeypatch):
-    from vae_core.operations.registry import champion_record, promote
+    from vae_core.operations.registry import champion_record
 
-    night = _FakeNight(tmp_path, elbo=-100.0)
-    night.publish("v1", -120.0)
-    night.publish("v2", -118.0)
-    promote(night.root, "m", "v1", "first", expected_seq=None)
-    night.during_training = lambda: promote(night.root, "m", "v2", "other run", expected_seq=0)
-    night.patch(monkeypatch)
+    night = _night_while_another_run_promotes(tmp_path, monkeypatch, elbo=-100.0)
     state = night.run()
     result = state.result(raise_on_failure=False)
     assert state.is_failed() and not result.promoted and result.champion == "v2"
