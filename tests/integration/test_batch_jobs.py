@@ -24,6 +24,7 @@ from vae_core.data.importers import read_adult
 from vae_core.data.storage import delta_storage_options
 from vae_core.data.tables import TableError, delta_schema, is_delta_table, read_table
 from vae_core.data.tabular import TabularTransformer
+from vae_core.distributed.cluster import ClusterResourceError
 from vae_core.distributed.embed import embed_corpus
 from vae_core.distributed.generate import block_seed, generate_rows
 from vae_core.models.families import DataShape, build_model
@@ -120,6 +121,7 @@ def test_embed_matches_in_process_embed_and_a_rerun_is_a_no_op(ray_local, mnist_
 DRIVER = """
 import sys
 from vae_core.config import EmbedConfig
+from vae_core.distributed.cluster import ClusterResourceError
 from vae_core.distributed.embed import embed_corpus
 embed_corpus(sys.argv[1], sys.argv[2], sys.argv[3], EmbedConfig(rows_per_file=250, chunk_rows=250))
 """
@@ -213,6 +215,13 @@ def test_generate_follows_the_job_settings_and_matches_in_process_generation(ray
     np.testing.assert_array_equal(pixels[300:600], np.stack(expected).astype(np.int16))
     params = {"rows": 1000, "seed": 3, "rows_per_file": 300, "chunk_rows": 128, "sample": False}
     assert committed.record.params == params
+
+
+def test_the_data_cpus_setting_reaches_the_cluster_check(ray_local, mnist_model):
+    out = f"{make_bucket()}/samples/too-big"
+    with pytest.raises(ClusterResourceError, match=r"1 workers x 1 CPU \+ 64 CPU for Ray Data"):
+        generate_rows(mnist_model, out, GenerateConfig(rows=10), ComputeConfig(data_cpus=64))
+    assert not is_delta_table(out)
 
 
 def _adult_train() -> pa.Table:
