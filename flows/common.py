@@ -8,6 +8,8 @@ from typing import Any
 
 from prefect.runtime import flow_run
 
+from vae_core.training.model_report import ModelReport
+
 
 def night(run_date: date | None) -> date:
     """The run date: as given, else the date the run was scheduled for (a late run keeps its night)."""
@@ -34,9 +36,10 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def metrics_rows(candidate: dict[str, Any], champion: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def metrics_rows(candidate: ModelReport, champion: ModelReport | None = None) -> list[dict[str, Any]]:
     """One row per scalar metric: candidate and, when there is one, champion side by side."""
-    cand, champ = flat_metrics(candidate), flat_metrics(champion or {})
+    cand = flat_metrics(candidate.to_json_dict())
+    champ = flat_metrics(champion.to_json_dict()) if champion else {}
     rows = []
     for name, value in cand.items():
         row: dict[str, Any] = {"metric": name, "candidate": round(value, 4)}

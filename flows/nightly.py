@@ -10,6 +10,7 @@ meanwhile, the candidate is not promoted and the night ends Failed with nothing 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -36,6 +37,7 @@ from vae_core.data.storage import join
 from vae_core.operations.drift import DriftRecord
 from vae_core.operations.pipeline import PipelineConfig
 from vae_core.operations.registry import new_version, version_uri
+from vae_core.training.model_report import METRICS_FILE, ModelReport
 
 
 @dataclass
@@ -74,6 +76,11 @@ def _training_metrics(history: list[dict[str, Any]], init: float) -> dict[str, A
     }
 
 
+def _heldout_elbo(report: ModelReport) -> float:
+    """The candidate's held-out ELBO for the summary; NaN when its report has none (the gate failed it)."""
+    return math.nan if report.heldout_elbo is None else float(report.heldout_elbo)
+
+
 def _night_artifacts(name: str, report_md: str, result: NightlyResult) -> None:
     markdown_artifact(f"{name}-report", report_md, f"nightly {result.night}")
     outputs = locations_markdown(f"Outputs {result.night}", result.locations())
@@ -102,14 +109,16 @@ def nightly_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date
         pipeline.max_eval_rows,
         config,
     )
-    metrics = {**report["metrics"], "training": _training_metrics(trained.history, trained.val_elbo_init)}
+    # The registered metrics.json: the evaluation report plus a summary of the training run.
+    training = _training_metrics(trained.history, trained.val_elbo_init)
+    metrics = ModelReport.from_dict({**report.report.to_dict(), "training": training})
     candidate = register_model(
         pipeline.root,
         config.name,
         version,
         trained.best_checkpoint_uri,
         metrics,
-        report["metrics_uri"].rsplit("/", 1)[0],
+        report.metrics_uri.rsplit("/", 1)[0],
         {"run_date": day.isoformat(), "flow_run_id": run_id(), "train_run": trained.run_name},
         options,
     )
@@ -129,15 +138,12 @@ def nightly_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date
 
     table_artifact(
         f"{config.name}-metrics",
-        metrics_rows(metrics, decision.champion_metrics),
+        metrics_rows(metrics, decision.champion_report),
         f"candidate {version} vs champion {decision.compared_with or '(none)'}",
     )
-    registered = {
-        **report,
-        "html_uri": candidate.report_uri,
-        "metrics_uri": join(candidate.uri, "metrics.json"),
-    }
-    report_md = report_markdown(f"Nightly report {day}: candidate {version}", registered) + (
+    title = f"Nightly report {day}: candidate {version}"
+    registered_metrics = join(candidate.uri, METRICS_FILE)
+    report_md = report_markdown(title, candidate.report_uri, registered_metrics, metrics) + (
         f"\n**Gate {'passed' if decision.passed else 'FAILED'}**: {decision.reason}\n\n"
         f"Champion: {champion or '(none)'}\n"
     )
@@ -146,7 +152,7 @@ def nightly_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date
         candidate=version,
         candidate_uri=candidate.uri,
         report_uri=candidate.report_uri,
-        elbo=float(metrics["test"]["elbo"]),
+        elbo=_heldout_elbo(metrics),
         promoted=decision.promoted,
         gate_reason=decision.reason,
         champion=champion,

@@ -33,6 +33,7 @@ from vae_core.operations.drift import (
     previous_record,
     write_drift_record,
 )
+from vae_core.reports.report import ReportResult, write_report
 from vae_core.training.model_report import ModelReport
 
 
@@ -121,11 +122,9 @@ def write_model_report(
     iwae_k: int,
     max_eval_rows: int | None,
     storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ReportResult:
     """Evaluate a model and write report.html + metrics.json under out_uri (overwritten on retry)."""
-    from vae_core.reports.report import write_report as _write_report
-
-    result = _write_report(
+    return write_report(
         model_uri,
         out_uri,
         data_uri,
@@ -134,11 +133,6 @@ def write_model_report(
         progress=_log,
         storage_options=storage_options,
     )
-    return {
-        "html_uri": result.html_uri,
-        "metrics_uri": result.metrics_uri,
-        "metrics": result.report.to_json_dict(),
-    }
 
 
 # ---- the registry -----------------------------------------------------------------------------
@@ -150,12 +144,11 @@ def register_model(
     name: str,
     version: str,
     checkpoint_uri: str,
-    metrics: dict[str, Any],
+    report: ModelReport,
     report_uri: str | None,
     extra: dict[str, Any],
     storage_options: dict[str, Any] | None = None,
 ) -> registry.ModelVersion:
-    report = ModelReport.from_dict(metrics)  # read as metrics.json is read: a wrong field is an error
     v = registry.publish_version(
         root, name, version, checkpoint_uri, report, report_uri, extra, storage_options
     )
@@ -186,7 +179,7 @@ class Promotion:
     compared_with: str | None  # the champion the candidate was gated against (None: there was none)
     champion: str | None  # the champion after the decision
     conflict: bool = False  # passed the gate, but another run promoted a different version first
-    champion_metrics: dict[str, Any] | None = field(default=None, repr=False)
+    champion_report: ModelReport | None = field(default=None, repr=False)
 
 
 @task(name="gate-and-promote", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -209,13 +202,13 @@ def gate_and_promote(
     """
     log = get_run_logger()
     result = registry.gate_against(candidate.report, expected, margin)
-    champion_metrics = result.champion_report.to_json_dict() if result.champion_report else None
+    champion_report = result.champion_report
     (log.info if result.passed else log.warning)(
         f"gate {'passed' if result.passed else 'FAILED'}: {result.reason}"
     )
     before = expected.version if expected else None
     if not result.passed:
-        return Promotion(False, False, result.reason, before, before, champion_metrics=champion_metrics)
+        return Promotion(False, False, result.reason, before, before, champion_report=champion_report)
     if expected is not None and expected.night == night and expected.flow_run_id != flow_run_id:
         # One promotion per night: a second run of the same night (a duplicate trigger queued
         # behind the first) serves the night's champion instead of moving it again.
@@ -224,7 +217,7 @@ def gate_and_promote(
             "the champion moves at most once a night"
         )
         log.warning(reason)
-        return Promotion(True, False, reason, before, before, champion_metrics=champion_metrics)
+        return Promotion(True, False, reason, before, before, champion_report=champion_report)
     try:
         record = registry.promote(
             root,
@@ -245,10 +238,10 @@ def gate_and_promote(
             before,
             e.current.version,
             conflict=True,
-            champion_metrics=champion_metrics,
+            champion_report=champion_report,
         )
     _log(f"champion of {name} is now {record.version} (record {record.seq}, was {record.previous})")
-    return Promotion(True, True, result.reason, before, record.version, champion_metrics=champion_metrics)
+    return Promotion(True, True, result.reason, before, record.version, champion_report=champion_report)
 
 
 @task(name="resolve-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -103,7 +103,7 @@ class _FakeNight:
         self.report = tmp_path / "runs" / "r" / "report"
         self.report.mkdir(parents=True)
         (self.report / "report.html").write_text("<html></html>")
-        self.metrics = {"test": {"elbo": elbo, "recon": -elbo - 5.0, "kl": 5.0, "n": 10}}
+        self.elbo = elbo
         self.during_training = during_training
         self.served: list[tuple[str, str | None]] = []
         self.champion_reads = 0
@@ -136,8 +136,10 @@ class _FakeNight:
             )
 
         def evaluate(*args):
-            uri = str(self.report / "metrics.json")
-            return {"metrics": self.metrics, "metrics_uri": uri, "html_uri": str(self.report / "report.html")}
+            from vae_core.reports.report import ReportResult
+
+            html, metrics = str(self.report / "report.html"), str(self.report / "metrics.json")
+            return ReportResult(html, metrics, self.model_report(self.elbo))
 
         def embed(config, pipeline, day):
             import numpy as np
@@ -162,13 +164,17 @@ class _FakeNight:
         monkeypatch.setattr(nightly_module, "markdown_artifact", lambda *a: None)
         monkeypatch.setattr(nightly_module, "table_artifact", lambda *a: None)
 
-    def publish(self, version: str, elbo: float) -> None:
-        from vae_core.operations.registry import publish_version
+    @staticmethod
+    def model_report(elbo: float):
         from vae_core.training.evaluation import EvalResult
         from vae_core.training.model_report import ModelReport
 
-        report = ModelReport(test=EvalResult(elbo, -elbo - 5.0, 5.0, 10))
-        publish_version(self.root, "m", version, self.checkpoint, report)
+        return ModelReport(test=EvalResult(elbo, -elbo - 5.0, 5.0, 10))
+
+    def publish(self, version: str, elbo: float) -> None:
+        from vae_core.operations.registry import publish_version
+
+        publish_version(self.root, "m", version, self.checkpoint, self.model_report(elbo))
 
     def run(self):
         from datetime import date
@@ -179,7 +185,7 @@ class _FakeNight:
 
 
 def test_the_nightly_serves_the_promoted_candidate_to_both_jobs(tmp_path, monkeypatch):
-    from vae_core.operations.registry import champion_record, promote
+    from vae_core.operations.registry import champion_record, promote, read_version
 
     night = _FakeNight(tmp_path, elbo=-119.0)
     night.patch(monkeypatch)
@@ -197,6 +203,12 @@ def test_the_nightly_serves_the_promoted_candidate_to_both_jobs(tmp_path, monkey
         "v1",
         "2026-01-03",
     )
+    # The registered report: the evaluation's numbers plus the nightly's training summary.
+    registered = read_version(night.root, "m", result.candidate).report
+    assert registered.heldout_elbo == result.elbo == -119.0
+    assert registered.to_dict()["training"] == {
+        "epochs": 1, "val_elbo": -130.0, "val_elbo_best": -130.0, "val_elbo_untrained": -550.0,
+    }  # fmt: skip
 
 
 def _night_while_another_run_promotes(tmp_path, monkeypatch, elbo: float) -> _FakeNight:
