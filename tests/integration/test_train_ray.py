@@ -21,7 +21,10 @@ import torch
 
 from tests.integration.conftest import TEST_KEY_ID, TEST_SECRET, make_bucket
 from vae_core.config import VaeflowConfig
-from vae_core.data.dataset import iter_batches, open_dataset, vector_features
+from vae_core.data.codecs.table import TabularCodec
+from vae_core.data.codecs.vector import VectorCodec
+from vae_core.data.dataset import DataError, iter_batches, open_dataset, vector_features
+from vae_core.data.importers import read_adult
 from vae_core.data.storage import arrow_filesystem
 from vae_core.distributed.cluster import ClusterResourceError, check_resources
 from vae_core.distributed.trainer import RunNameError, train
@@ -260,3 +263,80 @@ def test_a_run_name_is_resumed_only_when_asked_and_only_with_its_own_settings(ra
     assert [r["from_epoch"] for r in second.checkpoint.meta.restarts] == [1]
     # A new name with resume=True simply starts (what the Prefect task passes on its first try).
     assert [h["epoch"] for h in train(cfg, run_name="names-2", resume=True).history] == [1]
+
+
+def _vector_shard(uri: str, n: int, bad: str | None = None, bad_row: int = 7) -> pa.Table:
+    """n rows of 16-value float vectors in a variable-length list column; `bad` puts a NaN ("nan") or
+    a 15-value vector ("short") at `bad_row`."""
+    vectors = np.random.default_rng(n).random((n, 16)).astype(np.float32).tolist()
+    if bad == "nan":
+        vectors[bad_row][3] = float("nan")
+    elif bad == "short":
+        vectors[bad_row] = vectors[bad_row][:15]
+    table = pa.table(
+        {"id": pa.array(np.arange(n), pa.int64()), "v": pa.array(vectors, pa.list_(pa.float32()))}
+    )
+    fs, path = arrow_filesystem(uri)
+    pq.write_table(table, path, filesystem=fs)
+    return table
+
+
+@pytest.mark.parametrize(
+    ("bad", "split"),
+    [("nan", "train"), ("nan", "test"), ("short", "test")],
+    ids=["nan-in-train-found-while-fitting", "nan-in-val-found-on-a-worker", "short-vector-on-a-worker"],
+)
+def test_a_bad_vector_fails_training_with_the_codecs_message_naming_file_column_and_row(
+    ray_local, s3_server, bad, split
+):
+    root = f"{make_bucket()}/vectors"
+    _vector_shard(f"{root}/train/part-0.parquet", 200)
+    _vector_shard(f"{root}/test/part-0.parquet", 50, bad if split == "test" else None)
+    bad_uri = f"{root}/{split}/part-1.parquet" if split == "train" else f"{root}/test/part-0.parquet"
+    if split == "train":
+        _vector_shard(bad_uri, 50, bad)
+    fs, path = arrow_filesystem(bad_uri)
+    table = pq.read_table(path, filesystem=fs)  # the rows the codec sees, in the file's order
+    cfg = VaeflowConfig.model_validate(
+        {
+            "name": "bad-vectors",
+            "data": {"uri": root, "vector_column": "v", "vector_dim": 16},
+            "model": {"family": "vae", "hidden": [8], "latent_dim": 2, "likelihood": "gaussian"},
+            "train": {"epochs": 1, "batch_size": 64, "runs_uri": f"{make_bucket()}/runs", "max_failures": 0},
+            "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+        }
+    )
+    with pytest.raises(DataError) as err:
+        train(cfg, run_name=f"bad-{bad}-{split}", progress=lambda m: None)
+    with pytest.raises(DataError) as direct:
+        VectorCodec("v", 16, "float").encode(table, bad_uri)
+    assert str(err.value) == str(direct.value)
+    row = "row 7" if bad == "nan" else "row 7 has 15 values"
+    assert str(err.value).startswith(f"{bad_uri}: column 'v': ") and row in str(err.value)
+
+
+def test_a_table_trains_on_ray_through_the_tabular_codec_saved_with_the_checkpoint(ray_local, s3_server):
+    root = f"{make_bucket()}/adult"
+    fs, _ = arrow_filesystem(root)
+    for split, (start, n) in {"train": (0, 600), "test": (600, 200)}.items():
+        table = read_adult("train").slice(start, n)
+        pq.write_table(table, arrow_filesystem(f"{root}/{split}/part-0.parquet")[1], filesystem=fs)
+    cfg = VaeflowConfig.model_validate(
+        {
+            "name": "adult",
+            "data": {"uri": root, "id_column": None},
+            "model": {"family": "vae", "hidden": [32], "latent_dim": 4, "likelihood": "tabular"},
+            "train": {"epochs": 2, "batch_size": 64, "runs_uri": f"{make_bucket()}/runs"},
+            "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+        }
+    )
+    result = train(cfg, run_name="adult", progress=lambda m: None)
+    codec = result.checkpoint.codec
+    assert isinstance(codec, TabularCodec) and codec.columns == read_adult("train").column_names
+    assert _exists(f"{result.checkpoint_uri}/codec.json") and not _exists(
+        f"{result.checkpoint_uri}/tabular.json"
+    )
+    assert result.history[-1]["val_elbo"] > result.checkpoint.meta.val_elbo_init
+    test = read_adult("train").slice(600, 200)
+    elbo = evaluate(result.model, [torch.from_numpy(codec.encode(test, "test"))]).elbo
+    assert abs(elbo - result.history[-1]["val_elbo"]) < 0.05 * abs(elbo)  # the same rows, the same x

@@ -28,7 +28,9 @@ def _vectors(values: np.ndarray, value_type: pa.DataType, fixed: bool = True) ->
 def _fit(table: pa.Table, **data):
     cfg = DataConfig(uri="mem", **data)
     spec = resolve_spec(cfg, table.schema, "train")
-    return fit_codec(spec, table.schema, lambda columns: [table.select(columns)], "train", cfg)
+    return fit_codec(
+        spec, table.schema, lambda columns: [("part-0.parquet", table.select(columns))], "train", cfg
+    )
 
 
 def test_pixels_divide_by_scale_decode_to_uint8_and_default_to_bernoulli():
@@ -88,7 +90,9 @@ def test_standardized_codec_fits_moments_by_streaming_and_inverts():
     cfg = DataConfig(uri="mem", vector_column="v", codec="standardized")
     spec = resolve_spec(cfg, table.schema, "train")
     parts = [table.slice(i, 500) for i in range(0, 3_000, 500)]  # six batches: a streaming fit
-    codec = fit_codec(spec, table.schema, lambda columns: [p.select(columns) for p in parts], "train", cfg)
+    codec = fit_codec(
+        spec, table.schema, lambda columns: [("f", p.select(columns)) for p in parts], "train", cfg
+    )
     assert isinstance(codec, StandardizedCodec) and codec.likelihood == "gaussian"
     np.testing.assert_allclose(codec.mean, values.mean(0), atol=1e-4)
     np.testing.assert_allclose(codec.std[:5], values.std(0)[:5], rtol=1e-4)
@@ -145,3 +149,35 @@ def test_an_unknown_codec_name_is_a_config_error_listing_the_known_ones():
     known = "auto, vector, tabular, standardized"
     with pytest.raises(ValueError, match=f"unknown codec 'sparse'; known: {known}"):
         DataConfig(uri="mem", codec="sparse")
+
+
+def test_fitting_reports_a_bad_vector_as_encode_does_naming_its_file():
+    good = _vectors(np.ones((5, 4), np.float32), pa.float32())
+    values = np.ones((5, 4), np.float32)
+    values[2, 0] = np.inf
+    bad = _vectors(values, pa.float32())
+    cfg = DataConfig(uri="mem", vector_column="v")
+    spec = resolve_spec(cfg, good.schema, "train")
+    files = [("s3://b/train/part-0.parquet", good), ("s3://b/train/part-1.parquet", bad)]
+    with pytest.raises(DataError) as fitting:
+        fit_codec(spec, good.schema, lambda columns: [(f, t.select(columns)) for f, t in files], "train", cfg)
+    codec = VectorCodec("v", 4, "float", 1.0)
+    with pytest.raises(DataError) as encoding:
+        codec.encode(bad, "s3://b/train/part-1.parquet")
+    assert str(fitting.value) == str(encoding.value)
+    assert str(fitting.value).startswith("s3://b/train/part-1.parquet: column 'v'") and "row 2" in str(
+        fitting.value
+    )
+
+
+def test_fitting_a_table_names_the_file_of_a_bad_value_and_the_split_for_split_wide_errors():
+    good = pa.table({"age": pa.array([1.0, 2.0, 3.0]), "city": pa.array(["a", "b", "a"])})
+    bad = pa.table({"age": pa.array([1.0, float("nan"), 3.0]), "city": pa.array(["a", "b", "a"])})
+    cfg = DataConfig(uri="mem", id_column=None)
+    spec = resolve_spec(cfg, good.schema, "train")
+    with pytest.raises(DataError, match=r"^part-1\.parquet: column 'age': NaN"):
+        fit_codec(
+            spec, good.schema, lambda c: [("part-0.parquet", good), ("part-1.parquet", bad)], "train", cfg
+        )
+    with pytest.raises(DataError, match=r"^s3://b/train: .*no rows"):
+        fit_codec(spec, good.schema, lambda c: [("part-0.parquet", good.slice(0, 0))], "s3://b/train", cfg)

@@ -19,30 +19,32 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
 from vae_core.config import VaeflowConfig
 from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, fit_codec
-from vae_core.data.dataset import DatasetSpec, encode_schema, iter_batches, open_dataset
-from vae_core.data.storage import arrow_filesystem, create_only_write, filesystem, join, scheme
+from vae_core.data.dataset import DataError, DatasetSpec, encode_schema, iter_batches, open_dataset
+from vae_core.data.storage import arrow_filesystem, create_only_write, filesystem, join, scheme, uri_of
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult, evaluate
 from vae_core.training.loop import EpochStats, KLSchedule, fit, make_optimizer
 
 from .cluster import check_resources, ensure_ray
+from .errors import reraise_data_error
 
-FEATURES = "x"
+PATH = "path"  # the column read_parquet(include_paths=True) adds
 
 
 class TrainingError(RuntimeError):
@@ -68,35 +70,62 @@ class TrainResult:
 # ---- data -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the driver hands every worker (Ray's train_loop_config is one JSON string of this)."""
+
+    config: str  # VaeflowConfig JSON, unredacted: workers open the data with the real storage options
+    codec: str  # codec_to_json of the codec fitted on train
+    schema: str  # the training columns' Arrow schema (dataset.encode_schema), recorded in checkpoints
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> LoopConfig:
+        return cls(**json.loads(text))
+
+
 def _read(shards: list[str], columns: list[str], storage_options: dict) -> ray.data.Dataset:
+    """The shards' `columns` plus PATH, the file each row came from (for error messages)."""
     fs, _ = arrow_filesystem(shards[0], storage_options)
     paths = [arrow_filesystem(s, storage_options)[1] for s in shards]
-    return ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
-
-
-def _tabular_features(codec: Codec) -> Callable[[pa.Table], dict[str, np.ndarray]]:
-    def to_features(batch: pa.Table) -> dict[str, np.ndarray]:
-        return {FEATURES: codec.encode(batch, "train")}  # (B, D) float32
-
-    return to_features
+    return ray.data.read_parquet(paths, filesystem=fs, include_paths=True).select_columns([*columns, PATH])
 
 
 def build_datasets(
-    cfg: VaeflowConfig,
-    spec: DatasetSpec,
-    shards: dict[str, list[str]],
-    codec: Codec,
+    cfg: VaeflowConfig, codec: Codec, shards: dict[str, list[str]]
 ) -> dict[str, ray.data.Dataset]:
-    """Ray Datasets with one feature column each: the raw vector column, or tabular features."""
+    """Ray Datasets of the raw columns the codec reads (and each row's file): rows become x on the
+    workers (`Encode`), so Ray Data moves the stored types (uint8 pixels, not float32)."""
     out = {}
     for name, split_shards in shards.items():
-        ds = _read(split_shards, spec.feature_columns, cfg.data.storage_options)
+        ds = _read(split_shards, codec.columns, cfg.data.storage_options)
         if name == "train":  # shards arrive in a seeded random order, rows then mix in the shuffle buffer
             ds = ds.randomize_block_order(seed=cfg.train.seed)
-        if spec.kind == "tabular":
-            ds = ds.map_batches(_tabular_features(codec), batch_format="pyarrow")
         out[name] = ds
     return out
+
+
+class Encode(ArrowBatchCollateFn):
+    """Ray Data's collate step on a worker: an Arrow batch of rows -> x (B, D) float32 via the codec.
+
+    It runs in the data iterator's prefetch threads, overlapping the training step. A bad row fails
+    with the codec's message naming its file: the batch is encoded again one file at a time to find it.
+    """
+
+    def __init__(self, codec: Codec, data_uri: str) -> None:
+        super().__init__()
+        self.codec, self.data_uri = codec, data_uri
+
+    def __call__(self, batch: pa.Table) -> torch.Tensor:
+        files, rows = batch.column(PATH), batch.drop_columns([PATH])
+        try:
+            return torch.from_numpy(self.codec.encode(rows, self.data_uri))
+        except DataError:
+            for path in pc.unique(files).to_pylist():
+                self.codec.encode(rows.filter(pc.equal(files, path)), uri_of(self.data_uri, path))
+            raise
 
 
 # ---- the per-worker loop ----------------------------------------------------------------------
@@ -114,6 +143,8 @@ def _validate(model: torch.nn.Module, batches: Iterator[torch.Tensor], seed: int
     try:
         local = evaluate(model, batches, seed=seed)
         sums = [local.recon * local.n, local.kl * local.n, float(local.n)]
+    except DataError:  # a ValueError too, but a bad row, not an empty shard
+        raise
     except ValueError:  # this worker's shard is empty
         sums = [0.0, 0.0, 0.0]
     recon, kl, n = _all_reduce_sum(sums)
@@ -122,11 +153,11 @@ def _validate(model: torch.nn.Module, batches: Iterator[torch.Tensor], seed: int
     return EvalResult(elbo=-(recon + kl) / n, recon=recon / n, kl=kl / n, n=int(n))
 
 
-def _worker_loop(loop_cfg: dict[str, Any]) -> None:
-    cfg = VaeflowConfig.from_json(loop_cfg["config"])
-    codec = codec_from_json(loop_cfg["codec"])
+def _worker_loop(train_loop_config: dict[str, str]) -> None:
+    loop_cfg = LoopConfig.from_json(train_loop_config["loop"])
+    cfg = VaeflowConfig.from_json(loop_cfg.config)
+    codec = codec_from_json(loop_cfg.codec)
     shape = DataShape.of(codec)
-    scale, vector_column = loop_cfg["scale"], loop_cfg["column"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -164,7 +195,7 @@ def _worker_loop(loop_cfg: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    column = FEATURES if loop_cfg["kind"] == "tabular" else vector_column
+    encode = Encode(codec, cfg.data.uri)
 
     def batches_of(shard: Any, shuffle_seed: int | None = None) -> Iterator[torch.Tensor]:
         # Training batches come through a seeded local shuffle buffer (rows from several blocks mix);
@@ -175,11 +206,9 @@ def _worker_loop(loop_cfg: dict[str, Any]) -> None:
                 "local_shuffle_buffer_size": 16 * cfg.train.batch_size,
                 "local_shuffle_seed": shuffle_seed,
             }
-        for b in shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size, dtypes=torch.float32, device=device, **shuffle
-        ):
-            x = b[column]
-            yield x / scale if scale != 1.0 else x
+        yield from shard.iter_torch_batches(
+            batch_size=cfg.train.batch_size, collate_fn=encode, device=device, **shuffle
+        )
 
     if init_val is None:
         init_val = _validate(core, batches_of(val_shard), cfg.train.seed).elbo
@@ -224,7 +253,7 @@ def _worker_loop(loop_cfg: dict[str, Any]) -> None:
             history=history,
             val_elbo=val.elbo,
             val_elbo_init=init_val,
-            data_schema=loop_cfg["schema"],
+            data_schema=loop_cfg.schema,
             world_size=world,
             worker_nodes=nodes,
             restarts=restarts,
@@ -373,9 +402,8 @@ def prepare_data(
         raise ValueError(f"{cfg.data.uri}: the {cfg.train.val_split!r} split's schema differs from train's")
     t0 = time.perf_counter()
 
-    def batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
-        for _, b in iter_batches(train_shards, columns, storage_options=cfg.data.storage_options):
-            yield b
+    def batches(columns: list[str]) -> Iterator[tuple[str, pa.RecordBatch]]:
+        return iter_batches(train_shards, columns, storage_options=cfg.data.storage_options)
 
     codec = fit_codec(spec, schema, batches, join(cfg.data.uri, "train"), cfg.data, seed=cfg.train.seed)
     progress(f"fitted the {codec.kind} codec ({codec.dim} features) in {time.perf_counter() - t0:.1f}s")
@@ -397,7 +425,7 @@ def train(
     """
     name = run_name or cfg.name
     resuming = check_run_name(cfg, name, resume)
-    spec, schema, shards, codec = prepare_data(cfg, progress)
+    _, schema, shards, codec = prepare_data(cfg, progress)
     ensure_ray(cfg.compute)
     check_resources(cfg.compute)
     ctx = ray.data.DataContext.get_current()
@@ -410,16 +438,10 @@ def train(
     ctx.execution_options.preserve_order = True
     if not resuming:
         resuming = record_run(cfg, name, resume)
+    loop_cfg = LoopConfig(cfg.to_json(redact=False), codec_to_json(codec), encode_schema(schema))
     trainer = ray.train.torch.TorchTrainer(
         _worker_loop,
-        train_loop_config={
-            "config": cfg.to_json(redact=False),  # workers need the real storage options
-            "codec": codec_to_json(codec),
-            "kind": spec.kind,
-            "scale": spec.scale,
-            "column": spec.vector_column,
-            "schema": encode_schema(schema),
-        },
+        train_loop_config={"loop": loop_cfg.to_json()},
         scaling_config=ScalingConfig(
             num_workers=cfg.compute.num_workers,
             use_gpu=cfg.compute.use_gpu,
@@ -439,13 +461,14 @@ def train(
             ),
             **_storage(cfg.train.runs_uri, cfg.data.storage_options),
         ),
-        datasets=build_datasets(cfg, spec, shards, codec),
+        datasets=build_datasets(cfg, codec, shards),
     )
     what = "resuming" if resuming else "training"
     progress(f"{what} {cfg.model.family} on {cfg.data.uri} as run {name!r} under {cfg.train.runs_uri}")
     try:
         result = trainer.fit()
     except Exception as e:  # Ray raises TrainingFailedError with the worker traceback inside
+        reraise_data_error(e)  # a bad row: the codec's message naming its file, column and row
         raise TrainingError(f"run {name!r} failed: {e}") from e
     if result.checkpoint is None:
         raise TrainingError(f"run {name!r} finished without a checkpoint")

@@ -56,7 +56,12 @@ def codec_from_json(text: str, source: str = "codec.json") -> Codec:
 def fit_codec(
     spec: DatasetSpec, schema: pa.Schema, batches: Batches, source: str, cfg: DataConfig, seed: int = 0
 ) -> Codec:
-    """Fit the codec the spec names (`spec.kind`) on one streaming pass over the training split."""
+    """Fit the codec the spec names (`spec.kind`) on one streaming pass over the training split.
+
+    `batches(columns)` gives (file, batch) pairs of those columns, e.g. dataset.iter_batches over the
+    split's shards: an invalid value is reported with its file, column and row as encode reports it;
+    `source` (the split) names errors about the split as a whole.
+    """
     cls = codec_class(spec.kind)
     has_vector = spec.vector_column is not None
     if cls.reads == "vector_column" and not has_vector:

@@ -13,7 +13,9 @@ from vae_core.config import DataConfig
 from vae_core.data.dataset import DataError, DatasetSpec
 from vae_core.data.layout import Block
 
-Batches = Callable[[list[str]], Iterable[pa.RecordBatch | pa.Table]]  # columns -> one pass over train
+# columns -> one pass over the training split as (file, batch) pairs (dataset.iter_batches), so that a
+# bad value found while fitting is reported with the file it is in.
+Batches = Callable[[list[str]], Iterable[tuple[str, pa.RecordBatch | pa.Table]]]
 
 
 class Codec(Protocol):

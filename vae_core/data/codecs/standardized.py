@@ -61,8 +61,8 @@ class StandardizedCodec:
                 f"holds {value_type} (use data.codec='vector' for pixels or counts)"
             )
         n, total, total_sq = 0, np.zeros(spec.dim), np.zeros(spec.dim)
-        for batch in batches([spec.vector_column]):
-            v = vectors(batch, spec.vector_column, spec.dim, source).astype(np.float64)
+        for file, batch in batches([spec.vector_column]):
+            v = vectors(batch, spec.vector_column, spec.dim, file).astype(np.float64)
             n += len(v)
             total += v.sum(0)
             total_sq += (v**2).sum(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -52,9 +53,10 @@ class TabularCodec:
     def fit(
         cls, spec: DatasetSpec, schema: pa.Schema, batches: Batches, source: str, cfg: DataConfig, seed: int
     ) -> TabularCodec:
+        stream = _Stream(batches(spec.feature_columns), source)
         try:
             transformer = TabularTransformer.fit(
-                batches(spec.feature_columns),
+                stream,
                 spec.continuous,
                 spec.categorical,
                 schema,
@@ -62,5 +64,19 @@ class TabularCodec:
                 seed=seed,
             )
         except ValueError as e:
-            raise DataError(f"{source}: {e}") from e
+            raise DataError(f"{stream.source}: {e}") from e
         return cls(transformer)
+
+
+class _Stream:
+    """The batches of (file, batch) pairs; `source` is the file of the batch being read, and the whole
+    split's `source` before and after (an error about the whole split names the split)."""
+
+    def __init__(self, pairs: Iterable[tuple[str, pa.RecordBatch | pa.Table]], source: str) -> None:
+        self.pairs, self.split, self.source = pairs, source, source
+
+    def __iter__(self) -> Iterator[pa.RecordBatch | pa.Table]:
+        for file, batch in self.pairs:
+            self.source = file
+            yield batch
+        self.source = self.split

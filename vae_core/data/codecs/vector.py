@@ -70,8 +70,8 @@ class VectorCodec:
         pass (it decides the default likelihood)."""
         value_type = str(schema.field(spec.vector_column).type.value_type)
         lo, hi = math.inf, -math.inf
-        for batch in batches([spec.vector_column]):
-            x = vectors(batch, spec.vector_column, spec.dim, source) / spec.scale
+        for file, batch in batches([spec.vector_column]):
+            x = vectors(batch, spec.vector_column, spec.dim, file) / spec.scale
             if len(x):
                 lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
         return cls(
