@@ -37,6 +37,7 @@ from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, fit_code
 from vae_core.data.dataset import DataError, DatasetSpec, encode_schema, iter_batches, open_dataset
 from vae_core.data.storage import arrow_filesystem, create_only_write, filesystem, join, scheme, uri_of
 from vae_core.models.families import DataShape, build_model
+from vae_core.models.model import LatentModel
 from vae_core.training.checkpoints import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult, evaluate
 from vae_core.training.loop import EpochStats, KLSchedule, fit, make_optimizer
@@ -153,23 +154,24 @@ def _validate(model: torch.nn.Module, batches: Iterator[torch.Tensor], seed: int
     return EvalResult(elbo=-(recon + kl) / n, recon=recon / n, kl=kl / n, n=int(n))
 
 
-def _worker_loop(train_loop_config: dict[str, str]) -> None:
-    loop_cfg = LoopConfig.from_json(train_loop_config["loop"])
-    cfg = VaeflowConfig.from_json(loop_cfg.config)
-    codec = codec_from_json(loop_cfg.codec)
-    shape = DataShape.of(codec)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if cfg.compute.torch_threads:
-        torch.set_num_threads(cfg.compute.torch_threads)
+@dataclass
+class RunState:
+    """Where the run stands on this worker: fresh, or restored from the run's latest checkpoint."""
 
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = build_model(cfg.model, shape)
-    optimizer = make_optimizer(model, cfg.train.lr)
-    start_epoch, step, history, init_val, restarts = 0, 0, [], None, []
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
+    val_elbo_init: float | None = None  # the untrained model's validation ELBO
+    restarts: list[dict[str, Any]] = field(default_factory=list)
+    resumed: bool = False
+
+    @classmethod
+    def restore(cls, model: LatentModel, optimizer: torch.optim.Optimizer, rank: int) -> RunState:
+        """Ray: the run's latest checkpoint (a restarted worker group or a relaunch), loaded into
+        `model` and `optimizer`; a fresh state when there is none."""
+        resumed = ray.train.get_checkpoint()
+        if resumed is None:
+            return cls()
         # A private directory per worker: Checkpoint.as_directory() downloads into one temp path
         # shared by all workers on a node behind a non-blocking lock, and a worker that loses the
         # race can fail with "Checkpoint directory ... does not exist" (seen with Ray 2.60).
@@ -179,103 +181,163 @@ def _worker_loop(train_loop_config: dict[str, str]) -> None:
         model.load_state_dict(restored.model.state_dict())
         optimizer.load_state_dict(restored.optimizer_state)
         meta = restored.meta
-        start_epoch, step, history = meta.epoch, meta.step, meta.history
-        init_val = meta.val_elbo_init
         # Each resume (worker-group restart or relaunch) is recorded: the run's history is auditable.
-        restarts = [*meta.restarts, {"from_epoch": start_epoch, "at": time.time()}]
-    model = ray.train.torch.prepare_model(model)  # DDP: gloo on CPU, NCCL on GPU; moves to device
-    # Per-worker, per-resume randomness (reparameterisation noise, DAE corruption).
-    torch.manual_seed(cfg.train.seed * 100_003 + 1_009 * start_epoch + rank)
-    core = getattr(model, "module", model)
-    # Optimizer state restored on CPU must follow the parameters to the device.
-    for state in optimizer.state.values():
-        for k, v in state.items():
-            if isinstance(v, torch.Tensor) and k != "step":
-                state[k] = v.to(device)
+        restarts = [*meta.restarts, {"from_epoch": meta.epoch, "at": time.time()}]
+        return cls(meta.epoch, meta.step, meta.history, meta.val_elbo_init, restarts, resumed=True)
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    encode = Encode(codec, cfg.data.uri)
 
-    def batches_of(shard: Any, shuffle_seed: int | None = None) -> Iterator[torch.Tensor]:
-        # Training batches come through a seeded local shuffle buffer (rows from several blocks mix);
-        # validation reads in order.
-        shuffle = {}
-        if shuffle_seed is not None:
-            shuffle = {
-                "local_shuffle_buffer_size": 16 * cfg.train.batch_size,
-                "local_shuffle_seed": shuffle_seed,
-            }
-        yield from shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size, collate_fn=encode, device=device, **shuffle
+class ShardBatches:
+    """x batches (B, D) of this worker's dataset shards, encoded by the codec on the way in."""
+
+    def __init__(self, cfg: VaeflowConfig, codec: Codec, rank: int, device: torch.device) -> None:
+        self.train_shard = ray.train.get_dataset_shard("train")  # Ray: this worker's data shards
+        self.val_shard = ray.train.get_dataset_shard("val")
+        self.encode = Encode(codec, cfg.data.uri)
+        self.batch_size, self.seed, self.rank, self.device = (
+            cfg.train.batch_size,
+            cfg.train.seed,
+            rank,
+            device,
         )
 
-    if init_val is None:
-        init_val = _validate(core, batches_of(val_shard), cfg.train.seed).elbo
-    nodes = [ray.get_runtime_context().get_node_id()]
-    if world > 1:
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, nodes[0])
-        nodes = gathered
-    if rank == 0 and resumed is None:
-        print(f"[vaeflow] {world} worker(s) on nodes {nodes}; untrained val ELBO {init_val:.2f}", flush=True)
+    def train(self, epoch: int) -> Iterator[torch.Tensor]:
+        """One epoch through a local shuffle buffer (rows of blocks mix), seeded per epoch and rank."""
+        return self._batches(
+            self.train_shard,
+            local_shuffle_buffer_size=16 * self.batch_size,
+            local_shuffle_seed=self.seed * 10_007 + 101 * epoch + self.rank,
+        )
 
-    def on_epoch(stats: EpochStats, core: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-        t0 = time.perf_counter()
-        val = _validate(core, batches_of(val_shard), cfg.train.seed + stats.epoch)
-        # Samples/s of the whole group: every worker processed the same number of rows.
-        record = {
-            **stats.to_dict(),
-            "samples": stats.samples * world,
-            "samples_per_s": stats.samples_per_s * world,
-            "val_elbo": val.elbo,
-            "val_recon": val.recon,
-            "val_kl": val.kl,
-            "val_seconds": time.perf_counter() - t0,
-            "finished_at": time.time(),
-        }
-        history.append(record)
+    def val(self) -> Iterator[torch.Tensor]:
+        """The validation split in order."""
+        return self._batches(self.val_shard)
+
+    def _batches(self, shard: Any, **shuffle: int) -> Iterator[torch.Tensor]:
+        yield from shard.iter_torch_batches(
+            batch_size=self.batch_size, collate_fn=self.encode, device=self.device, **shuffle
+        )
+
+
+@dataclass
+class EpochEnd:
+    """fit's per-epoch callback: validate on all workers, record the epoch, and report it to Ray Train
+    with rank 0's checkpoint."""
+
+    cfg: VaeflowConfig
+    codec: Codec
+    schema: str  # the training schema, recorded in every checkpoint
+    state: RunState
+    data: ShardBatches
+    rank: int
+    world: int
+    nodes: list[str]
+
+    def __call__(self, stats: EpochStats, core: LatentModel, optimizer: torch.optim.Optimizer) -> None:
+        record = self._record(stats, core)
+        self.state.history.append(record)
         metrics = {
             k: record[k] for k in ("epoch", "loss", "elbo", "recon", "kl", "val_elbo", "samples_per_s")
         }
-        if rank != 0:
-            ray.train.report(metrics)
+        if self.rank != 0:
+            ray.train.report(metrics)  # Ray: every rank reports; only rank 0 writes the checkpoint
             return
         print(
-            f"[vaeflow] epoch {stats.epoch}/{cfg.train.epochs}  loss {stats.loss:.2f}  "
-            f"recon {stats.recon:.2f}  kl {stats.kl:.2f}  val ELBO {val.elbo:.2f}  "
+            f"[vaeflow] epoch {stats.epoch}/{self.cfg.train.epochs}  loss {stats.loss:.2f}  "
+            f"recon {stats.recon:.2f}  kl {stats.kl:.2f}  val ELBO {record['val_elbo']:.2f}  "
             f"{record['samples_per_s']:,.0f} samples/s",
             flush=True,
         )
         meta = CheckpointMeta(
             epoch=stats.epoch,
             step=stats.step,
-            history=history,
-            val_elbo=val.elbo,
-            val_elbo_init=init_val,
-            data_schema=loop_cfg.schema,
-            world_size=world,
-            worker_nodes=nodes,
-            restarts=restarts,
+            history=self.state.history,
+            val_elbo=record["val_elbo"],
+            val_elbo_init=self.state.val_elbo_init,
+            data_schema=self.schema,
+            world_size=self.world,
+            worker_nodes=self.nodes,
+            restarts=self.state.restarts,
         )
         with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(d, core, cfg, codec, optimizer=opt, meta=meta)
-            ray.train.report(
+            save_checkpoint(d, core, self.cfg, self.codec, optimizer=optimizer, meta=meta)
+            ray.train.report(  # Ray: the checkpoint is uploaded to the run's storage
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(d),
                 checkpoint_dir_name=f"epoch_{stats.epoch:04d}",
             )
 
+    def _record(self, stats: EpochStats, core: LatentModel) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        val = _validate(core, self.data.val(), self.cfg.train.seed + stats.epoch)
+        # Samples/s of the whole group: every worker processed the same number of rows.
+        return {
+            **stats.to_dict(),
+            "samples": stats.samples * self.world,
+            "samples_per_s": stats.samples_per_s * self.world,
+            "val_elbo": val.elbo,
+            "val_recon": val.recon,
+            "val_kl": val.kl,
+            "val_seconds": time.perf_counter() - t0,
+            "finished_at": time.time(),
+        }
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Optimizer state restored on CPU follows the parameters to the device."""
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(device)
+
+
+def _worker_nodes(world: int) -> list[str]:
+    """The node id of every rank, in rank order."""
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return [node]
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, node)
+    return gathered
+
+
+def _worker_loop(train_loop_config: dict[str, str]) -> None:
+    """The training function of every Ray Train worker: vae_core's `fit` over this worker's shard."""
+    loop = LoopConfig.from_json(train_loop_config["loop"])
+    cfg, codec = VaeflowConfig.from_json(loop.config), codec_from_json(loop.codec)
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    device = ray.train.torch.get_device()
+    if cfg.compute.torch_threads:
+        torch.set_num_threads(cfg.compute.torch_threads)
+
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model, DataShape.of(codec))
+    optimizer = make_optimizer(model, cfg.train.lr)
+    state = RunState.restore(model, optimizer, rank)
+    ddp = ray.train.torch.prepare_model(model)  # Ray: DDP (gloo on CPU, NCCL on GPU); moves to device
+    core: LatentModel = getattr(ddp, "module", ddp)
+    # Per-worker, per-resume randomness (reparameterisation noise, DAE corruption).
+    torch.manual_seed(cfg.train.seed * 100_003 + 1_009 * state.epoch + rank)
+    _optimizer_to(optimizer, device)
+
+    data = ShardBatches(cfg, codec, rank, device)
+    if state.val_elbo_init is None:
+        state.val_elbo_init = _validate(core, data.val(), cfg.train.seed).elbo
+    nodes = _worker_nodes(world)
+    if rank == 0 and not state.resumed:
+        print(
+            f"[vaeflow] {world} worker(s) on nodes {nodes}; untrained val ELBO {state.val_elbo_init:.2f}",
+            flush=True,
+        )
     fit(
-        model,
-        lambda epoch: batches_of(train_shard, shuffle_seed=cfg.train.seed * 10_007 + 101 * epoch + rank),
+        ddp,
+        data.train,
         epochs=cfg.train.epochs,
         optimizer=optimizer,
         schedule=KLSchedule(cfg.train.beta, cfg.train.warmup_epochs, cfg.train.warmup_steps),
         grad_clip=cfg.train.grad_clip,
-        start_epoch=start_epoch,
-        start_step=step,
-        on_epoch=on_epoch,
+        start_epoch=state.epoch,
+        start_step=state.step,
+        on_epoch=EpochEnd(cfg, codec, loop.schema, state, data, rank, world, nodes),
         device=device,
         autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
     )
