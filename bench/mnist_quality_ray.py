@@ -13,7 +13,7 @@ from bench._results import write_result
 from vae_core.config import VaeflowConfig
 from vae_core.data.dataset import iter_batches, open_dataset, vector_features
 from vae_core.data.importers import import_mnist
-from vae_core.distributed.trainer import train
+from vae_core.distributed.trainer import train_on_ray
 from vae_core.testing import local_s3_server, make_bucket
 from vae_core.training.evaluation import evaluate
 
@@ -44,7 +44,7 @@ def main() -> None:
             }
         )
         t0 = time.perf_counter()
-        result = train(cfg)
+        result = train_on_ray(cfg)
         seconds = time.perf_counter() - t0
         shards, _, spec = open_dataset(cfg.data, "test")
         batches = [

@@ -2,7 +2,7 @@
 127.0.0.1) against a plain PyTorch loop over the same rows in memory, measured in the same run.
 
 Steady state = median samples/s of the epochs after the first (inside the training loop, validation
-excluded). Start-up = wall time of train() minus the time spent in epochs and validation, including
+excluded). Start-up = wall time of train_on_ray() minus the time spent in epochs and validation, including
 starting the local Ray cluster (each configuration gets a fresh one). The
 training loop also records how long it waited for the next batch, which shows where the time goes.
 """
@@ -23,7 +23,7 @@ from vae_core.config import VaeflowConfig
 from vae_core.data.importers import ShardWriter, import_mnist
 from vae_core.data.packaged import mnist_table
 from vae_core.data.storage import arrow_filesystem
-from vae_core.distributed.trainer import train
+from vae_core.distributed.trainer import train_on_ray
 from vae_core.models.families import DataShape, build_model
 from vae_core.testing import local_s3_server, make_bucket
 from vae_core.training.loop import fit
@@ -81,7 +81,7 @@ def ray_run(root: str, workers: int) -> dict:
         }
     )
     t0 = time.perf_counter()
-    result = train(cfg, progress=lambda m: None)  # starts a local cluster sized for this plan
+    result = train_on_ray(cfg, progress=lambda m: None)  # starts a local cluster sized for this plan
     wall = time.perf_counter() - t0
     ray.shutdown()
     h = result.history

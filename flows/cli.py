@@ -105,10 +105,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     then it continues from the latest checkpoint, provided the data/model/train settings are the ones it
     was launched with (train.epochs may be raised to extend a run). Uses the cluster at RAY_ADDRESS if
     set, else starts a local one with token auth."""
-    from vae_core.distributed.trainer import train
+    from vae_core.distributed.trainer import train_on_ray
 
     cfg = _job_config(args)
-    result = train(cfg, run_name=args.run_name, progress=_print_progress, resume=args.resume)
+    result = train_on_ray(cfg, run_name=args.run_name, progress=_print_progress, resume=args.resume)
     last = result.history[-1]
     print(
         f"done: {len(result.history)} epochs, val ELBO {last['val_elbo']:.2f} nats "

@@ -102,9 +102,9 @@ def train_model(config: VaeflowConfig, run_name: str) -> TrainSummary:
     """Ray Train. A retry relaunches the same run name and resumes from its latest checkpoint: the
     task asks for resuming explicitly, and a stored run with other data/model/train settings is
     still refused (RunNameError)."""
-    from vae_core.distributed.trainer import train
+    from vae_core.distributed.trainer import train_on_ray
 
-    result = train(config, run_name=run_name, progress=_log, resume=True)
+    result = train_on_ray(config, run_name=run_name, progress=_log, resume=True)
     return TrainSummary(
         run_name,
         result.checkpoint_uri,

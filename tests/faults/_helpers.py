@@ -162,9 +162,9 @@ def descendants(*names: str) -> list[psutil.Process]:
 TRAIN_DRIVER = """
 import json, sys
 from vae_core.config import VaeflowConfig
-from vae_core.distributed.trainer import train
+from vae_core.distributed.trainer import train_on_ray
 cfg = VaeflowConfig.from_file(sys.argv[1])
-result = train(cfg, run_name=sys.argv[2], resume=sys.argv[3] == "resume")
+result = train_on_ray(cfg, run_name=sys.argv[2], resume=sys.argv[3] == "resume")
 print("RESULT_META", result.checkpoint.meta.to_json(), flush=True)
 print("RESULT_URI", result.checkpoint_uri, flush=True)
 """

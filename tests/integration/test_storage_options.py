@@ -32,7 +32,7 @@ import json, sys
 from vae_core.config import GenerateConfig, VaeflowConfig
 from vae_core.distributed.embed import embed_corpus
 from vae_core.distributed.generate import generate_rows
-from vae_core.distributed.trainer import train
+from vae_core.distributed.trainer import train_on_ray
 from vae_core.reports.report import write_report
 
 bucket, endpoint, key, secret = sys.argv[1:5]
@@ -45,7 +45,7 @@ cfg = VaeflowConfig.model_validate({
     "train": {"epochs": 1, "batch_size": 64, "runs_uri": f"{bucket}/runs"},
     "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1, "torch_threads": 1},
 })
-result = train(cfg, run_name="opts")
+result = train_on_ray(cfg, run_name="opts")
 model = result.best_checkpoint_uri
 emb = embed_corpus(model, f"{bucket}/data/test", f"{bucket}/emb", storage_options=options)
 gen = generate_rows(model, f"{bucket}/samples", GenerateConfig(rows=500), storage_options=options)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.conftest import make_bucket
 from tests.integration.test_train_ray import mnist_config
-from vae_core.distributed.trainer import train
+from vae_core.distributed.trainer import train_on_ray
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -34,7 +34,7 @@ def two_nodes(s3_server: str) -> Iterator[list[str]]:
 def test_one_worker_per_node_with_storage_on_s3(two_nodes, mnist_s3):
     assert len(two_nodes) == 2
     runs = f"{make_bucket()}/runs"
-    result = train(mnist_config(mnist_s3, runs, epochs=1), run_name="two-nodes")
+    result = train_on_ray(mnist_config(mnist_s3, runs, epochs=1), run_name="two-nodes")
     placed = result.checkpoint.meta.worker_nodes
     assert sorted(placed) == sorted(two_nodes)  # SPREAD: one worker on each node
     assert result.checkpoint_uri == f"{runs}/two-nodes/epoch_0001"

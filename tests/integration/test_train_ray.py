@@ -27,7 +27,7 @@ from vae_core.data.dataset import DataError, iter_batches, open_dataset, vector_
 from vae_core.data.importers import read_adult
 from vae_core.data.storage import arrow_filesystem
 from vae_core.distributed.cluster import ClusterResourceError, check_resources
-from vae_core.distributed.trainer import RunNameError, train
+from vae_core.distributed.trainer import RunNameError, train_on_ray
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.evaluation import evaluate
 
@@ -77,7 +77,7 @@ def _registered(run_uri: str, epoch: int) -> bool:
 def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ray_local, mnist_s3):
     runs = f"{make_bucket()}/runs"
     cfg = mnist_config(mnist_s3, runs)
-    result = train(cfg, run_name="s3-run")
+    result = train_on_ray(cfg, run_name="s3-run")
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert result.checkpoint.meta.world_size == 2
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
@@ -117,7 +117,7 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, 
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    result = train(cfg, run_name="kill-run")
+    result = train_on_ray(cfg, run_name="kill-run")
     thread.join(timeout=5)
     assert "at" in killed
     history = result.history
@@ -134,8 +134,8 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, 
 DRIVER = """
 import json, sys
 from vae_core.config import VaeflowConfig
-from vae_core.distributed.trainer import train
-result = train(VaeflowConfig.from_file(sys.argv[1]), run_name="driver-run", resume=True)
+from vae_core.distributed.trainer import train_on_ray
+result = train_on_ray(VaeflowConfig.from_file(sys.argv[1]), run_name="driver-run", resume=True)
 print("RESULT_META", result.checkpoint.meta.to_json())
 """
 
@@ -176,8 +176,8 @@ def test_ddp_two_workers_of_64_match_one_worker_of_128(ray_local, mnist_s3):
     runs = f"{make_bucket()}/runs"
     two = mnist_config(mnist_s3, runs, epochs=1, batch_size=64)
     one = mnist_config(mnist_s3, runs, epochs=1, batch_size=128).with_overrides(["compute.num_workers=1"])
-    elbo_two = train(two, run_name="ddp-2x64").history[-1]["val_elbo"]
-    elbo_one = train(one, run_name="ddp-1x128").history[-1]["val_elbo"]
+    elbo_two = train_on_ray(two, run_name="ddp-2x64").history[-1]["val_elbo"]
+    elbo_one = train_on_ray(one, run_name="ddp-1x128").history[-1]["val_elbo"]
     assert abs(elbo_two - elbo_one) / abs(elbo_one) < 0.01, (elbo_two, elbo_one)
 
 
@@ -227,7 +227,7 @@ def test_a_run_name_is_resumed_only_when_asked_and_only_with_its_own_settings(ra
     # Explicit storage options (credentials nested and flat) on every path: data, checkpoints, run record.
     options = {"key": TEST_KEY_ID, "secret": TEST_SECRET, "client_kwargs": {"endpoint_url": s3_server}}
     cfg = tiny_config(tiny_s3, runs, options)
-    first = train(cfg, run_name="names")
+    first = train_on_ray(cfg, run_name="names")
     assert [h["epoch"] for h in first.history] == [1]
     assert first.checkpoint.config.data.storage_options == options  # the real ones, not "***"
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
@@ -241,28 +241,28 @@ def test_a_run_name_is_resumed_only_when_asked_and_only_with_its_own_settings(ra
     objects = set(fs.find(f"{runs}/names"))
     t0 = time.monotonic()
     with pytest.raises(RunNameError, match="pass --resume to continue it or choose another --run-name"):
-        train(cfg, run_name="names")
+        train_on_ray(cfg, run_name="names")
     # Other settings, even with --resume: refused, the differing keys named.
     changed = cfg.with_overrides(["train.lr=0.01", "model.latent_dim=3", "data.uri=" + tiny_s3 + "-other"])
     with pytest.raises(RunNameError, match=r"these keys differ: data\.uri, model\.latent_dim, train\.lr\n"):
-        train(changed, run_name="names", resume=True)
+        train_on_ray(changed, run_name="names", resume=True)
     nested = cfg.with_overrides(
         [f'data.storage_options={{"client_kwargs": {{"endpoint_url": "{s3_server}/"}}}}']
     )
     with pytest.raises(RunNameError, match=r"data\.storage_options\.client_kwargs\.endpoint_url"):
-        train(nested, run_name="names", resume=True)
+        train_on_ray(nested, run_name="names", resume=True)
     assert time.monotonic() - t0 < 20  # no Ray Train run was started for any of them
     fs.invalidate_cache()
     assert set(fs.find(f"{runs}/names")) == objects
 
     # --resume with the same settings and more epochs extends the run: epoch 1 is not trained again.
     longer = cfg.with_overrides(["train.epochs=2"])
-    second = train(longer, run_name="names", resume=True)
+    second = train_on_ray(longer, run_name="names", resume=True)
     assert [h["epoch"] for h in second.history] == [1, 2]
     assert second.history[0] == first.history[0]
     assert [r["from_epoch"] for r in second.checkpoint.meta.restarts] == [1]
     # A new name with resume=True simply starts (what the Prefect task passes on its first try).
-    assert [h["epoch"] for h in train(cfg, run_name="names-2", resume=True).history] == [1]
+    assert [h["epoch"] for h in train_on_ray(cfg, run_name="names-2", resume=True).history] == [1]
 
 
 def _vector_shard(uri: str, n: int, bad: str | None = None, bad_row: int = 7) -> pa.Table:
@@ -307,7 +307,7 @@ def test_a_bad_vector_fails_training_with_the_codecs_message_naming_file_column_
         }
     )
     with pytest.raises(DataError) as err:
-        train(cfg, run_name=f"bad-{bad}-{split}", progress=lambda m: None)
+        train_on_ray(cfg, run_name=f"bad-{bad}-{split}", progress=lambda m: None)
     with pytest.raises(DataError) as direct:
         VectorCodec("v", 16, "float").encode(table, bad_uri)
     assert str(err.value) == str(direct.value)
@@ -330,7 +330,7 @@ def test_a_table_trains_on_ray_through_the_tabular_codec_saved_with_the_checkpoi
             "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
         }
     )
-    result = train(cfg, run_name="adult", progress=lambda m: None)
+    result = train_on_ray(cfg, run_name="adult", progress=lambda m: None)
     codec = result.checkpoint.codec
     assert isinstance(codec, TabularCodec) and codec.columns == read_adult("train").column_names
     assert _exists(f"{result.checkpoint_uri}/codec.json") and not _exists(

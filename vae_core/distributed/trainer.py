@@ -472,7 +472,7 @@ def prepare_data(
     return spec, schema, {"train": train_shards, "val": val_shards}, codec
 
 
-def train(
+def train_on_ray(
     cfg: VaeflowConfig,
     run_name: str | None = None,
     progress: Callable[[str], None] = print,
