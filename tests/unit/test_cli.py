@@ -138,13 +138,16 @@ def test_every_job_command_has_the_same_compute_options(command, capsys):
     assert compute == {"compute.num_workers": 3, "compute.use_gpu": True, "compute.cpus_per_worker": 2.0}
 
 
-def _fake_job(monkeypatch, module: str, function: str) -> list[tuple[tuple, dict]]:
+COMMITTED = SimpleNamespace(skipped=False, rows=3, version=0, table_uri="o")
+
+
+def _fake_job(monkeypatch, module: str, function: str, result=COMMITTED) -> list[tuple[tuple, dict]]:
     """Replace vae_core.distributed.<module>.<function> (a Ray job) by one that records its call."""
     calls: list[tuple[tuple, dict]] = []
 
     def job(*args, **kwargs):
         calls.append((args, kwargs))
-        return SimpleNamespace(skipped=False, rows=3, version=0, table_uri="o")
+        return result
 
     monkeypatch.setitem(sys.modules, f"vae_core.distributed.{module}", SimpleNamespace(**{function: job}))
     return calls
@@ -198,3 +201,21 @@ def test_generate_settings_come_from_config_then_overrides_then_options(tmp_path
     )
     assert kwargs["storage_options"] is None  # none configured: the AWS environment
     assert second == ("m", "o", GenerateConfig(rows=20, rows_per_file=4), ComputeConfig(cpus_per_worker=0.5))
+
+
+def test_train_settings_come_from_config_then_overrides_then_options(tmp_path, monkeypatch, capsys):
+    meta = SimpleNamespace(val_elbo_init=-550.0)
+    trained = SimpleNamespace(
+        history=[{"val_elbo": -120.0}],
+        checkpoint=SimpleNamespace(meta=meta),
+        checkpoint_uri="c",
+        best_checkpoint_uri="b",
+    )
+    calls = _fake_job(monkeypatch, "trainer", "train_on_ray", trained)
+    config = _config_file(tmp_path, compute={"num_workers": 2, "use_gpu": True, "torch_threads": 3})
+    argv = ["train", "--config", config, "train.epochs=4", "--workers", "5", "--no-gpu", "--run-name", "r"]
+    assert main(argv) == 0
+    [((cfg,), kwargs)] = calls
+    assert cfg.compute == ComputeConfig(num_workers=5, torch_threads=3) and cfg.train.epochs == 4
+    assert kwargs["run_name"] == "r" and kwargs["resume"] is False
+    assert "val ELBO -120.00 nats (untrained -550.00)" in capsys.readouterr().out
