@@ -11,7 +11,7 @@ import torch
 
 from bench._results import write_result
 from vae_core.config import VaeflowConfig
-from vae_core.data.dataset import iter_batches, open_dataset, vector_features
+from vae_core.data.dataset import iter_batches, open_dataset
 from vae_core.data.importers import import_mnist
 from vae_core.distributed.trainer import train_on_ray
 from vae_core.testing import local_s3_server, make_bucket
@@ -46,10 +46,9 @@ def main() -> None:
         t0 = time.perf_counter()
         result = train_on_ray(cfg)
         seconds = time.perf_counter() - t0
-        shards, _, spec = open_dataset(cfg.data, "test")
-        batches = [
-            torch.from_numpy(vector_features(b, spec, s)) for s, b in iter_batches(shards, ["image"], 1000)
-        ]
+        shards, _, _ = open_dataset(cfg.data, "test")
+        codec = result.checkpoint.codec
+        batches = [torch.from_numpy(codec.encode(b, s)) for s, b in iter_batches(shards, codec.columns, 1000)]
         test = evaluate(result.model, batches)
         ray.shutdown()
     write_result(

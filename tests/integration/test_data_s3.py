@@ -11,7 +11,8 @@ import pytest
 
 from tests.integration.conftest import TEST_SECRET
 from vae_core.config import DataConfig
-from vae_core.data.dataset import DataError, count_rows, iter_batches, open_dataset, vector_features
+from vae_core.data.codecs.vector import VectorCodec
+from vae_core.data.dataset import DataError, count_rows, iter_batches, open_dataset
 from vae_core.data.importers import ADULT_COLUMNS, import_adult, import_mnist
 from vae_core.data.tabular import TabularTransformer
 
@@ -33,7 +34,7 @@ def test_import_mnist_to_s3_and_read_back(bucket):
         )
         assert spec.dim == 784 and spec.image_shape == (1, 28, 28)
     _, first = next(iter_batches(shards, ["id", "image"], batch_rows=100))
-    x = vector_features(first, spec, shards[0])
+    x = VectorCodec("image", spec.dim, "uint8", spec.scale).encode(first, shards[0])
     assert x.shape == (100, 784) and 0.0 <= x.min() and x.max() <= 1.0
     assert first.column("id").to_pylist()[:3] == [60_000, 60_001, 60_002]
 

@@ -21,9 +21,10 @@ import torch
 
 from tests.integration.conftest import TEST_KEY_ID, TEST_SECRET, make_bucket
 from vae_core.config import VaeflowConfig
+from vae_core.data.codecs import Codec
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
-from vae_core.data.dataset import DataError, iter_batches, open_dataset, vector_features
+from vae_core.data.dataset import DataError, iter_batches, open_dataset
 from vae_core.data.importers import read_adult
 from vae_core.data.storage import arrow_filesystem
 from vae_core.distributed.cluster import ClusterResourceError, check_resources
@@ -46,9 +47,9 @@ def mnist_config(data_uri: str, runs_uri: str, **train_kw) -> VaeflowConfig:
     )
 
 
-def _test_batches(cfg: VaeflowConfig) -> list[torch.Tensor]:
-    shards, _, spec = open_dataset(cfg.data, "test")
-    return [torch.from_numpy(vector_features(b, spec, s)) for s, b in iter_batches(shards, ["image"], 2000)]
+def _test_batches(cfg: VaeflowConfig, codec: Codec) -> list[torch.Tensor]:
+    shards, _, _ = open_dataset(cfg.data, "test")
+    return [torch.from_numpy(codec.encode(b, s)) for s, b in iter_batches(shards, codec.columns, 2000)]
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -87,7 +88,7 @@ def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ra
         assert {"model.safetensors", "optimizer.safetensors", "config.json", "meta.json"} <= names
     assert result.checkpoint_uri == f"{runs}/s3-run/epoch_0002"
     # Independent check on the driver: the trained model against an untrained one, same test rows.
-    batches = _test_batches(cfg)
+    batches = _test_batches(cfg, result.checkpoint.codec)
     trained = evaluate(result.model, batches).elbo
     torch.manual_seed(cfg.train.seed)
     untrained = evaluate(build_model(cfg.model, DataShape(784, (1, 28, 28))), batches).elbo

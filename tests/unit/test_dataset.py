@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vae_core.config import DataConfig
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.dataset import (
     DataError,
     iter_batches,
@@ -13,7 +14,6 @@ from vae_core.data.dataset import (
     open_dataset,
     read_schema,
     resolve_spec,
-    vector_features,
 )
 
 
@@ -38,8 +38,8 @@ def test_a_good_vector_dataset_opens_and_streams(tmp_path):
     uri = _write(tmp_path / "train", [_vectors(5), _vectors(3, start=5)])
     shards, _, spec = open_dataset(DataConfig(uri=str(tmp_path), vector_column="image", scale=255), "train")
     assert len(shards) == 2 and spec.kind == "vector" and spec.dim == 4
-    rows = [vector_features(b, spec, s) for s, b in iter_batches(shards, spec.feature_columns)]
-    x = np.concatenate(rows)
+    codec = VectorCodec(spec.vector_column, spec.dim, "uint8", spec.scale)
+    x = np.concatenate([codec.encode(b, s) for s, b in iter_batches(shards, spec.feature_columns)])
     assert x.shape == (8, 4) and x.dtype == np.float32 and np.isclose(x.max(), 31 / 255)
     assert list_shards(uri) == shards
 
@@ -101,7 +101,7 @@ def test_wrong_vector_length_names_file_and_column(tmp_path):
     var = pa.table({"id": [0, 1], "v": pa.array([[0.1, 0.2, 0.3], [0.1, 0.2]], pa.list_(pa.float32()))})
     spec = resolve_spec(DataConfig(vector_column="v", vector_dim=3), var.schema, "f.parquet")
     with pytest.raises(DataError, match=r"f\.parquet: column 'v': row 1 has 2 values, expected 3"):
-        vector_features(var, spec, "f.parquet")
+        VectorCodec("v", spec.dim, "float").encode(var, "f.parquet")
     with pytest.raises(DataError, match=r"column 'image': data.image_shape gives 9 values, expected 4"):
         resolve_spec(
             DataConfig(vector_column="image", image_shape=(1, 3, 3), vector_dim=4), _vectors(1).schema, "x"
@@ -111,11 +111,11 @@ def test_wrong_vector_length_names_file_and_column(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_nan_or_inf_in_vector_features_is_named(bad):
+def test_nan_or_inf_in_a_vector_is_named(bad):
     t = pa.table({"v": pa.FixedSizeListArray.from_arrays(pa.array([0.0, 1.0, bad, 2.0], pa.float32()), 2)})
     spec = resolve_spec(DataConfig(id_column=None, vector_column="v"), t.schema, "g.parquet")
     with pytest.raises(DataError, match=r"g\.parquet: column 'v': NaN or inf in vector features \(row 1\)"):
-        vector_features(t, spec, "g.parquet")
+        VectorCodec("v", spec.dim, "float").encode(t, "g.parquet")
 
 
 def test_tabular_spec_infers_kinds_and_honours_overrides():

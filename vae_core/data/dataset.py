@@ -1,8 +1,8 @@
-"""Parquet shard datasets on any URI: listing, schema checks, the dataset spec, features from batches.
+"""Parquet shard datasets on any URI: listing, schema checks, the dataset spec, streaming batches.
 
 Every error names the shard and column it is about: missing or corrupt shards, schemas that differ
-across shards, unknown columns named in the config, wrong vector lengths, NaN/inf in vector features,
-and empty datasets.
+across shards, unknown columns named in the config, and empty datasets. Rows become features in the
+codecs (vae_core.data.codecs), which name the file, column and row of a bad value.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vae_core.config import DataConfig
@@ -198,31 +196,3 @@ def iter_batches(
             raise DataError(f"{shard}: shard is missing: {e}") from e
         except pa.ArrowInvalid as e:
             raise DataError(f"{shard}: not a readable Parquet file: {e}") from e
-
-
-def vector_features(batch: pa.RecordBatch | pa.Table, spec: DatasetSpec, source: str) -> np.ndarray:
-    """The vector column as (N, dim) float32 divided by `scale`, validated."""
-    assert spec.vector_column is not None
-    col = batch.column(spec.vector_column)
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    name = spec.vector_column
-    if arr.null_count:
-        raise DataError(f"{source}: column {name!r}: {arr.null_count} null vectors")
-    if not pa.types.is_fixed_size_list(arr.type):
-        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(lengths != spec.dim)
-        if len(bad):
-            raise DataError(
-                f"{source}: column {name!r}: row {bad[0]} has {lengths[bad[0]]} values, expected {spec.dim}"
-            )
-    elif arr.type.list_size != spec.dim:
-        raise DataError(
-            f"{source}: column {name!r}: vectors of {arr.type.list_size} values, expected {spec.dim}"
-        )
-    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(arr), spec.dim)
-    if not np.isfinite(values).all():
-        row = int(np.flatnonzero(~np.isfinite(values).all(1))[0])
-        raise DataError(f"{source}: column {name!r}: NaN or inf in vector features (row {row})")
-    if spec.scale != 1.0:
-        values /= spec.scale
-    return values

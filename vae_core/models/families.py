@@ -29,7 +29,8 @@ Builder = Callable[["ModelConfig", "DataShape"], LatentModel]
 
 @dataclass
 class DataShape:
-    """What a model needs to know of the data: feature count, optional image shape, tabular layout."""
+    """What a model needs to know of its x (DataShape.of(codec)): the feature count, an image shape for
+    the conv backbone, and the block layout of mixed continuous / one-hot features."""
 
     dim: int
     image_shape: tuple[int, int, int] | None = None
@@ -62,7 +63,7 @@ def _likelihood(cfg: ModelConfig, shape: DataShape) -> Likelihood:
     if cfg.likelihood == "gaussian":
         return Gaussian(shape.dim, cfg.gaussian_sigma)
     if shape.layout is None:
-        raise ValueError("the tabular likelihood needs a column layout from the tabular transformer")
+        raise ValueError("likelihood 'tabular' needs the block layout of a table codec (data.codec tabular)")
     return MixedTabular(shape.layout)
 
 
