@@ -74,3 +74,19 @@ def test_posterior_moments_returns_no_logvar_for_an_autoencoder():
     assert mu.shape == (12, 4) and logvar is None
     mu, logvar = posterior_moments(small_model("vae"), [binary_data(8)])
     assert logvar is not None and logvar.shape == mu.shape
+
+
+def test_a_batch_source_that_fails_leaves_the_model_in_its_training_mode():
+    model = small_model("dae", dim=16, latent=4)  # a DAE corrupts its input only in training mode
+    model.train()
+
+    def failing():
+        yield binary_data(8)
+        raise ValueError("part-3.parquet: column 'v': row 2 is a null vector")
+
+    with pytest.raises(ValueError, match="row 2 is a null vector"):
+        evaluate(model, failing())
+    assert model.training
+    model.eval()
+    evaluate(model, [binary_data(8)])
+    assert not model.training

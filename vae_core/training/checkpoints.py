@@ -255,8 +255,3 @@ def _read_codec(fs: Any, root: str, uri: str, config: VaeflowConfig, meta: Check
         )
     except ValueError as e:
         raise CheckpointError(f"{uri}: no {CODEC_FILE}, and the codec cannot be rebuilt: {e}") from e
-
-
-def data_shape(checkpoint: Checkpoint) -> DataShape:
-    """The shape of the model's x: that of its codec."""
-    return DataShape.of(checkpoint.codec)

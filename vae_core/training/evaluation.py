@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 
 from vae_core.models.model import LatentModel
 from vae_core.models.posterior import DiagonalGaussian, standard_normal_log_prob
+
+
+@contextmanager
+def evaluating(model: LatentModel) -> Iterator[LatentModel]:
+    """`model` in eval mode (no corruption, no dropout) for the block; its mode is restored after,
+    also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -30,19 +43,17 @@ def evaluate(
     model: LatentModel, batches: Iterable[torch.Tensor], seed: int = 0, device: str = "cpu"
 ) -> EvalResult:
     """One-sample ELBO estimate at kl weight 1 (no corruption: the model is put in eval mode)."""
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
-    recon_sum = kl_sum = 0.0
-    n = 0
-    for x in batches:
-        x = x.to(device)
-        out = model(x, generator=gen)
-        terms = model.loss(x, out)
-        recon_sum += terms.recon.sum().item()
-        kl_sum += terms.kl.sum().item()
-        n += x.shape[0]
-    model.train(was_training)
+    with evaluating(model):
+        gen = torch.Generator(device=device).manual_seed(seed)
+        recon_sum = kl_sum = 0.0
+        n = 0
+        for x in batches:
+            x = x.to(device)
+            out = model(x, generator=gen)
+            terms = model.loss(x, out)
+            recon_sum += terms.recon.sum().item()
+            kl_sum += terms.kl.sum().item()
+            n += x.shape[0]
     if n == 0:
         raise ValueError("evaluate: no examples")
     return EvalResult(elbo=-(recon_sum + kl_sum) / n, recon=recon_sum / n, kl=kl_sum / n, n=n)
@@ -69,25 +80,23 @@ def iwae_log_likelihood(
     log p(x) >= log 1/k sum_i p(x|z_i) p(z_i) / q(z_i|x),  z_i ~ q(z|x).
     It is >= the ELBO and tightens as k grows. Samples are drawn `chunk` at a time to bound memory.
     """
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
-    total, n = 0.0, 0
-    for x in batches:
-        x = x.to(device)
-        q = _gaussian_posterior(model, x)
-        log_w = []
-        for start in range(0, k, chunk):
-            m = min(chunk, k - start)
-            eps = torch.randn((m, *q.mu.shape), generator=gen, device=x.device)
-            z = q.mu + torch.exp(0.5 * q.logvar) * eps  # (m, B, L)
-            params = model.decode(z.flatten(0, 1))  # (m*B, D)
-            log_px = -model.likelihood.nll(params, x.repeat(m, 1)).view(m, -1)  # (m, B)
-            log_w.append(log_px + standard_normal_log_prob(z) - q.log_prob(z))
-        bound = torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)  # (B,)
-        total += bound.sum().item()
-        n += x.shape[0]
-    model.train(was_training)
+    with evaluating(model):
+        gen = torch.Generator(device=device).manual_seed(seed)
+        total, n = 0.0, 0
+        for x in batches:
+            x = x.to(device)
+            q = _gaussian_posterior(model, x)
+            log_w = []
+            for start in range(0, k, chunk):
+                m = min(chunk, k - start)
+                eps = torch.randn((m, *q.mu.shape), generator=gen, device=x.device)
+                z = q.mu + torch.exp(0.5 * q.logvar) * eps  # (m, B, L)
+                params = model.decode(z.flatten(0, 1))  # (m*B, D)
+                log_px = -model.likelihood.nll(params, x.repeat(m, 1)).view(m, -1)  # (m, B)
+                log_w.append(log_px + standard_normal_log_prob(z) - q.log_prob(z))
+            bound = torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)  # (B,)
+            total += bound.sum().item()
+            n += x.shape[0]
     if n == 0:
         raise ValueError("iwae_log_likelihood: no examples")
     return total / n
@@ -98,10 +107,8 @@ def active_units(
     model: LatentModel, batches: Iterable[torch.Tensor], threshold: float = 0.01, device: str = "cpu"
 ) -> int:
     """Number of latent dims u with Cov_x(E_q[z_u]) > threshold (Burda et al. 2016)."""
-    was_training = model.training
-    model.eval()
-    means = [model.encode(x.to(device)).mean for x in batches]
-    model.train(was_training)
+    with evaluating(model):
+        means = [model.encode(x.to(device)).mean for x in batches]
     mu = torch.cat(means)  # (N, L)
     return int((mu.var(dim=0) > threshold).sum().item())
 
@@ -111,15 +118,13 @@ def posterior_moments(
     model: LatentModel, batches: Iterable[torch.Tensor], device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """mu (N, L) and logvar (N, L) of q(z|x) over all examples; logvar is None for an AE."""
-    was_training = model.training
-    model.eval()
-    mus, logvars = [], []
-    for x in batches:
-        q = model.encode(x.to(device))
-        mus.append(q.mean.cpu())
-        if q.logvar is not None:
-            logvars.append(q.logvar.cpu())
-    model.train(was_training)
+    with evaluating(model):
+        mus, logvars = [], []
+        for x in batches:
+            q = model.encode(x.to(device))
+            mus.append(q.mean.cpu())
+            if q.logvar is not None:
+                logvars.append(q.logvar.cpu())
     if not mus:
         raise ValueError("posterior_moments: no examples")
     return torch.cat(mus), torch.cat(logvars) if logvars else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
@@ -81,6 +81,14 @@ def vectors(batch: pa.RecordBatch | pa.Table, name: str, dim: int, source: str) 
         row = int(np.flatnonzero(~np.isfinite(values).all(1))[0])
         raise DataError(f"{source}: column {name!r}: NaN or inf in vector features (row {row})")
     return values
+
+
+def stream_vectors(spec: DatasetSpec, batches: Batches) -> Iterator[np.ndarray]:
+    """The spec's vector column over one pass of `batches`, (N, spec.dim) float32 per batch, checked
+    and named by file as encode checks it."""
+    assert spec.vector_column is not None
+    for file, batch in batches([spec.vector_column]):
+        yield vectors(batch, spec.vector_column, spec.dim, file)
 
 
 def list_column(values: np.ndarray, value_type: pa.DataType) -> pa.Array:

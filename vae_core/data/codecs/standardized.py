@@ -2,53 +2,57 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from vae_core.config import DataConfig
-from vae_core.data.codecs.base import Batches, list_column, vectors
+from vae_core.data.codecs.base import Batches, stream_vectors
+from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.dataset import DataError, DatasetSpec
 
 
+@dataclass
 class StandardizedCodec:
     """A dense float vector, standardized per dimension: x = (v - mean) / std, with mean and std
-    fitted in one streaming pass; Gaussian likelihood."""
+    fitted in one streaming pass; Gaussian likelihood. The column itself is read and written by a
+    vector codec (scale 1)."""
 
     kind: ClassVar[str] = "standardized"
     reads: ClassVar[str] = "vector_column"
-    MIN_STD = 1e-6  # a constant dimension keeps its value and gets unit scale
+    image_shape: ClassVar[None] = None
+    layout: ClassVar[None] = None
+    likelihood: ClassVar[str] = "gaussian"
+    MIN_STD: ClassVar[float] = 1e-6  # a constant dimension keeps its value and gets unit scale
 
-    def __init__(self, column: str, mean: list[float], std: list[float], value_type: str) -> None:
-        self.column, self.value_type = column, value_type
-        self.mean, self.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    vector: VectorCodec
+    mean: list[float]
+    std: list[float]
 
-    columns = property(lambda self: [self.column])
-    dim = property(lambda self: len(self.mean))
-    image_shape = property(lambda self: None)
-    layout = property(lambda self: None)
-    likelihood = property(lambda self: "gaussian")
+    columns = property(lambda self: self.vector.columns)
+    dim = property(lambda self: self.vector.dim)
+
+    @cached_property
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
 
     def encode(self, batch: pa.RecordBatch | pa.Table, source: str) -> np.ndarray:
-        v = vectors(batch, self.column, self.dim, source)
-        return ((v - self.mean) / self.std).astype(np.float32)
+        mean, std = self._moments
+        return (self.vector.encode(batch, source) - mean) / std
 
     def decode(self, x: np.ndarray) -> pa.Table:
-        v = x.astype(np.float64) * self.std + self.mean
-        return pa.table({self.column: list_column(v, pa.type_for_alias(self.value_type))})
+        mean, std = self._moments
+        return self.vector.decode(x * std + mean)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "column": self.column,
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "value_type": self.value_type,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StandardizedCodec:
-        return cls(**d)
+        return cls(VectorCodec.from_dict(d["vector"]), d["mean"], d["std"])
 
     @classmethod
     def fit(
@@ -61,8 +65,8 @@ class StandardizedCodec:
                 f"holds {value_type} (use data.codec='vector' for pixels or counts)"
             )
         n, total, total_sq = 0, np.zeros(spec.dim), np.zeros(spec.dim)
-        for file, batch in batches([spec.vector_column]):
-            v = vectors(batch, spec.vector_column, spec.dim, file).astype(np.float64)
+        for v in stream_vectors(spec, batches):
+            v = v.astype(np.float64)
             n += len(v)
             total += v.sum(0)
             total_sq += (v**2).sum(0)
@@ -71,4 +75,5 @@ class StandardizedCodec:
         mean = total / n
         std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
         std = np.where(std < cls.MIN_STD, 1.0, std)
-        return cls(spec.vector_column, mean.tolist(), std.tolist(), str(value_type))
+        vector = VectorCodec(spec.vector_column, spec.dim, str(value_type), unit_interval=False)
+        return cls(vector, mean.tolist(), std.tolist())
