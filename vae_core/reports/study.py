@@ -288,8 +288,8 @@ def run_beta_study(
     data = _vector_data_config(base.data.model_copy(update={"uri": data_uri}))
     shards, schema, spec = open_dataset(data, "train")
 
-    def train_batches(columns: list[str]) -> Iterator[pa.RecordBatch]:
-        return (b for _, b in iter_batches(shards, columns, storage_options=data.storage_options))
+    def train_batches(columns: list[str]) -> Iterator[tuple[str, pa.RecordBatch]]:
+        return iter_batches(shards, columns, storage_options=data.storage_options)
 
     # Fitted on the whole training split, as training fits it, so the saved models read data as
     # trained models do.
