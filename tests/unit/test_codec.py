@@ -181,3 +181,17 @@ def test_fitting_a_table_names_the_file_of_a_bad_value_and_the_split_for_split_w
         )
     with pytest.raises(DataError, match=r"^s3://b/train: .*no rows"):
         fit_codec(spec, good.schema, lambda c: [("part-0.parquet", good.slice(0, 0))], "s3://b/train", cfg)
+
+
+def test_a_batch_from_several_files_is_encoded_in_order_and_a_bad_row_names_its_file_and_first_id():
+    from vae_core.data.codecs import encode_by_file
+
+    values = np.arange(24, dtype=np.float32).reshape(6, 4)
+    table = _vectors(values, pa.float32()).append_column("path", pa.array(["b/f1"] * 3 + ["b/f2"] * 3))
+    codec = VectorCodec("v", 4, "float")
+    np.testing.assert_array_equal(encode_by_file(codec, table, table["path"], "s3://b", "id"), values)
+    values[4, 1] = np.nan  # the second row of f2, whose rows in this batch start at id 3
+    bad = _vectors(values, pa.float32()).append_column("path", table["path"])
+    with pytest.raises(DataError) as err:
+        encode_by_file(codec, bad, bad["path"], "s3://b", "id")
+    assert str(err.value) == "s3://b/f2 (batch from id 3): column 'v': NaN or inf in vector features (row 1)"

@@ -7,15 +7,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import torch
 
 from vae_core.config import ComputeConfig, EmbedConfig
+from vae_core.data.codecs import encode_by_file
 from vae_core.data.codecs.base import list_column
 from vae_core.data.dataset import DataError, count_rows, list_shards, read_schema
 from vae_core.data.objects import fingerprint
-from vae_core.data.storage import arrow_filesystem, uri_of
+from vae_core.data.storage import arrow_filesystem
 from vae_core.data.tables import Committed, Mode
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint
@@ -49,21 +49,10 @@ class _Embedder:
         self.job, self.input_uri, self.keep, self.with_paths = job, input_uri, keep, with_paths
 
     def _encode(self, batch: pa.Table) -> np.ndarray:
-        """batch -> x: (B, D) float32, each input file's rows encoded with that file named as the source.
-
-        A row number in an error counts from the first of that file's rows in this batch (a Ray batch
-        may start inside a file), so the source also names that row's id.
-        """
+        """batch -> x: (B, D) float32; a bad row's error names its input file and id (encode_by_file)."""
         if not self.with_paths:
             return self.codec.encode(batch, self.input_uri)
-        paths = batch.column(PATH_COLUMN)
-        x = np.empty((len(batch), self.codec.dim), np.float32)
-        for path in pc.unique(paths).to_pylist():
-            mask = pc.equal(paths, path)
-            rows = batch.filter(mask)
-            source = f"{uri_of(self.input_uri, path)} (batch from id {rows.column(self.keep[0])[0]})"
-            x[mask.to_numpy(zero_copy_only=False)] = self.codec.encode(rows, source)
-        return x
+        return encode_by_file(self.codec, batch, batch.column(PATH_COLUMN), self.input_uri, self.keep[0])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         x = torch.from_numpy(self._encode(batch))

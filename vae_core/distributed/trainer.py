@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import ray.train
 import ray.train.torch
@@ -33,9 +32,9 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
 from vae_core.config import VaeflowConfig
-from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, fit_codec
+from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, encode_by_file, fit_codec
 from vae_core.data.dataset import DataError, DatasetSpec, encode_schema, iter_batches, open_dataset
-from vae_core.data.storage import arrow_filesystem, create_only_write, filesystem, join, scheme, uri_of
+from vae_core.data.storage import arrow_filesystem, create_only_write, filesystem, join, scheme
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.model import LatentModel
 from vae_core.training.checkpoints import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
@@ -101,7 +100,9 @@ def build_datasets(
     workers (`Encode`), so Ray Data moves the stored types (uint8 pixels, not float32)."""
     out = {}
     for name, split_shards in shards.items():
-        ds = _read(split_shards, codec.columns, cfg.data.storage_options)
+        # The id column rides along (8 bytes a row) so that a bad row's error names it, as embed's does.
+        ids = [cfg.data.id_column] if cfg.data.id_column and cfg.data.id_column not in codec.columns else []
+        ds = _read(split_shards, [*codec.columns, *ids], cfg.data.storage_options)
         if name == "train":  # shards arrive in a seeded random order, rows then mix in the shuffle buffer
             ds = ds.randomize_block_order(seed=cfg.train.seed)
         out[name] = ds
@@ -115,18 +116,13 @@ class Encode(ArrowBatchCollateFn):
     with the codec's message naming its file: the batch is encoded again one file at a time to find it.
     """
 
-    def __init__(self, codec: Codec, data_uri: str) -> None:
+    def __init__(self, codec: Codec, data_uri: str, id_column: str | None) -> None:
         super().__init__()
-        self.codec, self.data_uri = codec, data_uri
+        self.codec, self.data_uri, self.id_column = codec, data_uri, id_column
 
     def __call__(self, batch: pa.Table) -> torch.Tensor:
-        files, rows = batch.column(PATH), batch.drop_columns([PATH])
-        try:
-            return torch.from_numpy(self.codec.encode(rows, self.data_uri))
-        except DataError:
-            for path in pc.unique(files).to_pylist():
-                self.codec.encode(rows.filter(pc.equal(files, path)), uri_of(self.data_uri, path))
-            raise
+        x = encode_by_file(self.codec, batch, batch.column(PATH), self.data_uri, self.id_column)
+        return torch.from_numpy(x)
 
 
 # ---- the per-worker loop ----------------------------------------------------------------------
@@ -192,7 +188,7 @@ class ShardBatches:
     def __init__(self, cfg: VaeflowConfig, codec: Codec, rank: int, device: torch.device) -> None:
         self.train_shard = ray.train.get_dataset_shard("train")  # Ray: this worker's data shards
         self.val_shard = ray.train.get_dataset_shard("val")
-        self.encode = Encode(codec, cfg.data.uri)
+        self.encode = Encode(codec, cfg.data.uri, cfg.data.id_column)
         self.batch_size, self.seed, self.rank, self.device = (
             cfg.train.batch_size,
             cfg.train.seed,

@@ -23,11 +23,14 @@ from __future__ import annotations
 import importlib
 import json
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vae_core.config import CODECS, DataConfig
 from vae_core.data.codecs.base import Batches, Codec
 from vae_core.data.dataset import DataError, DatasetSpec
+from vae_core.data.storage import uri_of
 
 __all__ = ["Codec", "codec_class", "codec_from_json", "codec_to_json", "fit_codec", "legacy_codec"]
 
@@ -102,3 +105,26 @@ def legacy_codec(
             "unit_interval": unit_interval,
         }
     )
+
+
+def encode_by_file(
+    codec: Codec, batch: pa.Table, files: pa.Array | pa.ChunkedArray, base_uri: str, id_column: str | None
+) -> np.ndarray:
+    """x (B, D) of a batch whose rows come from several files (`files`: each row's path, as Ray's
+    read_parquet(include_paths=True) gives it), in the batch's order.
+
+    The training workers and the embed job both encode through here, so a bad row fails both with the
+    same message: the codec's, with its file as the source. A Ray batch may start inside a file, so a
+    row number counts from that file's first row in the batch, and the source names that row's id.
+    The whole batch is encoded at once; only a failing batch is encoded again file by file.
+    """
+    try:
+        return codec.encode(batch, base_uri)
+    except DataError:
+        for path in pc.unique(files).to_pylist():
+            rows = batch.filter(pc.equal(files, path))
+            source = uri_of(base_uri, path)
+            if id_column is not None and id_column in rows.column_names:
+                source += f" (batch from id {rows.column(id_column)[0]})"
+            codec.encode(rows, source)
+        raise
