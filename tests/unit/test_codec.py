@@ -195,3 +195,9 @@ def test_a_batch_from_several_files_is_encoded_in_order_and_a_bad_row_names_its_
     with pytest.raises(DataError) as err:
         encode_by_file(codec, bad, bad["path"], "s3://b", "id")
     assert str(err.value) == "s3://b/f2 (batch from id 3): column 'v': NaN or inf in vector features (row 1)"
+
+
+def test_tables_generate_by_sampling_vectors_by_the_mean():
+    pixels = _fit(_vectors(np.zeros((4, 3), np.uint8), pa.uint8()), vector_column="v", scale=255)
+    table = _fit(pa.table({"id": [1, 2, 3], "a": [0.5, 1.5, 2.5], "b": ["x", "y", "x"]}))
+    assert (pixels.sample_by_default, table.sample_by_default) == (False, True)

@@ -88,12 +88,12 @@ def generate_rows(
     (job.seed, b), `job.chunk_rows` rows per decoder pass, so the output depends on those settings,
     not on how many workers ran it. The checkpoint's codec turns x back into the training columns
     (output_schema). `job.sample_likelihood` draws x ~ p(x | z) instead of taking its mean; by default
-    it does for a codec whose x is laid out in column blocks (a table: its decoder mean holds category
+    it does where the codec says so (`codec.sample_by_default`: tables, whose decoder mean holds category
     probabilities, decoded as the most likely category, so sampled rows follow the data instead).
     Rerunning with the same run key (default: a hash of the model and the settings) does nothing.
     """
     ckpt = load_checkpoint(model_uri, storage_options=storage_options)
-    sample = job.sample_likelihood if job.sample_likelihood is not None else ckpt.codec.layout is not None
+    sample = job.sample_likelihood if job.sample_likelihood is not None else ckpt.codec.sample_by_default
     per_file = job.rows_per_file
     blocks = [
         {"block": b, "start": start, "rows": min(per_file, job.rows - start)}

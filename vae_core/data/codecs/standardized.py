@@ -26,6 +26,7 @@ class StandardizedCodec:
     image_shape: ClassVar[None] = None
     layout: ClassVar[None] = None
     likelihood: ClassVar[str] = "gaussian"
+    sample_by_default: ClassVar[bool] = False  # the mean of p(x|z) is a typical vector
     MIN_STD: ClassVar[float] = 1e-6  # a constant dimension keeps its value and gets unit scale
 
     vector: VectorCodec

@@ -30,6 +30,8 @@ class TabularCodec:
     image_shape = property(lambda self: None)
     layout = property(lambda self: self.transformer.layout)
     likelihood = property(lambda self: "tabular")
+    # A row is a draw: the mean of a categorical block is a probability vector, not a category.
+    sample_by_default = property(lambda self: True)
 
     def encode(self, batch: pa.RecordBatch | pa.Table, source: str) -> np.ndarray:
         for name in self.columns:

@@ -35,6 +35,7 @@ class VectorCodec:
 
     columns = property(lambda self: [self.column])
     likelihood = property(lambda self: "bernoulli" if self.unit_interval else "gaussian")
+    sample_by_default = property(lambda self: False)  # pixel means are the usual picture of a sample
 
     def encode(self, batch: pa.RecordBatch | pa.Table, source: str) -> np.ndarray:
         x = vectors(batch, self.column, self.dim, source)
