@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import subprocess
 import sys
 
 BENCHMARKS = [
@@ -21,9 +21,17 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s) {unknown}; known: {BENCHMARKS}", file=sys.stderr)
         return 2
+    failed = []
     for name in names:
         print(f"[bench] running {name}", flush=True)
-        importlib.import_module(f"bench.{name}").main()
+        # Each in its own process: a benchmark's S3 server, Ray cluster and cached filesystem clients
+        # (s3fs keeps instances per endpoint) must not leak into the next one.
+        code = f"import bench.{name} as b; b.main()"
+        if subprocess.run([sys.executable, "-c", code], check=False).returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"[bench] failed: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
