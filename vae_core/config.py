@@ -170,6 +170,13 @@ class TrainConfig(_Section):
     runs_uri: str = Field("data/runs", description="Where runs keep checkpoints (path or s3:// URI).")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the best K checkpoints by validation ELBO.")
     max_failures: int = Field(1, ge=0, description="Worker-group restarts allowed before the run fails.")
+    cache_mb: int = Field(
+        2048,
+        ge=0,
+        description="Per Ray worker: keep its decoded train and validation rows in memory after the first "
+        "pass when they fit in this many MB (later epochs read no storage); larger splits stream every "
+        "epoch; 0 always streams.",
+    )
 
     @model_validator(mode="after")
     def _one_warmup(self) -> TrainConfig:

@@ -46,7 +46,8 @@ def test_standardized_vectors_train_on_ray_embed_and_generate_in_their_own_units
             "name": "sensors",
             "data": {"uri": root, "vector_column": "v", "codec": "standardized"},
             "model": {"family": "vae", "hidden": [32], "latent_dim": 2, "likelihood": "gaussian"},
-            "train": {"epochs": 4, "batch_size": 64, "runs_uri": f"{make_bucket()}/runs"},
+            # cache_mb 0: every epoch streams from S3 (the cached path is tested in test_train_ray).
+            "train": {"epochs": 4, "batch_size": 64, "runs_uri": f"{make_bucket()}/runs", "cache_mb": 0},
             "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
         }
     )
@@ -67,6 +68,7 @@ def test_standardized_vectors_train_on_ray_embed_and_generate_in_their_own_units
     np.testing.assert_allclose(codec.mean, train.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(codec.std, train.std(0), rtol=1e-3)
     assert result.history[-1]["val_elbo"] > result.checkpoint.meta.val_elbo_init
+    assert [h["data_from"] for h in result.history] == ["storage"] * 4
 
     # Embed: every id once, a finite 2-d posterior mean per row.
     compute = ComputeConfig(num_workers=1, cpus_per_worker=0.5)

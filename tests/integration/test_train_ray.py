@@ -80,6 +80,8 @@ def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ra
     cfg = mnist_config(mnist_s3, runs)
     result = train_on_ray(cfg, run_name="s3-run")
     assert [h["epoch"] for h in result.history] == [1, 2]
+    # Epoch 1 streams from S3 and keeps the decoded rows (they fit train.cache_mb); epoch 2 reads memory.
+    assert [h["data_from"] for h in result.history] == ["storage", "memory"]
     assert result.checkpoint.meta.world_size == 2
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     for epoch in (1, 2):

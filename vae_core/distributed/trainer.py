@@ -10,7 +10,7 @@ Relaunching a name that has a stored run is an error unless resuming is asked fo
 `vaeflow train --resume`), and even then when the stored config differs in a data/model/train key
 (named in the error): a run is one model trained on one dataset. Not compared: train.epochs (a
 resume with more epochs extends a finished run), and settings that do not change what is trained
-(train.runs_uri, train.max_failures, train.keep_checkpoints, the compute section).
+(train.runs_uri, train.max_failures, train.keep_checkpoints, train.cache_mb, the compute section).
 """
 
 from __future__ import annotations
@@ -183,7 +183,15 @@ class RunState:
 
 
 class ShardBatches:
-    """x batches (B, D) of this worker's dataset shards, encoded by the codec on the way in."""
+    """x batches (B, D) of this worker's dataset shards, encoded by the codec on the way in.
+
+    The first pass over a shard streams it from storage through Ray Data; when its decoded rows fit
+    in `train.cache_mb` (train and validation together), they are kept in this worker's memory and
+    later passes read them from there: the per-batch path of Ray Data (conversion, shuffle buffer,
+    prefetch threads competing with torch for the worker's cores) is paid once, not every epoch.
+    Cached epochs shuffle with a seeded permutation per epoch and rank, as the streamed ones do
+    through the local shuffle buffer; the batch count per epoch is the same either way (DDP needs it).
+    """
 
     def __init__(self, cfg: VaeflowConfig, codec: Codec, rank: int, device: torch.device) -> None:
         self.train_shard = ray.train.get_dataset_shard("train")  # Ray: this worker's data shards
@@ -195,23 +203,59 @@ class ShardBatches:
             rank,
             device,
         )
+        self.budget = cfg.train.cache_mb << 20  # bytes left for cached x
+        self.cached: dict[str, torch.Tensor] = {}
+        self.train_from = "storage"  # where the last epoch's train rows came from: storage or memory
 
     def train(self, epoch: int) -> Iterator[torch.Tensor]:
-        """One epoch through a local shuffle buffer (rows of blocks mix), seeded per epoch and rank."""
-        return self._batches(
-            self.train_shard,
-            local_shuffle_buffer_size=16 * self.batch_size,
-            local_shuffle_seed=self.seed * 10_007 + 101 * epoch + self.rank,
+        """One epoch, shuffled with a seed per epoch and rank."""
+        seed = self.seed * 10_007 + 101 * epoch + self.rank
+        self.train_from = "memory" if "train" in self.cached else "storage"
+        if "train" in self.cached:
+            return self._from_memory(self.cached["train"], seed)
+        stream = self._stream(
+            self.train_shard, local_shuffle_buffer_size=16 * self.batch_size, local_shuffle_seed=seed
         )
+        return self._keeping("train", stream)
 
     def val(self) -> Iterator[torch.Tensor]:
         """The validation split in order."""
-        return self._batches(self.val_shard)
+        if "val" in self.cached:
+            return self._from_memory(self.cached["val"], None)
+        return self._keeping("val", self._stream(self.val_shard))
 
-    def _batches(self, shard: Any, **shuffle: int) -> Iterator[torch.Tensor]:
+    def _stream(self, shard: Any, **shuffle: int) -> Iterator[torch.Tensor]:
         yield from shard.iter_torch_batches(
             batch_size=self.batch_size, collate_fn=self.encode, device=self.device, **shuffle
         )
+
+    def _keeping(self, name: str, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Pass the batches on, keeping a CPU copy while they fit the budget; a full pass that fit
+        becomes the cache (a pass cut short keeps nothing)."""
+        kept: list[torch.Tensor] | None = [] if self.budget > 0 else None
+        size = 0
+        for x in batches:
+            if kept is not None:
+                size += x.nelement() * x.element_size()
+                kept = kept if size <= self.budget else None
+                if kept is not None:
+                    kept.append(x.detach().to("cpu", copy=x.device.type != "cpu"))
+            yield x
+        if kept:
+            self.cached[name] = torch.cat(kept)
+            self.budget -= size
+
+    def _from_memory(self, x: torch.Tensor, seed: int | None) -> Iterator[torch.Tensor]:
+        order = (
+            None if seed is None else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        )
+        for start in range(0, len(x), self.batch_size):
+            rows = (
+                x[start : start + self.batch_size]
+                if order is None
+                else x[order[start : start + self.batch_size]]
+            )
+            yield rows.to(self.device, non_blocking=True)
 
 
 @dataclass
@@ -268,6 +312,7 @@ class EpochEnd:
         # Samples/s of the whole group: every worker processed the same number of rows.
         return {
             **stats.to_dict(),
+            "data_from": self.data.train_from,
             "samples": stats.samples * self.world,
             "samples_per_s": stats.samples_per_s * self.world,
             "val_elbo": val.elbo,
@@ -302,8 +347,9 @@ def _worker_loop(train_loop_config: dict[str, str]) -> None:
     cfg, codec = VaeflowConfig.from_json(loop.config), codec_from_json(loop.codec)
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     device = ray.train.torch.get_device()
-    if cfg.compute.torch_threads:
-        torch.set_num_threads(cfg.compute.torch_threads)
+    # Intra-op threads: as set, else the CPUs the worker reserves (Ray sets OMP_NUM_THREADS=1 for
+    # fractional CPUs, and a 1-thread worker on a 2-CPU reservation runs at about 0.6x).
+    torch.set_num_threads(cfg.compute.torch_threads or max(1, int(cfg.compute.cpus_per_worker)))
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, DataShape.of(codec))
@@ -356,7 +402,9 @@ def _storage(runs_uri: str, storage_options: dict) -> dict[str, Any]:
 RUN_FILE = "vaeflow-run.json"
 COMPARED_SECTIONS = ("data", "model", "train")
 # Settings a resume may change: they do not change which model is trained on which data.
-NOT_COMPARED = frozenset({"train.epochs", "train.runs_uri", "train.max_failures", "train.keep_checkpoints"})
+NOT_COMPARED = frozenset(
+    {"train.epochs", "train.runs_uri", "train.max_failures", "train.keep_checkpoints", "train.cache_mb"}
+)
 
 
 def _leaves(value: Any, prefix: str) -> dict[str, Any]:
