@@ -65,7 +65,10 @@ def train_config(data_uri: str, runs_uri: str, **train: Any) -> VaeflowConfig:
             "name": "faults",
             "data": {"uri": data_uri, "vector_column": "x"},
             "model": {"family": "vae", "hidden": [64], "latent_dim": 4},
-            "train": {"epochs": 3, "batch_size": 16, "runs_uri": runs_uri, **train},
+            # cache_mb 0: every epoch streams from S3 and takes about as long as the first, so a kill
+            # timed after checkpoint N lands inside epoch N + 1 (a cached epoch can finish first). The
+            # cached path's restart is tested in tests/integration/test_train_ray.py.
+            "train": {"epochs": 3, "batch_size": 16, "runs_uri": runs_uri, "cache_mb": 0, **train},
             "compute": {"num_workers": 2, "cpus_per_worker": 1, "data_cpus": 1, "torch_threads": 1},
         }
     )
