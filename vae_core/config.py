@@ -194,7 +194,16 @@ class ComputeConfig(_Section):
     data_cpus: float = Field(
         1.0, ge=0, description="Logical CPUs left free for Ray Data reading next to the workers."
     )
-    torch_threads: int | None = Field(None, ge=1, description="Intra-op threads; None keeps torch's.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Intra-op threads per worker; None: the CPUs the worker reserves."
+    )
+
+    @property
+    def threads_per_worker(self) -> int:
+        """torch's intra-op threads on each worker or actor: torch_threads, else the CPUs it reserves
+        (Ray sets OMP_NUM_THREADS=1 for fractional CPUs, and a 1-thread worker holding 2 CPUs ran at
+        about 0.6x)."""
+        return self.torch_threads or max(1, int(self.cpus_per_worker))
 
 
 class EmbedConfig(_Section):

@@ -161,3 +161,11 @@ def test_storage_options_translate_for_pyarrow_and_delta_rs(monkeypatch):
     assert fs.region == "eu-west-1"
     fs, _ = arrow_filesystem("s3://b/t/x.parquet", {**options, "profile": "dev"})  # s3fs only: wrapped
     assert isinstance(fs, pafs.PyFileSystem)
+
+
+def test_workers_run_torch_on_the_cpus_they_reserve_unless_torch_threads_says_otherwise():
+    from vae_core.config import ComputeConfig
+
+    assert ComputeConfig(cpus_per_worker=2).threads_per_worker == 2
+    assert ComputeConfig(cpus_per_worker=0.5).threads_per_worker == 1
+    assert ComputeConfig(cpus_per_worker=2, torch_threads=3).threads_per_worker == 3

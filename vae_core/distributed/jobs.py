@@ -97,7 +97,7 @@ class Actors:
     def load(self) -> tuple[Checkpoint, Writer]:
         """Once per actor: torch's intra-op threads set (compute.torch_threads, else the CPUs the actor
         reserved), the checkpoint with its model on the job's device, and the file writer."""
-        torch.set_num_threads(self.compute.torch_threads or max(1, int(self.compute.cpus_per_worker)))
+        torch.set_num_threads(self.compute.threads_per_worker)
         ckpt = load_checkpoint(self.model_uri, storage_options=self.storage_options)
         ckpt.model = ckpt.model.to("cuda" if self.compute.use_gpu else "cpu").eval()
         return ckpt, Writer(self.output_uri, self.schema, self.run_key, self.storage_options)

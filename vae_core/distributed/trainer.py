@@ -347,9 +347,7 @@ def _worker_loop(train_loop_config: dict[str, str]) -> None:
     cfg, codec = VaeflowConfig.from_json(loop.config), codec_from_json(loop.codec)
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     device = ray.train.torch.get_device()
-    # Intra-op threads: as set, else the CPUs the worker reserves (Ray sets OMP_NUM_THREADS=1 for
-    # fractional CPUs, and a 1-thread worker on a 2-CPU reservation runs at about 0.6x).
-    torch.set_num_threads(cfg.compute.torch_threads or max(1, int(cfg.compute.cpus_per_worker)))
+    torch.set_num_threads(cfg.compute.threads_per_worker)
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, DataShape.of(codec))
