@@ -74,3 +74,19 @@ def test_recon_weight_zero_trains_on_the_kl_alone():
         assert torch.equal(v, decoder_before[k]), k
     assert history[-1].kl < 0.1 * history[0].kl
     assert history[-1].loss == pytest.approx(history[-1].kl, rel=1e-5)
+
+
+def test_the_optimizer_is_torchs_fused_adam_and_steps_as_the_per_tensor_adam_does():
+    from vae_core.training.loop import make_optimizer
+
+    fused_model, x = small_model(), binary_data(32)
+    reference = small_model()
+    reference.load_state_dict(fused_model.state_dict())
+    fused = make_optimizer(fused_model, 1e-2)
+    assert fused.defaults["fused"] is True
+    torch.manual_seed(7)  # the same reparameterisation noise for both
+    fit(fused_model, [x[:16], x[16:]], epochs=3, optimizer=fused)
+    torch.manual_seed(7)
+    fit(reference, [x[:16], x[16:]], epochs=3, optimizer=torch.optim.Adam(reference.parameters(), lr=1e-2))
+    for a, b in zip(fused_model.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
