@@ -197,6 +197,11 @@ class ComputeConfig(_Section):
     torch_threads: int | None = Field(
         None, ge=1, description="Intra-op threads per worker; None: the CPUs the worker reserves."
     )
+    shared_memory_allreduce: bool = Field(
+        True,
+        description="DDP workers that all train on one CPU node (x86-64) average gradients through "
+        "shared memory instead of gloo's loopback TCP; false keeps gloo.",
+    )
 
     @property
     def threads_per_worker(self) -> int:

@@ -27,6 +27,9 @@ from . import use_token_auth
 log = logging.getLogger(__name__)
 
 
+_OWN_CLUSTER: list[str] = []  # the GCS address of the local cluster start_local_ray started here
+
+
 class ClusterResourceError(RuntimeError):
     """The cluster cannot fit the training workers plus the data budget."""
 
@@ -66,7 +69,15 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
             logging_level=logging.WARNING,
             _temp_dir=os.environ.get("VAEFLOW_RAY_TMPDIR"),
         )
-    return ray.get_runtime_context().gcs_address
+    address = ray.get_runtime_context().gcs_address
+    _OWN_CLUSTER[:] = [address]
+    return address
+
+
+def is_own_local_cluster() -> bool:
+    """Whether this process is connected to the local cluster it started itself (start_local_ray):
+    one node, no dashboard, nobody else's jobs."""
+    return ray.is_initialized() and _OWN_CLUSTER == [ray.get_runtime_context().gcs_address]
 
 
 @contextlib.contextmanager

@@ -15,9 +15,13 @@ resume with more epochs extends a finished run), and settings that do not change
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,7 +45,8 @@ from vae_core.training.checkpoints import Checkpoint, CheckpointMeta, load_check
 from vae_core.training.evaluation import EvalResult, evaluate
 from vae_core.training.loop import EpochStats, KLSchedule, fit, make_optimizer
 
-from .cluster import check_resources, ensure_ray
+from . import allreduce
+from .cluster import check_resources, ensure_ray, is_own_local_cluster
 from .errors import reraise_data_error
 
 PATH = "path"  # the column read_parquet(include_paths=True) adds
@@ -87,10 +92,29 @@ class LoopConfig:
 
 
 def _read(shards: list[str], columns: list[str], storage_options: dict) -> ray.data.Dataset:
-    """The shards' `columns` plus PATH, the file each row came from (for error messages)."""
+    """The shards' `columns` plus PATH, the file each row came from (for error messages), one read
+    task per shard.
+
+    Ray 2.60's default (V2) Parquet datasource plans a file-listing task before the reads: 2.7 s a
+    pass over a 500-row split on a warm local cluster, 5.9 s for the first, against 0.25 s and 1.5 s
+    with the V1 datasource, which the read takes (the setting is read when the dataset is created).
+    """
     fs, _ = arrow_filesystem(shards[0], storage_options)
     paths = [arrow_filesystem(s, storage_options)[1] for s in shards]
-    return ray.data.read_parquet(paths, filesystem=fs, include_paths=True).select_columns([*columns, PATH])
+    ctx = ray.data.DataContext.get_current()
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    # The V1 datasource logs its sampled encoding ratio and batch size at INFO, twice per dataset.
+    log = logging.getLogger("ray.data._internal.datasource.parquet_datasource")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        ds = ray.data.read_parquet(
+            paths, filesystem=fs, include_paths=True, override_num_blocks=len(paths)
+        ).select_columns([*columns, PATH])
+    finally:
+        ctx.use_datasource_v2 = v2
+        log.setLevel(level)
+    return ds
 
 
 def build_datasets(
@@ -195,7 +219,6 @@ class ShardBatches:
 
     def __init__(self, cfg: VaeflowConfig, codec: Codec, rank: int, device: torch.device) -> None:
         self.train_shard = ray.train.get_dataset_shard("train")  # Ray: this worker's data shards
-        self.val_shard = ray.train.get_dataset_shard("val")
         self.encode = Encode(codec, cfg.data.uri, cfg.data.id_column)
         self.batch_size, self.seed, self.rank, self.device = (
             cfg.train.batch_size,
@@ -222,7 +245,7 @@ class ShardBatches:
         """The validation split in order."""
         if "val" in self.cached:
             return self._from_memory(self.cached["val"], None)
-        return self._keeping("val", self._stream(self.val_shard))
+        return self._keeping("val", self._stream(ray.train.get_dataset_shard("val")))
 
     def _stream(self, shard: Any, **shuffle: int) -> Iterator[torch.Tensor]:
         yield from shard.iter_torch_batches(
@@ -250,10 +273,12 @@ class ShardBatches:
             None if seed is None else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         )
         for start in range(0, len(x), self.batch_size):
+            # index_select gathers the shuffled rows at half the cost of x[idx] (45 vs 99 us a batch
+            # of 128 x 784 on 2 cores), which ran at 5% of a training step in py-spy.
             rows = (
                 x[start : start + self.batch_size]
                 if order is None
-                else x[order[start : start + self.batch_size]]
+                else torch.index_select(x, 0, order[start : start + self.batch_size])
             )
             yield rows.to(self.device, non_blocking=True)
 
@@ -324,10 +349,12 @@ class EpochEnd:
 
 
 def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Optimizer state restored on CPU follows the parameters to the device."""
+    """Optimizer state restored on CPU follows the parameters to the device (the step count too when
+    the optimizer is fused: its kernel reads it on the device)."""
+    fused = bool(optimizer.defaults.get("fused"))
     for state in optimizer.state.values():
         for k, v in state.items():
-            if isinstance(v, torch.Tensor) and k != "step":
+            if isinstance(v, torch.Tensor) and (fused or k != "step"):
                 state[k] = v.to(device)
 
 
@@ -339,6 +366,28 @@ def _worker_nodes(world: int) -> list[str]:
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, node)
     return gathered
+
+
+def _prepare_model(
+    cfg: VaeflowConfig, model: LatentModel, device: torch.device, world: int, nodes: list[str]
+) -> tuple[torch.nn.Module, str]:
+    """Ray: the model wrapped for DDP and moved to the device, and how its gradients are averaged:
+    through shared memory when every rank trains on this CPU node (allreduce.py: 1.7x gloo's samples/s
+    with 2 workers on 2 cores), else through the process group."""
+    if world == 1:
+        return ray.train.torch.prepare_model(model), "local (1 worker)"
+    why_not = (
+        allreduce.usable(list(model.parameters()), device, world, len(set(nodes)) == 1)
+        if cfg.compute.shared_memory_allreduce
+        else "compute.shared_memory_allreduce is off"
+    )
+    if why_not is not None:
+        return ray.train.torch.prepare_model(model), f"{dist.get_backend()} ({why_not})"
+    ddp = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs=allreduce.one_bucket(list(model.parameters()))
+    )
+    allreduce.install(ddp, ray.train.get_context().get_world_rank(), world)  # type: ignore[arg-type]
+    return ddp, "shared memory"
 
 
 def _worker_loop(train_loop_config: dict[str, str]) -> None:
@@ -353,7 +402,8 @@ def _worker_loop(train_loop_config: dict[str, str]) -> None:
     model = build_model(cfg.model, DataShape.of(codec))
     optimizer = make_optimizer(model, cfg.train.lr)
     state = RunState.restore(model, optimizer, rank)
-    ddp = ray.train.torch.prepare_model(model)  # Ray: DDP (gloo on CPU, NCCL on GPU); moves to device
+    nodes = _worker_nodes(world)
+    ddp, gradients = _prepare_model(cfg, model, device, world, nodes)  # Ray: DDP; moves to device
     core: LatentModel = getattr(ddp, "module", ddp)
     # Per-worker, per-resume randomness (reparameterisation noise, DAE corruption).
     torch.manual_seed(cfg.train.seed * 100_003 + 1_009 * state.epoch + rank)
@@ -362,10 +412,10 @@ def _worker_loop(train_loop_config: dict[str, str]) -> None:
     data = ShardBatches(cfg, codec, rank, device)
     if state.val_elbo_init is None:
         state.val_elbo_init = _validate(core, data.val(), cfg.train.seed).elbo
-    nodes = _worker_nodes(world)
     if rank == 0 and not state.resumed:
         print(
-            f"[vaeflow] {world} worker(s) on nodes {nodes}; untrained val ELBO {state.val_elbo_init:.2f}",
+            f"[vaeflow] {world} worker(s) on nodes {nodes}, gradients {gradients}; "
+            f"untrained val ELBO {state.val_elbo_init:.2f}",
             flush=True,
         )
     fit(
@@ -381,6 +431,42 @@ def _worker_loop(train_loop_config: dict[str, str]) -> None:
         device=device,
         autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
     )
+
+
+def _feed_loop(train_loop_config: dict[str, str]) -> None:
+    """A worker that trains nothing: it takes this worker's train shard through the same path as
+    training (Ray Data, the codec in the collate step, torch batches on the device), streamed every
+    pass, and reports the rows it received and the seconds each pass took."""
+    loop = LoopConfig.from_json(train_loop_config["loop"])
+    cfg, codec = VaeflowConfig.from_json(loop.config), codec_from_json(loop.codec)
+    torch.set_num_threads(cfg.compute.threads_per_worker)
+    data = ShardBatches(cfg, codec, ray.train.get_context().get_world_rank(), ray.train.torch.get_device())
+    passes = []
+    for epoch in range(cfg.train.epochs):
+        t0, rows, values = time.perf_counter(), 0, 0
+        for x in data.train(epoch):
+            rows, values = rows + x.shape[0], values + x.nelement()
+        seconds = time.perf_counter() - t0
+        group_rows, group_values = _all_reduce_sum([rows, values])
+        passes.append({"rows": group_rows, "seconds": seconds, "tensor_bytes": 4 * group_values})
+    ray.train.report({"passes": passes})  # Ray: every rank reports; the driver reads rank 0's
+
+
+def feed_rate(cfg: VaeflowConfig, progress: Callable[[str], None] = print) -> list[dict[str, float]]:
+    """How fast the training data path delivers x to the workers, with no model: cfg.train.epochs
+    passes over the train split, each streamed from storage (no cache). One dict per pass: rows (all
+    workers), seconds, rows_per_s, tensor_bytes (float32 x delivered). For sizing a cluster: the rate
+    a GPU worker would be fed at."""
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"cache_mb": 0})})
+    _, schema, shards, codec = prepare_data(cfg, progress)
+    _start_cluster(cfg)
+    loop_cfg = LoopConfig(cfg.to_json(redact=False), codec_to_json(codec), encode_schema(schema))
+    name = f"{cfg.name}-feed-{uuid.uuid4().hex[:8]}"
+    datasets = build_datasets(cfg, codec, {"train": shards["train"]})
+    with _local_train_env():
+        result = _trainer(cfg, name, _feed_loop, loop_cfg, datasets).fit()
+    passes = result.metrics["passes"]
+    return [{**p, "rows_per_s": p["rows"] / p["seconds"]} for p in passes]
 
 
 # ---- the driver -------------------------------------------------------------------------------
@@ -491,6 +577,52 @@ def record_run(cfg: VaeflowConfig, name: str, resume: bool) -> bool:
     return check_run_name(cfg, name, resume)
 
 
+# Ray Train V2's helpers that a local cluster of our own has no use for (Ray 2.60), each an actor
+# process polling in the background beside the workers (about 1% of a core each, measured): the
+# preemption watcher polls node drain state every 5 s (nothing drains a local node); the controller's
+# metrics callbacks feed a dashboard that is not running. The controller polls the workers every 2 s
+# by default, so a run ended up to 2 s after its last report; 0.5 s costs one remote call per worker.
+# The user's own settings of these variables win.
+LOCAL_TRAIN_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+
+
+@contextlib.contextmanager
+def _local_train_env() -> Iterator[None]:
+    """LOCAL_TRAIN_ENV while a trainer starts on our own local cluster (Ray Train reads these variables
+    on the driver when fit() starts the controller, and hands them to it)."""
+    own = is_own_local_cluster()
+    added = {k: v for k, v in LOCAL_TRAIN_ENV.items() if own and k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+class _Trainer(ray.train.torch.TorchTrainer):
+    """TorchTrainer that, on our own local cluster, starts no PlacementGroupCleaner: that actor asks
+    the State API once a second whether the controller is alive, the State API needs the dashboard,
+    which a local cluster here runs without, so every query failed and logged "Failed to query Ray
+    Train Controller actor state" (50+ lines a run). Its job, removing the workers' placement group
+    should the controller die, is done on a local cluster by the cluster's own shutdown.
+    (`_create_default_callbacks` is a private Ray API, Ray 2.60; on other clusters nothing changes.)"""
+
+    def _create_default_callbacks(self) -> list[Any]:
+        callbacks = super()._create_default_callbacks()
+        if not is_own_local_cluster():
+            return callbacks
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+
+        return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+
 def _checkpoint_uri(ckpt: ray.train.Checkpoint, runs_uri: str) -> str:
     kind = scheme(runs_uri)
     return ckpt.path if kind == "file" else f"{kind}://{ckpt.path.lstrip('/')}"
@@ -514,22 +646,8 @@ def prepare_data(
     return spec, schema, {"train": train_shards, "val": val_shards}, codec
 
 
-def train_on_ray(
-    cfg: VaeflowConfig,
-    run_name: str | None = None,
-    progress: Callable[[str], None] = print,
-    resume: bool = False,
-) -> TrainResult:
-    """Fit cfg's model with Ray Train as run `run_name` (default: cfg.name) under train.runs_uri.
-
-    A new name starts a run. A name with a stored run is resumed from its latest checkpoint only with
-    resume=True and a config equal in its data/model/train keys (train.epochs may grow: that extends
-    the run); otherwise RunNameError, before any worker starts. The run is recorded once the data
-    have been checked, so a launch that fails on its data leaves no run behind.
-    """
-    name = run_name or cfg.name
-    resuming = check_run_name(cfg, name, resume)
-    _, schema, shards, codec = prepare_data(cfg, progress)
+def _start_cluster(cfg: VaeflowConfig) -> None:
+    """Connect to (or start) Ray for cfg.compute and set Ray Data's options for training."""
     ensure_ray(cfg.compute)
     check_resources(cfg.compute)
     ctx = ray.data.DataContext.get_current()
@@ -540,11 +658,18 @@ def train_on_ray(
     # Deterministic block order and block-to-worker assignment: a rerun with the same seed sees the
     # same batches, so runs are reproducible and comparable across worker counts.
     ctx.execution_options.preserve_order = True
-    if not resuming:
-        resuming = record_run(cfg, name, resume)
-    loop_cfg = LoopConfig(cfg.to_json(redact=False), codec_to_json(codec), encode_schema(schema))
-    trainer = ray.train.torch.TorchTrainer(
-        _worker_loop,
+
+
+def _trainer(
+    cfg: VaeflowConfig,
+    name: str,
+    loop: Callable[[dict[str, str]], None],
+    loop_cfg: LoopConfig,
+    datasets: dict[str, ray.data.Dataset],
+) -> ray.train.torch.TorchTrainer:
+    """The Ray Train run `name` of `loop` on every worker, as cfg.compute and cfg.train set it."""
+    return _Trainer(
+        loop,
         train_loop_config={"loop": loop_cfg.to_json()},
         scaling_config=ScalingConfig(
             num_workers=cfg.compute.num_workers,
@@ -565,12 +690,38 @@ def train_on_ray(
             ),
             **_storage(cfg.train.runs_uri, cfg.data.storage_options),
         ),
-        datasets=build_datasets(cfg, codec, shards),
+        datasets=datasets,
+        # One worker takes whole datasets: no split coordinator actors to start and feed through.
+        dataset_config=ray.train.DataConfig(datasets_to_split="all" if cfg.compute.num_workers > 1 else []),
     )
+
+
+def train_on_ray(
+    cfg: VaeflowConfig,
+    run_name: str | None = None,
+    progress: Callable[[str], None] = print,
+    resume: bool = False,
+) -> TrainResult:
+    """Fit cfg's model with Ray Train as run `run_name` (default: cfg.name) under train.runs_uri.
+
+    A new name starts a run. A name with a stored run is resumed from its latest checkpoint only with
+    resume=True and a config equal in its data/model/train keys (train.epochs may grow: that extends
+    the run); otherwise RunNameError, before any worker starts. The run is recorded once the data
+    have been checked, so a launch that fails on its data leaves no run behind.
+    """
+    name = run_name or cfg.name
+    resuming = check_run_name(cfg, name, resume)
+    _, schema, shards, codec = prepare_data(cfg, progress)
+    _start_cluster(cfg)
+    if not resuming:
+        resuming = record_run(cfg, name, resume)
+    loop_cfg = LoopConfig(cfg.to_json(redact=False), codec_to_json(codec), encode_schema(schema))
+    trainer = _trainer(cfg, name, _worker_loop, loop_cfg, build_datasets(cfg, codec, shards))
     what = "resuming" if resuming else "training"
     progress(f"{what} {cfg.model.family} on {cfg.data.uri} as run {name!r} under {cfg.train.runs_uri}")
     try:
-        result = trainer.fit()
+        with _local_train_env():
+            result = trainer.fit()
     except Exception as e:  # Ray raises TrainingFailedError with the worker traceback inside
         reraise_data_error(e)  # a bad row: the codec's message naming its file, column and row
         raise TrainingError(f"run {name!r} failed: {e}") from e
