@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import queue
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import torch
 
 from vae_core.config import ComputeConfig, EmbedConfig
-from vae_core.data.codecs import encode_by_file
 from vae_core.data.codecs.base import list_column
 from vae_core.data.dataset import DataError, count_rows, list_shards, read_schema
 from vae_core.data.objects import fingerprint
@@ -23,8 +27,8 @@ from vae_core.training.inference import embed
 
 from .jobs import Actors, Run, Summary, model_record, start_cluster
 
-PATH_COLUMN = "path"  # read_parquet(include_paths=True) adds it: errors name the input file
-READ_CPUS = 0.25  # per read task: reads wait on object storage as much as they decode
+READ_ROWS = 8192  # rows an actor reads (and embeds) at a time
+READ_AHEAD = 1  # batches an actor reads ahead of the one it embeds
 
 
 def _ids_digest(ids: pa.Array | pa.ChunkedArray) -> str:
@@ -38,38 +42,121 @@ def _ids_digest(ids: pa.Array | pa.ChunkedArray) -> str:
     return h.hexdigest()[:20]
 
 
-class _Embedder:
-    """Loads the checkpoint once per actor; maps a batch of rows to one Parquet file of latents."""
+def _batches(shard: str, columns: list[str], storage_options: dict | None) -> Iterator[pa.Table]:
+    """The shard's `columns` in batches of READ_ROWS rows, in file order (a retried task reads the same
+    batches, so it writes the same files).
 
-    def __init__(
-        self, actors: Actors, job: EmbedConfig, input_uri: str, keep: list[str], with_paths: bool
-    ) -> None:
+    Small batches bound an actor's memory whatever the file: decoding a list column materializes
+    two 16-bit levels per value, so one 50k-row MNIST row group read at once peaked at 320 MB of
+    Arrow memory, 95 MB in batches of 8,192 rows."""
+    fs, path = arrow_filesystem(shard, storage_options)
+    try:
+        with fs.open_input_file(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS, columns=columns):
+                if batch.num_rows:
+                    yield pa.Table.from_batches([batch])
+    except FileNotFoundError as e:
+        raise DataError(f"{shard}: shard is missing: {e}") from e
+    except pa.ArrowInvalid as e:
+        raise DataError(f"{shard}: not a readable Parquet file: {e}") from e
+
+
+def _regroup(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """The rows of `tables`, in order, as tables of exactly `rows` rows (the last may be shorter)."""
+    held: list[pa.Table] = []
+    count = 0
+    for t in tables:
+        held.append(t)
+        count += t.num_rows
+        while count >= rows:
+            joined = pa.concat_tables(held)
+            yield joined.slice(0, rows)
+            held, count = [joined.slice(rows)], count - rows
+    if count:
+        yield pa.concat_tables(held)
+
+
+def _read_ahead(items: Iterator[pa.Table], depth: int = READ_AHEAD) -> Iterator[pa.Table]:
+    """`items`, produced by a thread up to `depth` ahead: the next batch downloads and decodes (pyarrow
+    releases the GIL) while this one is embedded (so does torch). An error in the thread is raised here."""
+    q: queue.Queue[tuple[pa.Table | None, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put((item, None))
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put((None, e))
+            return
+        q.put((None, None))
+
+    thread = threading.Thread(target=produce, daemon=True, name="vaeflow-read-ahead")
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if error is not None:
+                raise error
+            if item is None:
+                return
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):  # let a producer blocked on put() see the stop
+            q.get_nowait()
+
+
+class _Embedder:
+    """Loads the checkpoint once per actor; embeds whole shards: reads each in batches, embeds them,
+    and writes the latents as Parquet files of `job.rows_per_file` rows.
+
+    Reading in the actor, not in Ray Data read tasks: each row then crosses no object store (a read
+    task's block is copied into it, and again into the actor's batch), and the next batch is read
+    while this one is embedded. 1M MNIST rows S3 -> S3 on 2 cores: bench/results/embed_throughput.json.
+    """
+
+    def __init__(self, actors: Actors, job: EmbedConfig, columns: list[str], keep: list[str]) -> None:
         ckpt, self.writer = actors.load()
         self.model, self.codec = ckpt.model, ckpt.codec
-        self.job, self.input_uri, self.keep, self.with_paths = job, input_uri, keep, with_paths
+        self.job, self.columns, self.keep = job, columns, keep
+        self.storage_options = actors.storage_options
 
-    def _encode(self, batch: pa.Table) -> np.ndarray:
-        """batch -> x: (B, D) float32; a bad row's error names its input file and id (encode_by_file)."""
-        if not self.with_paths:
-            return self.codec.encode(batch, self.input_uri)
-        return encode_by_file(self.codec, batch, batch.column(PATH_COLUMN), self.input_uri, self.keep[0])
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        summaries = []
+        for shard in map(str, batch["shard"]):
+            latents = (
+                self._latents(b, shard)
+                for b in _read_ahead(_batches(shard, self.columns, self.storage_options))
+            )
+            summaries += [self._write(t) for t in _regroup(latents, self.job.rows_per_file)]
+        return pa.Table.from_pylist(summaries)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        x = torch.from_numpy(self._encode(batch))
+    def _latents(self, batch: pa.Table, shard: str) -> pa.Table:
+        """The output columns of one input batch: the kept columns, z_mean (and z_logvar)."""
+        # A bad row's error names its file and the id its batch starts at (a row counts from there).
+        x = torch.from_numpy(
+            self.codec.encode(batch, f"{shard} (batch from id {batch.column(self.keep[0])[0]})")
+        )
         if self.job.with_logvar:
             mu, logvar = embed(self.model, x, with_logvar=True, chunk_rows=self.job.chunk_rows)
         else:
             mu, logvar = embed(self.model, x, chunk_rows=self.job.chunk_rows), None
-        mu_np = mu.float().cpu().numpy()  # (B, L)
         columns = {name: batch.column(name) for name in self.keep}
-        columns["z_mean"] = list_column(mu_np, pa.float32())
+        columns["z_mean"] = list_column(mu.float().cpu().numpy(), pa.float32())  # (B, L)
         if logvar is not None:
             columns["z_logvar"] = list_column(logvar.float().cpu().numpy(), pa.float32())
-        # Named by the ids it holds: a retried batch rewrites the same file.
-        summary = self.writer.write(pa.table(columns), _ids_digest(batch.column(self.keep[0])))
-        mu64 = mu_np.astype(np.float64)
+        return pa.table(columns)
+
+    def _write(self, table: pa.Table) -> Summary:
+        # Named by the ids it holds: a retried shard rewrites the same files.
+        summary = self.writer.write(table, _ids_digest(table.column(self.keep[0])))
+        z = table.column("z_mean").combine_chunks()
+        mu64 = z.flatten().to_numpy().reshape(len(z), -1).astype(np.float64)  # (B, L)
         summary.update(sum=mu64.sum(0).tolist(), sumsq=(mu64**2).sum(0).tolist())
-        return pa.Table.from_pylist([summary])
+        return summary
 
 
 def _z_stats(summaries: list[Summary], rows: int) -> dict[str, Any]:
@@ -78,36 +165,6 @@ def _z_stats(summaries: list[Summary], rows: int) -> dict[str, Any]:
     mean = np.sum([s["sum"] for s in summaries], axis=0) / rows
     var = np.sum([s["sumsq"] for s in summaries], axis=0) / rows - mean**2
     return {"z_mean": {"count": rows, "mean": mean.tolist(), "var": var.tolist()}}
-
-
-def _read(
-    shards: list[str],
-    columns: list[str],
-    with_paths: bool,
-    compute: ComputeConfig,
-    storage_options: dict | None,
-) -> ray.data.Dataset:
-    """The input rows, one read task per shard, at most compute.data_cpus of CPU reading at a time.
-
-    Seen with Ray 2.60's default V2 Parquet reader: one ListFiles block, hence a single read task for
-    all shards, which starved 2 actors (read 39k rows/s, actors idle). The V1 datasource honours
-    override_num_blocks.
-    """
-    fs, _ = arrow_filesystem(shards[0], storage_options)
-    ctx = ray.data.DataContext.get_current()
-    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
-    try:
-        ds = ray.data.read_parquet(
-            [arrow_filesystem(s, storage_options)[1] for s in shards],
-            filesystem=fs,
-            include_paths=with_paths,
-            override_num_blocks=len(shards),
-            num_cpus=min(READ_CPUS, compute.data_cpus),
-            concurrency=min(len(shards), max(1, int(compute.data_cpus / READ_CPUS))),
-        ).select_columns(columns)
-    finally:
-        ctx.use_datasource_v2 = v2  # the dataset keeps its own copy of the context
-    return ds
 
 
 def embed_corpus(
@@ -168,15 +225,11 @@ def embed_corpus(
         + ([pa.field("z_logvar", latent)] if job.with_logvar else [])
     )
     start_cluster(compute)
-    with_paths = PATH_COLUMN not in schema.names  # a user column of that name wins
-    columns = sorted({*keep, *ckpt.codec.columns, *([PATH_COLUMN] if with_paths else [])})
+    columns = sorted({*keep, *ckpt.codec.columns})
     actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
-    ds = _read(shards, columns, with_paths, compute, storage_options).map_batches(
-        _Embedder,
-        fn_constructor_args=(actors, job, input_uri, keep, with_paths),
-        batch_size=job.rows_per_file,
-        batch_format="pyarrow",
-        **actors.pool(),
+    # One task per shard; the actors read their shards themselves (_Embedder).
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards)).map_batches(
+        _Embedder, fn_constructor_args=(actors, job, columns, keep), batch_size=1, **actors.pool()
     )
     total = count_rows(shards, storage_options)
     progress(f"embedding {total:,} rows of {input_uri} with {model_uri} on {compute.num_workers} worker(s)")
