@@ -10,6 +10,8 @@ BENCHMARKS = [
     "tabular_fit_memory",
     "mnist_quality_ray",
     "train_throughput",
+    "data_feed",
+    "command_overhead",
     "batch_jobs",
     "adult_efficacy",
 ]
