@@ -4,18 +4,21 @@ pipeline over the same shards (pyarrow read -> torch forward -> pyarrow write), 
 Writes bench/results/{embed,generate}_throughput.json (2 workers), ..._throughput_1w.json (1 worker)
 and ..._memory.json. Throughput is end-to-end rows/s of the job call (actor start and model load
 included, `ray.init` excluded), the median of 3 rounds of plain / 1 worker / 2 workers, interleaved.
-Memory is measured in separate runs (2 workers, 1M and 5M rows): the peak of the summed PSS of the
-driver and every process it started (Ray's GCS, raylet, workers; a page shared by n processes counts
-1/n in each) plus the growth of /dev/shm's used bytes (Ray's object store), sampled every 0.5 s;
-RSS and USS sums are recorded beside it. The S3 server runs as a separate process, not counted.
+Memory is measured in separate runs of the command a user runs (`vaeflow embed|generate --workers 2`
+in its own process, 1M and 5M rows): the peak of the summed PSS of that process and every process it
+started (Ray's GCS, raylet, workers; a page shared by n processes counts 1/n in each) plus the growth
+of /dev/shm's used bytes (Ray's object store), sampled every 0.5 s; RSS and USS sums are recorded
+beside it. The S3 server runs as a separate process, not counted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -48,14 +51,15 @@ THREADS = 2  # the machine's cores: the plain pipeline and each Ray configuratio
 
 
 class PeakMemory:
-    """Peaks of this process's and its descendants' memory (minus `exclude`), sampled every 0.5 s:
+    """Peaks of the memory of process `root` (default: this one) and its descendants (minus `exclude`),
+    sampled every 0.5 s:
     summed RSS (counts shared pages once per process that maps them: Ray's object store, torch's
     libraries), summed PSS (each shared page split among the processes mapping it) and USS (pages of
     one process only), and the growth of /dev/shm's used bytes since the start (Ray's object store
     lives there)."""
 
-    def __init__(self, exclude: set[int]) -> None:
-        self.exclude, self._stop = exclude, threading.Event()
+    def __init__(self, exclude: set[int], root: int | None = None) -> None:
+        self.exclude, self.root, self._stop = exclude, root, threading.Event()
         self.peak = {"rss": 0, "pss": 0, "uss": 0, "shm": 0, "pss_plus_shm": 0, "uss_plus_shm": 0}
         self._shm0 = self._shm_used()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -66,7 +70,10 @@ class PeakMemory:
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
     def _sample(self) -> dict[str, int]:
-        me = psutil.Process()
+        try:
+            me = psutil.Process(self.root)
+        except psutil.Error:  # the measured process has exited
+            return {k: 0 for k in self.peak}
         total = {"rss": 0, "pss": 0, "uss": 0}
         for p in [me, *me.children(recursive=True)]:
             if p.pid in self.exclude:
@@ -209,32 +216,38 @@ def plain_generate(model_uri: str, rows: int, out: str, moto_pid: int) -> dict:
     }
 
 
-def ray_job(
-    kind: str, workers: int, model_uri: str, source: str | int, out: str, moto_pid: int, memory: bool = False
-) -> dict:
-    """One job on a fresh local cluster: 1 worker x 2 threads, or 2 workers x 1 thread. With `memory`,
-    its processes' memory is sampled (throughput runs sample nothing: sampling 15 processes costs CPU)."""
+def ray_job(kind: str, workers: int, model_uri: str, source: str | int, out: str) -> dict:
+    """One job on a fresh local cluster: 1 worker x 2 threads, or 2 workers x 1 thread."""
     if ray.is_initialized():
         ray.shutdown()
     compute = ComputeConfig(num_workers=workers, cpus_per_worker=THREADS // workers)
     ensure_ray(compute)
-    sampler = PeakMemory({moto_pid}) if memory else contextlib.nullcontext()
-    with sampler:
-        t0 = time.perf_counter()
-        if kind == "embed":
-            published = embed_corpus(model_uri, str(source), out, EmbedConfig(), compute, progress=quiet)
-        else:
-            job = GenerateConfig(rows=int(source))
-            published = generate_rows(model_uri, out, job, compute, progress=quiet)
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if kind == "embed":
+        published = embed_corpus(model_uri, str(source), out, EmbedConfig(), compute, progress=quiet)
+    else:
+        job = GenerateConfig(rows=int(source))
+        published = generate_rows(model_uri, out, job, compute, progress=quiet)
+    wall = time.perf_counter() - t0
     ray.shutdown()
-    return {
-        "rows": published.rows,
-        "seconds": wall,
-        "rows_per_s": published.rows / wall,
-        "workers": workers,
-        **({"peak_memory_mb": sampler.mb()} if isinstance(sampler, PeakMemory) else {}),
-    }
+    return {"rows": published.rows, "seconds": wall, "rows_per_s": published.rows / wall, "workers": workers}
+
+
+def cli_memory(kind: str, model_uri: str, source: str | int, rows: int, out: str, moto_pid: int) -> dict:
+    """The job as a user runs it, `vaeflow embed|generate --workers 2`, in its own process (which
+    starts its own cluster): the peak memory of that process and every process it started. (This
+    process holds the benchmark's own data and is not counted.)"""
+    where = ["--input", str(source)] if kind == "embed" else ["--rows", str(source)]
+    command = [str(Path(sys.executable).with_name("vaeflow")), kind, "--model", model_uri, *where]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [*command, "--output", out, "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    with PeakMemory({moto_pid}, root=proc.pid) as mem:
+        output = proc.communicate()[0].decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"vaeflow {kind} exited {proc.returncode}:\n{output[-3000:]}")
+    return {"rows": rows, "seconds": time.perf_counter() - t0, "peak_memory_mb": mem.mb()}
 
 
 def _median(runs: list[dict]) -> dict:
@@ -250,8 +263,8 @@ def _throughput(kind: str, root: str, model_uri: str, source: str | int, moto_pi
     runs: dict[str, list[dict]] = {"plain": [], "one": [], "two": []}
     for r in range(REPEATS):
         runs["plain"].append(plain_run(model_uri, source, f"{root}/out/plain-{kind}-{r}", moto_pid))
-        runs["one"].append(ray_job(kind, 1, model_uri, source, f"{root}/out/{kind}-1w-{r}", moto_pid))
-        runs["two"].append(ray_job(kind, 2, model_uri, source, f"{root}/out/{kind}-2w-{r}", moto_pid))
+        runs["one"].append(ray_job(kind, 1, model_uri, source, f"{root}/out/{kind}-1w-{r}"))
+        runs["two"].append(ray_job(kind, 2, model_uri, source, f"{root}/out/{kind}-2w-{r}"))
     return {k: _median(v) for k, v in runs.items()}
 
 
@@ -283,7 +296,7 @@ def _report(kind: str, runs: dict[str, dict], small: dict, big: dict, setting: d
         value=one["rows_per_s"] / plain["rows_per_s"],
         unit=f"ratio: Ray Data {kind} rows/s with 1 worker / plain single-process pipeline rows/s "
         f"(medians of {REPEATS} interleaved runs)",
-        target=0.9,
+        target=0.9 if kind == "embed" else 0.8,  # issue 14 asks 0.9 of embed; generate keeps its 0.8
         better="higher",
         **common,
         ray_1_worker=one,
@@ -330,8 +343,8 @@ def main() -> None:
 
         for kind, source, large in (("embed", small, big), ("generate", ROWS, BIG_ROWS)):
             runs = _throughput(kind, root, model_uri, source, moto_pid)
-            mem_small = ray_job(kind, 2, model_uri, source, f"{root}/out/{kind}-mem-small", moto_pid, True)
-            mem_big = ray_job(kind, 2, model_uri, large, f"{root}/out/{kind}-mem-big", moto_pid, True)
+            mem_small = cli_memory(kind, model_uri, source, ROWS, f"{root}/out/{kind}-mem-small", moto_pid)
+            mem_big = cli_memory(kind, model_uri, large, BIG_ROWS, f"{root}/out/{kind}-mem-big", moto_pid)
             _report(kind, runs, mem_small, mem_big, setting)
 
 

@@ -31,7 +31,10 @@ from vae_core.models.families import DataShape, build_model
 from vae_core.testing import local_s3_server, make_bucket
 from vae_core.training.loop import fit
 
-COPIES, EPOCHS, GLOBAL_BATCH = 4, 4, 128  # 4 x 60,000 = 240,000 training rows
+COPIES, EPOCHS, GLOBAL_BATCH = 4, 5, 128
+ROUNDS = (
+    2  # Ray runs per configuration, interleaved with the plain loop  # 4 x 60,000 = 240,000 training rows
+)
 
 
 def write_rows(root: str) -> int:
@@ -63,10 +66,10 @@ def plain_loop(root: str, rows: int) -> dict:
     return {"samples_per_s": statistics.median(rates), "load_seconds": load_s, "epoch_rates": rates}
 
 
-def ray_run(root: str, workers: int) -> dict:
+def ray_run(root: str, workers: int, shared_memory_allreduce: bool = True, tag: str = "") -> dict:
     cfg = VaeflowConfig.model_validate(
         {
-            "name": f"throughput-{workers}w",
+            "name": f"throughput-{workers}w{tag}" + ("" if shared_memory_allreduce else "-gloo"),
             "data": {"uri": root, "vector_column": "image", "scale": 255},
             "train": {
                 "epochs": EPOCHS,
@@ -80,6 +83,7 @@ def ray_run(root: str, workers: int) -> dict:
                 "cpus_per_worker": 1,
                 "data_cpus": 1,
                 "torch_threads": 2 // workers,
+                "shared_memory_allreduce": shared_memory_allreduce,
             },
         }
     )
@@ -102,23 +106,40 @@ def ray_run(root: str, workers: int) -> dict:
     }
 
 
+def _pooled(runs: list[dict]) -> dict:
+    """Runs of one configuration as one: the median over all their steady epochs, each run kept."""
+    rates = [r for run in runs for r in run["epoch_rates"]]
+    return {"samples_per_s": statistics.median(rates), "epoch_rates": rates, "runs": runs}
+
+
 def main() -> None:
-    with local_s3_server():
+    with local_s3_server(separate_process=True):
         root = f"{make_bucket('bench')}/throughput"
         rows = write_rows(root)
-        plain = plain_loop(root, rows)
-        print(f"  plain loop: {plain['samples_per_s']:,.0f} samples/s", flush=True)
-        one = ray_run(root, 1)
-        print(f"  ray 1 worker: {one['samples_per_s']:,.0f} samples/s", flush=True)
-        two = ray_run(root, 2)
-        print(f"  ray 2 workers: {two['samples_per_s']:,.0f} samples/s", flush=True)
+        # This machine's speed drifts by 20-30% over minutes, so the configurations take turns: the
+        # plain loop before, between and after ROUNDS rounds of Ray 1 worker and Ray 2 workers, and
+        # each value is the median over all steady epochs of its configuration.
+        plains, ones, twos = [plain_loop(root, rows)], [], []
+        for r in range(ROUNDS):
+            ones.append(ray_run(root, 1, tag=f"r{r}"))
+            print(f"  ray 1 worker: {ones[-1]['samples_per_s']:,.0f} samples/s", flush=True)
+            plains.append(plain_loop(root, rows))
+            twos.append(ray_run(root, 2, tag=f"r{r}"))
+            print(f"  ray 2 workers: {twos[-1]['samples_per_s']:,.0f} samples/s", flush=True)
+            plains.append(plain_loop(root, rows))
+        gloo = ray_run(root, 2, shared_memory_allreduce=False)  # the DDP attempt before allreduce.py
+        print(f"  ray 2 workers, gloo all-reduce: {gloo['samples_per_s']:,.0f} samples/s", flush=True)
+    plain, one, two = _pooled(plains), _pooled(ones), _pooled(twos)
+    epochs = len(plain["epoch_rates"])
+    print(f"  plain loop: {plain['samples_per_s']:,.0f} samples/s (median of {epochs} epochs)")
     setting = {
         "rows": rows,
         "epochs": EPOCHS,
         "global_batch": GLOBAL_BATCH,
         "model": "vae mlp 784-400-20",
-        "storage": "S3 (moto server on 127.0.0.1)",
-        "steady": "median samples/s of epochs 2..N (validation excluded)",
+        "storage": "S3 (moto server process on 127.0.0.1)",
+        "steady": "median samples/s of epochs 2..N (validation excluded) over all runs of a "
+        f"configuration: {ROUNDS} Ray runs each, interleaved with {2 * ROUNDS + 1} plain runs",
         "cache_mb": VaeflowConfig().train.cache_mb,
     }
     for name, run, workers, target in (
@@ -135,6 +156,11 @@ def main() -> None:
             setting={**setting, "workers": workers},
             plain=plain,
             ray=run,
+            **(
+                {"ray_gloo_allreduce": gloo, "gloo_ratio": gloo["samples_per_s"] / plain["samples_per_s"]}
+                if workers == 2
+                else {}
+            ),
         )
 
 

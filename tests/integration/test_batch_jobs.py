@@ -75,6 +75,10 @@ def test_embed_matches_in_process_embed_and_a_rerun_is_a_no_op(ray_local, mnist_
     job = EmbedConfig(passthrough=["label"], rows_per_file=4096)
     committed = embed_corpus(mnist_model, f"{mnist_s3}/test", out, job, progress=print)
     assert committed.rows == 10_000 and not committed.skipped and committed.version == 0
+    # Each actor reads its shard (7,500 + 2,500 rows) and cuts it into files of rows_per_file rows.
+    fs = _fs()
+    sizes = sorted(pq.ParquetFile(fs.open(f)).metadata.num_rows for f in committed.files)
+    assert sizes == [2500, 7500 - 4096, 4096], sizes
     table = read_table(out)
     assert table.column_names == ["id", "label", "z_mean"]
     assert table.schema.field("z_mean").type == pa.list_(pa.float32())  # Delta arrays have no fixed size

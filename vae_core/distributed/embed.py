@@ -148,6 +148,9 @@ class _Embedder:
         columns["z_mean"] = list_column(mu.float().cpu().numpy(), pa.float32())  # (B, L)
         if logvar is not None:
             columns["z_logvar"] = list_column(logvar.float().cpu().numpy(), pa.float32())
+        # Arrow's allocator keeps freed pages for reuse: handing them back after each batch held an
+        # actor at 320 MB instead of 440-500 MB (MNIST shards read in batches of 8,192 rows).
+        pa.default_memory_pool().release_unused()
         return pa.table(columns)
 
     def _write(self, table: pa.Table) -> Summary:

@@ -296,6 +296,7 @@ class EpochEnd:
     rank: int
     world: int
     nodes: list[str]
+    gradients: str  # how DDP averages them (_prepare_model)
 
     def __call__(self, stats: EpochStats, core: LatentModel, optimizer: torch.optim.Optimizer) -> None:
         record = self._record(stats, core)
@@ -321,6 +322,7 @@ class EpochEnd:
             data_schema=self.schema,
             world_size=self.world,
             worker_nodes=self.nodes,
+            gradients=self.gradients,
             restarts=self.state.restarts,
         )
         with tempfile.TemporaryDirectory() as d:
@@ -427,7 +429,7 @@ def _worker_loop(train_loop_config: dict[str, str]) -> None:
         grad_clip=cfg.train.grad_clip,
         start_epoch=state.epoch,
         start_step=state.step,
-        on_epoch=EpochEnd(cfg, codec, loop.schema, state, data, rank, world, nodes),
+        on_epoch=EpochEnd(cfg, codec, loop.schema, state, data, rank, world, nodes, gradients),
         device=device,
         autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
     )
@@ -449,7 +451,14 @@ def _feed_loop(train_loop_config: dict[str, str]) -> None:
         seconds = time.perf_counter() - t0
         group_rows, group_values = _all_reduce_sum([rows, values])
         passes.append({"rows": group_rows, "seconds": seconds, "tensor_bytes": 4 * group_values})
-    ray.train.report({"passes": passes})  # Ray: every rank reports; the driver reads rank 0's
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report({"passes": passes})  # Ray: every rank reports
+        return
+    # Ray Train V2 keeps the metrics of reports that carry a checkpoint: rank 0 attaches one.
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "feed.json"), "w") as f:
+            json.dump(passes, f)
+        ray.train.report({"passes": passes}, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def feed_rate(cfg: VaeflowConfig, progress: Callable[[str], None] = print) -> list[dict[str, float]]:

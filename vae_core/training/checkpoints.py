@@ -61,6 +61,7 @@ class CheckpointMeta:
     data_schema: str | None = None  # the training columns' Arrow schema (dataset.encode_schema)
     world_size: int = 1
     worker_nodes: list[str] = field(default_factory=list)
+    gradients: str | None = None  # how DDP averaged gradients, e.g. "shared memory", "gloo (...)"
     restarts: list[dict[str, Any]] = field(default_factory=list)  # {"from_epoch", "at"} per resume
     data_shape: DataShape | None = None  # set by save_checkpoint from the codec
     extra: dict[str, Any] = field(default_factory=dict)
