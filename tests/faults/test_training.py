@@ -36,7 +36,9 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"
 @pytest.fixture(scope="module")
 def data_s3(s3: S3) -> str:
     root = f"{s3.bucket()}/vectors"
-    write_dataset(s3.fs(), root, train_rows=4096, test_rows=512)
+    # 16,384 rows: an epoch lasts several seconds, so a kill sent once checkpoint 1 is registered
+    # lands inside epoch 2 (with 4,096 rows, faster steps finished epoch 2 before the kill arrived).
+    write_dataset(s3.fs(), root, train_rows=16384, test_rows=512)
     return root
 
 
