@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from vae_core.config import VaeflowConfig
 from vae_core.data.tables import MODES, Committed, TableError
@@ -57,7 +61,12 @@ def _job_config(args: argparse.Namespace) -> VaeflowConfig:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     """Print a configuration as JSON: the defaults, or --config FILE, with the overrides applied
-    and validated (without importing torch, Ray or Prefect); secrets in data.storage_options as ***."""
+    and validated (without importing torch, Ray or Prefect); secrets in data.storage_options as ***.
+    --schema prints the JSON schema instead: every section and key with its type, default and
+    description."""
+    if args.schema:
+        print(json.dumps(VaeflowConfig.model_json_schema(), indent=2))
+        return 0
     print(_config(args).to_json())
     return 0
 
@@ -358,6 +367,7 @@ def _command(
     description = " ".join([inspect.cleandoc(run.__doc__ or ""), *notes])
     p = sub.add_parser(name, help=summary, description=description)
     p.set_defaults(func=run)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p
 
 
@@ -365,10 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="vaeflow", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(sub, "config", _cmd_config, "print a validated configuration as JSON; secrets shown as ***")
     _config_args(p, "train.epochs=5 model.latent_dim=2")
+    p.add_argument("--schema", action="store_true", help="print the JSON schema of the configuration")
 
     p = _command(sub, "train", _cmd_train, "train with Ray Train (DDP); checkpoints to train.runs_uri")
     _config_args(p, "train.epochs=5 compute.torch_threads=4", required=True)
@@ -460,12 +472,48 @@ def _label_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", help="column that colours the latent scatters (default: 'label' if present)")
 
 
+DEBUG_HELP = "on a user error, also print the traceback (the exit code stays 2)"
+
+
+def user_error(error: BaseException) -> str | None:
+    """The message for a user's mistake (bad config, option, file, column, URI, missing credentials or
+    bucket), looked for along the cause chain; None for anything else (a bug: it keeps its traceback)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):  # botocore's
+            return (
+                "no AWS credentials for object storage: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE), or give them in data.storage_options"
+            )
+        if isinstance(e, ValidationError):
+            return "; ".join(_setting_error(err) for err in e.errors()[:3])
+        if isinstance(e, ValueError | FileNotFoundError | PermissionError | TableError):
+            return str(e)  # DataError, CheckpointError and config errors are ValueErrors
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _setting_error(err: Any) -> str:
+    """One pydantic error as `section.key: what is wrong (got value)`."""
+    where = ".".join(str(part) for part in err["loc"]) or "config"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    return f"{where}: {err['msg']}{shown}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TableError) as e:  # DataError, config errors are ValueErrors
-        print(f"vaeflow {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"vaeflow {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -136,7 +136,12 @@ class ModelConfig(_Section):
     hidden: list[int] = Field(default_factory=lambda: [400], min_length=1)
     latent_dim: int = Field(20, ge=1)
     conv_channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
-    likelihood: Literal["bernoulli", "gaussian", "tabular"] = "bernoulli"
+    likelihood: Literal["auto", "bernoulli", "gaussian", "tabular"] = Field(
+        "auto",
+        description="Observation model: auto follows the data (tables -> tabular, features in [0, 1] such "
+        "as uint8 pixels / 255 -> bernoulli, other floats -> gaussian); an explicit choice that does not "
+        "fit the data is refused before training.",
+    )
     gaussian_sigma: float | None = Field(
         None, gt=0, description="Fixed observation std; None learns a per-feature std."
     )
@@ -279,8 +284,31 @@ class VaeflowConfig(_Section):
                 node = node[part]
             if leaf not in node:
                 raise ValueError(f"override {item!r}: unknown key {leaf!r}")
-            try:
-                node[leaf] = json.loads(raw)
-            except json.JSONDecodeError:
-                node[leaf] = raw
+            node[leaf] = _parse_value(_field(parents, leaf), raw)
         return VaeflowConfig.model_validate(data)
+
+
+def _field(parents: list[str], leaf: str) -> Any:
+    """The annotation of the config field at parents.leaf (None when it is not a declared field)."""
+    model: Any = VaeflowConfig
+    for part in parents:
+        model = model.model_fields[part].annotation
+    field = model.model_fields.get(leaf)
+    return field.annotation if field else None
+
+
+def _parse_value(annotation: Any, raw: str) -> Any:
+    """An override's text as its field's type reads it: a text field keeps the text as given
+    (name=2024 is the name "2024"; null clears an optional one); other values are parsed as JSON
+    (numbers, true/false, lists, objects), else kept as text for pydantic to judge."""
+    if annotation is str or (_is_optional_str(annotation) and raw != "null"):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _is_optional_str(annotation: Any) -> bool:
+    args = getattr(annotation, "__args__", ())
+    return set(args) == {str, type(None)}

@@ -22,6 +22,45 @@ def test_bad_override_exits_non_zero_and_names_the_key(capsys):
     assert "unknown key 'epochz'" in capsys.readouterr().err
 
 
+def test_override_values_are_parsed_by_the_field_type(capsys):
+    overrides = [
+        "name=2024",
+        "data.id_column=007",
+        "data.vector_column=null",
+        "train.lr=0.01",
+        "train.epochs=3",
+    ]
+    assert main(["config", *overrides]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (
+        cfg["name"] == "2024" and cfg["data"]["id_column"] == "007" and cfg["data"]["vector_column"] is None
+    )
+    assert cfg["train"]["lr"] == 0.01 and cfg["train"]["epochs"] == 3
+
+
+def test_config_schema_describes_every_key(capsys):
+    assert main(["config", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    model = schema["$defs"]["ModelConfig"]["properties"]
+    assert (
+        model["likelihood"]["default"] == "auto" and "follows the data" in model["likelihood"]["description"]
+    )
+    assert set(schema["properties"]) == {"name", "data", "model", "train", "compute", "embed", "generate"}
+
+
+def test_an_invalid_value_is_one_line_naming_the_key_and_debug_adds_the_traceback(capsys):
+    assert main(["config", "train.epochs=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "vaeflow config: error: train.epochs: Input should be greater than or equal to 1 (got 0)"
+    ]
+    assert main(["config", "--debug", "train.epochs=0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.strip().endswith("(got 0)")
+    assert main(["--debug", "config", "train.epochs=0"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
 def test_config_prints_secrets_redacted_at_any_depth(tmp_path, capsys):
     path = tmp_path / "c.json"
     options = {"secret": "top-secret", "client_kwargs": {"aws_secret_access_key": "deep-secret"}}

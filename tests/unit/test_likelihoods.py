@@ -1,7 +1,9 @@
 """Likelihoods: nll values against torch.distributions, tabular layout handling."""
 
 import math
+import re
 
+import pyarrow as pa
 import pytest
 import torch
 from torch.distributions import Bernoulli as TorchBernoulli
@@ -50,3 +52,75 @@ def test_bad_layout_is_refused():
         layout_from_widths([("ordinal", 2)])
     with pytest.raises(ValueError, match="non-empty"):
         MixedTabular([])
+
+
+def _data(root, vector: str | None, **data) -> dict:
+    return {"uri": str(root), "vector_column": vector, **({"vector_dim": 3} if vector else {}), **data}
+
+
+def _pq_dataset(root, columns: dict) -> None:
+    import pyarrow.parquet as pq
+
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        pq.write_table(pa.table(columns), root / split / "part-0.parquet")
+
+
+TABLE = {"id": list(range(40)), "age": [20.0 + i for i in range(40)], "city": ["a", "b"] * 20}
+
+
+@pytest.mark.parametrize(
+    ("columns", "vector", "scale", "expected"),
+    [
+        (TABLE, None, 1.0, "tabular"),  # a table -> the mixed tabular likelihood
+        ({"id": list(range(8)), "x": [[0, 255, 3]] * 8}, "x", 255.0, "bernoulli"),  # pixels / 255 in [0, 1]
+        ({"id": list(range(8)), "x": [[-2.5, 0.5, 9.0]] * 8}, "x", 1.0, "gaussian"),  # other floats
+    ],
+)
+def test_the_default_likelihood_follows_the_data(tmp_path, columns, vector, scale, expected):
+    from vae_core.config import VaeflowConfig
+    from vae_core.distributed.trainer import prepare_data
+    from vae_core.models.families import DataShape, build_model
+
+    _pq_dataset(tmp_path, columns)
+    cfg = VaeflowConfig.model_validate({"data": _data(tmp_path, vector, scale=scale)})
+    assert cfg.model.likelihood == "auto"
+    lines: list[str] = []
+    *_, codec = prepare_data(cfg, lines.append)
+    assert f"{expected} likelihood" in lines[-1]
+    kind = {"tabular": MixedTabular, "bernoulli": Bernoulli, "gaussian": Gaussian}[expected]
+    assert isinstance(build_model(cfg.model, DataShape.of(codec)).likelihood, kind)
+
+
+@pytest.mark.parametrize(
+    ("columns", "vector", "likelihood", "named"),
+    [
+        (TABLE, None, "bernoulli", "table columns"),
+        (TABLE, None, "gaussian", "table columns"),
+        ({"id": list(range(8)), "x": [[-2.5, 0.5, 9.0]] * 8}, "x", "bernoulli", "features outside [0, 1]"),
+        ({"id": list(range(8)), "x": [[0.0, 0.5, 1.0]] * 8}, "x", "tabular", "features in [0, 1]"),
+    ],
+)
+def test_an_explicit_likelihood_that_does_not_fit_the_data_is_refused(
+    tmp_path, columns, vector, likelihood, named
+):
+    from vae_core.config import VaeflowConfig
+    from vae_core.distributed.trainer import prepare_data
+
+    _pq_dataset(tmp_path, columns)
+    cfg = VaeflowConfig.model_validate({"data": _data(tmp_path, vector), "model": {"likelihood": likelihood}})
+    with pytest.raises(
+        ValueError, match=rf"model.likelihood '{likelihood}' does not fit this data, {re.escape(named)}"
+    ):
+        prepare_data(cfg, lambda m: None)
+
+
+def test_gaussian_may_be_chosen_for_features_in_the_unit_interval(tmp_path):
+    from vae_core.config import VaeflowConfig
+    from vae_core.distributed.trainer import prepare_data
+
+    _pq_dataset(tmp_path, {"id": list(range(8)), "x": [[0.0, 0.5, 1.0]] * 8})
+    cfg = VaeflowConfig.model_validate({"data": _data(tmp_path, "x"), "model": {"likelihood": "gaussian"}})
+    lines: list[str] = []
+    prepare_data(cfg, lines.append)
+    assert "gaussian likelihood" in lines[-1]

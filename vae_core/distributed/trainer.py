@@ -39,7 +39,7 @@ from vae_core.config import VaeflowConfig
 from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, encode_by_file, fit_codec
 from vae_core.data.dataset import DataError, DatasetSpec, encode_schema, iter_batches, open_dataset
 from vae_core.data.storage import arrow_filesystem, create_only_write, filesystem, join, scheme
-from vae_core.models.families import DataShape, build_model
+from vae_core.models.families import DataShape, build_model, check_likelihood
 from vae_core.models.model import LatentModel
 from vae_core.training.checkpoints import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult, evaluate
@@ -651,7 +651,11 @@ def prepare_data(
         return iter_batches(train_shards, columns, storage_options=cfg.data.storage_options)
 
     codec = fit_codec(spec, schema, batches, join(cfg.data.uri, "train"), cfg.data, seed=cfg.train.seed)
-    progress(f"fitted the {codec.kind} codec ({codec.dim} features) in {time.perf_counter() - t0:.1f}s")
+    likelihood = check_likelihood(cfg.model, DataShape.of(codec))
+    progress(
+        f"fitted the {codec.kind} codec ({codec.dim} features, {likelihood} likelihood) "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
     return spec, schema, {"train": train_shards, "val": val_shards}, codec
 
 

@@ -30,11 +30,14 @@ Builder = Callable[["ModelConfig", "DataShape"], LatentModel]
 @dataclass
 class DataShape:
     """What a model needs to know of its x (DataShape.of(codec)): the feature count, an image shape for
-    the conv backbone, and the block layout of mixed continuous / one-hot features."""
+    the conv backbone, the block layout of mixed continuous / one-hot features, and the likelihood that
+    fits the data (the codec's: tabular for tables, bernoulli for features in [0, 1], else gaussian;
+    None: tabular with a layout, else bernoulli)."""
 
     dim: int
     image_shape: tuple[int, int, int] | None = None
     layout: list[Block] | None = None
+    likelihood: str | None = None
 
     def __post_init__(self) -> None:
         if self.image_shape is not None and math.prod(self.image_shape) != self.dim:
@@ -43,7 +46,11 @@ class DataShape:
     @classmethod
     def of(cls, codec: Codec) -> DataShape:
         """The shape of the x a codec encodes: (N, codec.dim), as its image (C, H, W) or table blocks."""
-        return cls(codec.dim, codec.image_shape, codec.layout)
+        return cls(codec.dim, codec.image_shape, codec.layout, codec.likelihood)
+
+    @property
+    def fitting_likelihood(self) -> str:
+        return self.likelihood or ("tabular" if self.layout is not None else "bernoulli")
 
 
 def _body(cfg: ModelConfig, shape: DataShape) -> tuple[nn.Module, nn.Module]:
@@ -57,10 +64,34 @@ def _body(cfg: ModelConfig, shape: DataShape) -> tuple[nn.Module, nn.Module]:
     return MLPEncoder(shape.dim, cfg.hidden), MLPDecoder(cfg.latent_dim, cfg.hidden, shape.dim)
 
 
+def likelihood_name(cfg: ModelConfig, shape: DataShape) -> str:
+    """The likelihood a model of `cfg` on `shape` has: model.likelihood, or with "auto" (the default)
+    the one that fits the data."""
+    return shape.fitting_likelihood if cfg.likelihood == "auto" else cfg.likelihood
+
+
+def check_likelihood(cfg: ModelConfig, shape: DataShape) -> str:
+    """Before training: the likelihood to train with; an explicit model.likelihood that does not fit the
+    data is a ValueError (tables need "tabular"; "bernoulli" needs every feature in [0, 1])."""
+    name, fits = likelihood_name(cfg, shape), shape.fitting_likelihood
+    if name == fits or (name == "gaussian" and fits == "bernoulli"):
+        return name
+    data = {
+        "tabular": "table columns (one-hot and normalized blocks)",
+        "gaussian": "features outside [0, 1] (check data.scale)",
+        "bernoulli": "features in [0, 1]",
+    }[fits]
+    raise ValueError(
+        f"model.likelihood {name!r} does not fit this data, {data}: use model.likelihood=auto "
+        f"(here {fits!r})" + (" or gaussian" if fits == "bernoulli" else "")
+    )
+
+
 def _likelihood(cfg: ModelConfig, shape: DataShape) -> Likelihood:
-    if cfg.likelihood == "bernoulli":
+    name = likelihood_name(cfg, shape)
+    if name == "bernoulli":
         return Bernoulli()
-    if cfg.likelihood == "gaussian":
+    if name == "gaussian":
         return Gaussian(shape.dim, cfg.gaussian_sigma)
     if shape.layout is None:
         raise ValueError("likelihood 'tabular' needs the block layout of a table codec (data.codec tabular)")

@@ -16,6 +16,7 @@ import numpy as np
 from vae_core.config import DataConfig
 from vae_core.data.dataset import open_dataset
 from vae_core.data.storage import join
+from vae_core.models.families import DataShape, likelihood_name
 from vae_core.progress import Progress, quiet
 from vae_core.reports import plots
 from vae_core.reports.html import render_html, write_page
@@ -95,7 +96,7 @@ def write_report(
             uri=model_uri,
             family=cfg.model.family,
             backbone=cfg.model.backbone,
-            likelihood=cfg.model.likelihood,
+            likelihood=likelihood_name(cfg.model, DataShape.of(codec)),
             latent_dim=cfg.model.latent_dim,
             epoch=ck.meta.epoch,
         ),

@@ -252,7 +252,7 @@ def _read_codec(fs: Any, root: str, uri: str, config: VaeflowConfig, meta: Check
             shape.image_shape,
             meta.schema(),
             tabular_json,
-            unit_interval=config.model.likelihood == "bernoulli",
+            unit_interval=config.model.likelihood in ("bernoulli", "auto"),
         )
     except ValueError as e:
         raise CheckpointError(f"{uri}: no {CODEC_FILE}, and the codec cannot be rebuilt: {e}") from e
