@@ -31,10 +31,8 @@ from vae_core.models.families import DataShape, build_model
 from vae_core.testing import local_s3_server, make_bucket
 from vae_core.training.loop import fit
 
-COPIES, EPOCHS, GLOBAL_BATCH = 4, 5, 128
-ROUNDS = (
-    2  # Ray runs per configuration, interleaved with the plain loop  # 4 x 60,000 = 240,000 training rows
-)
+COPIES, EPOCHS, GLOBAL_BATCH = 4, 5, 128  # 4 x 60,000 = 240,000 training rows
+ROUNDS = 3  # Ray runs per configuration, interleaved with the plain loop
 
 
 def write_rows(root: str) -> int:
