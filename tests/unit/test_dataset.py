@@ -132,5 +132,14 @@ def test_tabular_spec_infers_kinds_and_honours_overrides():
     assert spec.kind == "tabular" and spec.continuous == ["age"] and spec.categorical == ["job", "ok", "code"]
     with pytest.raises(DataError, match="column 'job' is string and cannot be continuous"):
         resolve_spec(DataConfig(continuous=["job"]), schema, "t")
-    with pytest.raises(DataError, match="column 'ts' has unsupported type"):
-        resolve_spec(DataConfig(id_column=None), pa.schema([("ts", pa.timestamp("s"))]), "t")
+    with pytest.raises(
+        DataError, match=r"column 'raw' has unsupported type binary .* data.exclude=\[\"raw\"\]"
+    ):
+        resolve_spec(DataConfig(id_column=None), pa.schema([("raw", pa.binary())]), "t")
+    dated = pa.schema(
+        [("id", pa.int64()), ("day", pa.date32()), ("at", pa.timestamp("ms", tz="UTC")), ("raw", pa.binary())]
+    )
+    spec = resolve_spec(DataConfig(exclude=["raw"]), dated, "t")
+    assert spec.continuous == ["day", "at"] and spec.categorical == []
+    with pytest.raises(DataError, match="unknown column 'nope' named in the config"):
+        resolve_spec(DataConfig(exclude=["nope"]), dated, "t")

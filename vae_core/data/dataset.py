@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from vae_core.config import DataConfig
 from vae_core.data import tables
 from vae_core.data.storage import arrow_filesystem, filesystem, uri_of
+from vae_core.data.tabular import is_temporal
 
 
 class DataError(ValueError):
@@ -126,7 +127,8 @@ def _is_numeric(t: pa.DataType) -> bool:
 
 def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec:
     """Check the config's columns against the schema and infer what the config leaves open."""
-    named = [cfg.id_column, cfg.vector_column, *(cfg.columns or []), *cfg.categorical, *cfg.continuous]
+    listed = [*(cfg.columns or []), *cfg.categorical, *cfg.continuous, *cfg.exclude]
+    named = [cfg.id_column, cfg.vector_column, *listed]
     for name in named:
         if name is not None and name not in schema.names:
             raise DataError(f"{source}: unknown column {name!r} named in the config (have {schema.names})")
@@ -151,20 +153,22 @@ def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec
                 )
         kind = "vector" if cfg.codec == "auto" else cfg.codec  # fit_codec checks that it reads vectors
         return DatasetSpec(kind, cfg.id_column, cfg.vector_column, dim, cfg.image_shape, cfg.scale)
-    features = cfg.columns or [n for n in schema.names if n != cfg.id_column]
+    features = [n for n in cfg.columns or schema.names if n != cfg.id_column and n not in cfg.exclude]
     continuous, categorical = [], []
     for name in features:
         t = schema.field(name).type
         if pa.types.is_dictionary(t):
             t = t.value_type
-        supported = (
-            _is_numeric(t) or pa.types.is_boolean(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
-        )
+        number = _is_numeric(t) or is_temporal(t)  # dates and times are continuous, their type restored
+        supported = number or pa.types.is_boolean(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
         if not supported:
-            raise DataError(f"{source}: column {name!r} has unsupported type {t} for a tabular feature")
-        if name in cfg.continuous and not _is_numeric(t):
+            raise DataError(
+                f"{source}: column {name!r} has unsupported type {t} for a tabular feature; "
+                f'leave it out with data.exclude=["{name}"]'
+            )
+        if name in cfg.continuous and not number:
             raise DataError(f"{source}: column {name!r} is {t} and cannot be continuous")
-        if name in cfg.categorical or not _is_numeric(t):
+        if name in cfg.categorical or not number:
             categorical.append(name)
         else:
             continuous.append(name)

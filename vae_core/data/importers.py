@@ -222,26 +222,37 @@ def import_bundled(
     return BUNDLED[name](out, storage_options=storage_options, progress=progress)
 
 
-def _user_batches(kind: str, inputs: list[str], storage_options: dict | None) -> Iterator[pa.RecordBatch]:
+def _user_batches(
+    kind: str, inputs: list[str], storage_options: dict | None, types: pa.Schema | None = None
+) -> Iterator[pa.RecordBatch]:
+    """The rows of the input files. CSV: types inferred from the first file (ISO dates as dates, empty
+    cells as nulls) and imposed on the rest, or `types` (the training files' columns) for all."""
     if kind == "parquet":
         shards = [s for uri in inputs for s in list_shards(uri, storage_options)]
         read_schema(shards, storage_options)  # schema drift across inputs is an error up front
         for _, batch in iter_batches(shards, columns=None, storage_options=storage_options):  # type: ignore[arg-type]
             yield batch
         return
-    first: pa.Schema | None = None
+    first_uri = "the training files"
     for uri in inputs:
         fs, path = arrow_filesystem(uri, storage_options)
+        column_types = {f.name: f.type for f in types} if types is not None else None
+        convert = pacsv.ConvertOptions(column_types=column_types, strings_can_be_null=True)
         try:
             with fs.open_input_stream(path) as f:
-                reader = pacsv.open_csv(f)
-                if first is None:
-                    first, first_uri = reader.schema, uri
-                elif reader.schema != first:
-                    raise DataError(f"{uri}: CSV columns/types differ from {first_uri}")
+                reader = pacsv.open_csv(f, convert_options=convert)
+                if types is None:
+                    types, first_uri = reader.schema, uri
+                elif reader.schema.names != types.names:
+                    raise DataError(
+                        f"{uri}: CSV columns {reader.schema.names} differ from {first_uri}'s {types.names}"
+                    )
                 yield from reader
         except pa.ArrowInvalid as e:
             raise DataError(f"{uri}: cannot parse CSV: {e}") from e
+
+
+DEFAULT_TEST_FRACTION = 0.2
 
 
 def import_files(
@@ -249,47 +260,92 @@ def import_files(
     inputs: list[str],
     out: str,
     rows_per_shard: int = 100_000,
-    test_fraction: float = 0.0,
+    test_fraction: float | None = None,
     id_column: str = "id",
     seed: int = 0,
     overwrite: bool = False,
     storage_options: dict | None = None,
     progress: Progress = print,
+    test_inputs: list[str] | None = None,
+    exclude: list[str] | None = None,
 ) -> list[SplitWritten]:
-    """A user's Parquet or CSV files -> shards; adds stable ids (row order) when `id_column` is absent.
+    """A user's Parquet or CSV files -> shards under out/train/ and out/test/.
 
-    With test_fraction > 0 each row goes to test/ with that probability, from a generator seeded by
-    `seed`, so the split is reproducible.
+    `test_inputs` are files already split off as the test set (they go to test/ as they are); without
+    them each input row goes to test/ with probability `test_fraction` (default 0.2), from a generator
+    seeded by `seed`, so the split is reproducible. The `id_column` of the input is kept as it is (the
+    user's own key, any type); when the input has no such column, int64 ids in row order are added
+    under that name. `exclude` names input columns left out.
     """
     if kind not in ("parquet", "csv"):
         raise ValueError(f"unknown input kind {kind!r}; use parquet or csv")
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError("test_fraction must be in [0, 1)")
+    if test_inputs and test_fraction:
+        raise ValueError("give --test files or --test-fraction, not both")
+    fraction = (0.0 if test_inputs else DEFAULT_TEST_FRACTION) if test_fraction is None else test_fraction
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"--test-fraction must be in [0, 1), got {fraction}")
     _prepare(out, overwrite, storage_options)
     rng = np.random.default_rng(seed)
     writers = {s: ShardWriter(join(out, s), rows_per_shard, storage_options) for s in ("train", "test")}
-    next_id = 0
+    next_id, seen = 0, {"train": 0, "test": 0}
+    sources = [("train", list(inputs))] + ([("test", list(test_inputs))] if test_inputs else [])
     try:
-        for batch in _user_batches(kind, inputs, storage_options):
-            if id_column not in batch.schema.names:
-                ids = pa.array(np.arange(next_id, next_id + batch.num_rows, dtype=np.int64))
-                batch = pa.RecordBatch.from_arrays([ids, *batch.columns], [id_column, *batch.schema.names])
-            next_id += batch.num_rows
-            to_test = rng.random(batch.num_rows) < test_fraction
-            for split, mask in (("train", ~to_test), ("test", to_test)):
-                if mask.any():
-                    writers[split].add(batch.filter(pa.array(mask)))
-        if next_id == 0:
-            raise DataError(f"{inputs}: empty input, no rows")
+        first: pa.Schema | None = None
+        raw: pa.Schema | None = None  # the training files' columns, imposed on CSV test files
+        for given, uris in sources:
+            for batch in _user_batches(kind, uris, storage_options, raw):
+                raw = batch.schema if raw is None else raw
+                batch = _drop(batch, exclude or [], uris)
+                if id_column not in batch.schema.names:
+                    ids = pa.array(np.arange(next_id, next_id + batch.num_rows, dtype=np.int64))
+                    batch = pa.RecordBatch.from_arrays(
+                        [ids, *batch.columns], [id_column, *batch.schema.names]
+                    )
+                if first is None:
+                    first = batch.schema
+                elif not batch.schema.equals(first, check_metadata=False):
+                    raise DataError(f"{uris}: columns/types differ from the training input's ({first})")
+                next_id += batch.num_rows
+                seen[given] += batch.num_rows
+                to_test = (
+                    np.full(batch.num_rows, given == "test")
+                    if test_inputs
+                    else rng.random(batch.num_rows) < fraction
+                )
+                for split, mask in (("train", ~to_test), ("test", to_test)):
+                    if mask.any():
+                        writers[split].add(batch.filter(pa.array(mask)))
+            if seen[given] == 0:
+                raise DataError(f"{uris}: empty input, no rows")
         for w in writers.values():
             w.close()
+        if writers["train"].rows == 0 or (writers["test"].rows == 0 and (test_inputs or fraction)):
+            empty = "train" if writers["train"].rows == 0 else "test"
+            raise DataError(
+                f"{out}: the split would leave {empty}/ empty ({next_id:,} rows in all); "
+                "give --test files or another --test-fraction"
+            )
     except BaseException:
         for w in writers.values():
             w.discard()
         raise
     result = []
     for split, w in writers.items():
-        if w.shards:
+        if w.rows:
             progress(f"{split}: {w.rows:,} rows in {len(w.shards)} shards -> {w.uri}")
             result.append(SplitWritten(split, w.rows, w.shards))
+        else:
+            progress(f"{split}: no rows (--test-fraction 0); `vaeflow train` validates on train.val_split")
     return result
+
+
+def _drop(batch: pa.RecordBatch, exclude: list[str], uris: list[str]) -> pa.RecordBatch:
+    """The batch without the `exclude` columns; a name the input does not have is an error."""
+    if not exclude:
+        return batch
+    missing = [c for c in exclude if c not in batch.schema.names]
+    if missing:
+        raise DataError(
+            f"{uris}: --exclude names column(s) {missing} the input does not have ({batch.schema.names})"
+        )
+    return batch.select([c for c in batch.schema.names if c not in exclude])

@@ -13,6 +13,7 @@ size) per continuous column on which the mixture is fitted. The fitted state is 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -73,7 +74,7 @@ class _ContinuousStats:
 
     def update(self, arr: pa.Array, name: str) -> None:
         self.nulls += arr.null_count
-        values = arr.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
+        values = _numbers(arr.drop_null()).to_numpy(zero_copy_only=False).astype(np.float64)
         if not np.all(np.isfinite(values)):
             raise ValueError(f"column {name!r}: NaN or inf in a continuous column (use null for missing)")
         if not len(values):
@@ -231,7 +232,7 @@ class TabularTransformer:
     @staticmethod
     def _encode_continuous(col: ContinuousColumn, arr: pa.Array, block: np.ndarray) -> None:
         valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        v = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
+        v = _numbers(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
         if not np.all(np.isfinite(v[valid])):
             raise ValueError(f"column {col.name!r}: NaN or inf in a continuous column")
         means, stds = np.asarray(col.means), np.asarray(col.stds)
@@ -263,7 +264,7 @@ class TabularTransformer:
             else:
                 idx = block.argmax(1)
                 values = [col.categories[i] if i < len(col.categories) else None for i in idx]
-                arrays[col.name] = pa.array(values, type=pa.type_for_alias(col.arrow_type))
+                arrays[col.name] = pa.array(values, type=arrow_type(col.arrow_type))
             start += col.width
         return pa.table(arrays)
 
@@ -276,10 +277,13 @@ class TabularTransformer:
         if col.integer:
             v = np.round(v)
         mask = block[:, 2 + k] > block[:, 1 + k] if col.has_nulls else None
-        arrow_type = pa.type_for_alias(col.arrow_type)
-        if pa.types.is_integer(arrow_type):
+        typ = arrow_type(col.arrow_type)
+        if is_temporal(typ):  # a date or time as its integer count of days / units, type restored
+            counts = pa.array(np.round(v).astype(np.int64), mask=mask)
+            return counts.cast(pa.int32() if typ.bit_width == 32 else pa.int64()).cast(typ)
+        if pa.types.is_integer(typ):
             v = v.astype(np.int64)
-        return pa.array(v, mask=mask).cast(arrow_type)
+        return pa.array(v, mask=mask).cast(typ)
 
     # ---- persistence -----------------------------------------------------------------------
     def to_json(self) -> str:
@@ -299,6 +303,28 @@ class TabularTransformer:
             kind = c.pop("kind")
             columns.append(ContinuousColumn(**c) if kind == "continuous" else CategoricalColumn(**c))
         return cls(columns)
+
+
+def is_temporal(t: pa.DataType) -> bool:
+    """Dates, timestamps and times: continuous columns counted in their own unit (days, s, ms, us, ns)."""
+    return pa.types.is_date(t) or pa.types.is_timestamp(t) or pa.types.is_time(t)
+
+
+def _numbers(arr: pa.Array) -> pa.Array:
+    """A temporal column as the integers it stores; any other column as it is."""
+    if is_temporal(arr.type):
+        return arr.cast(pa.int32() if arr.type.bit_width == 32 else pa.int64())
+    return arr
+
+
+_TIMESTAMP = re.compile(r"timestamp\[(s|ms|us|ns)(?:, tz=(.+))?\]")
+
+
+def arrow_type(text: str) -> pa.DataType:
+    """The Arrow type `str(type)` wrote (timestamps with a time zone included)."""
+    if match := _TIMESTAMP.fullmatch(text):
+        return pa.timestamp(match[1], tz=match[2])
+    return pa.type_for_alias(text)
 
 
 def _as_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
