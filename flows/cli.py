@@ -286,6 +286,21 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_describe(args: argparse.Namespace) -> int:
+    """Describe the dataset at URI before training on it: each split folder's files and rows, and the
+    train split's columns with their type and role (id, vector, continuous, categorical, excluded,
+    unused), each feature column's width, nulls, categories or range from the codec fitted as
+    `vaeflow train` fits it (with the data.* settings of --config and overrides), the feature count
+    and the likelihood that fits the data."""
+    from vae_core.data.describe import describe
+
+    cfg = _config(args)
+    data = cfg.data.model_copy(update={"uri": args.uri})
+    found = describe(data)
+    print(json.dumps(found.to_dict(), indent=2) if args.json else "\n".join(found.lines()))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     """Evaluate the checkpoint at --model on the test split of --input (default: the checkpoint
     config's data.uri): ELBO terms, the importance-weighted log-likelihood, active units, the aggregate
@@ -428,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--delete", action="store_true", help="delete the files (default: list them)")
 
-    data = sub.add_parser("data", help="dataset tools (import)")
+    data = sub.add_parser("data", help="dataset tools (import, describe)")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = _command(
         data_sub, "import", _cmd_data_import, "a dataset as Parquet shards under OUTPUT/train/, test/"
@@ -454,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", nargs="+", metavar="COL", help="input columns left out")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="delete OUTPUT first if it exists")
+
+    p = _command(data_sub, "describe", _cmd_data_describe, "splits, rows and columns with their roles")
+    p.add_argument("uri", help="dataset root URI with train/ (and test/)")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    _config_args(p, "data.exclude='[\"notes\"]' data.id_column=customer")
 
     p = _command(sub, "run", _cmd_run, "the main job: one vae-nightly on the local default (`make run`)")
     _nightly_args(p)

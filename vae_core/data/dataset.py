@@ -178,6 +178,28 @@ def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec
     return DatasetSpec(kind, cfg.id_column, continuous=continuous, categorical=categorical)
 
 
+ID_KEY = b"vaeflow.id_column"  # Parquet schema metadata: the key column `vaeflow data import` kept
+
+
+def with_recorded_id(cfg: DataConfig) -> DataConfig:
+    """cfg with data.id_column as the dataset records it: when the config keeps the default "id" and
+    the train split has no "id" column, the key column `vaeflow data import --id-column` recorded in
+    its shards. Anything else (no such record, an unreadable dataset) leaves cfg as it is; opening the
+    dataset reports problems."""
+    if cfg.id_column != "id":
+        return cfg
+    try:
+        first = list_shards(cfg.uri.rstrip("/") + "/train", cfg.storage_options)[0]
+        fs, path = arrow_filesystem(first, cfg.storage_options)
+        schema = pq.read_schema(path, filesystem=fs)
+    except (DataError, OSError, pa.ArrowInvalid):
+        return cfg
+    recorded = (schema.metadata or {}).get(ID_KEY)
+    if "id" in schema.names or not recorded or recorded.decode() not in schema.names:
+        return cfg
+    return cfg.model_copy(update={"id_column": recorded.decode()})
+
+
 def open_dataset(cfg: DataConfig, split: str | None = None) -> tuple[list[str], pa.Schema, DatasetSpec]:
     """List and check the shards of `cfg.uri` (or its `split/` prefix) and resolve the spec."""
     uri = cfg.uri.rstrip("/") + (f"/{split}" if split else "")

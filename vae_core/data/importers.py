@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from vae_core.data.dataset import DataError, iter_batches, list_shards, read_schema
+from vae_core.data.dataset import ID_KEY, DataError, iter_batches, list_shards, read_schema
 from vae_core.data.packaged import mnist_table, package_file
 from vae_core.data.storage import arrow_filesystem, filesystem, join
 
@@ -301,6 +301,7 @@ def import_files(
                     batch = pa.RecordBatch.from_arrays(
                         [ids, *batch.columns], [id_column, *batch.schema.names]
                     )
+                batch = batch.replace_schema_metadata({ID_KEY: id_column.encode()})
                 if first is None:
                     first = batch.schema
                 elif not batch.schema.equals(first, check_metadata=False):

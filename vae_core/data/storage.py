@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -36,6 +37,14 @@ from vae_core.config import holds_redacted
 
 def scheme(uri: str) -> str:
     return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def absolute(uri: str) -> str:
+    """A local path as an absolute path (Ray workers and actors do not share the caller's working
+    directory); any other URI as it is."""
+    if not uri or ("://" in uri and not uri.startswith("file://")):
+        return uri
+    return str(Path(uri.removeprefix("file://")).resolve())
 
 
 def _check_not_redacted(uri: str, storage_options: dict[str, Any] | None) -> None:

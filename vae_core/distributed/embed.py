@@ -19,7 +19,7 @@ from vae_core.config import ComputeConfig, EmbedConfig
 from vae_core.data.codecs.base import list_column
 from vae_core.data.dataset import DataError, count_rows, list_shards, read_schema
 from vae_core.data.objects import fingerprint
-from vae_core.data.storage import arrow_filesystem
+from vae_core.data.storage import absolute, arrow_filesystem
 from vae_core.data.tables import Committed, Mode
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint
@@ -195,6 +195,7 @@ def embed_corpus(
     rows) does nothing. `storage_options` (fsspec style) reach every read and write, on the driver and
     the actors.
     """
+    model_uri, input_uri, output_uri = absolute(model_uri), absolute(input_uri), absolute(output_uri)
     ckpt = load_checkpoint(model_uri, storage_options=storage_options)
     if job.with_logvar and not ckpt.model.is_variational:
         raise ValueError(

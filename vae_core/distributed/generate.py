@@ -8,6 +8,7 @@ import ray
 
 from vae_core.config import ComputeConfig, GenerateConfig
 from vae_core.data.objects import fingerprint
+from vae_core.data.storage import absolute
 from vae_core.data.tables import Committed, Mode
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import Checkpoint, load_checkpoint
@@ -92,6 +93,7 @@ def generate_rows(
     probabilities, decoded as the most likely category, so sampled rows follow the data instead).
     Rerunning with the same run key (default: a hash of the model and the settings) does nothing.
     """
+    model_uri, output_uri = absolute(model_uri), absolute(output_uri)
     ckpt = load_checkpoint(model_uri, storage_options=storage_options)
     sample = job.sample_likelihood if job.sample_likelihood is not None else ckpt.codec.sample_by_default
     per_file = job.rows_per_file

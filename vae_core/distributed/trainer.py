@@ -37,8 +37,15 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 
 from vae_core.config import VaeflowConfig
 from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, encode_by_file, fit_codec
-from vae_core.data.dataset import DataError, DatasetSpec, encode_schema, iter_batches, open_dataset
-from vae_core.data.storage import arrow_filesystem, create_only_write, filesystem, join, scheme
+from vae_core.data.dataset import (
+    DataError,
+    DatasetSpec,
+    encode_schema,
+    iter_batches,
+    open_dataset,
+    with_recorded_id,
+)
+from vae_core.data.storage import absolute, arrow_filesystem, create_only_write, filesystem, join, scheme
 from vae_core.models.families import DataShape, build_model, check_likelihood
 from vae_core.models.model import LatentModel
 from vae_core.training.checkpoints import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
@@ -722,6 +729,13 @@ def train_on_ray(
     the run); otherwise RunNameError, before any worker starts. The run is recorded once the data
     have been checked, so a launch that fails on its data leaves no run behind.
     """
+    data = with_recorded_id(cfg.data.model_copy(update={"uri": absolute(cfg.data.uri)}))  # import's key
+    cfg = cfg.model_copy(
+        update={
+            "data": data,
+            "train": cfg.train.model_copy(update={"runs_uri": absolute(cfg.train.runs_uri)}),
+        }
+    )
     name = run_name or cfg.name
     resuming = check_run_name(cfg, name, resume)
     _, schema, shards, codec = prepare_data(cfg, progress)

@@ -11,6 +11,7 @@ import torch
 
 from vae_core.data.codecs import Codec
 from vae_core.data.dataset import DatasetSpec
+from vae_core.data.tabular import temporal_as_numbers
 from vae_core.models.model import LatentModel
 from vae_core.progress import Progress
 from vae_core.reports.quality import synthetic_quality
@@ -76,7 +77,9 @@ def sample_quality(
     progress(
         f"synthetic quality: sampling {n:,} rows and comparing with {n:,} train / {len(test.x):,} test rows"
     )
-    synthetic = codec.decode(generate(model, n, seed=seed, sample_likelihood=True).numpy())
+    synthetic = temporal_as_numbers(
+        codec.decode(generate(model, n, seed=seed, sample_likelihood=True).numpy())
+    )
     quality = synthetic_quality(
         train.table, test.table, synthetic, spec.continuous, spec.categorical, target=target, seed=seed
     )

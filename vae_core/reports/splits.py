@@ -12,6 +12,7 @@ from vae_core.config import DataConfig
 from vae_core.data.codecs import Codec
 from vae_core.data.dataset import DatasetSpec, iter_batches, list_shards
 from vae_core.data.storage import join
+from vae_core.data.tabular import temporal_as_numbers
 
 EVAL_BATCH = 500
 
@@ -45,7 +46,7 @@ def read_split(
         n += batch.num_rows
         if max_rows is not None and n >= max_rows:
             break
-    table = pa.concat_tables(tables)
+    table = temporal_as_numbers(pa.concat_tables(tables))  # dates as day counts in metrics and plots
     labels = table.column(label_column).to_numpy(zero_copy_only=False) if label_column else None
     return SplitData(torch.from_numpy(np.concatenate(xs)), table, labels)
 
