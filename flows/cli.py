@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from vae_core.config import VaeflowConfig
+from vae_core.config import VaeflowConfig, validation_message
 from vae_core.data.tables import MODES, Committed, TableError
 
 DESCRIPTION = """\
@@ -527,19 +527,11 @@ def user_error(error: BaseException) -> str | None:
                 "(or AWS_PROFILE), or give them in data.storage_options"
             )
         if isinstance(e, ValidationError):
-            return "; ".join(_setting_error(err) for err in e.errors()[:3])
+            return validation_message(e)
         if isinstance(e, ValueError | FileNotFoundError | PermissionError | TableError):
             return str(e)  # DataError, CheckpointError and config errors are ValueErrors
         e = e.__cause__ or e.__context__
     return None
-
-
-def _setting_error(err: Any) -> str:
-    """One pydantic error as `section.key: what is wrong (got value)`."""
-    where = ".".join(str(part) for part in err["loc"]) or "config"
-    got = err.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
-    return f"{where}: {err['msg']}{shown}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 # The feature codecs: name -> (its class as "module:class", what it reads). Adding a codec is one module in
 # vae_core.data.codecs plus its line here (config stays free of pyarrow and torch).
@@ -269,8 +277,8 @@ class VaeflowConfig(_Section):
     def from_file(cls, path: str | Path) -> VaeflowConfig:
         try:
             return cls.model_validate_json(Path(path).read_text())
-        except ValueError as e:
-            raise ValueError(f"{path}: invalid configuration:\n{e}") from e
+        except ValidationError as e:
+            raise ValueError(f"{path}: invalid configuration: {validation_message(e)}") from e
 
     def with_overrides(self, overrides: list[str]) -> VaeflowConfig:
         """Apply `section.key=value` overrides (value parsed as JSON, else kept as a string)."""
@@ -315,3 +323,15 @@ def _parse_value(annotation: Any, raw: str) -> Any:
 def _is_optional_str(annotation: Any) -> bool:
     args = getattr(annotation, "__args__", ())
     return set(args) == {str, type(None)}
+
+
+def validation_message(error: ValidationError) -> str:
+    """A pydantic error in one line: `section.key: what is wrong (got value)`, up to three of them."""
+    parts = []
+    for err in error.errors()[:3]:
+        where = ".".join(str(part) for part in err["loc"]) or "config"
+        got = err.get("input")
+        quiet = got is None or isinstance(got, dict) or err["type"] == "json_invalid"
+        shown = "" if quiet else f" (got {got!r})"
+        parts.append(f"{where}: {err['msg']}{shown}")
+    return "; ".join(parts)

@@ -210,7 +210,7 @@ def test_incomplete_checkpoint_names_the_missing_file(tmp_path):
 def test_config_json_never_holds_a_secret(tmp_path, options):
     cfg = VaeflowConfig.model_validate({"data": {"uri": "s3://bucket/data", "storage_options": options}})
     cfg = cfg.with_overrides(["train.epochs=2"])  # overrides keep the secrets in memory
-    model = build_model(cfg.model, DataShape(16))
+    model = build_model(cfg.model, DataShape.of(_codec()))
     save_checkpoint(str(tmp_path), model, cfg, _codec(), optimizer=torch.optim.Adam(model.parameters()))
     written = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     secrets = ["AKIA-FLAT-ID", "flat-secret-value", "AKIA-NESTED-ID", "nested-secret-value"]

@@ -102,7 +102,9 @@ def test_wrong_vector_length_names_file_and_column(tmp_path):
     spec = resolve_spec(DataConfig(vector_column="v", vector_dim=3), var.schema, "f.parquet")
     with pytest.raises(DataError, match=r"f\.parquet: column 'v': row 1 has 2 values, expected 3"):
         VectorCodec("v", spec.dim, "float").encode(var, "f.parquet")
-    with pytest.raises(DataError, match=r"column 'image': data.image_shape gives 9 values, expected 4"):
+    with pytest.raises(
+        DataError, match=r"column 'image': data.image_shape gives 9 values, data.vector_dim 4"
+    ):
         resolve_spec(
             DataConfig(vector_column="image", image_shape=(1, 3, 3), vector_dim=4), _vectors(1).schema, "x"
         )

@@ -146,10 +146,12 @@ def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec
                 f"{source}: column {cfg.vector_column!r} is a variable-length list; "
                 "set data.vector_dim or data.image_shape"
             )
+        expected_by = "data.vector_dim" if cfg.vector_dim else "data.image_shape" if shape_dim else "the list"
         for what, value in (("fixed list size", fixed), ("data.image_shape", shape_dim)):
             if value is not None and value != dim:
                 raise DataError(
-                    f"{source}: column {cfg.vector_column!r}: {what} gives {value} values, expected {dim}"
+                    f"{source}: column {cfg.vector_column!r}: {what} gives {value} values, "
+                    f"{expected_by} {dim}"
                 )
         kind = "vector" if cfg.codec == "auto" else cfg.codec  # fit_codec checks that it reads vectors
         return DatasetSpec(kind, cfg.id_column, cfg.vector_column, dim, cfg.image_shape, cfg.scale)

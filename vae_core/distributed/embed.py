@@ -25,7 +25,7 @@ from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.inference import embed
 
-from .jobs import Actors, Run, Summary, model_record, start_cluster
+from .jobs import Actors, Run, Summary, check_input_schema, check_output_place, model_record, start_cluster
 
 READ_ROWS = 8192  # rows an actor reads (and embeds) at a time
 READ_AHEAD = 1  # batches an actor reads ahead of the one it embeds
@@ -213,6 +213,8 @@ def embed_corpus(
     ]:
         if name not in schema.names:
             raise DataError(f"{input_uri}: {what} {name!r} not in the input (have {schema.names})")
+    check_input_schema(ckpt.meta.schema(), schema, [id_column, *ckpt.codec.columns], input_uri)
+    check_output_place(output_uri, input=input_uri)
     params = {"with_logvar": job.with_logvar, "passthrough": keep[1:], "format": "embed/1"}
     model = model_record(model_uri, ckpt, storage_options)
     input_fp = fingerprint(shards, storage_options)
@@ -228,6 +230,9 @@ def embed_corpus(
         + [pa.field("z_mean", latent)]
         + ([pa.field("z_logvar", latent)] if job.with_logvar else [])
     )
+    total = count_rows(shards, storage_options)
+    if total == 0:
+        raise DataError(f"{input_uri}: no rows to embed ({len(shards)} file(s), 0 rows)")
     start_cluster(compute)
     columns = sorted({*keep, *ckpt.codec.columns})
     actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
@@ -235,7 +240,6 @@ def embed_corpus(
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards)).map_batches(
         _Embedder, fn_constructor_args=(actors, job, columns, keep), batch_size=1, **actors.pool()
     )
-    total = count_rows(shards, storage_options)
     progress(f"embedding {total:,} rows of {input_uri} with {model_uri} on {compute.num_workers} worker(s)")
     inputs = {"uri": input_uri, "shards": len(shards), "rows": total, "fingerprint": input_fp}
     return run.execute(

@@ -14,7 +14,7 @@ from vae_core.progress import Progress
 from vae_core.training.checkpoints import Checkpoint, load_checkpoint
 from vae_core.training.inference import generate
 
-from .jobs import Actors, Run, model_record, start_cluster
+from .jobs import Actors, Run, check_output_place, model_record, start_cluster
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -95,6 +95,7 @@ def generate_rows(
     """
     model_uri, output_uri = absolute(model_uri), absolute(output_uri)
     ckpt = load_checkpoint(model_uri, storage_options=storage_options)
+    check_output_place(output_uri, training_data=absolute(ckpt.config.data.uri))  # no synthetic rows in it
     sample = job.sample_likelihood if job.sample_likelihood is not None else ckpt.codec.sample_by_default
     per_file = job.rows_per_file
     blocks = [

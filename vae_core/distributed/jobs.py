@@ -30,6 +30,7 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from vae_core.config import ComputeConfig
+from vae_core.data.dataset import DataError
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import filesystem, join
 from vae_core.data.tables import (
@@ -240,3 +241,50 @@ class Run:
             raise TableError(f"{self.output_uri}: the job wrote {written:,} of {rows:,} rows; not committing")
         self.progress(f"{self.job}: actors ran torch with {', '.join(map(str, sorted(threads)))} thread(s)")
         return sorted(summaries.values(), key=lambda s: s["file"])
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_fixed_size_list(t):
+        return f"list of {_kind(t.value_type)} x {t.list_size}"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list of {_kind(t.value_type)}"
+    return str(t)
+
+
+def check_input_schema(trained: pa.Schema | None, schema: pa.Schema, columns: list[str], source: str) -> None:
+    """Each column the model reads has, in the input `schema`, the kind of type it had in training
+    (numbers stay numbers, strings strings, a vector its length), else a DataError naming the column,
+    both types and `source`. Widths within a kind (int32 / int64, float / double) may differ."""
+    if trained is None:
+        return
+    for name in columns:
+        if name not in trained.names or name not in schema.names:
+            continue
+        was, now = trained.field(name).type, schema.field(name).type
+        if _kind(was) != _kind(now):
+            raise DataError(
+                f"{source}: column {name!r} is {now} ({_kind(now)}), but the model was trained on {was} "
+                f"({_kind(was)})"
+            )
+
+
+def _inside(uri: str, folder: str) -> bool:
+    a, b = uri.rstrip("/"), folder.rstrip("/")
+    return a == b or a.startswith(b + "/")
+
+
+def check_output_place(output_uri: str, **keep_out: str) -> None:
+    """The output may be neither inside nor around any of `keep_out` (name -> URI: the job's input, the
+    model's training data): a ValueError naming both, before anything is written."""
+    for what, uri in keep_out.items():
+        if uri and (_inside(output_uri, uri) or _inside(uri, output_uri)):
+            raise ValueError(
+                f"--output {output_uri} overlaps the {what.replace('_', ' ')} {uri}: write the output to "
+                "a folder of its own"
+            )

@@ -1,0 +1,252 @@
+"""Bad input, class by class: `vaeflow ...` exits 2 with a short message naming the file, column, option
+or URI, and writes nothing. Every case fails before a Ray cluster would start, so no cluster is needed.
+
+Writes bench/results/bad_inputs.json (value: classes that pass; target: classes listed); the README's
+"Bad input" list is this table.
+"""
+
+# ruff: noqa: E501  (one bad-input class per line: the table reads as a list)
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from vae_core.config import VaeflowConfig
+from vae_core.data.codecs.vector import VectorCodec
+from vae_core.data.dataset import encode_schema
+from vae_core.models.families import DataShape, build_model
+from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTCOMES: dict[str, bool] = {}
+
+
+def _vectors(folder: Path, n: int = 32, dim: int = 16, file: str = "part-0.parquet", **extra) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(0).random((n, dim), dtype=np.float32)
+    cols = {"id": pa.array(np.arange(n)), "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)}
+    pq.write_table(pa.table({**cols, **extra}), folder / file)
+
+
+def _dataset(root: Path, **kw) -> Path:
+    _vectors(root / "train", **kw)
+    _vectors(root / "test", **kw)
+    return root
+
+
+def _model(tmp: Path, family: str = "vae") -> Path:
+    """A 16-feature vector model trained on nothing, saved as training saves one (schema included)."""
+    data = _dataset(tmp / "trained-on")
+    cfg = VaeflowConfig.model_validate(
+        {
+            "data": {"uri": str(data), "vector_column": "x"},
+            "model": {"family": family, "hidden": [8], "latent_dim": 2},
+        }
+    )
+    codec = VectorCodec("x", 16, "float", unit_interval=True)
+    schema = pq.read_schema(data / "train" / "part-0.parquet").remove_metadata()
+    out = tmp / "model"
+    save_checkpoint(
+        str(out), build_model(cfg.model, DataShape.of(codec)), cfg, codec, meta=CheckpointMeta(epoch=1, data_schema=encode_schema(schema))
+    )  # fmt: skip
+    return out
+
+
+def _config(tmp: Path, **sections) -> str:
+    path = tmp / "config.json"
+    path.write_text(json.dumps(sections))
+    return str(path)
+
+
+def _train(tmp: Path, root: Path, **more) -> list[str]:
+    data_cfg = {"uri": str(root), "vector_column": "x", **more.pop("data", {})}
+    return ["train", "--config", _config(tmp, data=data_cfg, train={"runs_uri": str(tmp / "runs")}, **more)]
+
+
+@dataclass
+class Case:
+    name: str
+    argv: Callable[[Path], list[str]]
+    names: str  # what the message must contain: the file, column, option or URI
+    output: str | None = None  # a path under tmp that must hold no file afterwards
+
+
+def _csv(tmp: Path, text: str, name: str = "in.csv") -> str:
+    (tmp / name).write_text(text)
+    return str(tmp / name)
+
+
+def _corrupt(tmp: Path) -> Path:
+    root = _dataset(tmp / "d")
+    (root / "train" / "part-1.parquet").write_bytes(b"PAR1 not really")
+    return root
+
+
+def _drift(tmp: Path) -> Path:
+    root = _dataset(tmp / "d")
+    _vectors(root / "train", file="part-1.parquet", dim=8)
+    return root
+
+
+def _nan(tmp: Path) -> Path:
+    root = _dataset(tmp / "d")
+    x = np.zeros((4, 16), np.float32)
+    x[2, 5] = np.nan
+    pq.write_table(
+        pa.table(
+            {"id": [100, 101, 102, 103], "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 16)}
+        ),
+        root / "train" / "part-1.parquet",
+    )
+    return root
+
+
+def _table_data(tmp: Path, **extra) -> Path:
+    root = tmp / "t"
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        cols = {"id": list(range(20)), "age": [20.0 + i for i in range(20)], "city": ["a", "b"] * 10, **extra}
+        pq.write_table(pa.table(cols), root / split / "part-0.parquet")
+    return root
+
+
+def _embed(tmp: Path, inp: Path | str, *more: str, family: str = "vae") -> list[str]:
+    return [
+        "embed",
+        "--model",
+        str(_model(tmp, family)),
+        "--input",
+        str(inp),
+        "--output",
+        str(tmp / "out"),
+        *more,
+    ]
+
+
+def _wide(tmp: Path) -> Path:
+    _vectors(tmp / "wide", dim=8)
+    return tmp / "wide"
+
+
+def _retyped(tmp: Path) -> Path:
+    (tmp / "retyped").mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "x": ["a", "b"]}), tmp / "retyped" / "p.parquet")
+    return tmp / "retyped"
+
+
+def _no_rows(tmp: Path) -> Path:
+    (tmp / "none").mkdir()
+    x = pa.FixedSizeListArray.from_arrays(pa.array([], pa.float32()), 16)
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()), "x": x}), tmp / "none" / "p.parquet")
+    return tmp / "none"
+
+
+def _generate(tmp: Path, output: str, *more: str) -> list[str]:
+    model = _model(tmp)
+    return ["generate", "--model", str(model), "--output", output.format(tmp=tmp), *more]
+
+
+CASES = [
+    # configuration and options
+    Case("unknown config key", lambda t: ["config", "train.epochz=3"], "'epochz'"),
+    Case("override without '='", lambda t: ["config", "train.epochs"], "train.epochs"),
+    Case("value of the wrong type", lambda t: ["config", "train.epochs=many"], "train.epochs"),
+    Case("value out of range", lambda t: ["config", "train.batch_size=0"], "train.batch_size"),
+    Case("unknown model family", lambda t: ["config", "model.family=gan"], "'gan'"),
+    Case("unknown codec", lambda t: ["config", "data.codec=jpeg"], "'jpeg'"),
+    Case("dae without corruption", lambda t: ["config", "model.family=dae"], "corruption"),
+    Case("missing config file", lambda t: ["config", "--config", str(t / "nope.json")], "nope.json"),
+    Case("config file not JSON", lambda t: ["config", "--config", _csv(t, "{oops", "c.json")], "c.json"),
+    Case("misspelt key in a config file", lambda t: ["config", "--config", _config(t, train={"epoch": 3})], "epoch"),
+    Case("--rows-per-file 0", lambda t: _generate(t, "{tmp}/out", "--rows-per-file", "0"), "generate.rows_per_file", "out"),
+    Case("--chunk-rows 0", lambda t: _embed(t, _dataset(t / "d") / "test", "--chunk-rows", "0"), "embed.chunk_rows", "out"),
+    Case("--rows 0", lambda t: _generate(t, "{tmp}/out", "--rows", "0"), "generate.rows", "out"),
+    # the training data
+    Case("dataset that does not exist", lambda t: _train(t, t / "missing"), "missing/train"),
+    Case("split folder without Parquet files", lambda t: (t / "e" / "train").mkdir(parents=True) or _train(t, t / "e"), "e/train"),
+    Case("no test split", lambda t: _vectors(t / "d" / "train") or _train(t, t / "d"), "d/test"),
+    Case("corrupt Parquet shard", lambda t: _train(t, _corrupt(t)), "part-1.parquet"),
+    Case("shards with different schemas", lambda t: _train(t, _drift(t)), "part-1.parquet"),
+    Case("NaN in a feature", lambda t: _train(t, _nan(t)), "part-1.parquet"),
+    Case("unknown vector column", lambda t: _train(t, _dataset(t / "d"), data={"vector_column": "pixels"}), "'pixels'"),
+    Case("vector column is not a list", lambda t: _train(t, _dataset(t / "d"), data={"vector_column": "id"}), "'id'"),
+    Case("image shape does not fit the vector", lambda t: _train(t, _dataset(t / "d"), data={"image_shape": [1, 3, 3]}), "data.image_shape"),
+    Case("unsupported column type", lambda t: _train(t, _table_data(t, blob=[b"x"] * 20), data={"vector_column": None}), "'blob'"),
+    Case("exclude of an unknown column", lambda t: _train(t, _table_data(t), data={"vector_column": None, "exclude": ["zip"]}), "'zip'"),
+    Case("bernoulli likelihood on a table", lambda t: _train(t, _table_data(t), data={"vector_column": None}, model={"likelihood": "bernoulli"}), "model.likelihood"),
+    Case("tabular likelihood on vectors", lambda t: _train(t, _dataset(t / "d"), model={"likelihood": "tabular"}), "model.likelihood"),
+    # importing files
+    Case("import of a missing file", lambda t: ["data", "import", "csv", "--input", str(t / "no.csv"), "--output", str(t / "imp")], "no.csv", "imp"),
+    Case("import of an unparsable CSV", lambda t: ["data", "import", "csv", "--input", _csv(t, 'a,b\n1,2\n"3,4\n'), "--output", str(t / "imp")], "in.csv", "imp"),
+    Case("import of an empty CSV", lambda t: ["data", "import", "csv", "--input", _csv(t, "a,b\n"), "--output", str(t / "imp")], "in.csv", "imp"),
+    Case("import --exclude of an unknown column", lambda t: ["data", "import", "csv", "--input", _csv(t, "a,b\n1,2\n3,4\n"), "--exclude", "c", "--output", str(t / "imp")], "'c'", "imp"),
+    Case("test file with other columns", lambda t: ["data", "import", "csv", "--input", _csv(t, "a,b\n1,2\n"), "--test", _csv(t, "a,c\n1,2\n", "t.csv"), "--output", str(t / "imp")], "t.csv", "imp"),
+    Case("--test-fraction out of range", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n"), "--test-fraction", "1.5", "--output", str(t / "imp")], "--test-fraction", "imp"),
+    Case("--test and --test-fraction together", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n"), "--test", _csv(t, "a\n2\n", "t.csv"), "--test-fraction", "0.3", "--output", str(t / "imp")], "--test", "imp"),
+    Case("split too small for a test set", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n"), "--output", str(t / "imp")], "imp", "imp"),
+    Case("bundled dataset with --input", lambda t: ["data", "import", "mnist", "--input", "x.csv", "--output", str(t / "imp")], "--input", "imp"),
+    # embed and generate against the model
+    Case("model that does not exist", lambda t: ["embed", "--model", str(t / "nomodel"), "--input", str(t), "--output", str(t / "out")], "nomodel", "out"),
+    Case("input without the model's column", lambda t: _embed(t, _table_data(t) / "test"), "'x'", "out"),
+    Case("vector of another width", lambda t: _embed(t, _wide(t)), "'x'", "out"),
+    Case("feature column of another type", lambda t: _embed(t, _retyped(t)), "'x'", "out"),
+    Case("input with zero rows", lambda t: _embed(t, _no_rows(t)), "none", "out"),
+    Case("unknown --passthrough column", lambda t: _embed(t, _dataset(t / "d") / "test", "--passthrough", "label"), "'label'", "out"),
+    Case("--with-logvar for an autoencoder", lambda t: _embed(t, _dataset(t / "d") / "test", "--with-logvar", family="ae"), "with_logvar", "out"),
+    Case("embed output inside its input", lambda t: ["embed", "--model", str(_model(t)), "--input", str(_dataset(t / "d") / "test"), "--output", str(t / "d" / "test" / "emb")], "d/test", "d/test/emb"),
+    Case("generate into the training data", lambda t: _generate(t, "{tmp}/trained-on/train"), "trained-on", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_exits_2_with_a_short_message_naming_it_and_writes_nothing(
+    case, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    before = _files(tmp_path)
+    OUTCOMES[case.name] = False
+    code = main(case.argv(tmp_path))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert case.names in err, err
+    assert "Traceback" not in err and len(err.splitlines()) <= 2, err
+    if case.output:
+        out = tmp_path / case.output
+        assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()], f"{out} holds files"
+    written = _files(tmp_path) - before
+    assert not any(str(p).startswith(str(tmp_path / "out")) for p in written)
+    OUTCOMES[case.name] = True
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+def test_the_readme_lists_every_class_and_the_result_file_is_written():
+    """Runs after the table (same module, in order): bench/results/bad_inputs.json and the README list."""
+    readme = (ROOT / "README.md").read_text().split("### Bad input", 1)
+    assert len(readme) == 2, "README has no '### Bad input' section"
+    missing = [c.name for c in CASES if f"- {c.name}" not in readme[1].split("\n## ", 1)[0]]
+    assert not missing, f"README's Bad input list lacks {missing}"
+    if len(OUTCOMES) == len(CASES):  # the whole table ran in this session
+        from bench._results import write_result
+
+        write_result(
+            "bad_inputs",
+            value=sum(OUTCOMES.values()),
+            unit="bad-input classes whose vaeflow command exits 2 with a short message naming the input and writes nothing",
+            target=len(CASES),
+            better="higher",
+            setting={"test": "tests/unit/test_bad_inputs.py", "classes": len(CASES)},
+            failed=[name for name, ok in OUTCOMES.items() if not ok],
+        )
+    assert len(CASES) >= 30
