@@ -257,6 +257,20 @@ def _kind(t: pa.DataType) -> str:
     return str(t)
 
 
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _compatible(was: pa.DataType, now: pa.DataType) -> bool:
+    """Lists: the same kind of values and, where both are fixed-size, the same length (a variable-length
+    list is checked row by row by the codec); anything else: the same kind."""
+    if _is_list(was) and _is_list(now):
+        fixed = pa.types.is_fixed_size_list(was) and pa.types.is_fixed_size_list(now)
+        same_size = not fixed or was.list_size == now.list_size
+        return _kind(was.value_type) == _kind(now.value_type) and same_size
+    return _kind(was) == _kind(now)
+
+
 def check_input_schema(trained: pa.Schema | None, schema: pa.Schema, columns: list[str], source: str) -> None:
     """Each column the model reads has, in the input `schema`, the kind of type it had in training
     (numbers stay numbers, strings strings, a vector its length), else a DataError naming the column,
@@ -267,7 +281,7 @@ def check_input_schema(trained: pa.Schema | None, schema: pa.Schema, columns: li
         if name not in trained.names or name not in schema.names:
             continue
         was, now = trained.field(name).type, schema.field(name).type
-        if _kind(was) != _kind(now):
+        if not _compatible(was, now):
             raise DataError(
                 f"{source}: column {name!r} is {now} ({_kind(now)}), but the model was trained on {was} "
                 f"({_kind(was)})"
