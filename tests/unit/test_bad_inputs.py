@@ -203,7 +203,8 @@ CASES = [
     Case("unknown --passthrough column", lambda t: _embed(t, _dataset(t / "d") / "test", "--passthrough", "label"), "'label'", "out"),
     Case("--with-logvar for an autoencoder", lambda t: _embed(t, _dataset(t / "d") / "test", "--with-logvar", family="ae"), "with_logvar", "out"),
     Case("embed output inside its input", lambda t: ["embed", "--model", str(_model(t)), "--input", str(_dataset(t / "d") / "test"), "--output", str(t / "d" / "test" / "emb")], "d/test", "d/test/emb"),
-    Case("generate into the training data", lambda t: _generate(t, "{tmp}/trained-on/train"), "trained-on", None),
+    Case("generate into the training data", lambda t: _generate(t, "{tmp}/trained-on/train"), "trained-on/train", None),
+    Case("generate into the validation split", lambda t: _generate(t, "{tmp}/trained-on/test/new"), "trained-on/test", None),
 ]  # fmt: skip
 
 

@@ -95,7 +95,10 @@ def generate_rows(
     """
     model_uri, output_uri = absolute(model_uri), absolute(output_uri)
     ckpt = load_checkpoint(model_uri, storage_options=storage_options)
-    check_output_place(output_uri, training_data=absolute(ckpt.config.data.uri))  # no synthetic rows in it
+    data = absolute(ckpt.config.data.uri)  # no synthetic rows where the next training reads
+    check_output_place(
+        output_uri, training_split=f"{data}/train", validation_split=f"{data}/{ckpt.config.train.val_split}"
+    )
     sample = job.sample_likelihood if job.sample_likelihood is not None else ckpt.codec.sample_by_default
     per_file = job.rows_per_file
     blocks = [
