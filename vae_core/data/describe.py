@@ -12,16 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vae_core.config import DataConfig
-from vae_core.data.codecs import fit_codec
-from vae_core.data.dataset import (
-    DataError,
-    count_rows,
-    iter_batches,
-    list_shards,
-    resolve_spec,
-    with_recorded_id,
-)
-from vae_core.data.dataset import read_schema as _read_schema
+from vae_core.data.codecs import fit_on_train
+from vae_core.data.dataset import DataError, count_rows, list_shards, open_dataset, with_recorded_id
 from vae_core.data.storage import filesystem, join
 from vae_core.data.tabular import CategoricalColumn, ContinuousColumn
 
@@ -84,18 +76,12 @@ def describe(cfg: DataConfig) -> Description:
     folders = split_folders(cfg.uri, cfg.storage_options)
     if "train" not in folders:
         raise DataError(f"{cfg.uri}: no train/ folder of Parquet files (found: {folders or 'none'})")
-    splits, shards = {}, {}
+    train_shards, schema, spec = open_dataset(cfg, "train")
+    splits = {}
     for split in folders:
-        shards[split] = list_shards(join(cfg.uri, split), cfg.storage_options)
-        splits[split] = {"files": len(shards[split]), "rows": count_rows(shards[split], cfg.storage_options)}
-    train_uri = join(cfg.uri, "train")
-    schema = _read_schema(shards["train"], cfg.storage_options)
-    spec = resolve_spec(cfg, schema, train_uri)
-
-    def batches(columns: list[str]):
-        return iter_batches(shards["train"], columns, storage_options=cfg.storage_options)
-
-    codec = fit_codec(spec, schema, batches, train_uri, cfg)
+        shards = train_shards if split == "train" else list_shards(join(cfg.uri, split), cfg.storage_options)
+        splits[split] = {"files": len(shards), "rows": count_rows(shards, cfg.storage_options)}
+    codec = fit_on_train(spec, schema, train_shards, cfg)
     fitted = {c.name: c for c in getattr(getattr(codec, "transformer", None), "columns", [])}
     columns = []
     for f in schema:

@@ -36,12 +36,11 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
 from vae_core.config import VaeflowConfig
-from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, encode_by_file, fit_codec
+from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, encode_by_file, fit_on_train
 from vae_core.data.dataset import (
     DataError,
     DatasetSpec,
     encode_schema,
-    iter_batches,
     open_dataset,
     with_recorded_id,
 )
@@ -653,11 +652,7 @@ def prepare_data(
     if val_schema != schema:
         raise ValueError(f"{cfg.data.uri}: the {cfg.train.val_split!r} split's schema differs from train's")
     t0 = time.perf_counter()
-
-    def batches(columns: list[str]) -> Iterator[tuple[str, pa.RecordBatch]]:
-        return iter_batches(train_shards, columns, storage_options=cfg.data.storage_options)
-
-    codec = fit_codec(spec, schema, batches, join(cfg.data.uri, "train"), cfg.data, seed=cfg.train.seed)
+    codec = fit_on_train(spec, schema, train_shards, cfg.data, seed=cfg.train.seed)
     likelihood = check_likelihood(cfg.model, DataShape.of(codec))
     progress(
         f"fitted the {codec.kind} codec ({codec.dim} features, {likelihood} likelihood) "

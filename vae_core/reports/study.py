@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +22,8 @@ import pyarrow as pa
 import torch
 
 from vae_core.config import DataConfig, ModelConfig, VaeflowConfig
-from vae_core.data.codecs import fit_codec
-from vae_core.data.dataset import DataError, iter_batches, list_shards, open_dataset, read_schema
+from vae_core.data.codecs import fit_on_train
+from vae_core.data.dataset import DataError, list_shards, open_dataset, read_schema
 from vae_core.data.objects import atomic_write_bytes
 from vae_core.data.storage import join
 from vae_core.models.families import DataShape, build_model
@@ -287,13 +287,9 @@ def run_beta_study(
     base = config or VaeflowConfig()
     data = _vector_data_config(base.data.model_copy(update={"uri": data_uri}))
     shards, schema, spec = open_dataset(data, "train")
-
-    def train_batches(columns: list[str]) -> Iterator[tuple[str, pa.RecordBatch]]:
-        return iter_batches(shards, columns, storage_options=data.storage_options)
-
     # Fitted on the whole training split, as training fits it, so the saved models read data as
     # trained models do.
-    codec = fit_codec(spec, schema, train_batches, join(data.uri, "train"), data, base.train.seed)
+    codec = fit_on_train(spec, schema, shards, data, base.train.seed)
     label = label_column or default_label_column(spec, schema)
     train = read_split(data, "train", codec, None, max_train_rows)
     test = read_split(data, "test", codec, label, max_test_rows)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,10 +30,18 @@ import pyarrow.compute as pc
 
 from vae_core.config import CODECS, DataConfig
 from vae_core.data.codecs.base import Batches, Codec
-from vae_core.data.dataset import DataError, DatasetSpec
-from vae_core.data.storage import uri_of
+from vae_core.data.dataset import DataError, DatasetSpec, iter_batches
+from vae_core.data.storage import join, uri_of
 
-__all__ = ["Codec", "codec_class", "codec_from_json", "codec_to_json", "fit_codec", "legacy_codec"]
+__all__ = [
+    "Codec",
+    "codec_class",
+    "codec_from_json",
+    "codec_to_json",
+    "fit_codec",
+    "fit_on_train",
+    "legacy_codec",
+]
 
 FORMAT = "vaeflow-codec/1"
 
@@ -72,6 +81,18 @@ def fit_codec(
     if cls.reads == "table_columns" and has_vector:
         raise DataError(f"{source}: data.codec {spec.kind!r} reads table columns; unset data.vector_column")
     return cls.fit(spec, schema, batches, source, cfg, seed)
+
+
+def fit_on_train(
+    spec: DatasetSpec, schema: pa.Schema, shards: list[str], cfg: DataConfig, seed: int = 0
+) -> Codec:
+    """fit_codec on one streaming pass over the train split's `shards` (dataset.open_dataset(cfg,
+    "train")), as training fits it; errors about the split as a whole name cfg.uri/train."""
+
+    def batches(columns: list[str]) -> Iterator[tuple[str, pa.RecordBatch]]:
+        return iter_batches(shards, columns, storage_options=cfg.storage_options)
+
+    return fit_codec(spec, schema, batches, join(cfg.uri, "train"), cfg, seed)
 
 
 def legacy_codec(
