@@ -121,6 +121,11 @@ class DatasetSpec:
         return [self.vector_column] if self.vector_column else [*self.continuous, *self.categorical]
 
 
+def is_list_type(t: pa.DataType) -> bool:
+    """A list, large list or fixed-size list (a vector column's types)."""
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
 def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 
@@ -134,9 +139,7 @@ def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec
             raise DataError(f"{source}: unknown column {name!r} named in the config (have {schema.names})")
     if cfg.vector_column is not None:
         t = schema.field(cfg.vector_column).type
-        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) or not (
-            _is_numeric(t.value_type)
-        ):
+        if not is_list_type(t) or not _is_numeric(t.value_type):
             raise DataError(f"{source}: column {cfg.vector_column!r} is {t}, not a list of numbers")
         fixed = t.list_size if pa.types.is_fixed_size_list(t) else None
         shape_dim = math.prod(cfg.image_shape) if cfg.image_shape else None

@@ -30,7 +30,7 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from vae_core.config import ComputeConfig
-from vae_core.data.dataset import DataError
+from vae_core.data.dataset import DataError, is_list_type
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import filesystem, join
 from vae_core.data.tables import (
@@ -257,14 +257,10 @@ def _kind(t: pa.DataType) -> str:
     return str(t)
 
 
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-
-
 def _compatible(was: pa.DataType, now: pa.DataType) -> bool:
     """Lists: the same kind of values and, where both are fixed-size, the same length (a variable-length
     list is checked row by row by the codec); anything else: the same kind."""
-    if _is_list(was) and _is_list(now):
+    if is_list_type(was) and is_list_type(now):
         fixed = pa.types.is_fixed_size_list(was) and pa.types.is_fixed_size_list(now)
         same_size = not fixed or was.list_size == now.list_size
         return _kind(was.value_type) == _kind(now.value_type) and same_size

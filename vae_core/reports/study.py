@@ -23,7 +23,7 @@ import torch
 
 from vae_core.config import DataConfig, ModelConfig, VaeflowConfig
 from vae_core.data.codecs import fit_on_train
-from vae_core.data.dataset import DataError, list_shards, open_dataset, read_schema
+from vae_core.data.dataset import DataError, is_list_type, list_shards, open_dataset, read_schema
 from vae_core.data.objects import atomic_write_bytes
 from vae_core.data.storage import join
 from vae_core.models.families import DataShape, build_model
@@ -181,11 +181,7 @@ def _vector_data_config(data: DataConfig) -> DataConfig:
     if data.vector_column is not None or data.columns is not None:
         return data
     schema = read_schema(list_shards(join(data.uri, "train"), data.storage_options), data.storage_options)
-    lists = [
-        f
-        for f in schema
-        if pa.types.is_list(f.type) or pa.types.is_large_list(f.type) or pa.types.is_fixed_size_list(f.type)
-    ]
+    lists = [f for f in schema if is_list_type(f.type)]
     if len(lists) != 1:
         raise DataError(
             f"{data.uri}: the beta study needs one vector column; found {[f.name for f in lists]} "

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vae_core.config import DataConfig
-from vae_core.data.dataset import DataError, DatasetSpec
+from vae_core.data.dataset import DataError, DatasetSpec, is_list_type
 from vae_core.data.layout import Block
 
 # columns -> one pass over the training split as (file, batch) pairs (dataset.iter_batches), so that a
@@ -59,7 +59,7 @@ def vectors(batch: pa.RecordBatch | pa.Table, name: str, dim: int, source: str) 
     """A list column as (N, dim) float32, checked: no null vectors, every length dim, finite values."""
     arr = column(batch, name, source)
     t = arr.type
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+    if not is_list_type(t):
         raise DataError(f"{source}: column {name!r} is {t}, not a list of numbers")
     if arr.null_count:
         row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
