@@ -235,8 +235,8 @@ def _files(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file()}
 
 
-def test_the_readme_lists_every_class_and_the_result_file_is_written():
-    """Runs after the table (same module, in order): bench/results/bad_inputs.json and the README list."""
+def test_the_readme_lists_every_class_and_a_bench_run_writes_the_result():
+    """Runs after the table (same module, in order): the README list; under bench, the result file."""
     readme = (ROOT / "README.md").read_text().split("### Bad input", 1)
     assert len(readme) == 2, "README has no '### Bad input' section"
     missing = [c.name for c in CASES if f"- {c.name}" not in readme[1].split("\n## ", 1)[0]]
