@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from vae_core.config import DataConfig
 from vae_core.data import tables
-from vae_core.data.storage import arrow_filesystem, filesystem, uri_of
+from vae_core.data.storage import arrow_filesystem, filesystem, uri_of, why_missing
 from vae_core.data.tabular import is_temporal
 
 
@@ -31,7 +31,7 @@ def list_shards(uri: str, storage_options: dict | None = None) -> list[str]:
     fs, path = filesystem(uri, storage_options)
     fs.invalidate_cache(path)  # object-store listings are cached per process; others may have written
     if not fs.exists(path):
-        raise DataError(f"{uri}: no such dataset (path does not exist)")
+        raise DataError(f"{uri}: no such dataset ({why_missing(uri, storage_options)})")
     if fs.isfile(path):
         return [uri]
     if tables.is_delta_table(uri, storage_options):

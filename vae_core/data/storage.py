@@ -29,7 +29,9 @@ from typing import Any
 
 import fsspec
 import pyarrow.fs as pafs
+from botocore.exceptions import NoCredentialsError, PartialCredentialsError
 from fsspec import AbstractFileSystem
+from fsspec.asyn import sync_wrapper
 from s3fs import S3FileSystem
 
 from vae_core.config import holds_redacted
@@ -58,10 +60,15 @@ def _check_not_redacted(uri: str, storage_options: dict[str, Any] | None) -> Non
 
 # S3's limit for one PutObject; s3fs PUTs a file in one request below its block size.
 SINGLE_PUT_MAX = 5 * 2**30
+NO_CREDENTIALS = (
+    "no AWS credentials for object storage: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+    "AWS_PROFILE), or give them in data.storage_options"
+)
 
 
 class SinglePutS3FileSystem(S3FileSystem):
-    """s3fs whose writes of a file under 5 GiB are one PutObject, never a multipart upload.
+    """s3fs whose writes of a file under 5 GiB are one PutObject, never a multipart upload, and that
+    creates no buckets.
 
     s3fs's S3File buffers writes and, closed before `block_size` bytes, sends them with one
     put_object (S3File._upload_chunk / commit); past it, it starts a multipart upload. pipe_file and
@@ -74,6 +81,42 @@ class SinglePutS3FileSystem(S3FileSystem):
         if "r" not in mode:
             block_size = SINGLE_PUT_MAX
         return super()._open(path, mode, block_size=block_size, **kwargs)
+
+    async def _call_s3(self, method: str, *akwarglist: Any, **kwargs: Any) -> Any:
+        try:
+            return await super()._call_s3(method, *akwarglist, **kwargs)
+        except (NoCredentialsError, PartialCredentialsError) as e:  # raised before any request is sent
+            key = kwargs.get("Key") or kwargs.get("Prefix")
+            where = "/".join(p for p in (kwargs.get("Bucket"), key) if p)
+            raise PermissionError(f"s3://{where}: {NO_CREDENTIALS}") from e
+
+    async def _mkdir(self, path: str, acl: Any = False, create_parents: bool = True, **kwargs: Any) -> None:
+        """Nothing to make for a prefix; and no bucket is ever made here: a bucket belongs to an
+        account, its policies and region (s3fs's mkdir and makedirs create a missing one). A missing
+        bucket is a FileNotFoundError naming it; an existing bucket alone is FileExistsError as in s3fs."""
+        bucket, key, _ = self.split_path(self._strip_protocol(path).rstrip("/"))
+        if await self._bucket_missing(bucket):
+            raise FileNotFoundError(
+                f"s3://{bucket}: no such bucket (vaeflow creates no buckets: create it first, e.g. "
+                f"`aws s3 mb s3://{bucket}`)"
+            )
+        if not key:
+            raise FileExistsError(f"s3://{bucket}")
+
+    async def _bucket_missing(self, bucket: str) -> bool:
+        """True when S3 says the bucket does not exist. s3fs's exists() says False for any error, missing
+        credentials included; here those raise (PermissionError naming the bucket), and a 403 (a policy
+        without s3:ListBucket) counts as present: the request that follows says what is refused."""
+        try:
+            await self._call_s3("head_bucket", Bucket=bucket)
+        except FileNotFoundError:
+            return True
+        except PermissionError as e:
+            if isinstance(e.__cause__, NoCredentialsError | PartialCredentialsError):
+                raise
+        return False
+
+    bucket_missing = sync_wrapper(_bucket_missing)
 
     async def _pipe_file(self, path: str, data: bytes, chunksize: int = SINGLE_PUT_MAX, **kwargs: Any) -> Any:
         return await super()._pipe_file(path, data, chunksize=chunksize, **kwargs)
@@ -257,6 +300,27 @@ def delta_storage_options(uri: str, storage_options: dict[str, Any] | None = Non
     if opts.anon:
         out["AWS_SKIP_SIGNATURE"] = "true"
     return out
+
+
+def _missing_bucket(uri: str, storage_options: dict[str, Any] | None) -> str | None:
+    """The s3://bucket of `uri` when that bucket does not exist, else None (other schemes: None)."""
+    if scheme(uri) != "s3":
+        return None
+    fs, path = filesystem(uri, storage_options)
+    bucket = path.split("/", 1)[0]
+    return f"s3://{bucket}" if fs.bucket_missing(bucket) else None
+
+
+def why_missing(uri: str, storage_options: dict[str, Any] | None = None) -> str:
+    """Why nothing is at `uri`: its bucket does not exist (S3), or the path does not."""
+    bucket = _missing_bucket(uri, storage_options)
+    return f"no such bucket {bucket}" if bucket else "path does not exist"
+
+
+def check_bucket(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Before a job writes to `uri`: its bucket exists (S3), else FileNotFoundError naming it."""
+    if bucket := _missing_bucket(uri, storage_options):
+        raise FileNotFoundError(f"{uri}: no such bucket {bucket} (vaeflow creates no buckets)")
 
 
 def join(uri: str, *parts: str) -> str:

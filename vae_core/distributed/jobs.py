@@ -32,7 +32,7 @@ from ray.data import ActorPoolStrategy
 from vae_core.config import ComputeConfig
 from vae_core.data.dataset import DataError, is_list_type
 from vae_core.data.objects import fingerprint
-from vae_core.data.storage import filesystem, join
+from vae_core.data.storage import check_bucket, filesystem, join
 from vae_core.data.tables import (
     CommitRecord,
     Committed,
@@ -112,7 +112,7 @@ class Writer:
     ) -> None:
         self.schema, self.run_key = delta_schema(schema), run_key  # every file as the commit declares it
         self.fs, self.folder = filesystem(folder_uri, storage_options)
-        self.fs.makedirs(self.folder, exist_ok=True)  # a local table folder; a no-op on object stores
+        self.fs.makedirs(self.folder, exist_ok=True)  # a local table folder; S3: checks the bucket
 
     def write(self, table: pa.Table, content: str) -> Summary:
         """Write one file named by the run key and `content` (what it holds: a retried batch rewrites the
@@ -184,6 +184,7 @@ class Run:
                 f"({record.rows:,} rows)"
             )
             return Committed(self.output_uri, version, record, files=[], skipped=True)
+        check_bucket(self.output_uri, self.storage_options)
         check_writable(self.output_uri, self.mode, self.storage_options)
         return None
 
