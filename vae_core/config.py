@@ -236,6 +236,12 @@ class EmbedConfig(_Section):
     )
     chunk_rows: int = Field(4096, ge=1, description="Rows per forward pass on a worker.")
     rows_per_file: int = Field(32_768, ge=1, description="Rows per output Parquet file.")
+    strict: bool = Field(
+        False,
+        description="Refuse input drift (unknown categories, nulls where training had none, values "
+        "outside the training range) before writing anything; default: embed it and record the counts "
+        "per column in the commit's stats.drift.",
+    )
 
 
 class GenerateConfig(_Section):

@@ -281,3 +281,49 @@ def test_generate_adult_in_the_training_schema_identical_for_any_parallelism(ray
     job8 = GenerateConfig(rows=50_000, seed=8)
     other = generate_rows(uri, f"{root}/samples/seed8", job8, ComputeConfig(num_workers=2))
     assert not read_table(other.table_uri).sort_by("id").equals(a)
+
+
+def test_embed_counts_input_drift_per_column_in_the_commit_and_strict_refuses_it(ray_local, adult_model):
+    """Adult rows with an unknown workclass, an age above the training range and a null where training
+    had none are embedded (every row, each id once) and counted per column in the commit's stats.drift;
+    with strict, the job refuses before writing anything."""
+    uri, _ = adult_model
+    rows = _adult_train().slice(0, 2_000)
+    table = rows.to_pydict()
+    table["workclass"][:3] = ["Mars", "Mars", "Moon"]
+    table["age"][10:12] = [200, 300]
+    table["education"][20] = None
+    root = make_bucket()
+    fs = _fs()
+    with fs.open(f"{root}/drifted/part-0.parquet", "wb") as f:
+        pq.write_table(pa.table(table, schema=rows.schema), f)
+    with fs.open(f"{root}/drifted/part-1.parquet", "wb") as f:  # a shard without drift
+        pq.write_table(_adult_train().slice(2_000, 1_000), f)
+    lines: list[str] = []
+    committed = embed_corpus(uri, f"{root}/drifted", f"{root}/emb", progress=lines.append)
+    assert committed.rows == 3_000
+    assert committed.record.stats["drift"] == {
+        "workclass": {"unknown_category": 3},
+        "age": {"out_of_range": 2},
+        "education": {"null": 1},
+    }
+    assert sorted(read_table(f"{root}/emb").column("id").to_pylist()) == list(range(3_000))
+    assert any("input drift" in line and "'workclass': 3 value(s) not among" in line for line in lines), lines
+
+    with pytest.raises(DataError, match=r"drifted/part-0.parquet: input drift refused by --strict: .*'age'"):
+        embed_corpus(uri, f"{root}/drifted", f"{root}/emb-strict", EmbedConfig(strict=True))
+    assert not fs.exists(f"{root}/emb-strict")
+
+
+def test_embed_refuses_ids_repeated_across_shards_before_writing(ray_local, mnist_model, mnist_s3):
+    """The same rows in two shards: refused up front naming the id column and both shards."""
+    root = make_bucket()
+    fs = _fs()
+    shard = next(s for s in list_shards(f"{mnist_s3}/test"))
+    data = fs.cat_file(shard)
+    for name in ("a.parquet", "b.parquet"):
+        fs.pipe_file(f"{root}/twice/{name}", data)
+    both = r"id column 'id' is not unique: .*twice/a.parquet, .*twice/b.parquet"
+    with pytest.raises(DataError, match=both):
+        embed_corpus(mnist_model, f"{root}/twice", f"{root}/emb")
+    assert not fs.exists(f"{root}/emb")

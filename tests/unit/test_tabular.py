@@ -1,7 +1,10 @@
 """Tabular transformer: exact round trips with nulls and dtypes, streaming fit, JSON persistence."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from vae_core.data.importers import read_adult
@@ -150,3 +153,39 @@ def test_dates_and_timestamps_are_continuous_and_come_back_in_their_type():
         np.testing.assert_allclose(got, want, rtol=1e-6)
     again = TabularTransformer.from_json(tr.to_json())
     assert again.inverse(tr.transform(table)).schema == table.schema
+
+
+def test_drift_counts_unknown_categories_unexpected_nulls_and_values_out_of_range():
+    table = _table()  # color has nulls, count has none; code in 0..3
+    t = _fit(table)
+    lo, hi = pc.min_max(table["count"]).values()
+    batch = pa.table(
+        {
+            "x": pa.array([0.0, 1.0, 2.0], pa.float32()),
+            "count": pa.array([hi.as_py() + 1, None, lo.as_py()], pa.int32()),
+            "color": ["purple", None, "red"],  # null was seen in training: not drift
+            "flag": pa.array([True, None, False]),
+            "code": pa.array([7, 1, 2], pa.int16()),
+            "income": pa.array([None, 1e9, 0.0]),
+        }
+    )
+    assert t.drift(batch) == {
+        "count": {"out_of_range": 1, "null": 1},
+        "color": {"unknown_category": 1},
+        "flag": {"null": 1},
+        "code": {"unknown_category": 1},
+        "income": {"out_of_range": 1},  # nulls were seen there
+    }
+    assert t.drift(table.slice(0, 500)) == {}  # its own rows never drift
+    np.testing.assert_array_equal(t.transform(batch).shape, (3, t.dim))  # drifted rows still encode
+
+
+def test_a_transformer_saved_before_null_tracking_counts_no_categorical_null_drift():
+    t = _fit(_table())
+    saved = json.loads(t.to_json())
+    for c in saved["columns"]:
+        if c["kind"] == "categorical":
+            del c["has_nulls"]  # as written before the field existed
+    old = TabularTransformer.from_json(json.dumps(saved))
+    batch = _table().slice(0, 10).set_column(3, "flag", pa.array([None] * 10, pa.bool_()))
+    assert "flag" not in old.drift(batch) and t.drift(batch)["flag"] == {"null": 10}

@@ -27,6 +27,12 @@ import pyarrow.compute as pc
 from vae_core.data.layout import Block
 
 NULL_SLOT = "<null/unseen>"
+# What TabularTransformer.drift counts, and how a message reads it.
+DRIFT = {
+    "unknown_category": "value(s) not among the model's categories",
+    "null": "null(s) in a column that had none in training",
+    "out_of_range": "value(s) outside the training range",
+}
 
 
 @dataclass
@@ -51,6 +57,7 @@ class CategoricalColumn:
     name: str
     arrow_type: str
     categories: list[Any]  # observed values, most frequent first; the last slot is null/unseen
+    has_nulls: bool | None = None  # None: saved before it was recorded (nulls then count as no drift)
 
     @property
     def width(self) -> int:
@@ -148,13 +155,16 @@ class TabularTransformer:
         rng = np.random.default_rng(seed)
         cont = {name: _ContinuousStats(reservoir, rng) for name in continuous}
         cats: dict[str, Counter] = {name: Counter() for name in categorical}
+        cat_nulls = dict.fromkeys(categorical, 0)
         rows = 0
         for batch in batches:
             rows += batch.num_rows
             for name, stats in cont.items():
                 stats.update(_as_array(batch.column(name)), name)
             for name, counter in cats.items():
-                for item in pc.value_counts(_as_array(batch.column(name)).drop_null()).to_pylist():
+                arr = _as_array(batch.column(name))
+                cat_nulls[name] += arr.null_count
+                for item in pc.value_counts(arr.drop_null()).to_pylist():
                     counter[item["values"]] += item["counts"]
         if rows == 0:
             raise ValueError("tabular transformer: the dataset has no rows")
@@ -185,7 +195,7 @@ class TabularTransformer:
             else:
                 ordered = sorted(cats[name].items(), key=lambda kv: (-kv[1], str(kv[0])))
                 values = [_python_value(v) for v, _ in ordered[:max_categories]]
-                columns.append(CategoricalColumn(name, arrow_type, values))
+                columns.append(CategoricalColumn(name, arrow_type, values, cat_nulls[name] > 0))
         return cls(columns)
 
     # ---- layout ----------------------------------------------------------------------------
@@ -246,6 +256,25 @@ class TabularTransformer:
         if col.has_nulls:
             block[:, 1 + k] = valid
             block[:, 2 + k] = ~valid
+
+    # ---- drift -----------------------------------------------------------------------------
+    def drift(self, batch: pa.RecordBatch | pa.Table) -> dict[str, dict[str, int]]:
+        """Per column, how many of the batch's values the fit never saw: DRIFT kinds with their counts,
+        columns and kinds without any left out. transform encodes them all the same (an unknown category
+        or an unexpected null in the null/unseen slot, a value out of range as it is)."""
+        found: dict[str, dict[str, int]] = {}
+        for col in self.columns:
+            arr = _as_array(batch.column(col.name))
+            counts = {"null": arr.null_count if col.has_nulls is False else 0}
+            if isinstance(col, ContinuousColumn):
+                v = _numbers(arr.drop_null()).to_numpy(zero_copy_only=False).astype(np.float64)
+                counts["out_of_range"] = int(np.count_nonzero((v < col.min) | (v > col.max)))
+            else:
+                known = pc.is_in(arr.drop_null(), value_set=pa.array(col.categories, type=arr.type))
+                counts["unknown_category"] = len(known) - pc.sum(known).as_py() if len(known) else 0
+            if counts := {k: int(n) for k, n in counts.items() if n}:
+                found[col.name] = counts
+        return found
 
     # ---- inverse ---------------------------------------------------------------------------
     def inverse(self, x: np.ndarray) -> pa.Table:

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
 
 from vae_core.config import ComputeConfig, EmbedConfig
-from vae_core.data.codecs.base import list_column
+from vae_core.data.codecs.base import Codec, list_column
 from vae_core.data.dataset import DataError, count_rows, list_shards, read_schema
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import absolute, arrow_filesystem
 from vae_core.data.tables import Committed, Mode
+from vae_core.data.tabular import DRIFT
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.inference import embed
@@ -127,19 +131,25 @@ class _Embedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         summaries = []
         for shard in map(str, batch["shard"]):
+            drift: Drift = {}
             latents = (
-                self._latents(b, shard)
+                self._latents(b, shard, drift)
                 for b in _read_ahead(_batches(shard, self.columns, self.storage_options))
             )
-            summaries += [self._write(t) for t in _regroup(latents, self.job.rows_per_file)]
+            written = [self._write(t) for t in _regroup(latents, self.job.rows_per_file)]
+            if written:  # the shard's drift rides on its last file (a retried shard reports the same)
+                written[-1]["drift"] = json.dumps(drift)
+            summaries += written
         return pa.Table.from_pylist(summaries)
 
-    def _latents(self, batch: pa.Table, shard: str) -> pa.Table:
-        """The output columns of one input batch: the kept columns, z_mean (and z_logvar)."""
+    def _latents(self, batch: pa.Table, shard: str, drift: Drift) -> pa.Table:
+        """The output columns of one input batch: the kept columns, z_mean (and z_logvar); what the
+        codec saw drift in is added to `drift`."""
         # A bad row's error names its file and the id its batch starts at (a row counts from there).
         x = torch.from_numpy(
             self.codec.encode(batch, f"{shard} (batch from id {batch.column(self.keep[0])[0]})")
         )
+        add_drift(drift, self.codec.drift(batch))
         if self.job.with_logvar:
             mu, logvar = embed(self.model, x, with_logvar=True, chunk_rows=self.job.chunk_rows)
         else:
@@ -158,16 +168,85 @@ class _Embedder:
         summary = self.writer.write(table, _ids_digest(table.column(self.keep[0])))
         z = table.column("z_mean").combine_chunks()
         mu64 = z.flatten().to_numpy().reshape(len(z), -1).astype(np.float64)  # (B, L)
-        summary.update(sum=mu64.sum(0).tolist(), sumsq=(mu64**2).sum(0).tolist())
+        summary.update(sum=mu64.sum(0).tolist(), sumsq=(mu64**2).sum(0).tolist(), drift="{}")
         return summary
 
 
-def _z_stats(summaries: list[Summary], rows: int) -> dict[str, Any]:
+Drift = dict[str, dict[str, int]]  # column -> kind (tabular.DRIFT) -> rows
+
+
+def add_drift(into: Drift, found: Drift) -> Drift:
+    for name, counts in found.items():
+        column = into.setdefault(name, {})
+        for kind, n in counts.items():
+            column[kind] = column.get(kind, 0) + n
+    return into
+
+
+def describe_drift(drift: Drift) -> str:
+    """'column 'city': 3 values not among the model's categories; ...' (columns in name order)."""
+    return "; ".join(
+        f"column {name!r}: " + ", ".join(f"{n:,} {DRIFT.get(k, k)}" for k, n in sorted(counts.items()))
+        for name, counts in sorted(drift.items())
+    )
+
+
+def _stats(summaries: list[Summary], rows: int) -> dict[str, Any]:
     """The commit's stats: in "z_mean" the count, per-dimension mean and variance of the posterior means
-    (the aggregate posterior's moments)."""
+    (the aggregate posterior's moments); in "drift" what the codec counted per column (Drift)."""
     mean = np.sum([s["sum"] for s in summaries], axis=0) / rows
     var = np.sum([s["sumsq"] for s in summaries], axis=0) / rows - mean**2
-    return {"z_mean": {"count": rows, "mean": mean.tolist(), "var": var.tolist()}}
+    drift: Drift = {}
+    for s in summaries:
+        add_drift(drift, json.loads(s["drift"]))
+    return {"z_mean": {"count": rows, "mean": mean.tolist(), "var": var.tolist()}, "drift": drift}
+
+
+def _read_ids(shards: list[str], id_column: str, storage_options: dict | None) -> list[pa.Array]:
+    """The id column of each shard (read in parallel: one column, a small share of the corpus)."""
+
+    def one(shard: str) -> pa.Array:
+        fs, path = arrow_filesystem(shard, storage_options)
+        try:
+            return pq.read_table(path, columns=[id_column], filesystem=fs).column(0).combine_chunks()
+        except pa.ArrowInvalid as e:
+            raise DataError(f"{shard}: not a readable Parquet file: {e}") from e
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, shards))
+
+
+def check_ids(shards: list[str], id_column: str, source: str, storage_options: dict | None) -> None:
+    """Every row has an id and no id is used twice, across all shards; else a DataError naming the
+    column, how many, one such id and the shards it is in. Embedded rows are keyed and their files named
+    by id: a repeated id would make two rows one (seen: "wrote 500 rows for 1,000 input rows")."""
+    ids = _read_ids(shards, id_column, storage_options)
+    nulls = sum(a.null_count for a in ids)
+    if nulls:
+        shard = next(s for s, a in zip(shards, ids, strict=True) if a.null_count)
+        raise DataError(f"{source}: id column {id_column!r} has {nulls:,} null(s), e.g. in {shard}")
+    every = pa.chunked_array(ids, type=ids[0].type)
+    counts = pc.value_counts(every)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        example = repeated.field("values")[0]
+        where = [s for s, a in zip(shards, ids, strict=True) if pc.any(pc.equal(a, example)).as_py()]
+        raise DataError(
+            f"{source}: id column {id_column!r} is not unique: {len(repeated):,} ids appear more than once "
+            f"(e.g. {example.as_py()!r}, in {', '.join(where[:3])}); give each row its own id"
+        )
+    pa.default_memory_pool().release_unused()
+
+
+def check_drift(codec: Codec, shards: list[str], columns: list[str], storage_options: dict | None) -> None:
+    """--strict: one pass over the model's columns before anything is written; the first shard with drift
+    (values the training data never had) fails with a DataError naming it and each column."""
+    for shard in shards:
+        drift: Drift = {}
+        for batch in _batches(shard, columns, storage_options):
+            add_drift(drift, codec.drift(batch))
+        if drift:
+            raise DataError(f"{shard}: input drift refused by --strict: {describe_drift(drift)}")
 
 
 def embed_corpus(
@@ -190,7 +269,11 @@ def embed_corpus(
     file, column and row; nothing is committed). Output rows: the id column, `job.passthrough`
     columns, `z_mean` (L float32 values) and with `job.with_logvar` `z_logvar`; one file per
     `job.rows_per_file` rows, `job.chunk_rows` rows per forward pass. The commit's record holds in
-    `stats["z_mean"]` the count, per-dimension mean and variance of the posterior means. Rerunning with
+    `stats["z_mean"]` the count, per-dimension mean and variance of the posterior means, and in
+    `stats["drift"]` the input's drift per column (values the training data never had: unknown
+    categories, nulls in a column that had none, values outside the training range; tabular models).
+    `job.strict` refuses drift instead, after one pass over the model's columns before anything is
+    written. Ids must be unique and non-null (checked up front, reading the id column). Rerunning with
     the same run key (default: a hash of the model, the input files and the settings that change the
     rows) does nothing. `storage_options` (fsspec style) reach every read and write, on the driver and
     the actors.
@@ -233,8 +316,11 @@ def embed_corpus(
     total = count_rows(shards, storage_options)
     if total == 0:
         raise DataError(f"{input_uri}: no rows to embed ({len(shards)} file(s), 0 rows)")
-    start_cluster(compute)
+    check_ids(shards, id_column, input_uri, storage_options)
     columns = sorted({*keep, *ckpt.codec.columns})
+    if job.strict:
+        check_drift(ckpt.codec, shards, ckpt.codec.columns, storage_options)
+    start_cluster(compute)
     actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
     # One task per shard; the actors read their shards themselves (_Embedder).
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards)).map_batches(
@@ -242,6 +328,9 @@ def embed_corpus(
     )
     progress(f"embedding {total:,} rows of {input_uri} with {model_uri} on {compute.num_workers} worker(s)")
     inputs = {"uri": input_uri, "shards": len(shards), "rows": total, "fingerprint": input_fp}
-    return run.execute(
-        ds, total, out_schema, model, params, inputs, lambda summaries: _z_stats(summaries, total)
+    committed = run.execute(
+        ds, total, out_schema, model, params, inputs, lambda summaries: _stats(summaries, total)
     )
+    if drift := committed.record.stats.get("drift"):
+        progress(f"input drift (in the commit's stats.drift; --strict refuses it): {describe_drift(drift)}")
+    return committed

@@ -44,6 +44,9 @@ class StandardizedCodec:
         mean, std = self._moments
         return (self.vector.encode(batch, source) - mean) / std
 
+    def drift(self, batch: pa.RecordBatch | pa.Table) -> dict[str, dict[str, int]]:
+        return self.vector.drift(batch)
+
     def decode(self, x: np.ndarray) -> pa.Table:
         mean, std = self._moments
         return self.vector.decode(x * std + mean)

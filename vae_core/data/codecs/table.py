@@ -41,6 +41,9 @@ class TabularCodec:
         except (ValueError, pa.ArrowException) as e:
             raise DataError(f"{source}: {e}") from e
 
+    def drift(self, batch: pa.RecordBatch | pa.Table) -> dict[str, dict[str, int]]:
+        return self.transformer.drift(batch)  # kinds: tabular.DRIFT
+
     def decode(self, x: np.ndarray) -> pa.Table:
         return self.transformer.inverse(x)
 

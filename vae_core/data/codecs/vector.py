@@ -43,6 +43,9 @@ class VectorCodec:
             x /= self.scale
         return x
 
+    def drift(self, batch: pa.RecordBatch | pa.Table) -> dict[str, dict[str, int]]:
+        return {}  # encode refuses every vector it cannot take (length, nulls, NaN): nothing drifts
+
     def decode(self, x: np.ndarray) -> pa.Table:
         return pa.table({self.column: list_column(x * self.scale, pa.type_for_alias(self.value_type))})
 
