@@ -107,3 +107,28 @@ def test_beta_study_command_writes_three_models_and_their_report(mnist, tmp_path
         assert ck.config.train.beta == metrics["arms"][name]["beta"]
     # scatters, aggregate posterior, curves, samples, reconstructions, interpolation
     assert len(_images((out / "report.html").read_text())) == 6
+
+
+def test_a_report_reads_a_bounded_sample_spread_over_every_shard(tmp_path):
+    """Shards of 100, 300 and 600 rows, 100 rows asked: 10, 30 and 60 from each, in shard order."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vae_core.config import DataConfig
+    from vae_core.data.codecs.vector import VectorCodec
+    from vae_core.reports.splits import EVAL_ROWS, read_split
+
+    (tmp_path / "test").mkdir()
+    start = 0
+    for i, n in enumerate([100, 300, 600]):
+        x = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * 4, np.float32)), 4)
+        ids = pa.array(np.arange(start, start + n))
+        pq.write_table(pa.table({"id": ids, "x": x}), tmp_path / "test" / f"part-{i}.parquet")
+        start += n
+    codec, data = VectorCodec("x", 4, "float"), DataConfig(uri=str(tmp_path), vector_column="x")
+    split = read_split(data, "test", codec, "id", max_rows=100)
+    assert split.rows_in_split == 1000 and len(split.x) == 100
+    assert split.labels.tolist() == [*range(10), *range(100, 130), *range(400, 460)]
+    assert len(read_split(data, "test", codec, None, max_rows=None).x) == 1000
+    assert EVAL_ROWS == 10_000 and len(read_split(data, "test", codec).x) == 1000  # fewer than the bound

@@ -22,7 +22,7 @@ from vae_core.reports import plots
 from vae_core.reports.html import render_html, write_page
 from vae_core.reports.metrics import LatentScores, sample_quality, score_model
 from vae_core.reports.sections import Section, image_sections, quality_sections, section
-from vae_core.reports.splits import default_label_column, read_split
+from vae_core.reports.splits import EVAL_ROWS, default_label_column, read_split
 from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.model_report import DataInfo, ModelInfo, ModelReport, save_model_report
 
@@ -39,7 +39,7 @@ def write_report(
     out_uri: str,
     data_uri: str | None = None,
     *,
-    max_eval_rows: int | None = None,
+    max_eval_rows: int | None = EVAL_ROWS,
     label_column: str | None = None,
     target_column: str | None = None,
     iwae_k: int = 1000,
@@ -51,8 +51,9 @@ def write_report(
     out_uri/report.html and out_uri/metrics.json (a ModelReport; its keys: training.model_report).
 
     The rows: max_eval_rows caps the rows read per split (test, and train for the synthetic quality
-    of table columns); label_column colours the latent scatter (default: 'label' if the data have it,
-    else the last categorical feature); target_column is the ML-efficacy target among the categorical
+    of table columns), spread over the shards (splits.read_split); None reads every row.
+    label_column colours the latent scatter (default: 'label' if the data have it, else the last
+    categorical feature); target_column is the ML-efficacy target among the categorical
     columns (default: the same column). The evaluation: the IWAE bound takes iwae_k samples per row;
     seed fixes every sample drawn.
 
@@ -66,12 +67,17 @@ def write_report(
     _, schema, spec = open_dataset(data, "test")
     label = label_column or default_label_column(spec, schema)
     test = read_split(data, "test", codec, label, max_eval_rows)
-    progress(f"evaluating on {len(test.x):,} test rows of {data.uri}")
+    progress(f"evaluating on {len(test.x):,} of {test.rows_in_split:,} test rows of {data.uri}")
     scores = score_model(model, test.x, iwae_k, seed, progress)
     figures = _latent_sections(cfg.name, ck.meta.history, scores, test.labels, label)
     if codec.image_shape is not None:  # x are images: show samples, reconstructions, interpolations
         figures += image_sections({cfg.name: model}, test.x, test.labels, codec.image_shape)
-    data_info: dict[str, Any] = {"uri": data.uri, "test_rows": len(test.x), "label_column": label}
+    data_info: dict[str, Any] = {
+        "uri": data.uri,
+        "test_rows": len(test.x),
+        "test_rows_in_split": test.rows_in_split,
+        "label_column": label,
+    }
     found: dict[str, Any] = {"history": ck.meta.history} if ck.meta.history else {}
     # Sampled rows can be compared with real ones column by column where the data have table columns
     # (continuous, categorical); a vector column (pixels, embeddings) has none.

@@ -63,7 +63,8 @@ class ModelInfo(_Section):
 
 class DataInfo(_Section):
     uri: str | None = None
-    test_rows: int | None = None
+    test_rows: int | None = None  # rows of the test split evaluated
+    test_rows_in_split: int | None = None  # rows the test split holds (a report reads a bounded sample)
     label_column: str | None = None
     train_rows: int | None = None  # rows of the train split read (synthetic quality only)
 
