@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vae_core.config import VaeflowConfig, validation_message
+from vae_core.data.storage import NO_CREDENTIALS
 from vae_core.data.tables import MODES, Committed, TableError
 
 DESCRIPTION = """\
@@ -207,6 +208,16 @@ def _nightly_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _sample_likelihood(decode: str) -> bool:
     """--decode sample|mean as generate.sample_likelihood."""
     if decode not in ("sample", "mean"):
@@ -316,7 +327,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         out,
         args.input,
         iwae_k=args.iwae_k,
-        max_eval_rows=args.max_rows,
+        max_eval_rows=None if args.all_rows else args.max_rows,
         progress=_print_progress,
         label_column=args.label,
         target_column=args.target,
@@ -424,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     boolean = argparse.BooleanOptionalAction
     _setting(p, "--with-logvar", "embed.with_logvar", "also write z_logvar (VAEs only)", action=boolean)
     _setting(p, "--passthrough", "embed.passthrough", "input columns copied", nargs="+", metavar="COL")
+    strict_help = (
+        "refuse input drift (unknown categories, nulls where training had none, values outside the "
+        "training range) before writing, instead of embedding it and recording the counts per column"
+    )
+    _setting(p, "--strict", "embed.strict", strict_help, action=boolean)
 
     generate_notes = (JOB_SETTINGS.format(section="generate"), PUBLISH_NOTE)
     p = _command(
@@ -490,7 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="dataset root URI with train/ and test/ (default: the config's data.uri)")
     p.add_argument("--output", help="output folder URI (default: MODEL/report)")
     p.add_argument("--iwae-k", type=int, default=1000, help="importance samples per example (default: 1000)")
-    p.add_argument("--max-rows", type=int, help="read at most this many rows per split (default: all)")
+    p.add_argument(
+        "--max-rows",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="rows read per split, spread over its shards (default: 10,000)",
+    )
+    p.add_argument("--all-rows", action="store_true", help="read every row of each split instead")
     _label_arg(p)
     p.add_argument("--target", help="tabular ML-efficacy target (default: the last categorical column)")
 
@@ -502,7 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, nargs="+", default=[256], help="MLP hidden sizes (default: 256)")
     _label_arg(p)
     p.add_argument("--max-train-rows", type=int, help="train on at most this many rows (default: all)")
-    p.add_argument("--max-test-rows", type=int, help="evaluate on at most this many rows (default: all)")
+    p.add_argument(
+        "--max-test-rows", type=_positive_int, default=10_000, help="rows evaluated (default: 10,000)"
+    )
     _config_args(p, "train.lr=0.003")
     return parser
 
@@ -521,11 +546,8 @@ def user_error(error: BaseException) -> str | None:
     e: BaseException | None = error
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):  # botocore's
-            return (
-                "no AWS credentials for object storage: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                "(or AWS_PROFILE), or give them in data.storage_options"
-            )
+        if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):  # botocore's, unnamed
+            return NO_CREDENTIALS
         if isinstance(e, ValidationError):
             return validation_message(e)
         if isinstance(e, ValueError | FileNotFoundError | PermissionError | TableError):

@@ -1,5 +1,6 @@
 """Bad input, class by class: `vaeflow ...` exits 2 with a short message naming the file, column, option
-or URI, and writes nothing. Every case fails before a Ray cluster would start, so no cluster is needed.
+or URI, and writes nothing. Every case fails before a Ray cluster would start, so no cluster is needed;
+the object-storage cases run against a real S3 API (moto's server on 127.0.0.1), started for them.
 
 Run by `python -m bench bad_inputs` (make bench), it writes bench/results/bad_inputs.json (value: classes
 that pass; target: classes listed); `make test` runs the same table without touching the result file.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +21,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import s3fs
 
 from flows.cli import main
 from vae_core.config import VaeflowConfig
+from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.dataset import encode_schema
+from vae_core.data.storage import SinglePutS3FileSystem
+from vae_core.data.tabular import TabularTransformer
 from vae_core.models.families import DataShape, build_model
+from vae_core.testing import local_s3_server
 from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTCOMES: dict[str, bool] = {}
 WRITE_RESULT = "VAEFLOW_WRITE_BAD_INPUTS"  # set by bench/bad_inputs.py
+BUCKET = "s3://vaeflow-bad-inputs"  # made on the moto server for the object-storage cases
+MISSING = "s3://vaeflow-no-such-bucket"  # never made
 
 
 def _vectors(folder: Path, n: int = 32, dim: int = 16, file: str = "part-0.parquet", **extra) -> None:
@@ -46,6 +54,14 @@ def _dataset(root: Path, **kw) -> Path:
     return root
 
 
+def _save(out: Path, cfg: VaeflowConfig, codec, schema: pa.Schema) -> Path:
+    model = build_model(cfg.model, DataShape.of(codec))
+    save_checkpoint(
+        str(out), model, cfg, codec, meta=CheckpointMeta(epoch=1, data_schema=encode_schema(schema))
+    )
+    return out
+
+
 def _model(tmp: Path, family: str = "vae") -> Path:
     """A 16-feature vector model trained on nothing, saved as training saves one (schema included)."""
     data = _dataset(tmp / "trained-on")
@@ -57,11 +73,17 @@ def _model(tmp: Path, family: str = "vae") -> Path:
     )
     codec = VectorCodec("x", 16, "float", unit_interval=True)
     schema = pq.read_schema(data / "train" / "part-0.parquet").remove_metadata()
-    out = tmp / "model"
-    save_checkpoint(
-        str(out), build_model(cfg.model, DataShape.of(codec)), cfg, codec, meta=CheckpointMeta(epoch=1, data_schema=encode_schema(schema))
-    )  # fmt: skip
-    return out
+    return _save(tmp / "model", cfg, codec, schema)
+
+
+def _table_model(tmp: Path) -> Path:
+    """A tabular model (age continuous in [20, 39], city 'a' or 'b', no nulls) trained on nothing."""
+    table = pq.read_table(_table_data(tmp) / "train" / "part-0.parquet")
+    cfg = VaeflowConfig.model_validate(
+        {"data": {"uri": str(tmp / "t")}, "model": {"hidden": [8], "latent_dim": 2, "likelihood": "tabular"}}
+    )
+    codec = TabularCodec(TabularTransformer.fit([table], ["age"], ["city"], table.schema))
+    return _save(tmp / "table-model", cfg, codec, table.schema)
 
 
 def _config(tmp: Path, **sections) -> str:
@@ -81,6 +103,8 @@ class Case:
     argv: Callable[[Path], list[str]]
     names: str  # what the message must contain: the file, column, option or URI
     output: str | None = None  # a path under tmp that must hold no file afterwards
+    s3: bool = False  # runs against the S3 server; no bucket or object may appear on it
+    setup: Callable[[pytest.MonkeyPatch], None] | None = None  # the environment's part of the mistake
 
 
 def _csv(tmp: Path, text: str, name: str = "in.csv") -> str:
@@ -133,6 +157,45 @@ def _embed(tmp: Path, inp: Path | str, *more: str, family: str = "vae") -> list[
         str(tmp / "out"),
         *more,
     ]
+
+
+def _twice(tmp: Path) -> Path:
+    for name in ("a.parquet", "b.parquet"):
+        _vectors(tmp / "twice", file=name)  # the same ids 0..31 in both
+    return tmp / "twice"
+
+
+def _null_ids(tmp: Path) -> Path:
+    (tmp / "nullid").mkdir()
+    x = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(32, np.float32)), 16)
+    pq.write_table(pa.table({"id": [1, None], "x": x}), tmp / "nullid" / "p.parquet")
+    return tmp / "nullid"
+
+
+def _strict(tmp: Path) -> list[str]:
+    model = _table_model(tmp)
+    (tmp / "new").mkdir()
+    pq.write_table(
+        pa.table({"id": [1, 2], "age": [25.0, 30.0], "city": ["a", "zz"]}), tmp / "new" / "p.parquet"
+    )
+    return [
+        "embed",
+        "--model",
+        str(model),
+        "--input",
+        str(tmp / "new"),
+        "--output",
+        str(tmp / "out"),
+        "--strict",
+    ]
+
+
+def _no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")  # no ~/.aws either
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    SinglePutS3FileSystem.clear_instance_cache()  # instances made with the keys
 
 
 def _wide(tmp: Path) -> Path:
@@ -208,17 +271,46 @@ CASES = [
     Case("embed output inside its input", lambda t: ["embed", "--model", str(_model(t)), "--input", str(_dataset(t / "d") / "test"), "--output", str(t / "d" / "test" / "emb")], "d/test", "d/test/emb"),
     Case("generate into the training data", lambda t: _generate(t, "{tmp}/trained-on/train"), "trained-on/train", None),
     Case("generate into the validation split", lambda t: _generate(t, "{tmp}/trained-on/test/new"), "trained-on/test", None),
+    Case("ids repeated across shards", lambda t: _embed(t, _twice(t)), "'id'", "out"),
+    Case("null ids", lambda t: _embed(t, _null_ids(t)), "'id'", "out"),
+    Case("input drift with --strict", _strict, "'city'", "out"),
+    # object storage
+    Case("import into a missing bucket", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n2\n3\n4\n5\n"), "--output", f"{MISSING}/d"], MISSING, s3=True),
+    Case("dataset in a missing bucket", lambda t: _train(t, f"{MISSING}/d"), f"no such bucket {MISSING}", s3=True),
+    Case("embed output in a missing bucket", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", f"{MISSING}/emb"), MISSING, s3=True),
+    Case("CSV missing from a bucket", lambda t: ["data", "import", "csv", "--input", f"{BUCKET}/nope.csv", "--output", str(t / "imp")], f"{BUCKET}/nope.csv", "imp", s3=True),
+    Case("missing AWS credentials", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n2\n3\n4\n5\n"), "--output", f"{BUCKET}/d"], f"{BUCKET}: no AWS credentials", s3=True, setup=_no_credentials),
 ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[s3fs.S3FileSystem]:
+    """moto's S3 server with BUCKET made, for the object-storage cases (started on first use)."""
+    with local_s3_server(separate_process=True):
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        yield fs
+    SinglePutS3FileSystem.clear_instance_cache()
+
+
+def _s3_objects(fs: s3fs.S3FileSystem) -> set[str]:
+    fs.invalidate_cache()
+    return {key for bucket in fs.ls("") for key in [bucket, *fs.find(bucket)]}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_exits_2_with_a_short_message_naming_it_and_writes_nothing(
-    case, tmp_path, capsys, monkeypatch
+    case, tmp_path, capsys, monkeypatch, request
 ):
     monkeypatch.chdir(tmp_path)
+    fs = request.getfixturevalue("s3") if case.s3 else None
+    stored = _s3_objects(fs) if fs else set()
+    argv = case.argv(tmp_path)
     before = _files(tmp_path)
     OUTCOMES[case.name] = False
-    code = main(case.argv(tmp_path))
+    if case.setup:
+        case.setup(monkeypatch)
+    code = main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert case.names in err, err
@@ -228,6 +320,9 @@ def test_bad_input_exits_2_with_a_short_message_naming_it_and_writes_nothing(
         assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()], f"{out} holds files"
     written = _files(tmp_path) - before
     assert not any(str(p).startswith(str(tmp_path / "out")) for p in written)
+    if fs:
+        monkeypatch.undo()  # the keys back, to list what the server holds
+        assert _s3_objects(fs) == stored, "a bucket or object appeared"
     OUTCOMES[case.name] = True
 
 
