@@ -270,7 +270,7 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
     from vae_core.data import importers
 
     t0 = time.perf_counter()
-    common: dict[str, Any] = {"overwrite": args.overwrite, "progress": _print_progress}
+    common: dict[str, Any] = {"progress": _print_progress}
     if args.rows_per_file is not None:
         common["rows_per_shard"] = args.rows_per_file
     if args.source in ("mnist", "adult"):
@@ -484,7 +484,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--exclude", nargs="+", metavar="COL", help="input columns left out")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split (default: 0)")
-    p.add_argument("--overwrite", action="store_true", help="delete OUTPUT first if it exists")
 
     p = _command(data_sub, "describe", _cmd_data_describe, "splits, rows and columns with their roles")
     p.add_argument("uri", help="dataset root URI with train/ (and test/)")

@@ -54,12 +54,13 @@ def test_a_failed_import_leaves_no_shards(tmp_path):
     assert list((tmp_path / "x").iterdir()) == []
 
 
-def test_import_refuses_to_mix_with_existing_shards_unless_overwrite(tmp_path):
+def test_import_never_mixes_with_or_removes_existing_shards(tmp_path):
     import_adult(str(tmp_path), rows_per_shard=20_000, progress=lambda m: None)
-    with pytest.raises(DataError, match="already holds Parquet shards"):
-        import_adult(str(tmp_path), progress=lambda m: None)
-    import_adult(str(tmp_path), rows_per_shard=50_000, overwrite=True, progress=lambda m: None)
-    assert len(list_shards(str(tmp_path / "train"))) == 1 and _rows(tmp_path / "train") == 32_561
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.parquet")}
+    with pytest.raises(DataError, match="already holds Parquet shards; nothing was written or removed"):
+        import_adult(str(tmp_path), rows_per_shard=50_000, progress=lambda m: None)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.parquet")} == before
+    assert len(list_shards(str(tmp_path / "train"))) == 2 and _rows(tmp_path / "train") == 32_561
 
 
 def test_empty_csv_is_an_error(tmp_path):

