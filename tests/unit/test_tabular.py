@@ -189,3 +189,17 @@ def test_a_transformer_saved_before_null_tracking_counts_no_categorical_null_dri
     old = TabularTransformer.from_json(json.dumps(saved))
     batch = _table().slice(0, 10).set_column(3, "flag", pa.array([None] * 10, pa.bool_()))
     assert "flag" not in old.drift(batch) and t.drift(batch)["flag"] == {"null": 10}
+
+
+def test_only_columns_with_nulls_in_training_get_a_null_slot():
+    table = _table()  # color has nulls; flag and code have none
+    t = _fit(table)
+    width = {c.name: c.width for c in t.columns if hasattr(c, "categories")}
+    assert width == {"color": 4, "flag": 2, "code": 4}
+    # any decoder output, even one putting all mass past the real categories, decodes to no null there
+    back = t.inverse(np.random.default_rng(0).normal(size=(500, t.dim)).astype(np.float32))
+    assert back.column("flag").null_count == 0 and back.column("code").null_count == 0
+    unknown = table.slice(0, 2).set_column(4, "code", pa.array([9, 1], pa.int16()))
+    x = t.transform(unknown)
+    start = sum(c.width for c in t.columns[: [c.name for c in t.columns].index("code")])
+    np.testing.assert_array_equal(x[:, start : start + 4].sum(1), [0.0, 1.0])  # unknown: an all-zero block

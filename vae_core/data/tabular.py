@@ -2,7 +2,8 @@
 
 Continuous columns use mode-specific normalisation (CTGAN/TVAE, Xu et al. 2019): a Bayesian Gaussian
 mixture per column; a value v in mode k becomes [alpha, one-hot(k)] with alpha = (v - mu_k) / (4 sigma_k).
-Categorical columns become one-hot with one extra slot for null / unseen. A continuous column that
+Categorical columns become one-hot, with one extra slot for null / other values where training had
+them (an unknown value in a column without it encodes as an all-zero block). A continuous column that
 has nulls gets a 2-slot [present, null] block.
 
 Fitting never holds the table: one pass over record batches keeps exact counts, null counts, min/max,
@@ -56,12 +57,20 @@ class ContinuousColumn:
 class CategoricalColumn:
     name: str
     arrow_type: str
-    categories: list[Any]  # observed values, most frequent first; the last slot is null/unseen
+    categories: list[Any]  # observed values, most frequent first
     has_nulls: bool | None = None  # None: saved before it was recorded (nulls then count as no drift)
+    truncated: bool = False  # more values than data.max_categories: the rarest share the last slot
+
+    @property
+    def other_slot(self) -> bool:
+        """A last slot for null / other values, only where training had them (nulls, or values past
+        max_categories): a model never samples a null into a column that had none. Transformers
+        saved before has_nulls was recorded keep it."""
+        return self.has_nulls is not False or self.truncated
 
     @property
     def width(self) -> int:
-        return len(self.categories) + 1
+        return len(self.categories) + self.other_slot
 
 
 Column = ContinuousColumn | CategoricalColumn
@@ -195,7 +204,8 @@ class TabularTransformer:
             else:
                 ordered = sorted(cats[name].items(), key=lambda kv: (-kv[1], str(kv[0])))
                 values = [_python_value(v) for v, _ in ordered[:max_categories]]
-                columns.append(CategoricalColumn(name, arrow_type, values, cat_nulls[name] > 0))
+                truncated = len(ordered) > max_categories
+                columns.append(CategoricalColumn(name, arrow_type, values, cat_nulls[name] > 0, truncated))
         return cls(columns)
 
     # ---- layout ----------------------------------------------------------------------------
@@ -234,8 +244,11 @@ class TabularTransformer:
             if isinstance(col, ContinuousColumn):
                 self._encode_continuous(col, arr, out[:, start : start + col.width])
             else:
+                # Null or unknown: the last slot, or no slot at all (an all-zero block) where the
+                # column had no nulls in training (drift counts them).
                 codes = _category_codes(arr, col.categories)
-                out[np.arange(n), start + codes] = 1.0
+                rows = np.flatnonzero(codes < col.width)
+                out[rows, start + codes[rows]] = 1.0
             start += col.width
         return out
 
