@@ -1,0 +1,286 @@
+"""vaeflow against TVAE on Adult, side by side in one run, both scored by the same code.
+
+TVAE: CTGAN's package (`ctgan.TVAE`) with its defaults (300 epochs), fitted on Adult train as a
+DataFrame. vaeflow: its product path, as a user runs it: `vaeflow data import adult`, `vaeflow train`
+(Ray Train, the command starting its own local cluster) for the same 300 epochs, `vaeflow generate`
+of as many rows as Adult train, read back from the Delta table it commits. Neither looks at Adult
+test: vaeflow generates from its last epoch (no choice by validation ELBO), TVAE from its model.
+
+Each system runs with the same seeds; per seed, the synthetic rows are scored by:
+  - SDMetrics QualityReport and DiagnosticReport (default settings; the scores SDV users know);
+  - ML efficacy: LR, DT(max_depth=20), MLP(50) trained on the synthetic rows, F1 of '>50K' on Adult
+    test (the value), and the SDGym classifier set (LR, tree, gradient boosting: reports.quality);
+  - detection AUC (real vs synthetic) and distance to the closest training record (reports.quality).
+
+value = vaeflow's mean F1 (LR, DT, MLP; mean over seeds) minus TVAE's; `quality_diff` the same for
+QualityReport's overall score. Both must be >= +0.01; vaeflow's wall time must not exceed TVAE's.
+Run: python -m bench adult_vs_tvae [epochs] (needs the `bench` extra: ctgan, sdmetrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from bench._results import write_result
+from vae_core.data.importers import read_adult
+from vae_core.data.tables import read_table
+from vae_core.reports.quality import synthetic_quality
+
+SEEDS = (0, 1, 2)
+EPOCHS = 300  # TVAE's default
+TARGET, POSITIVE = "income", ">50K"
+# vaeflow's settings for a table: TVAE's shape (128-128 MLPs, batch 500, Adam 1e-3, its loss factor 2
+# on the reconstruction as beta 0.5) with vaeflow's own latent size.
+VAEFLOW = {
+    "model": {"family": "vae", "hidden": [128, 128], "latent_dim": 128},
+    "train": {"batch_size": 500, "lr": 1e-3, "beta": 0.5, "keep_checkpoints": 1},
+}
+
+
+def _frame(table: pa.Table, columns: list[str]) -> pd.DataFrame:
+    """Arrow -> pandas with nulls as NaN (what CTGAN and SDMetrics take)."""
+    return table.select(columns).to_pandas().replace({None: np.nan})
+
+
+def _metadata(continuous: list[str], categorical: list[str]) -> dict[str, Any]:
+    columns = {c: {"sdtype": "numerical"} for c in continuous}
+    columns.update({c: {"sdtype": "categorical"} for c in categorical})
+    return {"columns": columns}
+
+
+def efficacy(train: pd.DataFrame, test: pd.DataFrame, continuous: list[str]) -> dict[str, float]:
+    """F1 of '>50K' on Adult test for LR, DT(max_depth 20) and MLP(50) trained on `train`: one-hot
+    categories (nulls a category of their own), standardized numbers."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
+    features = [c for c in train.columns if c != TARGET]
+    categorical = [c for c in features if c not in continuous]
+
+    def prepared(df: pd.DataFrame) -> pd.DataFrame:
+        df = df[features].copy()
+        df[categorical] = df[categorical].astype(object).where(df[categorical].notna(), "<null>")
+        return df
+
+    y_train, y_test = (train[TARGET] == POSITIVE).to_numpy(), (test[TARGET] == POSITIVE).to_numpy()
+    if y_train.all() or not y_train.any():
+        return {"lr": 0.0, "dt": 0.0, "mlp": 0.0}
+    models = {
+        "lr": LogisticRegression(max_iter=1000),
+        "dt": DecisionTreeClassifier(max_depth=20, random_state=0),
+        "mlp": MLPClassifier(hidden_layer_sizes=(50,), max_iter=200, random_state=0),
+    }
+    scores = {}
+    for name, clf in models.items():
+        encode = ColumnTransformer(
+            [
+                ("num", StandardScaler(), continuous),
+                ("cat", OneHotEncoder(handle_unknown="ignore"), categorical),
+            ]
+        )
+        pipe = make_pipeline(encode, clf)
+        pipe.fit(prepared(train), y_train)
+        scores[name] = float(f1_score(y_test, pipe.predict(prepared(test))))
+    return scores
+
+
+def score(
+    real: pa.Table,
+    test: pa.Table,
+    synthetic: pa.Table,
+    continuous: list[str],
+    categorical: list[str],
+    seed: int,
+) -> dict[str, Any]:
+    with warnings.catch_warnings():  # "use sdmetrics.reports": that one has another metadata format
+        warnings.simplefilter("ignore", FutureWarning)
+        from sdmetrics.reports.single_table import DiagnosticReport, QualityReport
+
+    columns = continuous + categorical
+    real_df, test_df, syn_df = (_frame(t, columns) for t in (real, test, synthetic))
+    metadata = _metadata(continuous, categorical)
+    quality = QualityReport()
+    quality.generate(real_df, syn_df, metadata, verbose=False)
+    diagnostic = DiagnosticReport()
+    diagnostic.generate(real_df, syn_df, metadata, verbose=False)
+    f1 = efficacy(syn_df, test_df, continuous)
+    ours = synthetic_quality(
+        real,
+        test,
+        synthetic.select(columns),
+        continuous,
+        categorical,
+        target=TARGET,
+        positive=POSITIVE,
+        seed=seed,
+    )
+    return {
+        "f1": f1,
+        "mean_f1": statistics.mean(f1.values()),
+        "quality": float(quality.get_score()),
+        "quality_properties": quality.get_properties().set_index("Property")["Score"].to_dict(),
+        "diagnostic": float(diagnostic.get_score()),
+        "sdgym_f1": ours["ml_efficacy"]["synthetic"],
+        "sdgym_mean_f1": ours["ml_efficacy"]["synthetic_mean"],
+        "detection_auc": ours["detection"]["auc"],
+        "privacy": ours["privacy"],
+        "nulls": {c: int(synthetic.column(c).null_count) for c in columns if synthetic.column(c).null_count},
+    }
+
+
+def run_tvae(real: pa.Table, categorical: list[str], columns: list[str], seed: int, epochs: int) -> pa.Table:
+    import torch
+    from ctgan import TVAE
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    model = TVAE(epochs=epochs, enable_gpu=False)
+    model.set_random_state(seed)
+    model.fit(_frame(real, columns), discrete_columns=categorical)
+    sampled = model.sample(real.num_rows)
+    return pa.Table.from_pandas(sampled, preserve_index=False)
+
+
+def _vaeflow(*argv: str) -> str:
+    """One vaeflow command as a user runs it (its own process, its own local Ray cluster)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *argv], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"vaeflow {' '.join(argv)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def run_vaeflow(
+    root: Path, data: str, rows: int, seed: int, epochs: int
+) -> tuple[pa.Table, dict[str, float]]:
+    config = {"name": "adult", "data": {"uri": data}, **VAEFLOW}
+    config["train"] = {**config["train"], "epochs": epochs, "seed": seed, "runs_uri": str(root / "runs")}
+    path = root / f"adult-{seed}.json"
+    path.write_text(json.dumps(config))
+    t0 = time.perf_counter()
+    out = _vaeflow("train", "--config", str(path), "--run-name", f"seed{seed}")
+    train_s = time.perf_counter() - t0
+    checkpoint = re.search(r"latest checkpoint: (\S+)", out)[1]
+    t0 = time.perf_counter()
+    synth = str(root / f"synthetic-{seed}")
+    _vaeflow("generate", "--model", checkpoint, "--rows", str(rows), "--seed", str(seed), "--output", synth)
+    return read_table(synth), {"train_s": train_s, "generate_s": time.perf_counter() - t0}
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.mean(values),
+        "min": min(values),
+        "max": max(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def main(epochs: int = EPOCHS, seeds: tuple[int, ...] = SEEDS) -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    real, test = read_adult("train"), read_adult("test")
+    continuous = [f.name for f in real.schema if pa.types.is_integer(f.type)]
+    categorical = [f.name for f in real.schema if not pa.types.is_integer(f.type)]
+    columns = continuous + categorical
+    runs: dict[str, list[dict[str, Any]]] = {"vaeflow": [], "tvae": []}
+    with tempfile.TemporaryDirectory(prefix="adult-vs-tvae-") as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        _vaeflow("data", "import", "adult", "--output", str(root / "adult"))
+        import_s = time.perf_counter() - t0
+        for seed in seeds:  # interleaved: a slow spell of the machine hits both systems
+            t0 = time.perf_counter()
+            tvae = run_tvae(real, categorical, columns, seed, epochs)
+            tvae_s = time.perf_counter() - t0
+            runs["tvae"].append(
+                {"seed": seed, "wall_s": tvae_s, **score(real, test, tvae, continuous, categorical, seed)}
+            )
+            print(f"  tvae    seed {seed}: {json.dumps(_brief(runs['tvae'][-1]))}", flush=True)
+            ours, times = run_vaeflow(root, str(root / "adult"), real.num_rows, seed, epochs)
+            wall = times["train_s"] + times["generate_s"]
+            runs["vaeflow"].append(
+                {
+                    "seed": seed,
+                    "wall_s": wall,
+                    **times,
+                    **score(real, test, ours, continuous, categorical, seed),
+                }
+            )
+            print(f"  vaeflow seed {seed}: {json.dumps(_brief(runs['vaeflow'][-1]))}", flush=True)
+    summary = {
+        system: {
+            key: _spread([r[key] for r in rs])
+            for key in ("mean_f1", "quality", "diagnostic", "sdgym_mean_f1", "detection_auc", "wall_s")
+        }
+        for system, rs in runs.items()
+    }
+    v, t = summary["vaeflow"], summary["tvae"]
+    f1_diff = v["mean_f1"]["mean"] - t["mean_f1"]["mean"]
+    quality_diff = v["quality"]["mean"] - t["quality"]["mean"]
+    spread = {
+        "f1": max(v["mean_f1"]["max"] - v["mean_f1"]["min"], t["mean_f1"]["max"] - t["mean_f1"]["min"]),
+        "quality": max(v["quality"]["max"] - v["quality"]["min"], t["quality"]["max"] - t["quality"]["min"]),
+    }
+    print(f"  F1 diff {f1_diff:+.4f} (seed range {spread['f1']:.4f}); quality diff {quality_diff:+.4f}")
+    write_result(
+        "adult_vs_tvae",
+        value=f1_diff,
+        unit="vaeflow's mean F1 of '>50K' on Adult test (LR, DT(20), MLP(50) trained on synthetic "
+        "rows; mean over seeds) minus TVAE's",
+        target=0.01,
+        better="higher",
+        baseline=t["mean_f1"]["mean"],
+        setting={
+            "rows": real.num_rows,
+            "synthetic_rows": real.num_rows,
+            "epochs": epochs,
+            "seeds": list(seeds),
+            "tvae": "ctgan.TVAE defaults (epochs as above), fitted on the Adult train DataFrame",
+            "vaeflow": {
+                "path": "vaeflow data import adult; vaeflow train (Ray, 1 worker); vaeflow generate",
+                **VAEFLOW,
+            },
+            "workers": 1,
+        },
+        quality_diff=quality_diff,
+        quality_target=0.01,
+        quality_met=quality_diff >= 0.01,
+        wall_met=v["wall_s"]["mean"] <= t["wall_s"]["mean"],
+        seed_range=spread,
+        differences_exceed_seed_range={
+            "f1": abs(f1_diff) > spread["f1"],
+            "quality": abs(quality_diff) > spread["quality"],
+        },
+        summary=summary,
+        import_s=import_s,
+        runs=runs,
+    )
+
+
+def _brief(r: dict[str, Any]) -> dict[str, Any]:
+    keys = ("mean_f1", "quality", "diagnostic", "sdgym_mean_f1", "detection_auc", "wall_s")
+    return {k: round(r[k], 4) for k in keys} | {"nulls": r["nulls"]}
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else EPOCHS)
