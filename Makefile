@@ -43,6 +43,7 @@ faults: $(STAMP)
 	$(VENV)/bin/pytest -q -m faults tests/faults
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	$(PY) -m bench
 
 lint: $(STAMP)

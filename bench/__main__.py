@@ -14,6 +14,7 @@ BENCHMARKS = [
     "command_overhead",
     "batch_jobs",
     "adult_efficacy",
+    "adult_vs_tvae",
     "bad_inputs",
 ]
 
