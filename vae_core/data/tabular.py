@@ -273,8 +273,9 @@ class TabularTransformer:
     # ---- drift -----------------------------------------------------------------------------
     def drift(self, batch: pa.RecordBatch | pa.Table) -> dict[str, dict[str, int]]:
         """Per column, how many of the batch's values the fit never saw: DRIFT kinds with their counts,
-        columns and kinds without any left out. transform encodes them all the same (an unknown category
-        or an unexpected null in the null/unseen slot, a value out of range as it is)."""
+        columns and kinds without any left out. transform still encodes them (an unknown category or an
+        unexpected null in the other slot, or as an all-zero block where there is none; a value out of
+        range as it is)."""
         found: dict[str, dict[str, int]] = {}
         for col in self.columns:
             arr = _as_array(batch.column(col.name))

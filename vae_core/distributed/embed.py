@@ -20,7 +20,7 @@ import torch
 
 from vae_core.config import ComputeConfig, EmbedConfig
 from vae_core.data.codecs.base import Codec, list_column
-from vae_core.data.dataset import DataError, count_rows, list_shards, read_schema
+from vae_core.data.dataset import DataError, list_shards, read_schema
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import absolute, arrow_filesystem
 from vae_core.data.tables import Committed, Mode
@@ -216,10 +216,11 @@ def _read_ids(shards: list[str], id_column: str, storage_options: dict | None) -
         return list(pool.map(one, shards))
 
 
-def check_ids(shards: list[str], id_column: str, source: str, storage_options: dict | None) -> None:
-    """Every row has an id and no id is used twice, across all shards; else a DataError naming the
-    column, how many, one such id and the shards it is in. Embedded rows are keyed and their files named
-    by id: a repeated id would make two rows one (seen: "wrote 500 rows for 1,000 input rows")."""
+def check_ids(shards: list[str], id_column: str, source: str, storage_options: dict | None) -> int:
+    """The rows of all shards (counted from their ids), once every row has an id and no id is used
+    twice; else a DataError naming the column, how many, one such id and the shards it is in.
+    Embedded rows are keyed and their files named by id: a repeated id would make two rows one
+    (seen: "wrote 500 rows for 1,000 input rows")."""
     ids = _read_ids(shards, id_column, storage_options)
     nulls = sum(a.null_count for a in ids)
     if nulls:
@@ -236,6 +237,7 @@ def check_ids(shards: list[str], id_column: str, source: str, storage_options: d
             f"(e.g. {example.as_py()!r}, in {', '.join(where[:3])}); give each row its own id"
         )
     pa.default_memory_pool().release_unused()
+    return len(every)
 
 
 def check_drift(codec: Codec, shards: list[str], columns: list[str], storage_options: dict | None) -> None:
@@ -313,10 +315,9 @@ def embed_corpus(
         + [pa.field("z_mean", latent)]
         + ([pa.field("z_logvar", latent)] if job.with_logvar else [])
     )
-    total = count_rows(shards, storage_options)
+    total = check_ids(shards, id_column, input_uri, storage_options)
     if total == 0:
         raise DataError(f"{input_uri}: no rows to embed ({len(shards)} file(s), 0 rows)")
-    check_ids(shards, id_column, input_uri, storage_options)
     columns = sorted({*keep, *ckpt.codec.columns})
     if job.strict:
         check_drift(ckpt.codec, shards, ckpt.codec.columns, storage_options)

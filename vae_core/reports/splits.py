@@ -45,17 +45,16 @@ def read_split(
         columns.append(label_column)
     sizes = [count_rows([s], data.storage_options) for s in shards]
     total = sum(sizes)
-    quotas = dict(zip(shards, _quotas(sizes, max_rows), strict=True))
-    xs, tables, taken = [], [], dict.fromkeys(shards, 0)
-    wanted = [s for s in shards if quotas[s]]
-    for shard in wanted:  # one shard at a time: the reader stops at its quota
-        rows = min(65_536, quotas[shard])
-        for _, batch in iter_batches([shard], columns, rows, storage_options=data.storage_options):
-            batch = batch.slice(0, quotas[shard] - taken[shard])
+    xs, tables = [], []
+    for shard, quota in zip(shards, _quotas(sizes, max_rows), strict=True):
+        taken = 0  # one shard at a time: the reader stops at its quota
+        batches = iter_batches([shard], columns, min(65_536, quota), storage_options=data.storage_options)
+        for _, batch in batches if quota else ():
+            batch = batch.slice(0, quota - taken)
             xs.append(codec.encode(batch, source=shard))
             tables.append(pa.Table.from_batches([batch]))
-            taken[shard] += batch.num_rows
-            if taken[shard] >= quotas[shard]:
+            taken += batch.num_rows
+            if taken >= quota:
                 break
     table = temporal_as_numbers(pa.concat_tables(tables))  # dates as day counts in metrics and plots
     labels = table.column(label_column).to_numpy(zero_copy_only=False) if label_column else None
