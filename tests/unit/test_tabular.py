@@ -203,3 +203,37 @@ def test_only_columns_with_nulls_in_training_get_a_null_slot():
     x = t.transform(unknown)
     start = sum(c.width for c in t.columns[: [c.name for c in t.columns].index("code")])
     np.testing.assert_array_equal(x[:, start : start + 4].sum(1), [0.0, 1.0])  # unknown: an all-zero block
+
+
+def test_generated_values_keep_the_decimal_places_of_the_data():
+    rng = np.random.default_rng(0)
+    n = 3_000
+    table = pa.table(
+        {
+            "price": pa.array(np.round(rng.gamma(2.0, 40.0, n), 2)),  # money: cents
+            "rating": pa.array(np.round(rng.uniform(0, 5, n), 1).astype(np.float32)),  # float32 tenths
+            "ratio": pa.array(rng.random(n)),  # full precision
+            "kind": pa.array(rng.choice(["a", "b"], n)),
+        }
+    )
+    t = TabularTransformer.fit([table], ["price", "rating", "ratio"], ["kind"], table.schema)
+    assert {c.name: c.decimals for c in t.columns if hasattr(c, "decimals")} == {
+        "price": 2,
+        "rating": 1,
+        "ratio": None,
+    }
+    back = t.inverse(rng.normal(size=(2_000, t.dim)).astype(np.float32))  # any decoder output
+    price = back.column("price").to_numpy()
+    np.testing.assert_array_equal(price, np.round(price, 2))
+    assert not np.array_equal(price, np.round(price, 1))  # cents, not only dimes
+    rating = back.column("rating").to_numpy().astype(np.float64)
+    np.testing.assert_allclose(rating, np.round(rating, 1), atol=1e-6)
+    ratio = back.column("ratio").to_numpy()
+    assert not np.array_equal(ratio, np.round(ratio, 6))
+    # A transformer saved before decimals were recorded loads and keeps full precision.
+    saved = json.loads(t.to_json())
+    for c in saved["columns"]:
+        c.pop("decimals", None)
+    old = TabularTransformer.from_json(json.dumps(saved))
+    old_price = old.inverse(rng.normal(size=(500, t.dim)).astype(np.float32)).column("price").to_numpy()
+    assert not np.array_equal(old_price, np.round(old_price, 2))

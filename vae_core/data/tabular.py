@@ -7,8 +7,9 @@ them (an unknown value in a column without it encodes as an all-zero block). A c
 has nulls gets a 2-slot [present, null] block.
 
 Fitting never holds the table: one pass over record batches keeps exact counts, null counts, min/max,
-integrality and category counts, plus a uniform reservoir sample (bottom-k of random keys, bounded
-size) per continuous column on which the mixture is fitted. The fitted state is plain JSON.
+integrality, decimal places and category counts, plus a uniform reservoir sample (bottom-k of random
+keys, bounded size) per continuous column on which the mixture is fitted. The fitted state is plain
+JSON. Generated values keep the data's decimal places.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 from vae_core.data.layout import Block
 
 NULL_SLOT = "<null/unseen>"
+MAX_DECIMALS = 6  # a float column with more decimal places than this is generated at full precision
 # What TabularTransformer.drift counts, and how a message reads it.
 DRIFT = {
     "unknown_category": "value(s) not among the model's categories",
@@ -47,6 +49,9 @@ class ContinuousColumn:
     max: float
     integer: bool
     has_nulls: bool
+    # Decimal places of the data (up to MAX_DECIMALS; None: more, or saved before it was recorded):
+    # generated values are rounded to them, so money keeps its cents and no more.
+    decimals: int | None = None
 
     @property
     def width(self) -> int:
@@ -87,6 +92,7 @@ class _ContinuousStats:
     lo: float = np.inf
     hi: float = -np.inf
     integer: bool = True
+    decimals: int | None = 0  # the most decimal places seen so far; None: more than MAX_DECIMALS
 
     def update(self, arr: pa.Array, name: str) -> None:
         self.nulls += arr.null_count
@@ -98,6 +104,10 @@ class _ContinuousStats:
         self.count += len(values)
         self.lo, self.hi = min(self.lo, values.min()), max(self.hi, values.max())
         self.integer = self.integer and bool(np.all(values == np.round(values)))
+        if self.decimals is not None and not self.integer:
+            single = pa.types.is_floating(arr.type) and arr.type.bit_width <= 32
+            places = decimal_places(values, single)
+            self.decimals = None if places is None else max(self.decimals, places)
         # Bottom-k sketch: keeping the k smallest of i.i.d. uniform keys is a uniform sample without
         # replacement of everything seen so far, in O(k + batch) memory.
         keys = np.concatenate([self.keys, self.rng.random(len(values))])
@@ -106,6 +116,16 @@ class _ContinuousStats:
             keep = np.argpartition(keys, self.reservoir)[: self.reservoir]
             keys, sample = keys[keep], sample[keep]
         self.keys, self.sample = keys, sample
+
+
+def decimal_places(values: np.ndarray, single: bool = False) -> int | None:
+    """The fewest decimal places (0..MAX_DECIMALS) that write every value, up to the precision of
+    its type (`single`: float32, whose 0.1 is 0.10000000149); None if more are needed."""
+    tolerance = (1e-6 if single else 1e-10) * np.maximum(np.abs(values), 1.0)
+    for places in range(MAX_DECIMALS + 1):
+        if np.all(np.abs(np.round(values, places) - values) <= tolerance):
+            return places
+    return None
 
 
 def _fit_modes(sample: np.ndarray, max_modes: int, seed: int) -> tuple[list[float], list[float], list[float]]:
@@ -199,6 +219,7 @@ class TabularTransformer:
                         float(s.hi),
                         s.integer,
                         s.nulls > 0,
+                        0 if s.integer else s.decimals,
                     )
                 )
             else:
@@ -295,7 +316,7 @@ class TabularTransformer:
         """(N, D) features (or decoder means / probabilities) -> table with the original dtypes.
 
         Categorical blocks take their argmax; continuous values are clipped to the training
-        [min, max] and rounded for integer columns.
+        [min, max] and rounded to the data's decimal places (integers for integer columns).
         """
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"inverse expects (N, {self.dim}) features, got {x.shape}")
@@ -319,6 +340,8 @@ class TabularTransformer:
         v = np.clip(v, col.min, col.max)
         if col.integer:
             v = np.round(v)
+        elif col.decimals is not None:
+            v = np.round(v, col.decimals)
         mask = block[:, 2 + k] > block[:, 1 + k] if col.has_nulls else None
         typ = arrow_type(col.arrow_type)
         if is_temporal(typ):  # a date or time as its integer count of days / units, type restored
