@@ -13,7 +13,6 @@ BENCHMARKS = [
     "data_feed",
     "command_overhead",
     "batch_jobs",
-    "adult_efficacy",
     "adult_vs_tvae",
     "bad_inputs",
 ]

@@ -139,10 +139,11 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    """Sample z ~ N(0, I), decode, and write --rows rows in the training schema: tabular columns with
-    their original dtypes and categories, or the vector/image column in its stored type. Block b of
-    --rows-per-file rows (one output file) is seeded from (--seed, b): the output is the same for any
-    number of workers."""
+    """Sample z (the prior N(0, I) or the checkpoint's latent mixture: --sampler), decode, and write
+    --rows rows in the training schema: tabular columns with their original dtypes and categories,
+    or the vector/image column in its stored type; with --where, only rows carrying the given values.
+    Block b of --rows-per-file rows (one output file) is seeded from (--seed, b): the output is the
+    same for any number of workers."""
     from vae_core.distributed.generate import generate_rows
 
     cfg = _job_config(args)
@@ -451,6 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     decode_default = "sample for tabular models, mean otherwise"
     decode = {"type": _sample_likelihood, "metavar": "{sample,mean}", "default": decode_default}
     _setting(p, "--decode", "generate.sample_likelihood", "draw x ~ p(x|z) or take its mean", **decode)
+    sampler_help = (
+        "where z comes from: prior N(0, I), or mixture, fitted to the training rows' codes after training "
+        "and saved with the checkpoint (closer to the data); auto takes the mixture when there is one"
+    )
+    _setting(p, "--sampler", "generate.sampler", sampler_help, choices=["auto", "prior", "mixture"])
+    where_help = (
+        'keep only rows with these values, e.g. --where "income=>50K" sex=Female (rejection sampling '
+        "from the model; the output says how many draws it took)"
+    )
+    _setting(p, "--where", "generate.where", where_help, nargs="+", metavar="COL=VALUE", default="none")
 
     p = _command(sub, "vacuum", _cmd_vacuum, "list or delete files no recent version of a Delta output needs")
     p.add_argument("--table", required=True, help="Delta table URI")

@@ -186,6 +186,13 @@ class TrainConfig(_Section):
     runs_uri: str = Field("data/runs", description="Where runs keep checkpoints (path or s3:// URI).")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the best K checkpoints by validation ELBO.")
     max_failures: int = Field(1, ge=0, description="Worker-group restarts allowed before the run fails.")
+    latent_mixture: int = Field(
+        30,
+        ge=0,
+        description="Components of the Gaussian mixture fitted to the aggregate posterior (VAEs; at most one "
+        "per 100 training rows) and saved with the final checkpoint, for `generate --sampler mixture`; 0 "
+        "fits none.",
+    )
     cache_mb: int = Field(
         2048,
         ge=0,
@@ -245,7 +252,8 @@ class EmbedConfig(_Section):
 
 
 class GenerateConfig(_Section):
-    """The generate job: rows in the training schema decoded from draws z ~ N(0, I)."""
+    """The generate job: rows in the training schema decoded from draws z ~ N(0, I), all of them or
+    those that carry the `where` values."""
 
     rows: int = Field(1000, ge=1, description="Rows to generate.")
     seed: int = Field(0, description="Seed of the draws; the same seed gives the same rows.")
@@ -255,6 +263,34 @@ class GenerateConfig(_Section):
     )
     chunk_rows: int = Field(4096, ge=1, description="Rows per decoder forward pass on a worker.")
     rows_per_file: int = Field(10_000, ge=1, description="Rows per output Parquet file.")
+    sampler: Literal["auto", "prior", "mixture"] = Field(
+        "auto",
+        description="Where z comes from: prior N(0, I), or mixture, the Gaussian mixture fitted to the "
+        "aggregate posterior after training (train.latent_mixture; closer to the data); auto: the "
+        "mixture when the checkpoint holds one, else the prior.",
+    )
+    where: dict[str, str] = Field(
+        default_factory=dict,
+        description="Conditions, column -> value (on the command line COL=VALUE): only rows that carry "
+        "every one are kept, drawn by rejection from the model's own distribution; the commit records "
+        "how many draws it took.",
+    )
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _conditions(cls, value: Any) -> Any:
+        """COL=VALUE strings (the command line) as a column -> value mapping; a mapping as it is."""
+        if not isinstance(value, list | tuple):
+            return value
+        where: dict[str, str] = {}
+        for item in value:
+            column, eq, text = str(item).partition("=")
+            if not eq or not column.strip():
+                raise ValueError(f"expected COL=VALUE, got {item!r}")
+            if column.strip() in where:
+                raise ValueError(f"column {column.strip()!r} is given twice")
+            where[column.strip()] = text
+        return where
 
 
 class VaeflowConfig(_Section):

@@ -327,3 +327,42 @@ def test_embed_refuses_ids_repeated_across_shards_before_writing(ray_local, mnis
     with pytest.raises(DataError, match=both):
         embed_corpus(mnist_model, f"{root}/twice", f"{root}/emb")
     assert not fs.exists(f"{root}/emb")
+
+
+def test_generate_where_keeps_only_rows_with_the_values_and_records_the_draws(ray_local, adult_model):
+    """--where income=>50K sex=Female: every committed row carries both values, ids 0..n-1, the commit
+    says how many rows were decoded for them (more than it kept: the model draws other rows too), the
+    output is the same for 1 and 2 workers, and a condition the model cannot meet is refused up front."""
+    uri, _ = adult_model
+    root = make_bucket()
+    job = GenerateConfig(rows=3_000, rows_per_file=1_000, seed=3, where=["income=>50K", "sex=Female"])
+    lines: list[str] = []
+    one = generate_rows(uri, f"{root}/cond/w1", job, ComputeConfig(num_workers=1), progress=lines.append)
+    two = generate_rows(uri, f"{root}/cond/w2", job, ComputeConfig(num_workers=2))
+    a, b = read_table(one.table_uri).sort_by("id"), read_table(two.table_uri).sort_by("id")
+    assert a.equals(b), "same seed and conditions, different parallelism: outputs differ"
+    assert a.num_rows == 3_000 and a.column("id").to_pylist() == list(range(3_000))
+    assert set(a.column("income").to_pylist()) == {">50K"}
+    assert set(a.column("sex").to_pylist()) == {"Female"}
+    assert len(set(a.column("workclass").to_pylist())) > 1  # the other columns still vary
+    draws = one.record.stats["draws"]
+    assert draws > 3_000 and one.record.params["where"] == {"income": ">50K", "sex": "Female"}
+    assert any(f"3,000 rows kept of {draws:,} draws" in line for line in lines), lines
+    # Without conditions the draws are the rows, and the run key differs from the conditional run's.
+    plain = generate_rows(uri, f"{root}/cond/plain", GenerateConfig(rows=1_000, seed=3))
+    assert plain.record.stats["draws"] == 1_000 and "where" not in plain.record.params
+
+    bad = {
+        "income=rich": r"income='rich' is not a category the model was trained on; its categories: .*'>50K'",
+        "colour=red": r"'colour' is not a column this model generates; its columns: age, ",
+        "age=old": r"age='old' is not a int64 value",
+        "age=500": r"age='500' is outside the training range \[17, 90\]",
+    }
+    for condition, message in bad.items():
+        out = f"{root}/cond/bad-{condition.partition('=')[0]}"
+        with pytest.raises(ValueError, match=message):
+            generate_rows(uri, out, GenerateConfig(rows=10, where=[condition]))
+        assert not _fs().exists(out), condition
+    with pytest.raises(ValueError, match=r"--sampler mixture: .* holds no latent mixture"):
+        generate_rows(uri, f"{root}/cond/bad-sampler", GenerateConfig(rows=10, sampler="mixture"))
+    assert not _fs().exists(f"{root}/cond/bad-sampler")

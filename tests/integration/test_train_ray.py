@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,16 +21,19 @@ import s3fs
 import torch
 
 from tests.integration.conftest import TEST_KEY_ID, TEST_SECRET, make_bucket
-from vae_core.config import VaeflowConfig
+from vae_core.config import GenerateConfig, VaeflowConfig
 from vae_core.data.codecs import Codec
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.dataset import DataError, iter_batches, open_dataset
 from vae_core.data.importers import read_adult
 from vae_core.data.storage import arrow_filesystem
+from vae_core.data.tables import read_table
 from vae_core.distributed.cluster import ClusterResourceError, check_resources
+from vae_core.distributed.generate import generate_rows
 from vae_core.distributed.trainer import RunNameError, feed_rate, train_on_ray
 from vae_core.models.families import DataShape, build_model
+from vae_core.training.checkpoints import SAMPLER_FILE
 from vae_core.training.evaluation import evaluate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -357,3 +361,17 @@ def test_a_table_trains_on_ray_through_the_tabular_codec_saved_with_the_checkpoi
     test = read_adult("train").slice(600, 200)
     elbo = evaluate(result.model, [torch.from_numpy(codec.encode(test, "test"))]).elbo
     assert abs(elbo - result.history[-1]["val_elbo"]) < 0.05 * abs(elbo)  # the same rows, the same x
+    # The final checkpoint holds the latent mixture (train.latent_mixture); generate takes it by default.
+    assert _exists(f"{result.checkpoint_uri}/{SAMPLER_FILE}") and result.checkpoint.sampler is not None
+    # 600 training rows: 6 components (one per 100 rows; 1 if no dimension is active yet).
+    assert re.match(
+        r"latent mixture: [16] full-covariance Gaussians on [0-4] active of 4 latent dimensions",
+        result.checkpoint.meta.extra["sampler"],
+    )
+    first = result.checkpoint_uri.replace("epoch_0002", "epoch_0001")
+    assert not _exists(f"{first}/{SAMPLER_FILE}")  # only the final checkpoint gets one
+    out = make_bucket()
+    auto = generate_rows(result.checkpoint_uri, f"{out}/auto", GenerateConfig(rows=300))
+    prior = generate_rows(result.checkpoint_uri, f"{out}/prior", GenerateConfig(rows=300, sampler="prior"))
+    assert auto.record.params["sampler"] == "mixture" and prior.record.params["sampler"] == "prior"
+    assert not read_table(auto.table_uri).equals(read_table(prior.table_uri))

@@ -4,8 +4,9 @@ import json
 
 import pyarrow.fs as pafs
 import pytest
+from pydantic import ValidationError
 
-from vae_core.config import REDACTED, VaeflowConfig, holds_redacted, redact
+from vae_core.config import REDACTED, GenerateConfig, VaeflowConfig, holds_redacted, redact
 from vae_core.data.storage import arrow_filesystem, delta_storage_options, filesystem
 
 
@@ -169,3 +170,17 @@ def test_workers_run_torch_on_the_cpus_they_reserve_unless_torch_threads_says_ot
     assert ComputeConfig(cpus_per_worker=2).threads_per_worker == 2
     assert ComputeConfig(cpus_per_worker=0.5).threads_per_worker == 1
     assert ComputeConfig(cpus_per_worker=2, torch_threads=3).threads_per_worker == 3
+
+
+def test_generate_where_reads_col_value_pairs_and_refuses_malformed_ones():
+    assert GenerateConfig(where=["income=>50K", "sex=Female"]).where == {"income": ">50K", "sex": "Female"}
+    assert GenerateConfig(where={"a": "b=c"}).where == {"a": "b=c"}
+    assert GenerateConfig(where=["note=a=b"]).where == {"note": "a=b"}  # the first '=' splits
+    assert GenerateConfig().where == {}
+    for bad, message in [
+        (["income"], "expected COL=VALUE"),
+        (["=x"], "expected COL=VALUE"),
+        (["a=1", "a=2"], "'a' is given twice"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            GenerateConfig(where=bad)

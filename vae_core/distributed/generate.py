@@ -1,17 +1,32 @@
-"""The generate job: draws z ~ N(0, I) decoded through the model and the codec to rows, one Delta commit."""
+"""The generate job: draws of z decoded through the model and the codec to rows, one Delta commit.
+
+z comes from the prior N(0, I) or, where the checkpoint holds one, from the Gaussian mixture fitted to
+the aggregate posterior after training (`generate.sampler`, vae_core.models.sampler).
+
+Conditional generation (`generate.where`, `--where COL=VALUE`) keeps only the decoded rows that carry
+every given value: rejection sampling from the model's own joint distribution, so the kept rows follow
+the model's conditional p(x | x_c = v) exactly. Each output file draws rounds of rows, sized by the
+acceptance seen so far, until it holds its rows; the commit records the draws it took.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from vae_core.config import ComputeConfig, GenerateConfig
+from vae_core.data.codecs.table import TabularCodec
+from vae_core.data.dataset import DataError
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import absolute
 from vae_core.data.tables import Committed, Mode
+from vae_core.data.tabular import CategoricalColumn
 from vae_core.progress import Progress
-from vae_core.training.checkpoints import Checkpoint, load_checkpoint
+from vae_core.training.checkpoints import SAMPLER_FILE, Checkpoint, load_checkpoint
 from vae_core.training.inference import generate
 
 from .jobs import Actors, Run, check_output_place, model_record, start_cluster
@@ -35,6 +50,79 @@ def output_schema(ckpt: Checkpoint) -> pa.Schema:
     )
 
 
+# Conditional generation gives up on a file after this many draws per row it must hold, or earlier,
+# when GIVE_UP_ROUNDS rounds have matched no row at all: the condition is one the model (nearly)
+# never produces, and the message says so.
+MAX_DRAWS_PER_ROW = 1000
+GIVE_UP_ROUNDS = 10
+MIN_ROUND, MAX_ROUND = 1024, 100_000  # rows decoded in one round: at least, at most (memory)
+
+
+def conditions(ckpt: Checkpoint, schema: pa.Schema, where: dict[str, str]) -> dict[str, pa.Scalar]:
+    """`where`'s values in their columns' output types, checked against what the model can produce: a
+    column it generates, a value of that column's type, a category it was trained on, a number within
+    the training range. A ValueError names the column and the value otherwise."""
+    if not where:
+        return {}
+    if not isinstance(ckpt.codec, TabularCodec):
+        raise ValueError(
+            "generate.where (--where): conditions need a tabular model; this one generates "
+            f"a {ckpt.codec.kind} vector"
+        )
+    columns = {c.name: c for c in ckpt.codec.transformer.columns}
+    typed: dict[str, pa.Scalar] = {}
+    for name, text in where.items():
+        if name not in columns:
+            raise ValueError(
+                f"generate.where (--where): {name!r} is not a column this model generates; its columns: "
+                f"{', '.join(columns)}"
+            )
+        col, typ = columns[name], schema.field(name).type
+        try:
+            value = pa.array([text]).cast(typ)[0]
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise ValueError(f"generate.where (--where): {name}={text!r} is not a {typ} value ({e})") from e
+        if isinstance(col, CategoricalColumn):
+            if value.as_py() not in col.categories:
+                known = ", ".join(repr(c) for c in col.categories[:20])
+                more = f" and {len(col.categories) - 20} more" if len(col.categories) > 20 else ""
+                raise ValueError(
+                    f"generate.where (--where): {name}={text!r} is not a category the model was trained "
+                    f"on; its categories: {known}{more}"
+                )
+        else:
+            number = pc.cast(value, pa.float64()).as_py() if not pa.types.is_temporal(typ) else None
+            if number is not None and not col.min <= number <= col.max:
+                raise ValueError(
+                    f"generate.where (--where): {name}={text!r} is outside the training range "
+                    f"[{col.min:g}, {col.max:g}]"
+                )
+        typed[name] = value
+    return typed
+
+
+def sampler_of(ckpt: Checkpoint, sampler: str, model_uri: str) -> str:
+    """generate.sampler resolved for this checkpoint: "prior" or "mixture" (auto: the mixture when the
+    checkpoint holds one); asking for a mixture it does not hold is a ValueError."""
+    if sampler == "auto":
+        return "mixture" if ckpt.sampler is not None else "prior"
+    if sampler == "mixture" and ckpt.sampler is None:
+        raise ValueError(
+            f"--sampler mixture: {model_uri} holds no latent mixture ({SAMPLER_FILE}); training fits one "
+            "for VAEs with train.latent_mixture > 0 when the train split fits train.cache_mb"
+        )
+    return sampler
+
+
+def _matching(table: pa.Table, where: dict[str, pa.Scalar]) -> pa.Array:
+    """A boolean mask of the rows that carry every value in `where` (nulls never match)."""
+    mask = None
+    for name, value in where.items():
+        hit = pc.fill_null(pc.equal(table.column(name), value), False)
+        mask = hit if mask is None else pc.and_(mask, hit)
+    return mask
+
+
 def _ids(start: int, n: int, id_type: pa.DataType) -> pa.Array:
     """Row ids start, ..., start + n - 1 in the training id type (string ids as their decimal text)."""
     ids = np.arange(start, start + n)
@@ -53,20 +141,52 @@ class _Generator:
         id_column = ckpt.config.data.id_column
         self.id_field = actors.schema.field(id_column) if id_column else None
         self.job, self.sample = job, sample_likelihood
+        self.where = conditions(ckpt, actors.schema, job.where)
+        self.sampler = ckpt.sampler if sampler_of(ckpt, job.sampler, actors.model_uri) == "mixture" else None
 
-    def _rows(self, block: int, start: int, n: int) -> pa.Table:
-        seed = block_seed(self.job.seed, block)
-        x = generate(self.model, n, seed, self.sample, self.job.chunk_rows)  # (n, D)
-        table = self.codec.decode(x.float().cpu().numpy())
+    def _decoded(self, seed: int, n: int) -> pa.Table:
+        x = generate(self.model, n, seed, self.sample, self.job.chunk_rows, self.sampler)  # (n, D)
+        return self.codec.decode(x.float().cpu().numpy())
+
+    def _conditioned(self, block: int, n: int) -> tuple[pa.Table, int]:
+        """n rows that match `where`, and the draws it took: rounds seeded (block seed, round), each
+        sized from the acceptance so far, until n matched or the draws run out."""
+        seed, kept, found, draws, rnd, size = block_seed(self.job.seed, block), [], 0, 0, 0, 0
+        while found < n:
+            budget = MAX_DRAWS_PER_ROW * n - draws
+            if budget <= 0 or (rnd >= GIVE_UP_ROUNDS and found == 0):
+                wanted = ", ".join(f"{k}={v.as_py()!r}" for k, v in self.where.items())
+                raise DataError(
+                    f"generate.where (--where): {found:,} of {draws:,} draws matched {wanted}; the model "
+                    f"rarely or never generates such rows (gave up after {draws:,} draws for {n:,} rows)"
+                )
+            if rnd == 0:
+                size = n
+            elif found:  # what the acceptance so far says the rest needs, and a fifth more
+                size = math.ceil(1.2 * (n - found) * draws / found)
+            else:
+                size = 4 * size
+            size = min(budget, MAX_ROUND, max(MIN_ROUND, size))
+            table = self._decoded(block_seed(seed, rnd), size)
+            match = table.filter(_matching(table, self.where))
+            kept.append(match.slice(0, n - found))
+            found, draws, rnd = found + kept[-1].num_rows, draws + size, rnd + 1
+        return pa.concat_tables(kept), draws
+
+    def _rows(self, block: int, start: int, n: int) -> tuple[pa.Table, int]:
+        if self.where:
+            table, draws = self._conditioned(block, n)
+        else:
+            table, draws = self._decoded(block_seed(self.job.seed, block), n), n
         if self.id_field is not None:
             table = table.add_column(0, self.id_field, _ids(start, n, self.id_field.type))
-        return table
+        return table, draws
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        summaries = [
-            self.writer.write(self._rows(int(block), int(start), int(n)), f"{int(block):06d}")
-            for block, start, n in zip(batch["block"], batch["start"], batch["rows"], strict=True)
-        ]
+        summaries = []
+        for block, start, n in zip(batch["block"], batch["start"], batch["rows"], strict=True):
+            table, draws = self._rows(int(block), int(start), int(n))
+            summaries.append(self.writer.write(table, f"{int(block):06d}") | {"draws": draws})
         return pa.Table.from_pylist(summaries)
 
 
@@ -82,8 +202,8 @@ def generate_rows(
     storage_options: dict | None = None,
     progress: Progress = print,
 ) -> Committed:
-    """Sample z ~ N(0, I), decode, and commit `job.rows` rows in the training schema as one version
-    of the Delta table at `output_uri`.
+    """Sample z (N(0, I), or the checkpoint's latent mixture: `job.sampler`), decode, and commit
+    `job.rows` rows in the training schema as one version of the Delta table at `output_uri`.
 
     Rows are cut into files of `job.rows_per_file`; file b draws from a generator seeded by
     (job.seed, b), `job.chunk_rows` rows per decoder pass, so the output depends on those settings,
@@ -91,6 +211,8 @@ def generate_rows(
     (output_schema). `job.sample_likelihood` draws x ~ p(x | z) instead of taking its mean; by default
     it does where the codec says so (`codec.sample_by_default`: tables, whose decoder mean holds category
     probabilities, decoded as the most likely category, so sampled rows follow the data instead).
+    `job.where` keeps only rows carrying the given column values (rejection sampling, module
+    docstring); the commit's `stats.draws` says how many rows were decoded for them.
     Rerunning with the same run key (default: a hash of the model and the settings) does nothing.
     """
     model_uri, output_uri = absolute(model_uri), absolute(output_uri)
@@ -111,21 +233,39 @@ def generate_rows(
         "rows_per_file": per_file,
         "chunk_rows": job.chunk_rows,
         "sample": sample,
+        "sampler": sampler_of(ckpt, job.sampler, model_uri),
     }
+    out_schema = output_schema(ckpt)
+    if job.where:  # checked before anything starts; part of the run's identity only when given
+        conditions(ckpt, out_schema, job.where)
+        params["where"] = dict(job.where)
     model = model_record(model_uri, ckpt, storage_options)
     run_key = run_key or fingerprint([], extra={"kind": "samples/2", "model": model["fingerprint"], **params})
     run = Run("generate", "samples", output_uri, run_key, mode, night, storage_options, progress)
     if (earlier := run.earlier()) is not None:
         return earlier
 
-    out_schema = output_schema(ckpt)
     start_cluster(compute)
     actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
     ds = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
         _Generator, fn_constructor_args=(actors, job, sample), batch_size=1, **actors.pool()
     )
+    wanted = " where " + ", ".join(f"{k}={v!r}" for k, v in job.where.items()) if job.where else ""
     progress(
-        f"generating {job.rows:,} rows with {model_uri} in {len(blocks)} files "
+        f"generating {job.rows:,} rows{wanted} with {model_uri} in {len(blocks)} files "
         f"on {compute.num_workers} worker(s)"
     )
-    return run.execute(ds, job.rows, out_schema, model, params)
+    committed = run.execute(ds, job.rows, out_schema, model, params, stats=_stats)
+    if job.where:
+        draws = committed.record.stats["draws"]
+        progress(
+            f"conditional: {job.rows:,} rows kept of {draws:,} draws "
+            f"({100 * job.rows / draws:.1f}% acceptance; the commit's stats.draws)"
+        )
+    return committed
+
+
+def _stats(summaries: list[dict]) -> dict[str, int]:
+    """The commit's stats: how many rows were decoded to keep the committed ones (= rows without
+    conditions)."""
+    return {"draws": sum(int(s["draws"]) for s in summaries)}

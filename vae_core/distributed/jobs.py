@@ -47,7 +47,14 @@ from vae_core.data.tables import (
     to_delta,
 )
 from vae_core.progress import Progress
-from vae_core.training.checkpoints import CONFIG_FILE, META_FILE, MODEL_FILE, Checkpoint, load_checkpoint
+from vae_core.training.checkpoints import (
+    CONFIG_FILE,
+    META_FILE,
+    MODEL_FILE,
+    SAMPLER_FILE,
+    Checkpoint,
+    load_checkpoint,
+)
 
 from .cluster import check_resources, ensure_ray
 from .errors import reraise_data_error
@@ -156,7 +163,8 @@ class Meter:
 def model_record(model_uri: str, ckpt: Checkpoint, storage_options: dict | None) -> dict[str, Any]:
     """The model as a commit records it (uri, fingerprint, epoch); the fingerprint also keys the run:
     meta.json is written last, so a rewritten checkpoint changes it."""
-    files = [join(model_uri, f) for f in (MODEL_FILE, CONFIG_FILE, META_FILE)]
+    names = [MODEL_FILE, CONFIG_FILE, *([SAMPLER_FILE] if ckpt.sampler is not None else []), META_FILE]
+    files = [join(model_uri, f) for f in names]
     return {"uri": model_uri, "fingerprint": fingerprint(files, storage_options), "epoch": ckpt.meta.epoch}
 
 

@@ -47,6 +47,7 @@ from vae_core.data.dataset import (
 from vae_core.data.storage import absolute, arrow_filesystem, create_only_write, filesystem, join, scheme
 from vae_core.models.families import DataShape, build_model, check_likelihood
 from vae_core.models.model import LatentModel
+from vae_core.models.sampler import LatentMixture, fit_latent_mixture
 from vae_core.training.checkpoints import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult, evaluate
 from vae_core.training.loop import EpochStats, KLSchedule, fit, make_optimizer
@@ -331,13 +332,31 @@ class EpochEnd:
             gradients=self.gradients,
             restarts=self.state.restarts,
         )
+        sampler = self._sampler(stats.epoch, core)
+        if sampler is not None:
+            meta.extra["sampler"] = (
+                f"latent mixture: {len(sampler.weights)} full-covariance Gaussians on "
+                f"{len(sampler.active)} active of {sampler.latent_dim} latent dimensions"
+            )
         with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(d, core, self.cfg, self.codec, optimizer=optimizer, meta=meta)
+            save_checkpoint(d, core, self.cfg, self.codec, optimizer=optimizer, meta=meta, sampler=sampler)
             ray.train.report(  # Ray: the checkpoint is uploaded to the run's storage
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(d),
                 checkpoint_dir_name=f"epoch_{stats.epoch:04d}",
             )
+
+    def _sampler(self, epoch: int, core: LatentModel) -> LatentMixture | None:
+        """The latent mixture for the final epoch's checkpoint (models.sampler), fitted to the codes of
+        this worker's cached train rows; None for other epochs (a fit takes seconds), or when the rows
+        are not in memory."""
+        components = self.cfg.train.latent_mixture
+        if not components or epoch != self.cfg.train.epochs:
+            return None
+        x = self.data.cached.get("train")
+        if x is None:
+            return None
+        return fit_latent_mixture(core, x.to(next(core.parameters()).device), self.cfg.train.seed, components)
 
     def _record(self, stats: EpochStats, core: LatentModel) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -502,7 +521,14 @@ RUN_FILE = "vaeflow-run.json"
 COMPARED_SECTIONS = ("data", "model", "train")
 # Settings a resume may change: they do not change which model is trained on which data.
 NOT_COMPARED = frozenset(
-    {"train.epochs", "train.runs_uri", "train.max_failures", "train.keep_checkpoints", "train.cache_mb"}
+    {
+        "train.epochs",
+        "train.runs_uri",
+        "train.max_failures",
+        "train.keep_checkpoints",
+        "train.cache_mb",
+        "train.latent_mixture",
+    }
 )
 
 

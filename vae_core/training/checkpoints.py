@@ -6,6 +6,8 @@ Layout of a checkpoint directory (any URI):
     optimizer.json         optimizer param_groups and non-tensor state (optional)
     config.json            the VaeflowConfig, secrets in data.storage_options redacted ("***")
     codec.json             the fitted feature codec: how rows of the training schema become x and back
+    latent_mixture.safetensors  a Gaussian mixture fitted to the aggregate posterior (models.sampler;
+                           optional: VAEs, for `generate --sampler mixture`)
     meta.json              CheckpointMeta: epoch, step, history, data schema and shape; written last, so it
                            marks a complete checkpoint
 
@@ -33,13 +35,15 @@ from vae_core.data.layout import Block
 from vae_core.data.storage import filesystem, join
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.model import LatentModel
+from vae_core.models.sampler import LatentMixture
 
 MODEL_FILE, OPTIM_FILE, OPTIM_JSON = "model.safetensors", "optimizer.safetensors", "optimizer.json"
 CONFIG_FILE, CODEC_FILE, META_FILE = "config.json", "codec.json", "meta.json"
+SAMPLER_FILE = "latent_mixture.safetensors"
 LEGACY_TABULAR_FILE = "tabular.json"  # the codec of checkpoints written before codec.json
 # What a model needs for inference and evaluation, meta.json (the completeness marker) last. Optimizer
 # state stays with the training run.
-MODEL_FILES = (MODEL_FILE, CONFIG_FILE, CODEC_FILE, LEGACY_TABULAR_FILE, META_FILE)
+MODEL_FILES = (MODEL_FILE, CONFIG_FILE, CODEC_FILE, LEGACY_TABULAR_FILE, SAMPLER_FILE, META_FILE)
 META_FORMAT = "vaeflow/1"
 
 
@@ -95,6 +99,7 @@ class Checkpoint:
     codec: Codec  # rows <-> x for this model
     meta: CheckpointMeta
     optimizer_state: dict[str, Any] | None = field(default=None, repr=False)
+    sampler: LatentMixture | None = field(default=None, repr=False)  # fitted to the aggregate posterior
 
 
 def _shape_to_json(shape: DataShape) -> dict[str, Any]:
@@ -141,6 +146,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     meta: CheckpointMeta | None = None,
     storage_options: dict[str, Any] | None = None,
+    sampler: LatentMixture | None = None,
 ) -> str:
     """Write a checkpoint directory at `uri` (opened with `storage_options`) and return it.
 
@@ -158,6 +164,8 @@ def save_checkpoint(
         fs.pipe_file(join(root, OPTIM_JSON), json.dumps(rest).encode())
     fs.pipe_file(join(root, CONFIG_FILE), config.to_json().encode())
     fs.pipe_file(join(root, CODEC_FILE), codec_to_json(codec).encode())
+    if sampler is not None:
+        fs.pipe_file(join(root, SAMPLER_FILE), st_save(sampler.to_tensors()))
     meta = dataclasses.replace(meta or CheckpointMeta(), data_shape=DataShape.of(codec))
     fs.pipe_file(join(root, META_FILE), meta.to_json().encode())
     return uri
@@ -226,7 +234,14 @@ def load_checkpoint(
         optimizer_state = _optimizer_from_files(
             _read_safetensors(fs, join(root, OPTIM_FILE)), _read_json(fs, join(root, OPTIM_JSON))
         )
-    return Checkpoint(model, config, codec, meta, optimizer_state)
+    sampler = None
+    if fs.exists(join(root, SAMPLER_FILE)):
+        tensors = _read_safetensors(fs, join(root, SAMPLER_FILE))
+        try:
+            sampler = LatentMixture.from_tensors(tensors)
+        except KeyError as e:
+            raise CheckpointError(f"{join(uri, SAMPLER_FILE)}: not a latent mixture (no {e})") from e
+    return Checkpoint(model, config, codec, meta, optimizer_state, sampler)
 
 
 def _read_codec(fs: Any, root: str, uri: str, config: VaeflowConfig, meta: CheckpointMeta) -> Codec:

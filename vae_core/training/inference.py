@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from vae_core.models.model import LatentModel
+from vae_core.models.sampler import LatentMixture
 
 
 def _eval(model: LatentModel) -> LatentModel:
@@ -43,9 +44,15 @@ def reconstruct(model: LatentModel, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(
-    model: LatentModel, n: int, seed: int, sample_likelihood: bool = False, chunk_rows: int | None = None
+    model: LatentModel,
+    n: int,
+    seed: int,
+    sample_likelihood: bool = False,
+    chunk_rows: int | None = None,
+    sampler: LatentMixture | None = None,
 ) -> torch.Tensor:
-    """Decode n draws z ~ N(0, I): (n, D) on the model's device. The likelihood mean by default, or a
+    """Decode n draws of z: (n, D) on the model's device. z ~ N(0, I), or from `sampler` (a mixture
+    fitted to the aggregate posterior, vae_core.models.sampler); the likelihood mean by default, or a
     sample from it.
 
     One generator seeded `seed` draws z and the likelihood samples, `chunk_rows` rows per decoder
@@ -56,7 +63,11 @@ def generate(
     gen = torch.Generator(device=device).manual_seed(seed)
     parts = []
     for i in range(0, n, chunk):
-        z = torch.randn((min(chunk, n - i), model.latent_dim), generator=gen, device=device)  # (m, L)
+        m = min(chunk, n - i)
+        if sampler is None:
+            z = torch.randn((m, model.latent_dim), generator=gen, device=device)  # (m, L)
+        else:
+            z = sampler.sample(m, gen, device)
         params = model.decode(z)
         parts.append(lik.sample(params, generator=gen) if sample_likelihood else lik.mean(params))
     return torch.cat(parts)  # (n, D)
