@@ -28,6 +28,9 @@ def test_the_mixture_matches_the_codes_of_the_training_rows_on_the_active_dimens
     q = model.encode(x)
     active = torch.nonzero(q.mean.var(0) > 0.01).flatten()
     assert torch.equal(mixture.active, active) and 1 <= len(active) < 8
+    # Its size was chosen on held-out training codes: 5 or a third of it, the likelier one kept.
+    assert set(mixture.heldout) == {1, 5}
+    assert len(mixture.weights) == max(mixture.heldout, key=mixture.heldout.get)
     z = mixture.sample(20_000, torch.Generator().manual_seed(1), torch.device("cpu"))
     assert z.shape == (20_000, 8)
     codes = q.mean + torch.exp(0.5 * q.logvar) * torch.randn_like(q.mean)  # draws of the aggregate posterior

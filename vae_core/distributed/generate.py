@@ -233,8 +233,9 @@ def generate_rows(
         "rows_per_file": per_file,
         "chunk_rows": job.chunk_rows,
         "sample": sample,
-        "sampler": sampler_of(ckpt, job.sampler, model_uri),
     }
+    if sampler_of(ckpt, job.sampler, model_uri) == "mixture":  # prior runs keep their earlier run keys
+        params["sampler"] = "mixture"
     out_schema = output_schema(ckpt)
     if job.where:  # checked before anything starts; part of the run's identity only when given
         conditions(ckpt, out_schema, job.where)

@@ -334,9 +334,11 @@ class EpochEnd:
         )
         sampler = self._sampler(stats.epoch, core)
         if sampler is not None:
+            tried = ", ".join(f"{k}: {ll:.2f}" for k, ll in sampler.heldout.items())
             meta.extra["sampler"] = (
                 f"latent mixture: {len(sampler.weights)} full-covariance Gaussians on "
                 f"{len(sampler.active)} active of {sampler.latent_dim} latent dimensions"
+                + (f" (held-out log-likelihood of training codes by components: {tried})" if tried else "")
             )
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(d, core, self.cfg, self.codec, optimizer=optimizer, meta=meta, sampler=sampler)
