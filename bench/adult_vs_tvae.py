@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ import pyarrow.compute as pc
 from bench._results import write_result
 from vae_core.data.importers import read_adult
 from vae_core.data.tables import read_table
-from vae_core.reports.quality import synthetic_quality
+from vae_core.reports.quality import Frames, sdmetrics_reports, synthetic_quality
 
 SEEDS = (0, 1, 2)
 CONDITIONAL_ROWS = 10_000
@@ -59,12 +58,6 @@ VAEFLOW = {
 def _frame(table: pa.Table, columns: list[str]) -> pd.DataFrame:
     """Arrow -> pandas with nulls as NaN (what CTGAN and SDMetrics take)."""
     return table.select(columns).to_pandas().replace({None: np.nan})
-
-
-def _metadata(continuous: list[str], categorical: list[str]) -> dict[str, Any]:
-    columns = {c: {"sdtype": "numerical"} for c in continuous}
-    columns.update({c: {"sdtype": "categorical"} for c in categorical})
-    return {"columns": columns}
 
 
 def efficacy(train: pd.DataFrame, test: pd.DataFrame, continuous: list[str]) -> dict[str, float]:
@@ -116,18 +109,10 @@ def score(
     categorical: list[str],
     seed: int,
 ) -> dict[str, Any]:
-    with warnings.catch_warnings():  # "use sdmetrics.reports": that one has another metadata format
-        warnings.simplefilter("ignore", FutureWarning)
-        from sdmetrics.reports.single_table import DiagnosticReport, QualityReport
-
+    """Both systems' rows through the same code: the product's reports.quality (SDMetrics' Quality and
+    DiagnosticReport, the SDGym classifiers, detection, DCR) and this benchmark's LR / DT / MLP F1."""
     columns = continuous + categorical
-    real_df, test_df, syn_df = (_frame(t, columns) for t in (real, test, synthetic))
-    metadata = _metadata(continuous, categorical)
-    quality = QualityReport()
-    quality.generate(real_df, syn_df, metadata, verbose=False)
-    diagnostic = DiagnosticReport()
-    diagnostic.generate(real_df, syn_df, metadata, verbose=False)
-    f1 = efficacy(syn_df, test_df, continuous)
+    f1 = efficacy(_frame(synthetic, columns), _frame(test, columns), continuous)
     ours = synthetic_quality(
         real,
         test,
@@ -141,9 +126,10 @@ def score(
     return {
         "f1": f1,
         "mean_f1": statistics.mean(f1.values()),
-        "quality": float(quality.get_score()),
-        "quality_properties": quality.get_properties().set_index("Property")["Score"].to_dict(),
-        "diagnostic": float(diagnostic.get_score()),
+        "quality": ours["quality"]["score"],
+        "quality_properties": ours["quality"]["properties"],
+        "diagnostic": ours["diagnostic"]["score"],
+        "diagnostic_properties": ours["diagnostic"]["properties"],
         "sdgym_f1": ours["ml_efficacy"]["synthetic"],
         "sdgym_mean_f1": ours["ml_efficacy"]["synthetic_mean"],
         "sdgym_real_mean_f1": ours["ml_efficacy"]["real_mean"],
@@ -199,10 +185,6 @@ def conditional(
 ) -> dict[str, Any]:
     """`vaeflow generate --where income=>50K` of CONDITIONAL_ROWS rows, scored against the real '>50K'
     rows of Adult train: do all carry it, how many draws it took, QualityReport's column shapes."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from sdmetrics.reports.single_table import QualityReport
-
     out = str(root / f"conditional-{seed}")
     argv = ["--model", checkpoint, "--rows", str(CONDITIONAL_ROWS), "--seed", str(seed), "--output", out]
     printed = _vaeflow("generate", *argv, "--where", f"{TARGET}={POSITIVE}")
@@ -210,11 +192,8 @@ def conditional(
     rows = read_table(out)
     columns = continuous + categorical
     positive = real.filter(pc.equal(real.column(TARGET), POSITIVE))
-    report = QualityReport()
-    report.generate(
-        _frame(positive, columns), _frame(rows, columns), _metadata(continuous, categorical), verbose=False
-    )
-    shapes = report.get_properties().set_index("Property")["Score"].to_dict()["Column Shapes"]
+    reports = sdmetrics_reports(Frames.of(positive, positive, rows.select(columns), continuous, categorical))
+    shapes = reports["quality"]["properties"]["Column Shapes"]
     return {
         "rows": rows.num_rows,
         "all_carry_it": rows.column(TARGET).to_pylist() == [POSITIVE] * rows.num_rows,

@@ -67,8 +67,11 @@ def test_tabular_report_scores_synthetic_rows(tmp_path):
     r = result.report
     assert r.test.n == 400 and r.data.train_rows == 800
     q = r.synthetic_quality
-    assert set(q) >= {"column_shapes", "column_pair_trends", "ml_efficacy", "detection", "privacy"}
+    assert set(q) >= {"quality", "diagnostic", "column_shapes", "column_pair_trends", "ml_efficacy"}
     assert len(q["column_shapes"]["columns"]) == 15 and 0 < q["column_shapes"]["mean"] <= 1
+    # SDMetrics' overall scores, and validity for every column (DiagnosticReport).
+    assert 0 < q["quality"]["score"] <= 1 and 0 < q["diagnostic"]["score"] <= 1
+    assert len(q["diagnostic"]["validity"]) == 15
     eff = q["ml_efficacy"]
     assert eff["target"] == "income" and eff["positive"] == ">50K"
     assert set(eff["synthetic"]) == {"logistic_regression", "decision_tree", "gradient_boosting"}
@@ -76,8 +79,10 @@ def test_tabular_report_scores_synthetic_rows(tmp_path):
     assert q["privacy"]["rows"] == 800 and q["privacy"]["dcr_holdout_median"] > 0
     assert load_model_report(str(tmp_path / "report")).synthetic_quality == json.loads(json.dumps(q))
     page = (tmp_path / "report" / "report.html").read_text()
-    # latent scatter, aggregate posterior, column shapes, pair trends, marginals
-    assert len(_images(page)) == 5
+    # latent scatter, aggregate posterior, column shapes, pair trends, correlations side by side,
+    # marginals (of every column)
+    assert len(_images(page)) == 6
+    assert "QualityReport score" in page and "DiagnosticReport score" in page
 
 
 def test_report_command_prints_where_it_wrote(mnist, tmp_path, capsys):

@@ -13,6 +13,7 @@ from vae_core.data.codecs import Codec
 from vae_core.data.dataset import DatasetSpec
 from vae_core.data.tabular import temporal_as_numbers
 from vae_core.models.model import LatentModel
+from vae_core.models.sampler import LatentMixture
 from vae_core.progress import Progress
 from vae_core.reports.quality import synthetic_quality
 from vae_core.reports.splits import SplitData, eval_batches
@@ -69,17 +70,21 @@ def sample_quality(
     target: str | None,
     seed: int,
     progress: Progress,
+    sampler: LatentMixture | None = None,
 ) -> tuple[dict[str, Any], pa.Table]:
-    """reports.quality.synthetic_quality of as many rows sampled from the model (z ~ N(0, I),
-    x ~ p(x|z), decoded by the codec) as `train` holds, against the real train and test rows of the
-    data's table columns (spec.continuous, spec.categorical); and the sampled rows."""
+    """reports.quality.synthetic_quality of as many rows sampled from the model as `train` holds
+    (z from `sampler`, the checkpoint's latent mixture, as `vaeflow generate` takes it, else N(0, I);
+    x ~ p(x|z), decoded by the codec), against the real train and test rows of the data's table
+    columns (spec.continuous, spec.categorical); and the sampled rows."""
     n = train.table.num_rows
+    where = "the latent mixture" if sampler is not None else "N(0, I)"
     progress(
-        f"synthetic quality: sampling {n:,} rows and comparing with {n:,} train / {len(test.x):,} test rows"
+        f"synthetic quality: sampling {n:,} rows (z from {where}) and comparing with {n:,} train / "
+        f"{len(test.x):,} test rows (SDMetrics' QualityReport and DiagnosticReport, ML efficacy, "
+        "detection, privacy)"
     )
-    synthetic = temporal_as_numbers(
-        codec.decode(generate(model, n, seed=seed, sample_likelihood=True).numpy())
-    )
+    x = generate(model, n, seed=seed, sample_likelihood=True, sampler=sampler)
+    synthetic = temporal_as_numbers(codec.decode(x.numpy()))
     quality = synthetic_quality(
         train.table, test.table, synthetic, spec.continuous, spec.categorical, target=target, seed=seed
     )

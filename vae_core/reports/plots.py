@@ -153,7 +153,7 @@ def column_scores(scores: Mapping[str, float], title: str) -> Figure:
     names = list(scores)
     fig = Figure(figsize=(7, 0.3 * len(names) + 1.0), layout="constrained")
     ax = fig.subplots()
-    ax.barh(names, [scores[n] for n in names], color="tab:blue")
+    ax.barh(names, [np.nan if scores[n] is None else scores[n] for n in names], color="tab:blue")
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
     ax.set_title(title, fontsize=10)
@@ -167,7 +167,7 @@ def pair_heatmap(pairs: Mapping[str, float], columns: Sequence[str], title: str)
     grid = np.full((len(columns), len(columns)), np.nan)
     for key, value in pairs.items():
         a, b = key.split("|", 1)
-        grid[index[a], index[b]] = grid[index[b], index[a]] = value
+        grid[index[a], index[b]] = grid[index[b], index[a]] = np.nan if value is None else value
     fig = Figure(figsize=(0.45 * len(columns) + 2.5, 0.45 * len(columns) + 1.5), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
@@ -178,11 +178,33 @@ def pair_heatmap(pairs: Mapping[str, float], columns: Sequence[str], title: str)
     return fig
 
 
-def marginals(
-    real: Mapping[str, Array], synthetic: Mapping[str, Array], continuous: Sequence[str], max_columns: int = 8
+def correlations_side_by_side(
+    correlations: Mapping[str, Mapping[str, float]], columns: Sequence[str]
 ) -> Figure:
-    """Real vs synthetic marginals: histograms for continuous columns, frequency bars for the rest."""
-    names = list(real)[:max_columns]
+    """Two correlation matrices, real (left) and synthetic (right), from {"a|b": {"real", "synthetic"}}."""
+    index = {c: i for i, c in enumerate(columns)}
+    grids = {side: np.eye(len(columns)) for side in ("real", "synthetic")}
+    for key, value in correlations.items():
+        a, b = key.split("|", 1)
+        for side, grid in grids.items():
+            r = np.nan if value[side] is None else value[side]  # None: a constant column has no r
+            grid[index[a], index[b]] = grid[index[b], index[a]] = r
+    size = 0.45 * len(columns) + 1.5
+    fig = Figure(figsize=(2 * size + 1.0, size), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (side, grid) in zip(axes, grids.items(), strict=True):
+        image = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(columns)), columns, fontsize=7)
+        ax.set_title(side, fontsize=10)
+    fig.colorbar(image, ax=list(axes), label="Pearson r")
+    return fig
+
+
+def marginals(real: Mapping[str, Array], synthetic: Mapping[str, Array], continuous: Sequence[str]) -> Figure:
+    """Real vs synthetic marginals of every column: histograms for continuous columns, frequency bars of
+    the most frequent real categories for the rest."""
+    names = list(real)
     ncols = min(4, len(names))
     nrows = -(-len(names) // ncols)
     fig = Figure(figsize=(3.2 * ncols, 2.6 * nrows), layout="constrained")

@@ -1,11 +1,12 @@
-"""Synthetic tabular data against real data: column shapes, pair trends, ML efficacy, detection, privacy.
+"""Synthetic tabular data against real data: SDMetrics' reports, ML efficacy, detection, privacy.
 
-Scores in [0, 1] are similarities (1 = indistinguishable), after SDMetrics' definitions:
-- column shape: 1 - KS statistic (continuous, scipy's two-sample KS) or 1 - total variation distance
-  between category frequencies (categorical; null is a category);
-- column pair trend: 1 - |r_real - r_synth| / 2 for two continuous columns (Pearson r), else
-  1 - total variation distance between the two joint frequency tables, continuous columns cut into
-  quantile bins of the real column;
+Fidelity is SDMetrics' (the scores SDV users know, computed by its package, default settings):
+- QualityReport: column shapes (KSComplement for continuous columns, TVComplement for categorical
+  ones; null is a category) and column pair trends (CorrelationSimilarity of two continuous columns,
+  ContingencySimilarity of the others), and their overall score;
+- DiagnosticReport: data validity (values within the training range, categories of the training set,
+  no nulls where the data have none) and data structure, and its overall score.
+vaeflow adds:
 - ML efficacy: classifiers trained on synthetic rows and on real training rows, both tested on the
   real test split (F1 of the positive class for a binary target, macro F1 otherwise), as SDGym;
 - detection: cross-validated ROC AUC of classifiers telling real from synthetic rows (0.5 = no signal);
@@ -15,14 +16,12 @@ Scores in [0, 1] are similarities (1 = indistinguishable), after SDMetrics' defi
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from scipy.stats import ks_2samp
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
@@ -75,60 +74,78 @@ class Frames:
         return [*self.continuous, *self.categorical]
 
 
-def _tv_similarity(a: pd.Series | pd.DataFrame, b: pd.Series | pd.DataFrame) -> float:
-    """1 - total variation distance between the empirical distributions of a and b."""
-    p = a.value_counts(normalize=True)
-    q = b.value_counts(normalize=True)
-    p, q = p.align(q, fill_value=0.0)
-    return float(1.0 - 0.5 * np.abs(p - q).sum())
+def _metadata(f: Frames) -> dict[str, Any]:
+    """SDMetrics' single-table metadata: continuous columns numerical, the rest categorical."""
+    columns = {c: {"sdtype": "numerical"} for c in f.continuous}
+    columns.update({c: {"sdtype": "categorical"} for c in f.categorical})
+    return {"columns": columns}
 
 
-def column_shapes(f: Frames) -> dict:
-    """Per-column similarity of the synthetic marginals to the training ones, and their mean."""
-    scores: dict[str, float] = {}
-    for c in f.continuous:
-        r, s = f.train[c].dropna(), f.synth[c].dropna()
-        scores[c] = 1.0 - float(ks_2samp(r, s).statistic) if len(r) and len(s) else 0.0
-    for c in f.categorical:
-        scores[c] = _tv_similarity(f.train[c], f.synth[c])
-    return {"mean": float(np.mean(list(scores.values()))), "columns": scores}
+def sdmetrics_reports(f: Frames) -> dict[str, Any]:
+    """SDMetrics' QualityReport and DiagnosticReport of the synthetic rows against the training rows
+    (default settings: the scores SDV users know).
 
+    Returns "quality" (score, properties), "diagnostic" (score, properties, validity per column),
+    "column_shapes" (mean and per column: KSComplement / TVComplement) and "column_pair_trends" (mean,
+    per pair "a|b": CorrelationSimilarity or ContingencySimilarity, and the real and synthetic Pearson
+    correlation of each pair of continuous columns).
+    """
+    import warnings
 
-def _binned(real: pd.Series, synth: pd.Series, bins: int) -> tuple[pd.Series, pd.Series]:
-    edges = np.unique(np.nanquantile(real, np.linspace(0, 1, bins + 1)))
-    inner = edges[1:-1]
+    with warnings.catch_warnings():  # "use sdmetrics.reports": that one wants another metadata format
+        warnings.simplefilter("ignore", FutureWarning)
+        from sdmetrics.reports.single_table import DiagnosticReport, QualityReport
 
-    # NaN (null) gets its own bin, one past the last.
-    def cut(s: pd.Series) -> pd.Series:
-        return pd.Series(np.where(s.isna(), len(inner) + 1, np.digitize(s.fillna(0.0), inner)), index=s.index)
+    metadata = _metadata(f)
+    real, synth = f.train[f.columns], f.synth[f.columns]
+    quality, diagnostic = QualityReport(), DiagnosticReport()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas / scipy warnings from inside SDMetrics
+        quality.generate(real, synth, metadata, verbose=False)
+        diagnostic.generate(real, synth, metadata, verbose=False)
+    shapes = quality.get_details("Column Shapes")
+    pairs = quality.get_details("Column Pair Trends")
+    validity = diagnostic.get_details("Data Validity")
+    correlation = pairs[pairs["Metric"] == "CorrelationSimilarity"]
+    contingency = pairs[pairs["Metric"] == "ContingencySimilarity"]
 
-    return cut(real), cut(synth)
+    def key(row: pd.Series) -> str:
+        return f"{row['Column 1']}|{row['Column 2']}"
 
+    def number(value: Any) -> float | None:
+        """A score as JSON keeps it: None where SDMetrics has none (NaN: e.g. a constant column)."""
+        return None if pd.isna(value) else float(value)
 
-def column_pair_trends(f: Frames, bins: int = 10) -> dict:
-    """Correlation similarity (continuous pairs) and contingency similarity (all other pairs) of the
-    synthetic rows to the training rows."""
-    real, synth, continuous = f.train, f.synth, f.continuous
-    corr, cont = {}, {}
-    discrete_r, discrete_s = real[f.categorical].copy(), synth[f.categorical].copy()
-    for c in continuous:
-        discrete_r[c], discrete_s[c] = _binned(real[c], synth[c], bins)
-    for a, b in itertools.combinations(f.columns, 2):
-        key = f"{a}|{b}"
-        if a in continuous and b in continuous:
-            r = real[[a, b]].dropna().corr().iloc[0, 1]
-            s = synth[[a, b]].dropna().corr().iloc[0, 1]
-            # A constant column has no correlation (NaN): treat it as 0 on both sides.
-            r, s = (0.0 if np.isnan(v) else float(v) for v in (r, s))
-            corr[key] = 1.0 - abs(r - s) / 2.0
-        else:
-            cont[key] = _tv_similarity(discrete_r[[a, b]], discrete_s[[a, b]])
-    means = [v for d in (corr, cont) for v in d.values()]
+    def mean(df: pd.DataFrame) -> float | None:
+        return number(df["Score"].mean()) if len(df) else None  # NaN scores left out, as SDMetrics does
+
+    def properties(report: Any) -> dict[str, float]:
+        return {str(k): number(v) for k, v in report.get_properties().set_index("Property")["Score"].items()}
+
     return {
-        "mean": float(np.mean(means)) if means else float("nan"),
-        "correlation_mean": float(np.mean(list(corr.values()))) if corr else None,
-        "contingency_mean": float(np.mean(list(cont.values()))) if cont else None,
-        "pairs": {**corr, **cont},
+        "quality": {"score": number(quality.get_score()), "properties": properties(quality)},
+        "diagnostic": {
+            "score": number(diagnostic.get_score()),
+            "properties": properties(diagnostic),
+            "validity": {str(r["Column"]): number(r["Score"]) for _, r in validity.iterrows()},
+        },
+        "column_shapes": {
+            "mean": mean(shapes),
+            "columns": {str(r["Column"]): number(r["Score"]) for _, r in shapes.iterrows()},
+        },
+        "column_pair_trends": {
+            "mean": mean(pairs),
+            "correlation_mean": mean(correlation),
+            "contingency_mean": mean(contingency),
+            "pairs": {key(r): number(r["Score"]) for _, r in pairs.iterrows()},
+            "correlations": {
+                key(r): {
+                    "real": number(r["Real Correlation"]),
+                    "synthetic": number(r["Synthetic Correlation"]),
+                }
+                for _, r in correlation.iterrows()
+            },
+        },
     }
 
 
@@ -277,14 +294,14 @@ def synthetic_quality(
 ) -> dict:
     """All quality measures of `synthetic` against the real splits (see the module docstring).
 
-    Returns {"column_shapes", "column_pair_trends", "detection", "privacy", and with a target
-    "ml_efficacy"}; fidelity is measured against real_train, efficacy and DCR reference on real_test.
+    Returns {"quality", "diagnostic", "column_shapes", "column_pair_trends" (sdmetrics_reports),
+    "detection", "privacy", and with a target "ml_efficacy"}; fidelity is measured against real_train,
+    efficacy and DCR reference on real_test.
     """
     f = Frames.of(real_train, real_test, synthetic, continuous, categorical)
     out = {
         "rows": {"real_train": len(f.train), "real_test": len(f.test), "synthetic": len(f.synth)},
-        "column_shapes": column_shapes(f),
-        "column_pair_trends": column_pair_trends(f),
+        **sdmetrics_reports(f),
         "detection": detection(f, seed=seed),
         "privacy": privacy(f, seed=seed),
     }

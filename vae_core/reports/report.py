@@ -93,6 +93,7 @@ def write_report(
             target if target in spec.categorical else None,
             seed,
             progress,
+            ck.sampler,
         )
         found["synthetic_quality"] = quality
         data_info["train_rows"] = quality["rows"]["real_train"]

@@ -94,30 +94,52 @@ def quality_sections(
     columns: Sequence[str],
     continuous: Sequence[str],
 ) -> list[Section]:
-    """Column shapes, pair trends and marginals of rows sampled from the model against real rows.
+    """SDMetrics' scores, correlations side by side and every column's marginal, of rows sampled from
+    the model against real rows.
 
     quality: reports.quality.synthetic_quality of `synthetic` against `real` (the training split).
     """
-    return [
+
+    def shown(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    q, d = quality["quality"], quality["diagnostic"]
+    scores = ", ".join(f"{k} {shown(v)}" for k, v in {**q["properties"], **d["properties"]}.items())
+    numeric = [c for c in columns if c in continuous]
+    figures = [
         section(
-            "Column shapes",
-            "Per-column similarity of synthetic to real training rows: 1 - KS statistic (continuous), "
-            "1 - total variation distance (categorical).",
+            "Column shapes (SDMetrics)",
+            f"QualityReport score {shown(q['score'])}, DiagnosticReport score {shown(d['score'])} "
+            f"({scores}). "
+            "Per column: KSComplement (continuous) or TVComplement (categorical) of synthetic against "
+            "real training rows.",
             plots.column_scores(quality["column_shapes"]["columns"], "column shape similarity"),
         ),
         section(
-            "Column pair trends",
-            "1 - |r_real - r_synth| / 2 for continuous pairs; 1 - total variation distance of the joint "
-            "frequencies (continuous columns in quantile bins) for the others.",
+            "Column pair trends (SDMetrics)",
+            "CorrelationSimilarity (1 - |r_real - r_synth| / 2) for pairs of continuous columns, "
+            "ContingencySimilarity of the joint frequencies for the others.",
             plots.pair_heatmap(quality["column_pair_trends"]["pairs"], columns, "pair trend similarity"),
         ),
+    ]
+    if len(numeric) >= 2:
+        figures.append(
+            section(
+                "Correlations, real and synthetic",
+                "Pearson correlation of each pair of continuous columns in the real training rows (left) "
+                "and in the sampled rows (right).",
+                plots.correlations_side_by_side(quality["column_pair_trends"]["correlations"], numeric),
+            )
+        )
+    figures.append(
         section(
             "Marginals",
-            "Real training rows against rows sampled from the model (z ~ N(0, I), x ~ p(x|z)).",
+            "Every column: real training rows against rows sampled from the model (x ~ p(x|z)).",
             plots.marginals(
                 {c: _column_values(real, c) for c in columns},
                 {c: _column_values(synthetic, c) for c in columns},
                 continuous,
             ),
-        ),
-    ]
+        )
+    )
+    return figures
