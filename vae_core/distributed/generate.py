@@ -135,14 +135,22 @@ class _Generator:
     """Loads the checkpoint once per actor; turns one file description (index, first row, rows) into
     one Parquet file of decoded rows."""
 
-    def __init__(self, actors: Actors, job: GenerateConfig, sample_likelihood: bool) -> None:
+    def __init__(
+        self,
+        actors: Actors,
+        job: GenerateConfig,
+        sample_likelihood: bool,
+        mixture: bool,
+        where: dict[str, pa.Scalar],
+    ) -> None:
+        """`sample_likelihood`, `mixture` (z from the checkpoint's latent mixture) and `where` (typed
+        conditions) as the driver resolved and checked them."""
         ckpt, self.writer = actors.load()
         self.model, self.codec = ckpt.model, ckpt.codec
         id_column = ckpt.config.data.id_column
         self.id_field = actors.schema.field(id_column) if id_column else None
-        self.job, self.sample = job, sample_likelihood
-        self.where = conditions(ckpt, actors.schema, job.where)
-        self.sampler = ckpt.sampler if sampler_of(ckpt, job.sampler, actors.model_uri) == "mixture" else None
+        self.job, self.sample, self.where = job, sample_likelihood, where
+        self.sampler = ckpt.sampler if mixture else None
 
     def _decoded(self, seed: int, n: int) -> pa.Table:
         x = generate(self.model, n, seed, self.sample, self.job.chunk_rows, self.sampler)  # (n, D)
@@ -234,11 +242,12 @@ def generate_rows(
         "chunk_rows": job.chunk_rows,
         "sample": sample,
     }
-    if sampler_of(ckpt, job.sampler, model_uri) == "mixture":  # prior runs keep their earlier run keys
+    mixture = sampler_of(ckpt, job.sampler, model_uri) == "mixture"
+    if mixture:  # prior runs keep their earlier run keys
         params["sampler"] = "mixture"
     out_schema = output_schema(ckpt)
-    if job.where:  # checked before anything starts; part of the run's identity only when given
-        conditions(ckpt, out_schema, job.where)
+    where = conditions(ckpt, out_schema, job.where)  # checked before anything starts
+    if where:  # part of the run's identity only when given
         params["where"] = dict(job.where)
     model = model_record(model_uri, ckpt, storage_options)
     run_key = run_key or fingerprint([], extra={"kind": "samples/2", "model": model["fingerprint"], **params})
@@ -249,7 +258,7 @@ def generate_rows(
     start_cluster(compute)
     actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
     ds = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
-        _Generator, fn_constructor_args=(actors, job, sample), batch_size=1, **actors.pool()
+        _Generator, fn_constructor_args=(actors, job, sample, mixture, where), batch_size=1, **actors.pool()
     )
     wanted = " where " + ", ".join(f"{k}={v!r}" for k, v in job.where.items()) if job.where else ""
     progress(
