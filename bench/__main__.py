@@ -13,6 +13,7 @@ BENCHMARKS = [
     "data_feed",
     "command_overhead",
     "batch_jobs",
+    "embed_nights",
     "adult_vs_tvae",
     "bad_inputs",
 ]

@@ -193,6 +193,12 @@ class TrainConfig(_Section):
         "per 100 training rows) and saved with the final checkpoint, for `generate --sampler mixture`; 0 "
         "fits none.",
     )
+    init_from: str | None = Field(
+        None,
+        description="Warm start: a checkpoint URI whose weights (and codec) a new run starts from instead of "
+        "random ones; the model settings must match it. In `vaeflow run`/the nightly, `champion` means the "
+        "registry's current champion (a first night, with none, starts from random weights).",
+    )
     cache_mb: int = Field(
         2048,
         ge=0,
@@ -243,6 +249,13 @@ class EmbedConfig(_Section):
     )
     chunk_rows: int = Field(4096, ge=1, description="Rows per forward pass on a worker.")
     rows_per_file: int = Field(32_768, ge=1, description="Rows per output Parquet file.")
+    incremental: bool = Field(
+        False,
+        description="Embed only the input shards (by content fingerprint) that the output table does not "
+        "hold yet from this model and these settings, appending them; when its rows come from another "
+        "model, or an embedded shard has changed or gone, embed everything (mode decides how). The "
+        "nightly always embeds incrementally.",
+    )
     strict: bool = Field(
         False,
         description="Refuse input drift (unknown categories, nulls where training had none, values "

@@ -55,7 +55,8 @@ c = embed_corpus(args.pop("model"), args.pop("input"), args.pop("output"),
                  EmbedConfig(**args.pop("job")), ComputeConfig(**args.pop("compute")),
                  progress=lambda m: print(m, flush=True), **args)
 result = {"table_uri": c.table_uri, "version": c.version, "rows": c.rows, "skipped": c.skipped,
-          "run_key": c.record.run_key}
+          "run_key": c.record.run_key, "rows_embedded": c.record.stats.get("rows_embedded"),
+          "rows_resumed": c.record.stats.get("rows_resumed")}
 print("RESULT", json.dumps(result), flush=True)
 """
 
@@ -197,7 +198,9 @@ def _parked(batch: Batch, proc, what: str) -> None:
     assert proc.poll() is None, f"the job ended before it was parked:\n{proc.communicate()[0][-3000:]}"
 
 
-@pytest.mark.scenario(5, "embed driver SIGKILL at ~50%, rerun -> every input id exactly once")
+@pytest.mark.scenario(
+    5, "embed driver SIGKILL at ~50%, rerun -> resumes the finished shards, every input id exactly once"
+)
 def test_an_embed_driver_killed_halfway_then_rerun_gives_every_id_once(
     batch: Batch, scenario: Outcome
 ) -> None:
@@ -215,6 +218,11 @@ def test_an_embed_driver_killed_halfway_then_rerun_gives_every_id_once(
     rerun = batch.run(out)
     scenario.detail = f"killed with {written}/{FILES} data files written; rerun rc={rerun.returncode}"
     assert rerun.returncode == 0 and not rerun.result["skipped"], rerun.tail
+    # One actor, shards in order, each marked done after its files: the files written before the
+    # kill are those of finished shards, and the rerun takes them over instead of embedding them again.
+    resumed, embedded = rerun.result["rows_resumed"], rerun.result["rows_embedded"]
+    assert resumed == written * ROWS_PER_FILE > 0 and resumed + embedded == ROWS, rerun.tail
+    assert "resuming run" in rerun.output
     ids = batch.check(out, batch.ids, scenario)
     assert sorted(ids) == sorted(batch.ids)
     import polars as pl  # a second, independent Delta reader

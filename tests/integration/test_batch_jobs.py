@@ -207,7 +207,7 @@ def test_generate_follows_the_job_settings_and_matches_in_process_generation(ray
     fs = _fs()
     sizes = sorted(pq.ParquetFile(fs.open(f)).metadata.num_rows for f in committed.files)
     assert sizes == [100, 300, 300, 300]
-    assert "generate: actors ran torch with 3 thread(s)" in lines
+    assert any(line.endswith("(actors ran torch with 3 thread(s))") for line in lines), lines
     table = read_table(out).sort_by("id")
     assert table.column_names == ["id", "image"] and table.column("id").to_pylist() == list(range(1000))
     assert table.schema.field("image").type == pa.list_(pa.int16())  # uint8 pixels, Delta-wide

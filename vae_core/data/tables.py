@@ -72,6 +72,7 @@ class CommitRecord:
     stats: dict[str, Any] = field(default_factory=dict)  # e.g. {"z_mean": {count, mean, var}}
     night: str | None = None
     created_at: str = ""
+    mode: str = ""  # how it committed (Mode): "append" adds to the rows before it; "" in older records
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -179,15 +180,20 @@ def find_commit(
     return None
 
 
-def check_files(uri: str, files: list[DataFile], storage_options: dict | None = None) -> None:
-    """Refuse to commit unless every file is in the table folder with the size its writer reported."""
+def file_sizes(uri: str, storage_options: dict | None = None) -> dict[str, int]:
+    """Name -> size of the files in the table's root folder (where the data files sit), listed anew."""
     fs, root = filesystem(uri, storage_options)
     fs.invalidate_cache(root)
     try:
-        listing = fs.ls(root, detail=True)  # data files sit in the table's root folder
+        listing = fs.ls(root, detail=True)
     except FileNotFoundError:
         listing = []
-    sizes = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e.get("size") for e in listing}
+    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e.get("size") for e in listing}
+
+
+def check_files(uri: str, files: list[DataFile], storage_options: dict | None = None) -> None:
+    """Refuse to commit unless every file is in the table folder with the size its writer reported."""
+    sizes = file_sizes(uri, storage_options)
     for f in files:
         name = f.path.rsplit("/", 1)[-1]
         if sizes.get(name) != f.bytes:

@@ -1,4 +1,9 @@
-"""The embed job: a corpus through the codec and the encoder to posterior means, one Delta commit."""
+"""The embed job: a corpus through the codec and the encoder to posterior means, one Delta commit.
+
+A rerun after a crash processes only the shards the crashed attempt had not finished (jobs.resumable).
+Incremental runs (`embed.incremental`, the nightly's way) embed only the shards the table does not
+hold yet from the same model, by content fingerprint, and append them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,15 +27,25 @@ import torch
 from vae_core.config import ComputeConfig, EmbedConfig
 from vae_core.data.codecs.base import Codec, list_column
 from vae_core.data.dataset import DataError, list_shards, read_schema
-from vae_core.data.objects import fingerprint
+from vae_core.data.objects import content_fingerprint, fingerprint
 from vae_core.data.storage import absolute, arrow_filesystem
-from vae_core.data.tables import Committed, Mode
+from vae_core.data.tables import CommitRecord, Committed, Mode, history, is_delta_table, read_table
 from vae_core.data.tabular import DRIFT
+from vae_core.operations.drift import LatentStats, pool
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.inference import embed
 
-from .jobs import Actors, Run, Summary, check_input_schema, check_output_place, model_record, start_cluster
+from .jobs import (
+    Actors,
+    Run,
+    Summary,
+    check_input_schema,
+    check_output_place,
+    model_record,
+    resumable,
+    start_cluster,
+)
 
 READ_ROWS = 8192  # rows an actor reads (and embeds) at a time
 READ_AHEAD = 1  # batches an actor reads ahead of the one it embeds
@@ -139,6 +155,7 @@ class _Embedder:
             written = [self._write(t) for t in _regroup(latents, self.job.rows_per_file)]
             if written:  # the shard's drift rides on its last file (a retried shard reports the same)
                 written[-1]["drift"] = json.dumps(drift)
+            self.writer.mark_done(shard, written)  # a rerun after a crash reuses these files
             summaries += written
         return pa.Table.from_pylist(summaries)
 
@@ -191,15 +208,60 @@ def describe_drift(drift: Drift) -> str:
     )
 
 
-def _stats(summaries: list[Summary], rows: int) -> dict[str, Any]:
+def _stats(summaries: list[Summary], rows: int, before: dict[str, Any] | None = None) -> dict[str, Any]:
     """The commit's stats: in "z_mean" the count, per-dimension mean and variance of the posterior means
-    (the aggregate posterior's moments); in "drift" what the codec counted per column (Drift)."""
+    of the table's rows (the aggregate posterior's moments: this commit's rows pooled with `before`,
+    the moments of the rows an appending commit adds to); in "drift" what the codec counted per column
+    in this commit's input (Drift)."""
     mean = np.sum([s["sum"] for s in summaries], axis=0) / rows
     var = np.sum([s["sumsq"] for s in summaries], axis=0) / rows - mean**2
+    moments = LatentStats(rows, mean, var)
+    if before is not None:
+        moments = pool([LatentStats.from_dict(before), moments])
     drift: Drift = {}
     for s in summaries:
         add_drift(drift, json.loads(s["drift"]))
-    return {"z_mean": {"count": rows, "mean": mean.tolist(), "var": var.tolist()}, "drift": drift}
+    return {"z_mean": moments.to_dict(), "drift": drift}
+
+
+@dataclass
+class Embedded:
+    """What an embeddings table holds when all its rows come from one model with one set of settings:
+    the content fingerprints of the input shards embedded, the rows, and the newest commit (whose
+    stats hold the moments of all the rows)."""
+
+    fingerprints: set[str]
+    rows: int
+    version: int
+    latest: CommitRecord
+
+
+def embedded_so_far(
+    uri: str, model_fingerprint: str, params: dict[str, Any], storage_options: dict | None
+) -> Embedded | None:
+    """The table's rows as vaeflow commits made them, walking back from the newest commit to the one that
+    began them (any but an append); None when there is no table, or a commit on the way came from
+    another model, other settings or another tool, or names no shard fingerprints: then every row is
+    to be embedded anew."""
+    if not is_delta_table(uri, storage_options):
+        return None
+    fingerprints: set[str] = set()
+    rows, newest = 0, None
+    for version, record in history(uri, storage_options):
+        if (
+            record is None
+            or record.kind != "embeddings"
+            or record.model.get("fingerprint") != model_fingerprint
+            or record.params != params
+            or "shard_fingerprints" not in record.input
+        ):
+            return None
+        newest = newest or (version, record)
+        fingerprints |= set(record.input["shard_fingerprints"])
+        rows += record.rows
+        if record.mode != "append":
+            return Embedded(fingerprints, rows, *newest)
+    return None
 
 
 def _read_ids(shards: list[str], id_column: str, storage_options: dict | None) -> list[pa.Array]:
@@ -216,17 +278,26 @@ def _read_ids(shards: list[str], id_column: str, storage_options: dict | None) -
         return list(pool.map(one, shards))
 
 
-def check_ids(shards: list[str], id_column: str, source: str, storage_options: dict | None) -> int:
+def check_ids(
+    shards: list[str],
+    id_column: str,
+    source: str,
+    storage_options: dict | None,
+    table: tuple[str, pa.Array] | None = None,
+) -> int:
     """The rows of all shards (counted from their ids), once every row has an id and no id is used
-    twice; else a DataError naming the column, how many, one such id and the shards it is in.
+    twice, nor is already in `table` (its URI and ids: the rows an incremental run appends to); else a
+    DataError naming the column, how many, one such id and the shards (or table) it is in.
     Embedded rows are keyed and their files named by id: a repeated id would make two rows one
     (seen: "wrote 500 rows for 1,000 input rows")."""
     ids = _read_ids(shards, id_column, storage_options)
+    if table is not None:
+        shards, ids = [*shards, table[0]], [*ids, table[1]]
     nulls = sum(a.null_count for a in ids)
     if nulls:
         shard = next(s for s, a in zip(shards, ids, strict=True) if a.null_count)
         raise DataError(f"{source}: id column {id_column!r} has {nulls:,} null(s), e.g. in {shard}")
-    every = pa.chunked_array(ids, type=ids[0].type)
+    every = pa.chunked_array([a.cast(ids[0].type) for a in ids], type=ids[0].type)
     counts = pc.value_counts(every)
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(repeated):
@@ -237,7 +308,7 @@ def check_ids(shards: list[str], id_column: str, source: str, storage_options: d
             f"(e.g. {example.as_py()!r}, in {', '.join(where[:3])}); give each row its own id"
         )
     pa.default_memory_pool().release_unused()
-    return len(every)
+    return len(every) - (len(table[1]) if table is not None else 0)
 
 
 def check_drift(codec: Codec, shards: list[str], columns: list[str], storage_options: dict | None) -> None:
@@ -277,8 +348,13 @@ def embed_corpus(
     `job.strict` refuses drift instead, after one pass over the model's columns before anything is
     written. Ids must be unique and non-null (checked up front, reading the id column). Rerunning with
     the same run key (default: a hash of the model, the input files and the settings that change the
-    rows) does nothing. `storage_options` (fsspec style) reach every read and write, on the driver and
-    the actors.
+    rows) does nothing; after a crash it embeds only the shards the crashed attempt had not finished
+    (stats["rows_resumed"] counts the rows it took over, stats["rows_embedded"] those it processed).
+    With `job.incremental` only the shards that the table does not hold yet from this model (by content
+    fingerprint) are embedded and appended (stats["rows_carried"]: the rows already there; the z_mean
+    moments cover the whole table); when its rows come from another model, or an embedded shard changed
+    or went, everything is embedded with `mode`. `storage_options` (fsspec style) reach every read and
+    write, on the driver and the actors.
     """
     model_uri, input_uri, output_uri = absolute(model_uri), absolute(input_uri), absolute(output_uri)
     ckpt = load_checkpoint(model_uri, storage_options=storage_options)
@@ -302,8 +378,36 @@ def embed_corpus(
     check_output_place(output_uri, input=input_uri)
     params = {"with_logvar": job.with_logvar, "passthrough": keep[1:], "format": "embed/1"}
     model = model_record(model_uri, ckpt, storage_options)
-    input_fp = fingerprint(shards, storage_options)
-    key = {"kind": "embeddings", "model": model["fingerprint"], "input": input_fp, **params}
+    inputs: dict[str, Any] = {"uri": input_uri}
+    key: dict[str, Any] = {"kind": "embeddings", "model": model["fingerprint"], **params}
+    before: Embedded | None = None
+    if job.incremental:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = pool.map(lambda s: content_fingerprint(s, storage_options), shards)
+            prints = dict(zip(shards, found, strict=True))
+        inputs["shard_fingerprints"] = sorted(prints.values())
+        before = embedded_so_far(output_uri, model["fingerprint"], params, storage_options)
+        if before is not None and not before.fingerprints <= set(prints.values()):
+            progress(f"{input_uri}: shards embedded in {output_uri} have changed or gone; embedding all")
+            before = None
+        if before is not None:
+            new = [s for s in shards if prints[s] not in before.fingerprints]
+            if not new:
+                progress(
+                    f"{output_uri}: every shard of {input_uri} is embedded by this model already (version "
+                    f"{before.version}, {before.rows:,} rows); nothing to do"
+                )
+                return Committed(output_uri, before.version, before.latest, files=[], skipped=True)
+            progress(
+                f"{input_uri}: {len(new)} of {len(shards)} shards are new since version {before.version}; "
+                f"embedding them and appending to its {before.rows:,} rows"
+            )
+            shards, mode = new, "append"
+            inputs["shard_fingerprints"] = sorted(prints[s] for s in new)
+            key.update(shards=inputs["shard_fingerprints"], appends_to=before.version)
+    if before is None:
+        inputs["fingerprint"] = fingerprint(shards, storage_options)
+        key["input"] = inputs["fingerprint"]
     run_key = run_key or fingerprint([], extra=key)
     run = Run("embed", "embeddings", output_uri, run_key, mode, night, storage_options, progress)
     if (earlier := run.earlier()) is not None:
@@ -315,23 +419,45 @@ def embed_corpus(
         + [pa.field("z_mean", latent)]
         + ([pa.field("z_logvar", latent)] if job.with_logvar else [])
     )
-    total = check_ids(shards, id_column, input_uri, storage_options)
+    table_ids = None
+    if before is not None:  # an appended row may not repeat an id the table holds
+        held = read_table(output_uri, columns=[id_column], storage_options=storage_options)
+        table_ids = (output_uri, held.column(0).combine_chunks())
+    total = check_ids(shards, id_column, input_uri, storage_options, table_ids)
     if total == 0:
         raise DataError(f"{input_uri}: no rows to embed ({len(shards)} file(s), 0 rows)")
     columns = sorted({*keep, *ckpt.codec.columns})
     if job.strict:
         check_drift(ckpt.codec, shards, ckpt.codec.columns, storage_options)
-    start_cluster(compute)
-    actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
-    # One task per shard; the actors read their shards themselves (_Embedder).
-    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards)).map_batches(
-        _Embedder, fn_constructor_args=(actors, job, columns, keep), batch_size=1, **actors.pool()
-    )
-    progress(f"embedding {total:,} rows of {input_uri} with {model_uri} on {compute.num_workers} worker(s)")
-    inputs = {"uri": input_uri, "shards": len(shards), "rows": total, "fingerprint": input_fp}
-    committed = run.execute(
-        ds, total, out_schema, model, params, inputs, lambda summaries: _stats(summaries, total)
-    )
+    done = resumable(output_uri, run_key, shards, storage_options)
+    resumed = sorted((f for files in done.values() for f in files), key=lambda f: f["file"])
+    todo = [s for s in shards if s not in done]
+    resumed_rows = sum(f["rows"] for f in resumed)
+    if done:
+        progress(
+            f"resuming run {run_key}: {len(done)} of {len(shards)} shards ({resumed_rows:,} rows) were "
+            f"written by an earlier attempt; embedding the other {len(todo)}"
+        )
+    ds = None
+    if todo:
+        start_cluster(compute)
+        actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
+        # One task per shard; the actors read their shards themselves (_Embedder).
+        ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo)).map_batches(
+            _Embedder, fn_constructor_args=(actors, job, columns, keep), batch_size=1, **actors.pool()
+        )
+        progress(
+            f"embedding {total - resumed_rows:,} rows of {input_uri} with {model_uri} on "
+            f"{compute.num_workers} worker(s)"
+        )
+    inputs.update(shards=len(shards), rows=total)
+    carried = before.rows if before is not None else 0
+    counts = {"rows_embedded": total - resumed_rows, "rows_resumed": resumed_rows, "rows_carried": carried}
+
+    def stats(summaries: list[Summary]) -> dict[str, Any]:
+        return {**_stats(summaries, total, before and before.latest.stats["z_mean"]), **counts}
+
+    committed = run.execute(ds, total, out_schema, model, params, inputs, stats, resumed)
     if drift := committed.record.stats.get("drift"):
         progress(f"input drift (in the commit's stats.drift; --strict refuses it): {describe_drift(drift)}")
     return committed

@@ -11,6 +11,12 @@ Delta table version (vae_core.data.tables). Until then the files are invisible t
 a file left by a task that Ray retried is rewritten under the same name, and only files a summary
 reported are committed.
 
+Resuming (embed): when an actor has written all the files of one input shard it leaves the shard's
+summaries in a small JSON marker, `<table>/_vaeflow/<run key>/<shard digest>.json` (a folder Delta
+readers and VACUUM pass over). A rerun of the same run key after a crash takes the shards whose
+marker is there and whose files are all in place with their sizes, and processes only the rest; the
+commit is still one, with every file once. Markers are never deleted (a few hundred bytes a shard).
+
 Why not `Dataset.write_delta`: its commit cannot carry the run key (Delta txn) and the job's
 statistics, and the summaries give the aggregate-posterior moments of the corpus without a second
 pass.
@@ -18,8 +24,10 @@ pass.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +39,7 @@ from ray.data import ActorPoolStrategy
 
 from vae_core.config import ComputeConfig
 from vae_core.data.dataset import DataError, is_list_type
-from vae_core.data.objects import fingerprint
+from vae_core.data.objects import atomic_write_json, fingerprint, read_json
 from vae_core.data.storage import check_bucket, filesystem, join
 from vae_core.data.tables import (
     CommitRecord,
@@ -42,6 +50,7 @@ from vae_core.data.tables import (
     check_writable,
     commit,
     delta_schema,
+    file_sizes,
     find_commit,
     now_iso,
     to_delta,
@@ -65,6 +74,7 @@ Summary = dict[str, Any]  # one written file: "file", "rows", "bytes", "threads"
 # Data reads ahead up to a share of the whole object store, so memory grew with the corpus up to
 # that share (seen: 4.7 GB at 200k rows, 7.3 GB at 1M); with it, memory is flat in corpus size.
 OBJECT_STORE_BUDGET = 1 << 30
+STAGING = "_vaeflow"  # markers of finished input shards, per run key (see the module docstring)
 
 
 def start_cluster(compute: ComputeConfig) -> None:
@@ -111,6 +121,11 @@ class Actors:
         return ckpt, Writer(self.output_uri, self.schema, self.run_key, self.storage_options)
 
 
+def marker_uri(table_uri: str, run_key: str, shard: str) -> str:
+    """Where the marker of input `shard` of run `run_key` goes."""
+    return join(table_uri, STAGING, run_key, hashlib.sha256(shard.encode()).hexdigest()[:24] + ".json")
+
+
 class Writer:
     """Writes the Parquet files of one job into its table folder (filesystem resolved once per actor)."""
 
@@ -118,8 +133,14 @@ class Writer:
         self, folder_uri: str, schema: pa.Schema, run_key: str, storage_options: dict | None
     ) -> None:
         self.schema, self.run_key = delta_schema(schema), run_key  # every file as the commit declares it
+        self.folder_uri, self.storage_options = folder_uri, storage_options
         self.fs, self.folder = filesystem(folder_uri, storage_options)
         self.fs.makedirs(self.folder, exist_ok=True)  # a local table folder; S3: checks the bucket
+
+    def mark_done(self, shard: str, summaries: list[Summary]) -> None:
+        """Record that every file of input `shard` is written (its summaries), for a rerun to reuse."""
+        marker = {"shard": shard, "files": summaries}
+        atomic_write_json(marker_uri(self.folder_uri, self.run_key, shard), marker, self.storage_options)
 
     def write(self, table: pa.Table, content: str) -> Summary:
         """Write one file named by the run key and `content` (what it holds: a retried batch rewrites the
@@ -168,6 +189,28 @@ def model_record(model_uri: str, ckpt: Checkpoint, storage_options: dict | None)
     return {"uri": model_uri, "fingerprint": fingerprint(files, storage_options), "epoch": ckpt.meta.epoch}
 
 
+def resumable(
+    table_uri: str, run_key: str, shards: list[str], storage_options: dict | None
+) -> dict[str, list[Summary]]:
+    """Input shard -> its file summaries, for the shards an earlier attempt of `run_key` finished: its
+    marker is there and every file it names is in the table folder with the size it reported."""
+    fs, folder = filesystem(join(table_uri, STAGING, run_key), storage_options)
+    fs.invalidate_cache(folder)
+    if not fs.exists(folder):
+        return {}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        uris = [marker_uri(table_uri, run_key, s) for s in shards]
+        markers = list(pool.map(lambda uri: read_json(uri, storage_options), uris))
+    sizes = file_sizes(table_uri, storage_options)
+    return {
+        shard: marker["files"]
+        for shard, marker in zip(shards, markers, strict=True)
+        if marker is not None
+        and marker.get("shard") == shard
+        and all(sizes.get(f["file"]) == f["bytes"] for f in marker["files"])
+    }
+
+
 @dataclass
 class Run:
     """One run of a batch job as the driver sees it: the table it commits to, its run key (a rerun of
@@ -198,22 +241,27 @@ class Run:
 
     def execute(
         self,
-        ds: ray.data.Dataset,
+        ds: ray.data.Dataset | None,
         rows: int,
         schema: pa.Schema,
         model: dict[str, Any],
         params: dict[str, Any],
         inputs: dict[str, Any] | None = None,
         stats: Callable[[list[Summary]], dict[str, Any]] | None = None,
+        resumed: list[Summary] | None = None,
     ) -> Committed:
-        """Run `ds` (its actors write the files and summarize them), check that they hold `rows` rows, and
-        commit them as one table version of `schema`. The commit's record holds `model` (model_record),
-        `params` (the settings that key the run), `inputs` and `stats(summaries)`."""
-        summaries = self._collect(ds, rows)
+        """Run `ds` (its actors write the files and summarize them), check that they and `resumed` (files
+        an earlier attempt of this run key wrote) hold `rows` rows, and commit them all as one table
+        version of `schema` (`ds` None: everything was resumed). The commit's record holds `model`
+        (model_record), `params` (the settings that key the run), `inputs` and `stats(summaries)`."""
+        resumed = resumed or []
+        earlier = sum(s["rows"] for s in resumed)
+        summaries = resumed + (self._collect(ds, rows - earlier) if ds is not None else [])
         commit_record = CommitRecord(
             kind=self.kind,
             run_key=self.run_key,
             rows=rows,
+            mode=self.mode,
             model=model,
             input=inputs or {},
             params=params,
@@ -223,11 +271,14 @@ class Run:
         )
         files = [DataFile(s["file"], s["rows"], s["bytes"]) for s in summaries]
         version = commit(self.output_uri, files, schema, commit_record, self.mode, self.storage_options)
+        threads = ", ".join(map(str, sorted({s["threads"] for s in summaries})))
         self.progress(
-            f"committed {rows:,} rows in {len(files)} files as version {version} of {self.output_uri}"
+            f"committed {rows:,} rows in {len(files)} files as version {version} of {self.output_uri} "
+            f"(actors ran torch with {threads} thread(s))"
         )
         uris = [join(self.output_uri, f.path) for f in files]
-        return Committed(self.output_uri, version, commit_record, uris, skipped=False, job_stats=ds.stats())
+        job_stats = ds.stats() if ds is not None else ""
+        return Committed(self.output_uri, version, commit_record, uris, skipped=False, job_stats=job_stats)
 
     def _collect(self, ds: ray.data.Dataset, rows: int) -> list[Summary]:
         """Stream the per-file summaries as the actors finish them, one per file (a retried batch
@@ -235,12 +286,11 @@ class Run:
 
         A DataError raised in an actor (a bad row, named by file, column and row) comes back as a DataError.
         """
-        meter, summaries, threads = Meter(self.job, rows, self.progress), {}, set()
+        meter, summaries = Meter(self.job, rows, self.progress), {}
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for s in batch.to_pylist():
                     summaries[s["file"]] = s
-                    threads.add(s["threads"])
                     meter.add(s["rows"])
         except Exception as e:  # Ray wraps the actor's exception; surface the named data error
             reraise_data_error(e)
@@ -248,7 +298,6 @@ class Run:
         written = sum(s["rows"] for s in summaries.values())
         if written != rows:
             raise TableError(f"{self.output_uri}: the job wrote {written:,} of {rows:,} rows; not committing")
-        self.progress(f"{self.job}: actors ran torch with {', '.join(map(str, sorted(threads)))} thread(s)")
         return sorted(summaries.values(), key=lambda s: s["file"])
 
 
