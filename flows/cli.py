@@ -34,6 +34,44 @@ def _print_progress(msg: str) -> None:
     print(msg, flush=True)
 
 
+class EpochBar:
+    """`vaeflow train` on a terminal: a bar over the epochs (rich) below the plain lines, which scroll
+    above it; piped into a log, plain lines only. Used as the Progress and `on_record` of
+    train_on_ray, and as a context that removes the bar at the end."""
+
+    def __init__(self, terminal: bool | None = None) -> None:
+        self.terminal = sys.stdout.isatty() if terminal is None else terminal
+        self.bar: Any = None
+
+    def __call__(self, msg: str) -> None:
+        if self.bar is None:
+            _print_progress(msg)
+        else:
+            self.bar.console.print(msg, highlight=False, markup=False)
+
+    def record(self, record: dict[str, Any]) -> None:
+        if not self.terminal:
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+            )
+            self.task = self.bar.add_task("epochs", total=record["epochs"])
+            self.bar.start()
+        if record["kind"] == "epoch":
+            self.bar.update(self.task, completed=record["epoch"])
+
+    def __enter__(self) -> EpochBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
 def _config(args: argparse.Namespace) -> VaeflowConfig:
     """--config FILE (else the defaults) with the `section.key=value` overrides applied."""
     cfg = VaeflowConfig.from_file(args.config) if args.config else VaeflowConfig()
@@ -118,11 +156,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from vae_core.distributed.trainer import train_on_ray
 
     cfg = _job_config(args)
-    result = train_on_ray(cfg, run_name=args.run_name, progress=_print_progress, resume=args.resume)
+    with EpochBar() as bar:
+        result = train_on_ray(
+            cfg, run_name=args.run_name, progress=bar, resume=args.resume, on_record=bar.record
+        )
     last = result.history[-1]
     print(
         f"done: {len(result.history)} epochs, val ELBO {last['val_elbo']:.2f} nats "
-        f"(untrained {result.checkpoint.meta.val_elbo_init:.2f})\n"
+        f"(before training {result.checkpoint.meta.val_elbo_init:.2f})\n"
         f"latest checkpoint: {result.checkpoint_uri}\nbest checkpoint:   {result.best_checkpoint_uri}"
     )
     return 0
@@ -318,8 +359,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     config's data.uri): ELBO terms, the importance-weighted log-likelihood, active units, the aggregate
     posterior against N(0, I); for tabular models, the quality of sampled rows against the real splits
     (column shapes, pair trends, ML efficacy, detection, privacy). Writes one self-contained report.html
-    and metrics.json under --output (default: MODEL/report)."""
+    and metrics.json under --output (default: MODEL/report). With MLFLOW_TRACKING_URI set, both are
+    also logged to the MLflow run that trained the model."""
     from vae_core.data.storage import join
+    from vae_core.operations.tracking import log_report
     from vae_core.reports.report import write_report
 
     out = args.output or join(args.model, "report")
@@ -339,6 +382,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         f"{r.active_units}/{r.model.latent_dim} active units"
     )
     print(f"report:  {result.html_uri}\nmetrics: {result.metrics_uri}")
+    if run_id := log_report(args.model, out):
+        print(f"logged to MLflow run {run_id}")
     return 0
 
 
@@ -441,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
         "training range) before writing, instead of embedding it and recording the counts per column"
     )
     _setting(p, "--strict", "embed.strict", strict_help, action=boolean)
+    incremental_help = (
+        "embed only the input shards (by content fingerprint) that OUTPUT does not hold yet from this "
+        "model and append them (mode append); when its rows come from another model, or an embedded "
+        "shard changed or went, embed everything with --mode"
+    )
+    _setting(p, "--incremental", "embed.incremental", incremental_help, action=boolean)
 
     generate_notes = (JOB_SETTINGS.format(section="generate"), PUBLISH_NOTE)
     p = _command(

@@ -66,7 +66,14 @@ def embed_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date |
         config.data.storage_options,
     )
     rows = [
-        {"split": s, "rows": o.rows, "version": o.version, "skipped": o.skipped, "table": o.uri}
+        {
+            "split": s,
+            "rows": o.rows,
+            "embedded": o.embedded,
+            "carried over": o.carried,
+            "version": o.version,
+            "table": o.uri,
+        }
         for s, o in outputs.items()
     ]
     table_artifact(f"{config.name}-embeddings", rows, f"embeddings by {model.version} for {day}")

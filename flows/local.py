@@ -3,6 +3,7 @@ folder as the object store, MNIST imported into it on first use), then the outpu
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import date
 from pathlib import Path
@@ -67,12 +68,44 @@ def summary(result: NightlyResult, message: str, seconds: float) -> str:
         f"  champion model   {result.champion_uri or '-'}",
         f"  report           {_href(result.report_uri)}",
     ]
-    lines += [f"  embeddings       {uri}  ({split})" for split, uri in result.embeddings.items()]
+    for split, uri in result.embeddings.items():
+        rows, carried = result.embedded.get(split, (0, 0))
+        lines.append(f"  embeddings       {uri}  ({split}: {rows:,} rows embedded, {carried:,} carried over)")
     lines.append(f"  samples          {result.samples_uri or '-'}")
     if result.drift:
         drift = result.drift.verdict
         lines.append(f"  latent drift     {'ALERT' if drift.alert else 'ok'}: {'; '.join(drift.reasons)}")
     return "\n".join(lines)
+
+
+class QuietConsole(logging.Filter):
+    """Prefect's own lines that tell a terminal nothing the summary does not: each task's and flow's
+    "Finished in state Completed(...)", "Beginning subflow run", the temporary API's start and stop.
+    Only the console drops them; the run logs in the Prefect API keep every line. Failures, retries
+    and every line vaeflow logs still show."""
+
+    DROPPED = (
+        "Finished in state Completed(",
+        "Beginning subflow run",
+        "Starting temporary server on",
+        "Stopping temporary server on",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.DROPPED)
+
+
+def quiet_console() -> None:
+    """Add QuietConsole to Prefect's console handlers (configured when prefect was imported)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, QuietConsole) for f in handler.filters
+            ):
+                handler.addFilter(QuietConsole())
 
 
 def run(
@@ -83,6 +116,7 @@ def run(
     overrides: list[str] | None = None,
 ) -> int:
     config, pipeline = build(root, epochs, config_file, overrides or [])
+    quiet_console()
     t0 = time.perf_counter()
     state = nightly_flow(config, pipeline, run_date, return_state=True)
     result = state.result(raise_on_failure=False)

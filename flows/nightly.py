@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
-from flows.common import link, locations_markdown, metrics_rows, night, run_id
+from flows.common import locations_markdown, metrics_rows, night, run_id
 from flows.embed import embed_flow
 from flows.evaluate import evaluate_flow, report_markdown
 from flows.generate import generate_flow
@@ -53,6 +53,7 @@ class NightlyResult:
     report_uri: str | None  # tonight's candidate report (report.html in the registry)
     elbo: float  # the candidate's held-out ELBO, nats per row
     embeddings: dict[str, str] = field(default_factory=dict)  # split -> location
+    embedded: dict[str, tuple[int, int]] = field(default_factory=dict)  # split -> (embedded, carried over)
     drift: DriftRecord | None = None  # None when nothing was embedded
     samples_uri: str | None = None
 
@@ -100,6 +101,14 @@ def nightly_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date
     if pipeline.model_version is not None:  # a pinned version that does not exist fails before training
         resolve_model(pipeline.root, config.name, pipeline.model_version, options)
 
+    if config.train.init_from == "champion":  # warm start: from the champion read above, if any
+        init = version_uri(pipeline.root, config.name, start.version) if start else None
+        log.info(
+            f"warm start from champion {start.version}"
+            if start
+            else "no champion yet: training starts from random weights"
+        )
+        config = config.model_copy(update={"train": config.train.model_copy(update={"init_from": init})})
     trained = train_flow(config, day, run_name=f"{config.name}-{version}")
     report = evaluate_flow(
         trained.best_checkpoint_uri,
@@ -182,6 +191,7 @@ def nightly_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date
     embedded = embed_flow(config, tonight, day)
     generated = generate_flow(config, tonight, day)
     result.embeddings = {split: o.uri for split, o in embedded.outputs.items()}
+    result.embedded = {split: (o.embedded, o.carried) for split, o in embedded.outputs.items()}
     result.drift = embedded.drift
     result.samples_uri = generated.output.uri
 
@@ -191,8 +201,8 @@ def nightly_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date
         f"(KL to N(0, I) {drift.kl_prior:.2f} nats)\n"
     )
     _night_artifacts(config.name, report_md, result)
-    for what, uri in result.locations().items():
-        log.info(f"{what}: {link(uri)}")
+    for split, (rows, carried) in result.embedded.items():
+        log.info(f"embeddings ({split}): {rows:,} rows embedded, {carried:,} carried over")
 
     parts = [
         f"promoted {version}"

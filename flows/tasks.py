@@ -16,14 +16,19 @@ from datetime import date
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from vae_core.config import VaeflowConfig
 from vae_core.data.dataset import DataError, list_shards
 from vae_core.data.storage import join
 from vae_core.data.tables import Committed
-from vae_core.operations import registry
+from vae_core.operations import registry, tracking
 from vae_core.operations.drift import (
     DriftRecord,
     EmbeddedSplit,
@@ -97,14 +102,32 @@ class TrainSummary:
     val_elbo_init: float
 
 
+class EpochProgress:
+    """A Prefect progress artifact (`<run name>-epochs`, 0-100 %) that moves with each epoch Ray Train
+    reports; the epoch lines themselves reach the run log through the task's Progress."""
+
+    def __init__(self, run_name: str, epochs: int) -> None:
+        self.epochs = epochs
+        self.id = create_progress_artifact(
+            0.0, key=artifact_key(run_name, "epochs"), description=f"Ray Train run {run_name}: epochs done"
+        )
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if record["kind"] == "epoch":
+            done = f"epoch {record['epoch']}/{self.epochs}, val ELBO {record['val_elbo']:.2f}"
+            update_progress_artifact(self.id, 100.0 * record["epoch"] / self.epochs, description=done)
+
+
 @task(name="train-model", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def train_model(config: VaeflowConfig, run_name: str) -> TrainSummary:
     """Ray Train. A retry relaunches the same run name and resumes from its latest checkpoint: the
     task asks for resuming explicitly, and a stored run with other data/model/train settings is
-    still refused (RunNameError)."""
+    still refused (RunNameError). Each epoch's line reaches the run log as it finishes, and a progress
+    artifact follows the epochs."""
     from vae_core.distributed.trainer import train_on_ray
 
-    result = train_on_ray(config, run_name=run_name, progress=_log, resume=True)
+    on_record = EpochProgress(run_name, config.train.epochs)
+    result = train_on_ray(config, run_name=run_name, progress=_log, resume=True, on_record=on_record)
     return TrainSummary(
         run_name,
         result.checkpoint_uri,
@@ -123,8 +146,9 @@ def write_model_report(
     max_eval_rows: int | None,
     storage_options: dict[str, Any] | None = None,
 ) -> ReportResult:
-    """Evaluate a model and write report.html + metrics.json under out_uri (overwritten on retry)."""
-    return write_report(
+    """Evaluate a model and write report.html + metrics.json under out_uri (overwritten on retry); with
+    MLFLOW_TRACKING_URI set, log both to the MLflow run that trained the model."""
+    result = write_report(
         model_uri,
         out_uri,
         data_uri,
@@ -133,6 +157,9 @@ def write_model_report(
         progress=_log,
         storage_options=storage_options,
     )
+    if run_id := tracking.log_report(model_uri, out_uri, storage_options):
+        _log(f"report logged to MLflow run {run_id}")
+    return result
 
 
 # ---- the registry -----------------------------------------------------------------------------
@@ -261,30 +288,40 @@ class Output:
 
     uri: str  # the Delta table
     version: int
-    rows: int
+    rows: int  # the rows this version added (embeddings: all the table holds after it, see `carried`)
     files: int  # files this run committed (0 when skipped)
     skipped: bool
     stats: dict[str, Any] = field(default_factory=dict, repr=False)
+    embedded: int = 0  # rows this run processed (0 when skipped)
+    carried: int = 0  # rows already in the table that it kept (incremental embeds, earlier attempts)
 
 
 def _output(committed: Committed) -> Output:
+    stats = dict(committed.record.stats)
+    embedded = 0 if committed.skipped else stats.get("rows_embedded", committed.rows)
+    held = stats["z_mean"]["count"] if "z_mean" in stats else committed.rows  # rows in the table now
     return Output(
         committed.table_uri,
         committed.version,
-        committed.rows,
+        held,
         len(committed.files),
         committed.skipped,
-        dict(committed.record.stats),
+        stats,
+        embedded=embedded,
+        carried=held - embedded,
     )
 
 
 @task(name="embed-corpus", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def embed_split(model_uri: str, input_uri: str, output_uri: str, config: VaeflowConfig, night: str) -> Output:
-    """Ray Data embed job with `config.embed` and `config.compute`, one Delta commit (a new version
-    replacing the table's rows): a retry or rerun of the same run key is skipped."""
+    """Ray Data embed job with `config.embed` and `config.compute`, one Delta commit, incremental: with
+    the same model only the shards the table does not hold yet are embedded and appended; a new model
+    re-embeds everything as a new version replacing the table's rows. A retry takes over the files a
+    failed attempt finished."""
     from vae_core.distributed.embed import embed_corpus
 
-    return _nightly_job(embed_corpus, config, night, model_uri, input_uri, output_uri, config.embed)
+    job = config.embed.model_copy(update={"incremental": True})
+    return _nightly_job(embed_corpus, config, night, model_uri, input_uri, output_uri, job)
 
 
 @task(name="generate-rows", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)

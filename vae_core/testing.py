@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: a real S3 API on loopback (moto server mode; a dev dependency)."""
+"""Helpers for tests and benchmarks: a real S3 API on loopback (moto server mode; a dev dependency),
+free ports, and waiting for a local server to answer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +17,23 @@ from pathlib import Path
 
 # Distinctive fake credentials, so tests can assert they never show up in output.
 TEST_KEY_ID, TEST_SECRET = "AKIAVAEFLOWTEST", "vaeflow-test-secret-9f3c"
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Wait until GET `url` answers 200 (a server's health endpoint); an AssertionError when `proc`
+    exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{what} at {url} not healthy after {timeout}s")
 
 
 def _free_port() -> int:

@@ -64,11 +64,11 @@ def _complete(s3: S3, run_uri: str, epoch: int) -> bool:
 
 
 def _printed_epochs(out: str, total: int) -> list[int]:
-    """Epochs the worker printed as finished ('[vaeflow] epoch k/total ...'), in order."""
+    """Epochs the driver reported as finished ('epoch k/total  loss ...', relayed from rank 0), in order."""
     return [
         int(line.split("epoch ", 1)[1].split("/")[0])
         for line in out.splitlines()
-        if f"/{total} " in line and "[vaeflow] epoch " in line
+        if line.startswith("epoch ") and f"/{total} " in line
     ]
 
 

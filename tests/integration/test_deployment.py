@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -20,28 +19,13 @@ import pytest
 from vae_core.data.importers import ShardWriter
 from vae_core.data.packaged import mnist_table
 from vae_core.operations.registry import champion_record
-from vae_core.testing import _free_port
+from vae_core.testing import _free_port, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 POOL = "vaeflow-process"
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"prefect server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"prefect server at {url} not healthy after {timeout}s")
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -81,7 +65,7 @@ def server(env: dict[str, str], tmp_path_factory) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/api"
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(f"{url}/health", proc, "prefect server")
         env["PREFECT_API_URL"] = url
         yield url
     finally:

@@ -55,7 +55,7 @@ def configs(data_uri: str, bucket: str, **train) -> tuple[VaeflowConfig, Pipelin
             "name": "mnist-vae",
             "data": {"uri": data_uri, "vector_column": "image", "image_shape": [1, 28, 28], "scale": 255},
             "model": {"family": "vae", "hidden": [200], "latent_dim": 8},
-            "train": {"epochs": 2, "batch_size": 100, "runs_uri": f"{bucket}/runs", **train},
+            "train": {"epochs": 3, "batch_size": 100, "runs_uri": f"{bucket}/runs", **train},
             "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
             "embed": {"passthrough": ["label"]},
             "generate": {"rows": SAMPLES},
@@ -63,6 +63,33 @@ def configs(data_uri: str, bucket: str, **train) -> tuple[VaeflowConfig, Pipelin
     )
     pipeline = PipelineConfig(root=f"{bucket}/vaeflow", iwae_k=10, max_eval_rows=200, gate_margin=2.0)
     return config, pipeline
+
+
+def run_logs(flow_run_id: UUID) -> list[str]:
+    """The log lines the Prefect API holds for a flow run and its sub-flow runs, in time order."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import LogSort
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            children = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+                )
+            )
+            ids = [flow_run_id, *(c.id for c in children)]
+            found = await client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), sort=LogSort.TIMESTAMP_ASC
+            )
+            return [log.message for log in found]
+
+    return asyncio.run(read())
 
 
 def artifact_keys(flow_run_id: UUID) -> set[str]:
@@ -102,7 +129,7 @@ def test_a_nightly_registers_promotes_embeds_generates_and_writes_artifacts(firs
     assert record.night == "2026-01-01" and record.flow_run_id == str(state.state_details.flow_run_id)
     version = read_version(pipeline.root, "mnist-vae", result.candidate)
     assert version.report.test.n == 200 and version.report.heldout_elbo > -400
-    assert version.report.to_dict()["training"]["epochs"] == 2  # the nightly's summary, kept
+    assert version.report.to_dict()["training"]["epochs"] == 3  # the nightly's summary, kept
     assert "report/report.html" in version.record["files"]
     assert version.report_uri == result.report_uri
     # Embeddings: every row of both splits once, with ids, labels and the latent mean, one Delta
@@ -125,6 +152,35 @@ def test_a_nightly_registers_promotes_embeds_generates_and_writes_artifacts(firs
     # Artifacts on the nightly run: metrics table, report, output locations.
     keys = artifact_keys(state.state_details.flow_run_id)
     assert {"mnist-vae-metrics", "mnist-vae-report", "mnist-vae-outputs"} <= keys
+    # A first night embeds every row; nothing is carried over.
+    assert result.embedded == {"train": (TRAIN_ROWS, 0), "test": (TEST_ROWS, 0)}
+
+
+def test_the_epoch_lines_reach_the_flow_run_log_and_a_progress_artifact(first_night):
+    """Rank 0's epoch records reach the Prefect run log through the driver (not a worker's stdout),
+    one line per epoch, in order, with a progress artifact that ends at 100%."""
+    config, _, state = first_night
+    lines = run_logs(state.state_details.flow_run_id)
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"], lines
+    assert all("val ELBO" in line and "samples/s" in line for line in epochs)
+    assert any(line.startswith("1 worker(s), gradients") for line in lines)
+    assert f"embeddings (train): {TRAIN_ROWS:,} rows embedded, 0 carried over" in lines
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.tasks import artifact_key
+
+    key = artifact_key(f"{config.name}-{state.result().candidate}", "epochs")
+
+    async def progress() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            )
+
+    (artifact,) = asyncio.run(progress())
+    assert artifact.type == "progress" and float(artifact.data) == 100.0
 
 
 def test_an_untrained_candidate_fails_the_gate_and_the_champion_stays(first_night, small_mnist_s3):
@@ -152,3 +208,55 @@ def test_an_untrained_candidate_fails_the_gate_and_the_champion_stays(first_nigh
     samples = samples_uri(pipeline.root, "mnist-vae")
     assert read_table(samples).num_rows == SAMPLES and len(history(samples)) == 1
     assert "mnist-vae-report" in artifact_keys(state.state_details.flow_run_id)
+
+
+NEW_ROWS = 500
+
+
+def test_a_night_with_the_same_champion_embeds_only_the_new_shard(first_night, small_mnist_s3):
+    """Champion unchanged, one train shard added: only its rows are embedded and appended; the table
+    then holds every id once, and the drift record counts the whole corpus."""
+    from flows.nightly import nightly_flow
+
+    config, pipeline, _ = first_night
+    before = champion_record(pipeline.root, "mnist-vae")
+    extra = mnist_table("train").slice(TRAIN_ROWS, NEW_ROWS)  # ids TRAIN_ROWS .. TRAIN_ROWS + 499
+    ShardWriter(join(small_mnist_s3, "train", "added"), rows_per_shard=NEW_ROWS).write_all([extra])
+    bad = config.with_overrides(["train.lr=1e-9", "train.epochs=1"])  # rejected: the champion stays
+    state = nightly_flow(bad, pipeline, date(2026, 1, 3), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert not result.promoted and champion_record(pipeline.root, "mnist-vae") == before
+    assert result.embedded == {"train": (NEW_ROWS, TRAIN_ROWS), "test": (0, TEST_ROWS)}
+    uri = embeddings_uri(pipeline.root, "mnist-vae", "train")
+    table = read_table(uri)
+    assert table.num_rows == TRAIN_ROWS + NEW_ROWS == len(set(table["id"].to_pylist()))
+    (_, record), *_ = history(uri)
+    assert record.mode == "append" and record.rows == NEW_ROWS
+    assert record.stats["rows_embedded"] == NEW_ROWS and record.stats["rows_carried"] == TRAIN_ROWS
+    drift = read_json(join(drift_uri(pipeline.root, "mnist-vae", date(2026, 1, 3)), "drift.json"))
+    assert drift["stats"]["count"] == TRAIN_ROWS + NEW_ROWS + TEST_ROWS
+    lines = run_logs(state.state_details.flow_run_id)
+    assert f"embeddings (train): {NEW_ROWS:,} rows embedded, {TRAIN_ROWS:,} carried over" in lines
+
+
+def test_a_warm_started_night_matches_the_champion_in_a_third_of_its_epochs(first_night):
+    """train.init_from=champion: one epoch from the champion's weights (it trained three) reaches its
+    held-out ELBO within 1 nat; promoted, the new champion re-embeds the whole corpus."""
+    from flows.nightly import nightly_flow
+
+    config, pipeline, _ = first_night
+    champion = champion_record(pipeline.root, "mnist-vae")
+    was = read_version(pipeline.root, "mnist-vae", champion.version).report
+    warm = config.with_overrides(["train.init_from=champion", "train.epochs=1"])
+    state = nightly_flow(warm, pipeline, date(2026, 1, 4), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    now = read_version(pipeline.root, "mnist-vae", result.candidate).report
+    assert 3 * now.to_dict()["training"]["epochs"] <= was.to_dict()["training"]["epochs"] == 3
+    assert result.elbo >= was.heldout_elbo - 1.0, (result.elbo, was.heldout_elbo)
+    lines = run_logs(state.state_details.flow_run_id)
+    assert f"warm start from champion {champion.version}" in lines
+    assert any(line.startswith("1 worker(s)") and "warm-started val ELBO" in line for line in lines)
+    assert result.promoted, state.message
+    assert result.embedded == {"train": (TRAIN_ROWS + NEW_ROWS, 0), "test": (TEST_ROWS, 0)}

@@ -257,4 +257,4 @@ def test_train_settings_come_from_config_then_overrides_then_options(tmp_path, m
     [((cfg,), kwargs)] = calls
     assert cfg.compute == ComputeConfig(num_workers=5, torch_threads=3) and cfg.train.epochs == 4
     assert kwargs["run_name"] == "r" and kwargs["resume"] is False
-    assert "val ELBO -120.00 nats (untrained -550.00)" in capsys.readouterr().out
+    assert "val ELBO -120.00 nats (before training -550.00)" in capsys.readouterr().out

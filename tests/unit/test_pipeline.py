@@ -149,7 +149,8 @@ class _FakeNight:
             self.served.append(("embed", pipeline.model_version))
             stats = LatentStats(10, np.zeros(2), np.ones(2))
             drift = assess(day, pipeline.model_version, "m", {}, stats, None, pipeline.drift_threshold)
-            return SimpleNamespace(outputs={"test": SimpleNamespace(uri="e")}, drift=drift)
+            test = SimpleNamespace(uri="e", embedded=10, carried=0)
+            return SimpleNamespace(outputs={"test": test}, drift=drift)
 
         def generate(config, pipeline, day):
             self.served.append(("generate", pipeline.model_version))

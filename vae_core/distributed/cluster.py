@@ -38,8 +38,18 @@ def required_cpus(compute: ComputeConfig) -> float:
     return compute.num_workers * compute.cpus_per_worker + compute.data_cpus
 
 
+# Driver-side Ray Data lines that repeat what vaeflow's own progress says (one "Dataset ... execution
+# finished" per job, "Progress bars disabled" once): quiet on our drivers, whatever the cluster.
+QUIET_LOGGERS = {
+    "ray.data._internal.progress": logging.ERROR,
+    "ray.data._internal.execution.streaming_executor": logging.WARNING,
+}
+
+
 def ensure_ray(compute: ComputeConfig) -> None:
     """Connect to RAY_ADDRESS if set, else start a local cluster big enough for `compute`."""
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -53,7 +63,12 @@ def ensure_ray(compute: ComputeConfig) -> None:
 def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
     """Start a quiet local cluster of our own (no dashboard, temp dir VAEFLOW_RAY_TMPDIR if set) with
     token auth. Returns its GCS address: a driver in a subprocess connects with RAY_ADDRESS=<it> and
-    this process's environment, which holds the token."""
+    this process's environment, which holds the token.
+
+    Workers' stdout and stderr stay in the cluster's log files (`<temp dir>/session_latest/logs`)
+    instead of the driver's terminal (Ray Train's TrainingReport dumps, Ray Data's deprecation
+    warnings): what vaeflow reports reaches the driver through its own channels, and a worker's error
+    comes back with its traceback in the exception. VAEFLOW_RAY_WORKER_LOGS=1 forwards them again."""
     use_token_auth()
     if os.environ["RAY_AUTH_MODE"].lower() != "token":
         log.warning(
@@ -67,6 +82,7 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
             num_gpus=num_gpus,
             include_dashboard=False,
             logging_level=logging.WARNING,
+            log_to_driver=os.environ.get("VAEFLOW_RAY_WORKER_LOGS") == "1",
             _temp_dir=os.environ.get("VAEFLOW_RAY_TMPDIR"),
         )
     address = ray.get_runtime_context().gcs_address

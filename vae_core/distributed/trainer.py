@@ -16,10 +16,12 @@ resume with more epochs extends a finished run), and settings that do not change
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,6 +50,7 @@ from vae_core.data.storage import absolute, arrow_filesystem, create_only_write,
 from vae_core.models.families import DataShape, build_model, check_likelihood
 from vae_core.models.model import LatentModel
 from vae_core.models.sampler import LatentMixture, fit_latent_mixture
+from vae_core.operations import tracking
 from vae_core.training.checkpoints import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult, evaluate
 from vae_core.training.loop import EpochStats, KLSchedule, fit, make_optimizer
@@ -57,6 +60,9 @@ from .cluster import check_resources, ensure_ray, is_own_local_cluster
 from .errors import reraise_data_error
 
 PATH = "path"  # the column read_parquet(include_paths=True) adds
+
+
+Record = dict[str, Any]  # an event from rank 0: {"kind": "start" | "epoch", ...}
 
 
 class TrainingError(RuntimeError):
@@ -89,6 +95,7 @@ class LoopConfig:
     config: str  # VaeflowConfig JSON, unredacted: workers open the data with the real storage options
     codec: str  # codec_to_json of the codec fitted on train
     schema: str  # the training columns' Arrow schema (dataset.encode_schema), recorded in checkpoints
+    tracking_run: str | None = None  # the MLflow run id, recorded in checkpoints (operations.tracking)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -297,13 +304,14 @@ class EpochEnd:
 
     cfg: VaeflowConfig
     codec: Codec
-    schema: str  # the training schema, recorded in every checkpoint
+    loop: LoopConfig  # the training schema and the MLflow run id, recorded in every checkpoint
     state: RunState
     data: ShardBatches
     rank: int
     world: int
     nodes: list[str]
     gradients: str  # how DDP averages them (_prepare_model)
+    events: Any  # the driver's _Events actor
 
     def __call__(self, stats: EpochStats, core: LatentModel, optimizer: torch.optim.Optimizer) -> None:
         record = self._record(stats, core)
@@ -314,24 +322,21 @@ class EpochEnd:
         if self.rank != 0:
             ray.train.report(metrics)  # Ray: every rank reports; only rank 0 writes the checkpoint
             return
-        print(
-            f"[vaeflow] epoch {stats.epoch}/{self.cfg.train.epochs}  loss {stats.loss:.2f}  "
-            f"recon {stats.recon:.2f}  kl {stats.kl:.2f}  val ELBO {record['val_elbo']:.2f}  "
-            f"{record['samples_per_s']:,.0f} samples/s",
-            flush=True,
-        )
+        self.events.add.remote({"kind": "epoch", "epochs": self.cfg.train.epochs, **record})
         meta = CheckpointMeta(
             epoch=stats.epoch,
             step=stats.step,
             history=self.state.history,
             val_elbo=record["val_elbo"],
             val_elbo_init=self.state.val_elbo_init,
-            data_schema=self.schema,
+            data_schema=self.loop.schema,
             world_size=self.world,
             worker_nodes=self.nodes,
             gradients=self.gradients,
             restarts=self.state.restarts,
         )
+        if self.loop.tracking_run:
+            meta.extra[tracking.RUN_ID_KEY] = self.loop.tracking_run
         sampler = self._sampler(stats.epoch, core)
         if sampler is not None:
             tried = ", ".join(f"{k}: {ll:.2f}" for k, ll in sampler.heldout.items())
@@ -419,7 +424,7 @@ def _prepare_model(
     return ddp, "shared memory"
 
 
-def _worker_loop(train_loop_config: dict[str, str]) -> None:
+def _worker_loop(train_loop_config: dict[str, Any]) -> None:
     """The training function of every Ray Train worker: vae_core's `fit` over this worker's shard."""
     loop = LoopConfig.from_json(train_loop_config["loop"])
     cfg, codec = VaeflowConfig.from_json(loop.config), codec_from_json(loop.codec)
@@ -427,10 +432,14 @@ def _worker_loop(train_loop_config: dict[str, str]) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(cfg.compute.threads_per_worker)
 
+    events = train_loop_config["events"]
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, DataShape.of(codec))
     optimizer = make_optimizer(model, cfg.train.lr)
     state = RunState.restore(model, optimizer, rank)
+    if cfg.train.init_from and not state.resumed:  # warm start: the weights, not the optimizer state
+        init = load_checkpoint(cfg.train.init_from, storage_options=cfg.data.storage_options)
+        model.load_state_dict(init.model.state_dict())
     nodes = _worker_nodes(world)
     ddp, gradients = _prepare_model(cfg, model, device, world, nodes)  # Ray: DDP; moves to device
     core: LatentModel = getattr(ddp, "module", ddp)
@@ -442,10 +451,9 @@ def _worker_loop(train_loop_config: dict[str, str]) -> None:
     if state.val_elbo_init is None:
         state.val_elbo_init = _validate(core, data.val(), cfg.train.seed).elbo
     if rank == 0 and not state.resumed:
-        print(
-            f"[vaeflow] {world} worker(s) on nodes {nodes}, gradients {gradients}; "
-            f"untrained val ELBO {state.val_elbo_init:.2f}",
-            flush=True,
+        start = {"world": world, "nodes": nodes, "gradients": gradients, "val_elbo_init": state.val_elbo_init}
+        events.add.remote(
+            {"kind": "start", "epochs": cfg.train.epochs, "warm": bool(cfg.train.init_from), **start}
         )
     fit(
         ddp,
@@ -456,7 +464,7 @@ def _worker_loop(train_loop_config: dict[str, str]) -> None:
         grad_clip=cfg.train.grad_clip,
         start_epoch=state.epoch,
         start_step=state.step,
-        on_epoch=EpochEnd(cfg, codec, loop.schema, state, data, rank, world, nodes, gradients),
+        on_epoch=EpochEnd(cfg, codec, loop, state, data, rank, world, nodes, gradients, events),
         device=device,
         autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
     )
@@ -500,7 +508,7 @@ def feed_rate(cfg: VaeflowConfig, progress: Callable[[str], None] = print) -> li
     name = f"{cfg.name}-feed-{uuid.uuid4().hex[:8]}"
     datasets = build_datasets(cfg, codec, {"train": shards["train"]})
     with _local_train_env():
-        result = _trainer(cfg, name, _feed_loop, loop_cfg, datasets).fit()
+        result = _trainer(cfg, name, _feed_loop, {"loop": loop_cfg.to_json()}, datasets).fit()
     passes = result.metrics["passes"]
     return [{**p, "rows_per_s": p["rows"] / p["seconds"]} for p in passes]
 
@@ -671,14 +679,48 @@ def _checkpoint_uri(ckpt: ray.train.Checkpoint, runs_uri: str) -> str:
     return ckpt.path if kind == "file" else f"{kind}://{ckpt.path.lstrip('/')}"
 
 
+def _warm_start_codec(cfg: VaeflowConfig, schema: pa.Schema, progress: Callable[[str], None]) -> Codec:
+    """train.init_from: the checkpoint's codec (its weights expect that feature layout; a codec fitted
+    anew could order tabular modes differently), once its model settings are cfg's and the data has the
+    columns it reads; else a ValueError naming the setting and what differs."""
+    uri = cfg.train.init_from or ""
+    if uri == "champion":
+        raise ValueError(
+            "train.init_from=champion names the registry's champion, which only the nightly flow "
+            "(`vaeflow run`, `vaeflow serve`) resolves; give a checkpoint URI to `vaeflow train`"
+        )
+    init = load_checkpoint(uri, storage_options=cfg.data.storage_options)
+    was, now = init.config.model.model_dump(), cfg.model.model_dump()
+    diff = [f"model.{k}: {was[k]!r} (checkpoint) != {now[k]!r} (now)" for k in was if was[k] != now.get(k)]
+    if diff:
+        raise ValueError(
+            f"train.init_from {uri}: its model settings differ from this run's: {'; '.join(diff)}"
+        )
+    missing = [c for c in init.codec.columns if c not in schema.names]
+    if missing:
+        raise DataError(
+            f"train.init_from {uri}: its model reads columns {missing} that {cfg.data.uri}/train lacks"
+        )
+    progress(
+        f"warm start from {uri} (epoch {init.meta.epoch}, val ELBO {init.meta.val_elbo:.2f}): "
+        f"its weights and {init.codec.kind} codec"
+    )
+    return init.codec
+
+
 def prepare_data(
     cfg: VaeflowConfig, progress: Callable[[str], None] = print
 ) -> tuple[DatasetSpec, pa.Schema, dict[str, list[str]], Codec]:
-    """Check both splits up front (clear errors before any worker starts) and fit the codec on train."""
+    """Check both splits up front (clear errors before any worker starts) and fit the codec on train
+    (a warm start takes its checkpoint's)."""
     train_shards, schema, spec = open_dataset(cfg.data, "train")
     val_shards, val_schema, _ = open_dataset(cfg.data, cfg.train.val_split)
     if val_schema != schema:
         raise ValueError(f"{cfg.data.uri}: the {cfg.train.val_split!r} split's schema differs from train's")
+    if cfg.train.init_from:
+        codec = _warm_start_codec(cfg, schema, progress)
+        check_likelihood(cfg.model, DataShape.of(codec))
+        return spec, schema, {"train": train_shards, "val": val_shards}, codec
     t0 = time.perf_counter()
     codec = fit_on_train(spec, schema, train_shards, cfg.data, seed=cfg.train.seed)
     likelihood = check_likelihood(cfg.model, DataShape.of(codec))
@@ -706,14 +748,15 @@ def _start_cluster(cfg: VaeflowConfig) -> None:
 def _trainer(
     cfg: VaeflowConfig,
     name: str,
-    loop: Callable[[dict[str, str]], None],
-    loop_cfg: LoopConfig,
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
     datasets: dict[str, ray.data.Dataset],
 ) -> ray.train.torch.TorchTrainer:
-    """The Ray Train run `name` of `loop` on every worker, as cfg.compute and cfg.train set it."""
+    """The Ray Train run `name` of `loop(loop_config)` on every worker, as cfg.compute and cfg.train
+    set it."""
     return _Trainer(
         loop,
-        train_loop_config={"loop": loop_cfg.to_json()},
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=cfg.compute.num_workers,
             use_gpu=cfg.compute.use_gpu,
@@ -739,11 +782,80 @@ def _trainer(
     )
 
 
+@ray.remote(num_cpus=0)
+class _Events:
+    """Where rank 0 leaves its records (the run's start, each finished epoch) for the driver, which
+    polls them: epoch lines reach the caller's Progress (a terminal, the Prefect run log) and its
+    `on_record` (MLflow, a progress artifact) instead of a worker's stdout. 0 CPUs: it must not take
+    a CPU that the workers or Ray Data reserve."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def add(self, record: Record) -> None:
+        self.records.append(record)
+
+    def take(self) -> list[Record]:
+        records, self.records = self.records, []
+        return records
+
+
+def record_line(record: Record) -> str:
+    """One plain line for a record of rank 0 ("epoch 3/10  loss ...")."""
+    if record["kind"] == "start":
+        return (
+            f"{record['world']} worker(s), gradients {record['gradients']}; "
+            f"{'warm-started' if record['warm'] else 'untrained'} val ELBO {record['val_elbo_init']:.2f}"
+        )
+    return (
+        f"epoch {record['epoch']}/{record['epochs']}  loss {record['loss']:.2f}  "
+        f"recon {record['recon']:.2f}  kl {record['kl']:.2f}  val ELBO {record['val_elbo']:.2f}  "
+        f"{record['samples_per_s']:,.0f} samples/s"
+    )
+
+
+@contextlib.contextmanager
+def _relay(
+    events: Any, progress: Callable[[str], None], on_record: Callable[[Record], None] | None
+) -> Iterator[None]:
+    """While the run goes on, a thread hands rank 0's records to `progress` (as lines) and `on_record`,
+    twice a second, in this thread's context (a Prefect task's logger needs its run context); the
+    records left when the run ends are handed over before this returns. A failing `on_record` (an
+    unreachable tracking server) is reported once and never stops the training."""
+    context, stop, failed = contextvars.copy_context(), threading.Event(), []
+
+    def deliver() -> None:
+        for record in ray.get(events.take.remote()):
+            progress(record_line(record))
+            if on_record is None:
+                continue
+            try:
+                on_record(record)
+            except Exception as e:  # tracking is best effort: the run goes on
+                if not failed:
+                    progress(f"could not record epoch {record.get('epoch', 0)}: {e}")
+                failed.append(e)
+
+    def poll() -> None:
+        while not stop.wait(0.5):
+            context.run(deliver)
+
+    thread = threading.Thread(target=poll, daemon=True, name="vaeflow-epochs")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        context.run(deliver)
+
+
 def train_on_ray(
     cfg: VaeflowConfig,
     run_name: str | None = None,
     progress: Callable[[str], None] = print,
     resume: bool = False,
+    on_record: Callable[[Record], None] | None = None,
 ) -> TrainResult:
     """Fit cfg's model with Ray Train as run `run_name` (default: cfg.name) under train.runs_uri.
 
@@ -751,6 +863,10 @@ def train_on_ray(
     resume=True and a config equal in its data/model/train keys (train.epochs may grow: that extends
     the run); otherwise RunNameError, before any worker starts. The run is recorded once the data
     have been checked, so a launch that fails on its data leaves no run behind.
+
+    Rank 0's records (the run's start, then each epoch: the EpochStats, validation and throughput)
+    reach the driver while the run goes on: each as a line through `progress` and as a dict through
+    `on_record`. With train.init_from the run starts from that checkpoint's weights and codec.
     """
     data = with_recorded_id(cfg.data.model_copy(update={"uri": absolute(cfg.data.uri)}))  # import's key
     cfg = cfg.model_copy(
@@ -765,14 +881,25 @@ def train_on_ray(
     _start_cluster(cfg)
     if not resuming:
         resuming = record_run(cfg, name, resume)
-    loop_cfg = LoopConfig(cfg.to_json(redact=False), codec_to_json(codec), encode_schema(schema))
-    trainer = _trainer(cfg, name, _worker_loop, loop_cfg, build_datasets(cfg, codec, shards))
+    tracked = _tracking_run(cfg, name, progress)
+    loop_cfg = LoopConfig(
+        cfg.to_json(redact=False),
+        codec_to_json(codec),
+        encode_schema(schema),
+        tracked.run_id if tracked else None,
+    )
+    events = _Events.remote()  # type: ignore[attr-defined]
+    loop_config = {"loop": loop_cfg.to_json(), "events": events}
+    trainer = _trainer(cfg, name, _worker_loop, loop_config, build_datasets(cfg, codec, shards))
     what = "resuming" if resuming else "training"
     progress(f"{what} {cfg.model.family} on {cfg.data.uri} as run {name!r} under {cfg.train.runs_uri}")
+    listeners = [f for f in (on_record, tracked and tracked.record) if f is not None]
     try:
-        with _local_train_env():
+        with _local_train_env(), _relay(events, progress, lambda r: [f(r) for f in listeners]):
             result = trainer.fit()
     except Exception as e:  # Ray raises TrainingFailedError with the worker traceback inside
+        if tracked:
+            tracked.end(ok=False)
         reraise_data_error(e)  # a bad row: the codec's message naming its file, column and row
         raise TrainingError(f"run {name!r} failed: {e}") from e
     if result.checkpoint is None:
@@ -782,4 +909,21 @@ def train_on_ray(
         latest = load_checkpoint(d, storage_options=cfg.data.storage_options)
     uri = _checkpoint_uri(result.checkpoint, cfg.train.runs_uri)
     progress(f"latest checkpoint: {uri}")
+    if tracked:
+        tracked.end(ok=True, checkpoint_uri=uri)
     return TrainResult(latest.meta.history, uri, _checkpoint_uri(best, cfg.train.runs_uri), latest)
+
+
+def _tracking_run(cfg: VaeflowConfig, name: str, progress: Callable[[str], None]) -> Any:
+    """The MLflow run of training run `name` when MLFLOW_TRACKING_URI is set (operations.tracking);
+    None without it, or, with a line saying why, when the server cannot be reached: tracking never
+    stops a training run."""
+    if not tracking.enabled():
+        return None
+    try:
+        tracked = tracking.TrainingRun.start(cfg, name)
+    except Exception as e:  # an unreachable or refusing server: train untracked
+        progress(f"MLflow at {os.environ[tracking.ENV]}: not tracking this run ({type(e).__name__}: {e})")
+        return None
+    progress(f"tracking in MLflow at {os.environ[tracking.ENV]} as run {tracked.run_id}")
+    return tracked

@@ -48,7 +48,6 @@ def score_model(
     batches = eval_batches(x)
     iwae = IwaeBound(log_likelihood=None, k=iwae_k, n=0)
     if model.is_variational:
-        progress(f"importance-weighted bound with k = {iwae_k}")
         ll = iwae_log_likelihood(model, eval_batches(x, 250), k=iwae_k, chunk=min(iwae_k, 100), seed=seed)
         iwae = IwaeBound(log_likelihood=ll, k=iwae_k, n=len(x))
     mu, logvar = posterior_moments(model, batches)

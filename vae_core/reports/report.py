@@ -67,7 +67,8 @@ def write_report(
     _, schema, spec = open_dataset(data, "test")
     label = label_column or default_label_column(spec, schema)
     test = read_split(data, "test", codec, label, max_eval_rows)
-    progress(f"evaluating on {len(test.x):,} of {test.rows_in_split:,} test rows of {data.uri}")
+    iwae = f", importance-weighted bound with k = {iwae_k}" if model.is_variational else ""
+    progress(f"evaluating on {len(test.x):,} of {test.rows_in_split:,} test rows of {data.uri}{iwae}")
     scores = score_model(model, test.x, iwae_k, seed, progress)
     figures = _latent_sections(cfg.name, ck.meta.history, scores, test.labels, label)
     if codec.image_shape is not None:  # x are images: show samples, reconstructions, interpolations
