@@ -66,7 +66,8 @@ def configs(data_uri: str, bucket: str, **train) -> tuple[VaeflowConfig, Pipelin
 
 
 def run_logs(flow_run_id: UUID) -> list[str]:
-    """The log lines the Prefect API holds for a flow run and its sub-flow runs, in time order."""
+    """The log lines the Prefect API holds for a flow run and its sub-flow runs, in time order (after
+    sending the lines this process still holds: Prefect ships logs in batches every few seconds)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -75,6 +76,9 @@ def run_logs(flow_run_id: UUID) -> list[str]:
         LogFilterFlowRunId,
     )
     from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
 
     async def read() -> list[str]:
         async with get_client() as client:

@@ -37,8 +37,11 @@ def test_vaeflow_run_prints_its_own_lines_and_ends_with_the_summary(tmp_path: Pa
         "embed.passthrough=[]",
     ]
     cmd = [str(exe), "run", "--root", str(root), "--config", str(tmp_path / "quiet.json"), *overrides]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, check=False)
-    out = done.stdout + done.stderr
+    # stdout and stderr in one pipe, in the order a terminal shows them.
+    done = subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=400, check=False
+    )
+    out = done.stdout
     assert done.returncode == 0, out[-4000:]
     lines = out.strip().splitlines()
     assert len(lines) <= 40, f"{len(lines)} lines:\n{out}"

@@ -49,7 +49,8 @@ def latent_scatters(
     for ax, (title, mu) in zip(axes, panels, strict=True):
         xy, axis = project_2d(np.asarray(mu, dtype=np.float64)[:max_points])
         c = codes[:max_points] if codes is not None else None
-        cmap = "tab10" if len(names) <= 10 else "viridis"
+        # Unlabelled points get no colour map (matplotlib warns about one with nothing to map).
+        cmap = None if c is None else "tab10" if len(names) <= 10 else "viridis"
         points = ax.scatter(xy[:, 0], xy[:, 1], c=c, s=3, cmap=cmap, alpha=0.7, linewidths=0)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(f"{axis}1")
