@@ -70,6 +70,11 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
     warnings): what vaeflow reports reaches the driver through its own channels, and a worker's error
     comes back with its traceback in the exception. VAEFLOW_RAY_WORKER_LOGS=1 forwards them again."""
     use_token_auth()
+    # Ray starts workers at nice 15, below its own raylet, GCS and agents and the driver (nice 0): on a
+    # node shared with other work that keeps the node responsive. On a cluster of our own the workers
+    # are the job, and on 2 cores a nice-15 training worker lost its time slices to every background
+    # wakeup of those processes. The user's own setting wins.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if os.environ["RAY_AUTH_MODE"].lower() != "token":
         log.warning(
             "RAY_AUTH_MODE=%s: the local Ray cluster listens on all interfaces without authentication",
