@@ -701,10 +701,8 @@ def _warm_start_codec(cfg: VaeflowConfig, schema: pa.Schema, progress: Callable[
         raise DataError(
             f"train.init_from {uri}: its model reads columns {missing} that {cfg.data.uri}/train lacks"
         )
-    progress(
-        f"warm start from {uri} (epoch {init.meta.epoch}, val ELBO {init.meta.val_elbo:.2f}): "
-        f"its weights and {init.codec.kind} codec"
-    )
+    elbo = "" if init.meta.val_elbo is None else f", val ELBO {init.meta.val_elbo:.2f}"
+    progress(f"warm start from {uri} (epoch {init.meta.epoch}{elbo}): weights and {init.codec.kind} codec")
     return init.codec
 
 
