@@ -177,6 +177,11 @@ class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        description="L2 penalty on the weights, added to their gradients by Adam (TVAE: 1e-5); 0 adds none.",
+    )
     grad_clip: float | None = Field(None, gt=0, description="Max global grad norm; None disables.")
     beta: float = Field(1.0, ge=0, description="Weight of the KL term; 0 is reconstruction only.")
     warmup_epochs: int = Field(0, ge=0, description="Linear KL warm-up over this many epochs.")
@@ -185,6 +190,13 @@ class TrainConfig(_Section):
     val_split: str = Field("test", description="Held-out split (a prefix under data.uri) for validation.")
     runs_uri: str = Field("data/runs", description="Where runs keep checkpoints (path or s3:// URI).")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the best K checkpoints by validation ELBO.")
+    checkpoint_every: int = Field(
+        1,
+        ge=1,
+        description="Write a checkpoint every N epochs, and always after the last one; a restarted worker "
+        "group resumes from the latest, so up to N-1 epochs are trained again. Every epoch is still "
+        "validated and reported.",
+    )
     max_failures: int = Field(1, ge=0, description="Worker-group restarts allowed before the run fails.")
     latent_mixture: int = Field(
         30,

@@ -299,6 +299,18 @@ def _vector_shard(uri: str, n: int, bad: str | None = None, bad_row: int = 7) ->
     return table
 
 
+def test_checkpoint_every_writes_every_nth_epoch_and_always_the_last(ray_local, tiny_s3, s3_server):
+    runs = f"{make_bucket()}/runs"
+    options = {"key": TEST_KEY_ID, "secret": TEST_SECRET, "client_kwargs": {"endpoint_url": s3_server}}
+    cfg = tiny_config(tiny_s3, runs, options, epochs=5, checkpoint_every=2, keep_checkpoints=5)
+    result = train_on_ray(cfg, run_name="every")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]  # every epoch validated and reported
+    assert all(h["val_elbo"] is not None for h in result.history)
+    written = [e for e in range(1, 6) if _exists(f"{runs}/every/epoch_{e:04d}/meta.json")]
+    assert written == [2, 4, 5]
+    assert result.checkpoint_uri.endswith("epoch_0005") and result.checkpoint.meta.epoch == 5
+
+
 @pytest.mark.parametrize(
     ("bad", "split"),
     [("nan", "train"), ("nan", "test"), ("short", "test")],

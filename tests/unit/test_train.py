@@ -90,3 +90,24 @@ def test_the_optimizer_is_torchs_fused_adam_and_steps_as_the_per_tensor_adam_doe
     fit(reference, [x[:16], x[16:]], epochs=3, optimizer=torch.optim.Adam(reference.parameters(), lr=1e-2))
     for a, b in zip(fused_model.parameters(), reference.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_weight_decay_pulls_weights_towards_zero_as_adams_l2_penalty():
+    from vae_core.config import TrainConfig
+    from vae_core.training.loop import make_optimizer
+
+    assert TrainConfig().weight_decay == 0.0
+    with pytest.raises(ValueError, match="weight_decay"):
+        TrainConfig(weight_decay=-1e-5)
+    model, x = small_model(), binary_data(32)
+    plain, decayed = small_model(), small_model()
+    plain.load_state_dict(model.state_dict())
+    decayed.load_state_dict(model.state_dict())
+    optimizers = {"plain": make_optimizer(plain, 1e-2), "decayed": make_optimizer(decayed, 1e-2, 0.5)}
+    assert optimizers["decayed"].defaults["weight_decay"] == 0.5
+    norm = {}
+    for name, m in (("plain", plain), ("decayed", decayed)):
+        torch.manual_seed(7)  # the same reparameterisation noise for both
+        fit(m, [x[:16], x[16:]], epochs=5, optimizer=optimizers[name])
+        norm[name] = sum(p.detach().pow(2).sum() for p in m.parameters())
+    assert norm["decayed"] < 0.9 * norm["plain"]

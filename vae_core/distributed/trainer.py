@@ -10,7 +10,8 @@ Relaunching a name that has a stored run is an error unless resuming is asked fo
 `vaeflow train --resume`), and even then when the stored config differs in a data/model/train key
 (named in the error): a run is one model trained on one dataset. Not compared: train.epochs (a
 resume with more epochs extends a finished run), and settings that do not change what is trained
-(train.runs_uri, train.max_failures, train.keep_checkpoints, train.cache_mb, the compute section).
+(train.runs_uri, train.max_failures, train.keep_checkpoints, train.checkpoint_every, train.cache_mb,
+the compute section).
 """
 
 from __future__ import annotations
@@ -323,6 +324,10 @@ class EpochEnd:
             ray.train.report(metrics)  # Ray: every rank reports; only rank 0 writes the checkpoint
             return
         self.events.add.remote({"kind": "epoch", "epochs": self.cfg.train.epochs, **record})
+        last = stats.epoch == self.cfg.train.epochs
+        if not last and stats.epoch % self.cfg.train.checkpoint_every:
+            ray.train.report(metrics)  # train.checkpoint_every: this epoch writes no checkpoint
+            return
         meta = CheckpointMeta(
             epoch=stats.epoch,
             step=stats.step,
@@ -435,7 +440,7 @@ def _worker_loop(train_loop_config: dict[str, Any]) -> None:
     events = train_loop_config["events"]
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, DataShape.of(codec))
-    optimizer = make_optimizer(model, cfg.train.lr)
+    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     state = RunState.restore(model, optimizer, rank)
     if cfg.train.init_from and not state.resumed:  # warm start: the weights, not the optimizer state
         init = load_checkpoint(cfg.train.init_from, storage_options=cfg.data.storage_options)
@@ -536,6 +541,7 @@ NOT_COMPARED = frozenset(
         "train.runs_uri",
         "train.max_failures",
         "train.keep_checkpoints",
+        "train.checkpoint_every",
         "train.cache_mb",
         "train.latent_mixture",
     }
