@@ -31,12 +31,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from bench.adult_vs_tvae import EPOCHS, POSITIVE, TARGET, VAEFLOW, _frame, efficacy
+from bench.adult_vs_tvae import EPOCHS, POSITIVE, TARGET, VAEFLOW, _frame, column_kinds, efficacy
 from vae_core.config import ModelConfig, TrainConfig
 from vae_core.data.importers import read_adult
 from vae_core.data.tabular import TabularTransformer
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.sampler import fit_latent_mixture
+from vae_core.training.evaluation import evaluate
 from vae_core.training.inference import generate
 from vae_core.training.loop import KLSchedule, fit, make_optimizer
 
@@ -46,8 +47,7 @@ HOLDOUT, SPLIT_SEED, GENERATION_SEEDS = 0.2, 1234, (0, 1)
 def split() -> tuple[pa.Table, pa.Table, list[str], list[str]]:
     """Adult train cut into four fifths to train on and a fifth to choose on (Adult test unread)."""
     full = read_adult("train")
-    continuous = [f.name for f in full.schema if pa.types.is_integer(f.type)]
-    categorical = [f.name for f in full.schema if not pa.types.is_integer(f.type)]
+    continuous, categorical = column_kinds(full)
     order = np.random.default_rng(SPLIT_SEED).permutation(full.num_rows)
     cut = int((1 - HOLDOUT) * full.num_rows)
     columns = continuous + categorical
@@ -80,10 +80,7 @@ def run(setting: dict[str, Any], seed: int, epochs: int = EPOCHS) -> list[dict[s
         schedule=KLSchedule(train_cfg.beta, train_cfg.warmup_epochs, train_cfg.warmup_steps),
     )
     train_s = time.perf_counter() - t0
-    model.eval()
-    with torch.no_grad():
-        terms = model.loss(x_held, model(x_held))
-    held_elbo = -(terms.recon.mean() + terms.kl.mean()).item()
+    held_elbo = evaluate(model, [x_held], seed=seed).elbo
     mixture = fit_latent_mixture(model, x, seed=seed, components=train_cfg.latent_mixture)
     records = []
     for g in GENERATION_SEEDS:

@@ -71,6 +71,12 @@ def _frame(table: pa.Table, columns: list[str]) -> pd.DataFrame:
     return table.select(columns).to_pandas().replace({None: np.nan})
 
 
+def column_kinds(adult: pa.Table) -> tuple[list[str], list[str]]:
+    """Adult's continuous columns (the integer ones) and its categorical columns (the strings)."""
+    continuous = [f.name for f in adult.schema if pa.types.is_integer(f.type)]
+    return continuous, [f.name for f in adult.schema if f.name not in continuous]
+
+
 def efficacy(train: pd.DataFrame, test: pd.DataFrame, continuous: list[str]) -> dict[str, float]:
     """F1 of '>50K' on Adult test for LR, DT(max_depth 20) and MLP(50) trained on `train`: one-hot
     categories (nulls a category of their own), standardized numbers."""
@@ -227,8 +233,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 def main(epochs: int = EPOCHS, seeds: tuple[int, ...] = SEEDS) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     real, test = read_adult("train"), read_adult("test")
-    continuous = [f.name for f in real.schema if pa.types.is_integer(f.type)]
-    categorical = [f.name for f in real.schema if not pa.types.is_integer(f.type)]
+    continuous, categorical = column_kinds(real)
     columns = continuous + categorical
     runs: dict[str, list[dict[str, Any]]] = {"vaeflow": [], "tvae": []}
     with tempfile.TemporaryDirectory(prefix="adult-vs-tvae-") as tmp:
