@@ -99,10 +99,8 @@ def test_weight_decay_pulls_weights_towards_zero_as_adams_l2_penalty():
     assert TrainConfig().weight_decay == 0.0
     with pytest.raises(ValueError, match="weight_decay"):
         TrainConfig(weight_decay=-1e-5)
-    model, x = small_model(), binary_data(32)
-    plain, decayed = small_model(), small_model()
-    plain.load_state_dict(model.state_dict())
-    decayed.load_state_dict(model.state_dict())
+    plain, decayed, x = small_model(), small_model(), binary_data(32)
+    decayed.load_state_dict(plain.state_dict())
     optimizers = {"plain": make_optimizer(plain, 1e-2), "decayed": make_optimizer(decayed, 1e-2, 0.5)}
     assert optimizers["decayed"].defaults["weight_decay"] == 0.5
     norm = {}

@@ -320,13 +320,13 @@ class EpochEnd:
         metrics = {
             k: record[k] for k in ("epoch", "loss", "elbo", "recon", "kl", "val_elbo", "samples_per_s")
         }
-        if self.rank != 0:
-            ray.train.report(metrics)  # Ray: every rank reports; only rank 0 writes the checkpoint
-            return
-        self.events.add.remote({"kind": "epoch", "epochs": self.cfg.train.epochs, **record})
-        last = stats.epoch == self.cfg.train.epochs
-        if not last and stats.epoch % self.cfg.train.checkpoint_every:
-            ray.train.report(metrics)  # train.checkpoint_every: this epoch writes no checkpoint
+        if self.rank == 0:
+            self.events.add.remote({"kind": "epoch", "epochs": self.cfg.train.epochs, **record})
+        every, last = self.cfg.train.checkpoint_every, stats.epoch == self.cfg.train.epochs
+        if self.rank != 0 or (stats.epoch % every and not last):
+            # Ray: every rank reports every epoch; only rank 0 writes a checkpoint, on every `every`-th
+            # epoch and the last (train.checkpoint_every).
+            ray.train.report(metrics)
             return
         meta = CheckpointMeta(
             epoch=stats.epoch,
