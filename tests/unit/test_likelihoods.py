@@ -40,6 +40,35 @@ def test_mixed_tabular_nll_is_gaussian_plus_cross_entropy():
     assert torch.allclose(lik.nll(params, x), cont + ce, atol=1e-5)
 
 
+def test_mixed_tabular_nll_over_blocks_of_different_widths_with_one_unobserved():
+    """Several categorical blocks (widths 2, 5, 3) scored in one padded pass: each is the cross-entropy
+    of its own slots, an all-zero block (nothing observed) adds nothing, and the gradients are those of
+    the per-block sum."""
+    layout = layout_from_widths(
+        [("categorical", 2), ("continuous", 1), ("categorical", 5), ("categorical", 3)]
+    )
+    lik = MixedTabular(layout)
+    params = torch.randn(3, 11, requires_grad=True)
+    x = torch.zeros(3, 11)
+    x[:, 2] = torch.tensor([0.5, -0.1, 2.0])
+    for row, (a, b, c) in enumerate([(0, 3, 8), (1, 7, 10), (1, None, 9)]):  # row 2: block 2 unobserved
+        x[row, [i for i in (a, b, c) if i is not None]] = 1.0
+    sigma = math.exp(lik.log_sigma[0].item())
+    expected = -Normal(params[:, 2], sigma).log_prob(x[:, 2])
+    for start, stop in ((0, 2), (3, 8), (8, 11)):
+        block = x[:, start:stop]
+        ce = torch.nn.functional.cross_entropy(params[:, start:stop], block.argmax(-1), reduction="none")
+        expected = expected + ce * block.sum(-1)  # an all-zero block: 0
+    got = lik.nll(params, x)
+    torch.testing.assert_close(got, expected)
+    (grad,) = torch.autograd.grad(got.sum(), params)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), params)
+    torch.testing.assert_close(grad, expected_grad)
+    # Continuous columns only: no categorical pass at all.
+    only = MixedTabular(layout_from_widths([("continuous", 2)]))
+    assert only.nll(torch.zeros(1, 2), torch.zeros(1, 2)).shape == (1,)
+
+
 def test_mixed_tabular_sample_is_one_hot_per_block():
     layout = layout_from_widths([("categorical", 4), ("continuous", 1)])
     s = MixedTabular(layout).sample(torch.randn(50, 5), torch.Generator().manual_seed(0))

@@ -76,6 +76,13 @@ class MixedTabular(nn.Module):
         self.log_sigma = nn.Parameter(torch.full((len(cont),), math.log(0.1)))
         self.cats = [b for b in layout if b.kind == "categorical"]
         self.dim = layout[-1].stop
+        # All categorical blocks in one segmented pass instead of a log_softmax per block (15 on Adult:
+        # 1.7-2.3 ms a batch of 500 with the backward, against 0.7 ms; a quarter of a training step on
+        # 2 cores). cat_idx: their slots in order; cat_block: the block of each slot.
+        cat_idx = [i for b in self.cats for i in range(b.start, b.stop)]
+        block = [n for n, b in enumerate(self.cats) for _ in range(b.width)]
+        self.register_buffer("cat_block", torch.tensor(block, dtype=torch.long), persistent=False)
+        self.register_buffer("cat_idx", torch.tensor(cat_idx, dtype=torch.long), persistent=False)
 
     def clamped_log_sigma(self) -> torch.Tensor:
         return self.log_sigma.clamp(math.log(self.MIN_SIGMA), 0.0)
@@ -84,12 +91,24 @@ class MixedTabular(nn.Module):
         total = params.new_zeros(params.shape[0])
         if len(self.cont_idx):
             log_sigma = self.clamped_log_sigma()
-            diff = (x[:, self.cont_idx] - params[:, self.cont_idx]) / log_sigma.exp()
+            mean = torch.index_select(params, 1, self.cont_idx)  # backward: index_add, not index_put
+            diff = (torch.index_select(x, 1, self.cont_idx) - mean) / log_sigma.exp()
             total = total + (0.5 * diff.pow(2) + log_sigma + 0.5 * _LOG_2PI).sum(-1)
-        for b in self.cats:
-            logits = params[:, b.start : b.stop]
-            # x holds a one-hot block; an all-zero block (nothing observed) contributes nothing.
-            total = total - (x[:, b.start : b.stop] * F.log_softmax(logits, -1)).sum(-1)
+        if self.cats:
+            # Per block b: -sum_j x_j log softmax(logits)_j = observed_b * logsumexp_b(logits) - x . logits,
+            # observed_b = sum_j x_j: 1 for a one-hot block, 0 for an all-zero one (nothing observed),
+            # which adds nothing. The logsumexp is shifted by each block's own max (no gradient flows
+            # through it; the value is the same), so no block underflows next to a larger one.
+            b, blocks = params.shape[0], len(self.cats)
+            logits = torch.index_select(params, 1, self.cat_idx)  # its backward: an index_add, not index_put
+            xc = torch.index_select(x, 1, self.cat_idx)
+            index = self.cat_block.expand(b, -1)
+            with torch.no_grad():
+                top = logits.new_full((b, blocks), float("-inf")).scatter_reduce_(1, index, logits, "amax")
+            shifted = logits - torch.index_select(top, 1, self.cat_block)
+            sums = logits.new_zeros((b, blocks)).index_add(1, self.cat_block, torch.exp(shifted))
+            observed = x.new_zeros((b, blocks)).index_add_(1, self.cat_block, xc)
+            total = total + (observed * torch.log(sums)).sum(-1) - (xc * shifted).sum(-1)
         return total
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
