@@ -51,7 +51,9 @@ TARGET, POSITIVE = "income", ">50K"
 # L2 1e-5, its loss factor 2 on the reconstruction as beta 0.5) and a 50-epoch KL warm-up. The warm-up
 # and the weight decay were chosen on a held-out fifth of Adult train (bench/adult_selection.py: they
 # raised the held-out ELBO, Adult test unread). A checkpoint every 10 epochs (and after the last): the
-# product's fault tolerance at a tenth of the writes; TVAE writes none.
+# product's fault tolerance at a tenth of the writes; TVAE writes none. Validation on those epochs only
+# (train.validate_every): TVAE validates on none, and a pass over Adult test each epoch cost about
+# 0.09 s of a 0.7 s epoch. Neither setting changes the model trained.
 VAEFLOW = {
     "model": {"family": "vae", "hidden": [128, 128], "latent_dim": 128},
     "train": {
@@ -62,6 +64,7 @@ VAEFLOW = {
         "warmup_epochs": 50,
         "keep_checkpoints": 1,
         "checkpoint_every": 10,
+        "validate_every": 10,
     },
 }
 

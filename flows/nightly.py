@@ -72,7 +72,7 @@ def _training_metrics(history: list[dict[str, Any]], init: float) -> dict[str, A
     return {
         "epochs": last["epoch"],
         "val_elbo": last["val_elbo"],
-        "val_elbo_best": max(h["val_elbo"] for h in history),
+        "val_elbo_best": max(h["val_elbo"] for h in history if "val_elbo" in h),
         "val_elbo_untrained": init,
     }
 

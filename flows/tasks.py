@@ -114,7 +114,8 @@ class EpochProgress:
 
     def __call__(self, record: dict[str, Any]) -> None:
         if record["kind"] == "epoch":
-            done = f"epoch {record['epoch']}/{self.epochs}, val ELBO {record['val_elbo']:.2f}"
+            val = f", val ELBO {record['val_elbo']:.2f}" if "val_elbo" in record else ""
+            done = f"epoch {record['epoch']}/{self.epochs}{val}"
             update_progress_artifact(self.id, 100.0 * record["epoch"] / self.epochs, description=done)
 
 

@@ -195,7 +195,14 @@ class TrainConfig(_Section):
         ge=1,
         description="Write a checkpoint every N epochs, and always after the last one; a restarted worker "
         "group resumes from the latest, so up to N-1 epochs are trained again. Every epoch is still "
-        "validated and reported.",
+        "reported.",
+    )
+    validate_every: int = Field(
+        1,
+        ge=1,
+        description="Validate (val ELBO on the val split) every N epochs, and always on the last epoch and "
+        "on every epoch that writes a checkpoint (a checkpoint carries its val ELBO); the other epochs "
+        "report training metrics only.",
     )
     max_failures: int = Field(1, ge=0, description="Worker-group restarts allowed before the run fails.")
     latent_mixture: int = Field(
@@ -236,7 +243,10 @@ class ComputeConfig(_Section):
         1.0, ge=0, description="Logical CPUs left free for Ray Data reading next to the workers."
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="Intra-op threads per worker; None: the CPUs the worker reserves."
+        None,
+        ge=1,
+        description="Intra-op threads per worker; None: the CPUs the worker reserves, plus its share of "
+        "data_cpus once its splits are cached in memory (train.cache_mb).",
     )
     shared_memory_allreduce: bool = Field(
         True,
@@ -250,6 +260,16 @@ class ComputeConfig(_Section):
         (Ray sets OMP_NUM_THREADS=1 for fractional CPUs, and a 1-thread worker holding 2 CPUs ran at
         about 0.6x)."""
         return self.torch_threads or max(1, int(self.cpus_per_worker))
+
+    @property
+    def threads_when_cached(self) -> int:
+        """torch's threads on a training worker once its train and validation rows are all in memory
+        (train.cache_mb): no Ray Data read runs for it any more, so it also takes its share of
+        data_cpus (1 worker with 1 CPU + 1 data CPU: 2 threads; 2 such workers: 1 each). torch_threads,
+        when given, holds throughout. Measured on Adult (157 features, 128-128, batch 500, 2 cores):
+        in-process training at 43k samples/s on 1 thread against 75k on 2."""
+        share = self.data_cpus / self.num_workers
+        return self.torch_threads or max(1, int(self.cpus_per_worker + share))
 
 
 class EmbedConfig(_Section):

@@ -86,6 +86,8 @@ def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ra
     assert [h["epoch"] for h in result.history] == [1, 2]
     # Epoch 1 streams from S3 and keeps the decoded rows (they fit train.cache_mb); epoch 2 reads memory.
     assert [h["data_from"] for h in result.history] == ["storage", "memory"]
+    # 2 workers of 1 CPU and 1 data CPU between them: 1 torch thread each, cached or not.
+    assert [h["threads"] for h in result.history] == [1, 1]
     assert result.checkpoint.meta.world_size == 2
     # Both workers on this CPU node: gradients averaged through shared memory (allreduce.py).
     assert result.checkpoint.meta.gradients == "shared memory"
@@ -299,16 +301,30 @@ def _vector_shard(uri: str, n: int, bad: str | None = None, bad_row: int = 7) ->
     return table
 
 
-def test_checkpoint_every_writes_every_nth_epoch_and_always_the_last(ray_local, tiny_s3, s3_server):
+def test_checkpoint_every_and_validate_every_pick_the_epochs_that_write_and_validate(
+    ray_local, tiny_s3, s3_server
+):
     runs = f"{make_bucket()}/runs"
     options = {"key": TEST_KEY_ID, "secret": TEST_SECRET, "client_kwargs": {"endpoint_url": s3_server}}
-    cfg = tiny_config(tiny_s3, runs, options, epochs=5, checkpoint_every=2, keep_checkpoints=5)
-    result = train_on_ray(cfg, run_name="every")
-    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]  # every epoch validated and reported
-    assert all(h["val_elbo"] is not None for h in result.history)
+    cfg = tiny_config(
+        tiny_s3, runs, options, epochs=5, checkpoint_every=2, validate_every=3, keep_checkpoints=5
+    )
+    lines: list[str] = []
+    result = train_on_ray(cfg, run_name="every", progress=lines.append)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]  # every epoch reported
     written = [e for e in range(1, 6) if _exists(f"{runs}/every/epoch_{e:04d}/meta.json")]
-    assert written == [2, 4, 5]
+    assert written == [2, 4, 5]  # every 2nd epoch and the last
     assert result.checkpoint_uri.endswith("epoch_0005") and result.checkpoint.meta.epoch == 5
+    # Validated: every 3rd epoch, the last, and each epoch with a checkpoint (it carries its val ELBO).
+    assert [h["epoch"] for h in result.history if "val_elbo" in h] == [2, 3, 4, 5]
+    for e in written:
+        meta = json.loads(
+            s3fs.S3FileSystem(skip_instance_cache=True).cat(f"{runs}/every/epoch_{e:04d}/meta.json")
+        )
+        assert meta["val_elbo"] == result.history[e - 1]["val_elbo"]
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert len(epoch_lines) == 5 and "val ELBO" not in epoch_lines[0]
+    assert all("val ELBO" in line for line in epoch_lines[1:])
 
 
 @pytest.mark.parametrize(
@@ -376,6 +392,9 @@ def test_a_table_trains_on_ray_through_the_tabular_codec_saved_with_the_checkpoi
         f"{result.checkpoint_uri}/tabular.json"
     )
     assert result.history[-1]["val_elbo"] > result.checkpoint.meta.val_elbo_init
+    # Epoch 1 streams on the worker's 1 CPU; from epoch 2 on both splits are in memory and the worker
+    # also runs torch on the data CPU that no read needs any more (compute.threads_when_cached).
+    assert [(h["data_from"], h["threads"]) for h in result.history] == [("storage", 1)] + [("memory", 2)] * 3
     test = read_adult("train").slice(600, 200)
     elbo = evaluate(result.model, [torch.from_numpy(codec.encode(test, "test"))]).elbo
     assert abs(elbo - result.history[-1]["val_elbo"]) < 0.05 * abs(elbo)  # the same rows, the same x

@@ -170,6 +170,11 @@ def test_workers_run_torch_on_the_cpus_they_reserve_unless_torch_threads_says_ot
     assert ComputeConfig(cpus_per_worker=2).threads_per_worker == 2
     assert ComputeConfig(cpus_per_worker=0.5).threads_per_worker == 1
     assert ComputeConfig(cpus_per_worker=2, torch_threads=3).threads_per_worker == 3
+    # Once a worker's splits are cached it also takes its share of the data CPUs.
+    assert ComputeConfig(cpus_per_worker=1, data_cpus=1).threads_when_cached == 2
+    assert ComputeConfig(num_workers=2, cpus_per_worker=1, data_cpus=1).threads_when_cached == 1
+    assert ComputeConfig(num_workers=2, cpus_per_worker=1, data_cpus=2).threads_when_cached == 2
+    assert ComputeConfig(cpus_per_worker=1, data_cpus=1, torch_threads=1).threads_when_cached == 1
 
 
 def test_generate_where_reads_col_value_pairs_and_refuses_malformed_ones():

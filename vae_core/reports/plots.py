@@ -105,8 +105,8 @@ def image_rows(
 def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
     """Reconstruction, KL and ELBO per epoch (nats per example), one line per run.
 
-    histories: run name -> per-epoch records with "epoch", "recon", "kl", "elbo" (and "val_elbo" when
-    the run validated).
+    histories: run name -> per-epoch records with "epoch", "recon", "kl", "elbo" (and "val_elbo" on
+    the epochs the run validated).
     """
     fig = Figure(figsize=(12, 3.4), layout="constrained")
     axes = fig.subplots(1, 3)
@@ -115,8 +115,14 @@ def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Fig
         axes[0].plot(epochs, [h["recon"] for h in history], marker=".", label=name)
         axes[1].plot(epochs, [h["kl"] for h in history], marker=".", label=name)
         axes[2].plot(epochs, [h["elbo"] for h in history], marker=".", label=f"{name} train")
-        if all("val_elbo" in h for h in history):
-            axes[2].plot(epochs, [h["val_elbo"] for h in history], ls="--", label=f"{name} validation")
+        validated = [h for h in history if "val_elbo" in h]
+        if validated:
+            axes[2].plot(
+                [h["epoch"] for h in validated],
+                [h["val_elbo"] for h in validated],
+                ls="--",
+                label=f"{name} validation",
+            )
     for ax, what in zip(axes, ["reconstruction -log p(x|z)", "KL(q(z|x) || p(z))", "ELBO"], strict=True):
         ax.set_title(what, fontsize=10)
         ax.set_xlabel("epoch")
