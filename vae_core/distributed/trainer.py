@@ -372,8 +372,8 @@ class EpochEnd:
 
     def _sampler(self, epoch: int, core: LatentModel) -> LatentMixture | None:
         """The latent mixture for the final epoch's checkpoint (models.sampler), fitted to the codes of
-        this worker's cached train rows; None for other epochs (a fit takes seconds: 6 s for Adult on 2
-        threads), or when the rows are not in memory."""
+        this worker's cached train rows; None for other epochs (a fit takes seconds: on 2 threads, 6 s
+        for 115 active dimensions of Adult, 0.7 s for 13), or when the rows are not in memory."""
         components = self.cfg.train.latent_mixture
         if not components or epoch != self.cfg.train.epochs:
             return None
