@@ -10,9 +10,8 @@ Relaunching a name that has a stored run is an error unless resuming is asked fo
 `vaeflow train --resume`), and even then when the stored config differs in a data/model/train key
 (named in the error): a run is one model trained on one dataset. Not compared: train.epochs (a
 resume with more epochs extends a finished run), and settings that do not change what is trained
-(train.runs_uri, train.max_failures, train.keep_checkpoints, train.checkpoint_every, train.validate_every,
-train.cache_mb,
-the compute section).
+(train.runs_uri, train.max_failures, train.keep_checkpoints, train.checkpoint_every,
+train.validate_every, train.cache_mb, the compute section).
 """
 
 from __future__ import annotations
