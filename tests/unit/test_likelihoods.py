@@ -41,7 +41,7 @@ def test_mixed_tabular_nll_is_gaussian_plus_cross_entropy():
 
 
 def test_mixed_tabular_nll_over_blocks_of_different_widths_with_one_unobserved():
-    """Several categorical blocks (widths 2, 5, 3) scored in one padded pass: each is the cross-entropy
+    """Several categorical blocks (widths 2, 5, 3) scored in one segmented pass: each is the cross-entropy
     of its own slots, an all-zero block (nothing observed) adds nothing, and the gradients are those of
     the per-block sum."""
     layout = layout_from_widths(

@@ -101,6 +101,10 @@ class Gaussians:
         norm = 0.5 * a * math.log(2 * math.pi) + log_det
         return log_p - norm.to(x.dtype) + torch.log(self.weights.to(x.dtype))
 
+    def score(self, x: torch.Tensor) -> float:
+        """Mean log-likelihood of the rows of x (sklearn's GaussianMixture.score)."""
+        return float(torch.logsumexp(self.log_prob(x).double(), 1).mean())
+
 
 def fit_gmm(
     x: torch.Tensor, k: int, seed: int, reg_covar: float = REG_COVAR, max_iter: int = 200, tol: float = TOL
@@ -175,8 +179,7 @@ def fit_latent_mixture(
     fits, heldout = {}, {}
     for k in sorted({max(1, most // 3), most}):
         fits[k] = fit_gmm(codes[:cut], k, seed)
-        ll = torch.logsumexp(fits[k].log_prob(codes[cut:]).double(), 1).mean() if cut < len(codes) else 0.0
-        heldout[k] = float(ll)
+        heldout[k] = fits[k].score(codes[cut:]) if cut < len(codes) else 0.0
     best = fits[max(heldout, key=heldout.get)]
     return LatentMixture(
         latent_dim,
