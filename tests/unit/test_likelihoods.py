@@ -153,3 +153,69 @@ def test_gaussian_may_be_chosen_for_features_in_the_unit_interval(tmp_path):
     lines: list[str] = []
     prepare_data(cfg, lines.append)
     assert "gaussian likelihood" in lines[-1]
+
+
+def test_the_codec_fits_in_another_thread_while_the_cluster_starts_in_the_callers(tmp_path):
+    """prepare_data's `meanwhile` (the cluster's start) runs once, in the calling thread, after the
+    splits are checked; the codec it returns is the one fitted without it."""
+    import threading
+
+    from vae_core.config import VaeflowConfig
+    from vae_core.data.codecs import codec_to_json
+    from vae_core.distributed.trainer import prepare_data
+
+    _pq_dataset(tmp_path, TABLE)
+    cfg = VaeflowConfig.model_validate({"data": _data(tmp_path, None)})
+    calls: list[threading.Thread] = []
+    *_, codec = prepare_data(cfg, lambda m: None, meanwhile=lambda: calls.append(threading.current_thread()))
+    assert calls == [threading.current_thread()]
+    *_, alone = prepare_data(cfg, lambda m: None)
+    assert codec_to_json(codec) == codec_to_json(alone)
+
+    import pyarrow.parquet as pq
+
+    # A validation split whose schema differs: refused before the cluster would start.
+    pq.write_table(pa.table({"id": [1], "age": [1.0]}), tmp_path / "test" / "part-0.parquet")
+    with pytest.raises(ValueError, match="schema differs"):
+        prepare_data(cfg, lambda m: None, meanwhile=lambda: calls.append(threading.current_thread()))
+    assert len(calls) == 1
+
+
+def test_alongside_runs_both_at_once_and_raises_either_ones_error():
+    import contextvars
+    import threading
+    import time
+
+    from vae_core.distributed.trainer import _alongside
+
+    # Each waits for the other: run one after the other, both would time out.
+    fitting, started = threading.Event(), threading.Event()
+    who = contextvars.ContextVar("who", default="nobody")
+    who.set("caller")
+
+    def work() -> str:
+        fitting.set()
+        assert started.wait(10)
+        return who.get()  # the caller's context went along
+
+    def meanwhile() -> None:
+        started.set()
+        assert fitting.wait(10)
+
+    assert _alongside(work, meanwhile) == "caller"
+
+    def bad_work() -> str:
+        raise ValueError("bad row in train/part-0.parquet")
+
+    with pytest.raises(ValueError, match="bad row"):
+        _alongside(bad_work, lambda: None)
+
+    def failing_start() -> None:
+        raise RuntimeError("cluster too small")
+
+    never = threading.Event()
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="too small"):
+        _alongside(lambda: never.wait(30), failing_start)  # raised at once, not after the fit
+    assert time.perf_counter() - t0 < 5
+    never.set()
