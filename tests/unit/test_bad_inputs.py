@@ -1,6 +1,8 @@
 """Bad input, class by class: `vaeflow ...` exits 2 with a short message naming the file, column, option
-or URI, and writes nothing. Every case fails before a Ray cluster would start, so no cluster is needed;
-the object-storage cases run against a real S3 API (moto's server on 127.0.0.1), started for them.
+or URI, writes nothing and leaves no Ray cluster running. Every case fails before any Ray worker starts,
+so no cluster is needed; those that only the codec fit finds (a NaN, a likelihood that does not fit the
+data) meet the local cluster that `vaeflow train` starts alongside the fit, and it is shut down again.
+The object-storage cases run against a real S3 API (moto's server on 127.0.0.1), started for them.
 
 Run by `python -m bench bad_inputs` (make bench), it writes bench/results/bad_inputs.json (value: classes
 that pass; target: classes listed); `make test` runs the same table without touching the result file.
@@ -21,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import s3fs
 
 from flows.cli import main
@@ -313,6 +316,7 @@ def test_bad_input_exits_2_with_a_short_message_naming_it_and_writes_nothing(
     code = main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2, err
+    assert not ray.is_initialized(), "a Ray cluster was left running"
     assert case.names in err, err
     assert "Traceback" not in err and len(err.splitlines()) <= 2, err
     if case.output:

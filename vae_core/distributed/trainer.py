@@ -520,7 +520,7 @@ def feed_rate(cfg: VaeflowConfig, progress: Callable[[str], None] = print) -> li
     workers), seconds, rows_per_s, tensor_bytes (float32 x delivered). For sizing a cluster: the rate
     a GPU worker would be fed at."""
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"cache_mb": 0})})
-    _, schema, shards, codec = prepare_data(cfg, progress, meanwhile=lambda: _start_cluster(cfg))
+    _, schema, shards, codec = _prepare_and_start(cfg, progress)
     loop_cfg = LoopConfig(cfg.to_json(redact=False), codec_to_json(codec), encode_schema(schema))
     name = f"{cfg.name}-feed-{uuid.uuid4().hex[:8]}"
     datasets = build_datasets(cfg, codec, {"train": shards["train"]})
@@ -731,8 +731,9 @@ def prepare_data(
     meanwhile: Callable[[], None] | None = None,
 ) -> tuple[DatasetSpec, pa.Schema, dict[str, list[str]], Codec]:
     """Check both splits up front (clear errors before any worker starts) and fit the codec on train
-    (a warm start takes its checkpoint's). `meanwhile` (starting the cluster) runs in this thread
-    once the splits are checked, while the codec fits in another."""
+    (a warm start takes its checkpoint's). `meanwhile` (the cluster's start, _prepare_and_start) runs
+    in this thread once the splits' files and schemas are checked, while the codec fits in another:
+    what only the fit finds (a bad row, a likelihood that does not fit the data) is raised after it."""
     train_shards, schema, spec = open_dataset(cfg.data, "train")
     val_shards, val_schema, _ = open_dataset(cfg.data, cfg.train.val_split)
     if val_schema != schema:
@@ -743,25 +744,52 @@ def prepare_data(
         if meanwhile is not None:
             meanwhile()
         return spec, schema, {"train": train_shards, "val": val_shards}, codec
-    t0 = time.perf_counter()
-    codec = _alongside(
-        lambda: fit_on_train(spec, schema, train_shards, cfg.data, seed=cfg.train.seed), meanwhile
-    )
+
+    def fit() -> tuple[Codec, float]:
+        t0 = time.perf_counter()
+        return fit_on_train(
+            spec, schema, train_shards, cfg.data, seed=cfg.train.seed
+        ), time.perf_counter() - t0
+
+    codec, seconds = _alongside(fit, meanwhile)
     likelihood = check_likelihood(cfg.model, DataShape.of(codec))
     progress(
-        f"fitted the {codec.kind} codec ({codec.dim} features, {likelihood} likelihood) "
-        f"in {time.perf_counter() - t0:.1f}s"
+        f"fitted the {codec.kind} codec ({codec.dim} features, {likelihood} likelihood) in {seconds:.1f}s"
     )
     return spec, schema, {"train": train_shards, "val": val_shards}, codec
+
+
+def _prepare_and_start(
+    cfg: VaeflowConfig, progress: Callable[[str], None]
+) -> tuple[DatasetSpec, pa.Schema, dict[str, list[str]], Codec]:
+    """prepare_data with the cluster starting alongside the codec fit. Should the fit (or the
+    likelihood check after it) refuse the data, a local cluster started here is shut down again:
+    a bad input leaves no cluster running."""
+    started_here = not ray.is_initialized()
+    try:
+        return prepare_data(cfg, progress, meanwhile=lambda: _start_cluster(cfg))
+    except BaseException:
+        if started_here and is_own_local_cluster():
+            ray.shutdown()
+        raise
+
+
+def _in_context_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """A started daemon thread running target() in a copy of the caller's context: a Prefect task's
+    logger needs its run context."""
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), daemon=True, name=name)
+    thread.start()
+    return thread
 
 
 def _alongside(work: Callable[[], Any], meanwhile: Callable[[], None] | None) -> Any:
     """work() in a background thread while meanwhile() runs in this one; work's result, or its error
     raised here. The codec fit is one core's work for seconds (13 s on Adult) and the local cluster's
     start is mostly waiting for its processes (6 s): side by side, `vaeflow train` on Adult reached its
-    workers about 5 s sooner on 2 cores. ray.init stays in the calling thread: started from another,
+    trainer about 5 s sooner on 2 cores. ray.init stays in the calling thread: started from another,
     it sets no SIGTERM handler, and a driver so started hung on its first task (Ray 2.60). An error of
-    meanwhile() is raised at once; the fit then ends in its daemon thread, unwaited."""
+    meanwhile() is raised at once, and wins over one of work(), which then ends in its daemon thread,
+    unwaited."""
     if meanwhile is None:
         return work()
     done: dict[str, Any] = {}
@@ -772,11 +800,7 @@ def _alongside(work: Callable[[], Any], meanwhile: Callable[[], None] | None) ->
         except BaseException as e:  # re-raised in the calling thread
             done["error"] = e
 
-    # The caller's context goes along: a Prefect task's logger needs its run context.
-    thread = threading.Thread(
-        target=contextvars.copy_context().run, args=(run,), daemon=True, name="vaeflow-fit"
-    )
-    thread.start()
+    thread = _in_context_thread(run, "vaeflow-fit")
     meanwhile()
     thread.join()
     if "error" in done:
@@ -875,7 +899,7 @@ def _relay(
     twice a second, in this thread's context (a Prefect task's logger needs its run context); the
     records left when the run ends are handed over before this returns. A failing `on_record` (an
     unreachable tracking server) is reported once and never stops the training."""
-    context, stop, failed = contextvars.copy_context(), threading.Event(), []
+    stop, failed = threading.Event(), []
 
     def deliver() -> None:
         for record in ray.get(events.take.remote()):
@@ -891,16 +915,15 @@ def _relay(
 
     def poll() -> None:
         while not stop.wait(0.5):
-            context.run(deliver)
+            deliver()
 
-    thread = threading.Thread(target=poll, daemon=True, name="vaeflow-epochs")
-    thread.start()
+    thread = _in_context_thread(poll, "vaeflow-epochs")
     try:
         yield
     finally:
         stop.set()
         thread.join()
-        context.run(deliver)
+        deliver()
 
 
 def train_on_ray(
@@ -930,7 +953,7 @@ def train_on_ray(
     )
     name = run_name or cfg.name
     resuming = check_run_name(cfg, name, resume)
-    _, schema, shards, codec = prepare_data(cfg, progress, meanwhile=lambda: _start_cluster(cfg))
+    _, schema, shards, codec = _prepare_and_start(cfg, progress)
     if not resuming:
         resuming = record_run(cfg, name, resume)
     tracked = _tracking_run(cfg, name, progress)
