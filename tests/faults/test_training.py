@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import psutil
 import pytest
 
 from tests.faults._helpers import (
@@ -36,8 +37,10 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"
 @pytest.fixture(scope="module")
 def data_s3(s3: S3) -> str:
     root = f"{s3.bucket()}/vectors"
-    # 16,384 rows: an epoch lasts several seconds, so a kill sent once checkpoint 1 is registered
-    # lands inside epoch 2 (with 4,096 rows, faster steps finished epoch 2 before the kill arrived).
+    # 16,384 rows: an epoch lasts several seconds on 2 cores, so a kill sent once checkpoint 1 is
+    # registered lands while epoch 2 trains. On a faster machine epoch 2 can end sooner than the
+    # controller registers checkpoint 1; the tests hold checkpoint 2's upload (_hold_checkpoint), so
+    # the kill still lands before epoch 2 is complete.
     write_dataset(s3.fs(), root, train_rows=16384, test_rows=512)
     return root
 
@@ -63,6 +66,22 @@ def _complete(s3: S3, run_uri: str, epoch: int) -> bool:
     return s3.fs().exists(f"{run_uri}/epoch_{epoch:04d}/meta.json")
 
 
+def _hold_checkpoint(s3: S3, run_uri: str, epoch: int) -> None:
+    """Hold every request for checkpoint `epoch` at the proxy, so that a kill sent once the previous
+    checkpoint is registered lands before this one can be written, however fast the machine trains
+    (the controller registers a checkpoint on its next poll of the workers, up to 2 s after the
+    report: on a fast machine that is longer than an epoch of the test data)."""
+    s3.proxy.hold_matching(f"/{run_uri.removeprefix('s3://')}/epoch_{epoch:04d}/")
+
+
+def _release_when_gone(s3: S3, procs: list[psutil.Process], what: str) -> None:
+    """Lift the hold once `procs` have exited: a held upload then fails with its process, instead of
+    completing late from a worker that Ray Train is still shutting down."""
+    _, alive = psutil.wait_procs(procs, timeout=60)
+    assert not alive, f"{what} still running 60 s after the kill: {[p.pid for p in alive]}"
+    s3.proxy.clear()
+
+
 def _printed_epochs(out: str, total: int) -> list[int]:
     """Epochs the driver reported as finished ('epoch k/total  loss ...', relayed from rank 0), in order."""
     return [
@@ -80,19 +99,24 @@ def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(
 ) -> None:
     runs = f"{s3.bucket()}/runs"
     cfg = train_config(data_s3, runs, epochs=2, max_failures=1)
+    _hold_checkpoint(s3, f"{runs}/worker-kill", 2)
     driver = launch_training(cfg, "worker-kill", env, tmp_path)
     try:
         wait_for(lambda: _registered(s3, f"{runs}/worker-kill", 1), 180, "checkpoint 1 registered")
         workers = wait_for(lambda: descendants("ray::RayTrainWorker"), 30, "a Ray Train worker")
+        held = s3.proxy.stats()["blackholed"]
         killed_at = time.time()
         workers[-1].send_signal(signal.SIGKILL)
-        scenario.detail = f"SIGKILLed worker pid {workers[-1].pid} after checkpoint 1"
+        scenario.detail = f"SIGKILLed worker pid {workers[-1].pid} after checkpoint 1, " + (
+            "during checkpoint 2's held upload" if held else "while it trained epoch 2"
+        )
+        _release_when_gone(s3, workers, "the failed worker group")
     finally:
         run = DriverRun(*finish(driver, 240))
     assert run.returncode == 0, run.tail
     history = run.meta["history"]
     assert run.epochs == [1, 2], run.tail
-    # Killed mid-epoch 2: epoch 1 had finished, epoch 2 had not.
+    # Killed inside epoch 2 (training, or writing its held checkpoint): epoch 1 had finished, 2 had not.
     assert history[0]["finished_at"] < killed_at < history[1]["finished_at"], (killed_at, history)
     assert [r["from_epoch"] for r in run.meta["restarts"]] == [1], run.meta["restarts"]
     assert _printed_epochs(run.output, 2).count(1) == 1, "epoch 1 was trained again"
@@ -111,13 +135,16 @@ def test_a_killed_driver_resumes_under_its_name_and_a_new_name_starts_fresh(
 ) -> None:
     runs = f"{s3.bucket()}/runs"
     cfg = _one_worker(train_config(data_s3, runs, epochs=2))
+    _hold_checkpoint(s3, f"{runs}/driver-kill", 2)
     first = launch_training(cfg, "driver-kill", env, tmp_path)
     try:
         wait_for(lambda: _registered(s3, f"{runs}/driver-kill", 1), 180, "checkpoint 1 registered")
+        workers = wait_for(lambda: descendants("ray::RayTrainWorker"), 30, "the run's Ray Train worker")
     finally:
         first.send_signal(signal.SIGKILL)  # the driver only: its Ray job (controller, workers) dies with it
         first.communicate(timeout=30)
-    assert not _complete(s3, f"{runs}/driver-kill", 2), "the driver was killed too late: epoch 2 finished"
+    _release_when_gone(s3, workers, "the killed driver's worker")
+    assert not _complete(s3, f"{runs}/driver-kill", 2), "checkpoint 2 was written despite the hold"
 
     resumed = run_training(cfg, "driver-kill", env, tmp_path, resume=True, timeout=240)
     assert resumed.returncode == 0, resumed.tail
