@@ -494,9 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     _setting(p, "--incremental", "embed.incremental", incremental_help, action=boolean)
 
     generate_notes = (JOB_SETTINGS.format(section="generate"), PUBLISH_NOTE)
-    p = _command(
-        sub, "generate", _cmd_generate, "Ray Data job: rows decoded from z ~ N(0, I)", *generate_notes
+    generate_help = (
+        "Ray Data job: rows decoded from z (N(0, I) or the latent mixture); a job of at most "
+        "generate.local_rows rows (default 100,000) runs in this process when no cluster is set up"
     )
+    p = _command(sub, "generate", _cmd_generate, generate_help, *generate_notes)
     _batch_job_args(p, "generate")
     _setting(p, "--rows", "generate.rows", "rows to generate", type=int, metavar="N")
     _setting(p, "--seed", "generate.seed", "seed of the draws", type=int, metavar="S")

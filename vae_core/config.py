@@ -308,6 +308,14 @@ class GenerateConfig(_Section):
     )
     chunk_rows: int = Field(4096, ge=1, description="Rows per decoder forward pass on a worker.")
     rows_per_file: int = Field(10_000, ge=1, description="Rows per output Parquet file.")
+    local_rows: int = Field(
+        100_000,
+        ge=0,
+        description="A job of at most this many rows runs in the calling process instead of on Ray when no "
+        "cluster is set up (RAY_ADDRESS unset, Ray not started in the process): a local cluster and its "
+        "map actor take 10-20 s to start, longer than decoding such a job. Same files, rows and commit "
+        "either way; compute.num_workers applies to Ray only. 0: always on Ray.",
+    )
     sampler: Literal["auto", "prior", "mixture"] = Field(
         "auto",
         description="Where z comes from: prior N(0, I), or mixture, the Gaussian mixture fitted to the "

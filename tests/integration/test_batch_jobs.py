@@ -366,3 +366,45 @@ def test_generate_where_keeps_only_rows_with_the_values_and_records_the_draws(ra
     with pytest.raises(ValueError, match=r"--sampler mixture: .* holds no latent mixture"):
         generate_rows(uri, f"{root}/cond/bad-sampler", GenerateConfig(rows=10, sampler="mixture"))
     assert not _fs().exists(f"{root}/cond/bad-sampler")
+
+
+HERE = """
+import sys, ray, flows.cli
+rc = flows.cli.main(sys.argv[1:])
+print("ray initialized:", ray.is_initialized())
+sys.exit(rc)
+"""
+
+
+def test_a_small_generate_with_no_cluster_set_up_runs_in_its_process_with_the_rays_files(
+    ray_local, adult_model
+):
+    """`vaeflow generate` of at most generate.local_rows rows, in a process with no cluster set up
+    (RAY_ADDRESS unset), decodes in that process and starts no Ray; its files, rows and run key are
+    those of the same job on Ray workers, so the job run again on Ray finds it committed."""
+    uri, _ = adult_model
+    root = make_bucket()
+    here = f"{root}/samples/here"
+    argv = ["generate", "--model", uri, "--rows", "20000", "--rows-per-file", "5000", "--seed", "7"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", HERE, *argv, "--output", here],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-3000:]
+    assert "20,000 rows" in printed and "in 4 files in this process (generate.local_rows=100,000" in printed
+    assert "(this process ran torch with" in printed and "ray initialized: False" in printed, printed[-3000:]
+
+    job = GenerateConfig(rows=20_000, rows_per_file=5_000, seed=7)
+    on_ray = generate_rows(uri, f"{root}/samples/ray", job, ComputeConfig(num_workers=2))  # ray_local is up
+    assert not on_ray.skipped and on_ray.record.rows == 20_000
+    a, b = read_table(here).sort_by("id"), read_table(on_ray.table_uri).sort_by("id")
+    assert a.equals(b), "in-process and Ray generation differ"
+    names = {u.rsplit("/", 1)[1] for u in on_ray.files}
+    assert names == {p.rsplit("/", 1)[1] for p in _fs().glob(f"{here}/part-*.parquet")}
+    again = generate_rows(uri, here, job, ComputeConfig(num_workers=2))
+    assert again.skipped, "the same job on Ray did not find the in-process commit"

@@ -95,6 +95,12 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
     return address
 
 
+def cluster_set_up() -> bool:
+    """Whether a Ray cluster is already there for this process: connected, or named by RAY_ADDRESS
+    (otherwise ensure_ray would start a local one)."""
+    return ray.is_initialized() or bool(os.environ.get("RAY_ADDRESS"))
+
+
 def is_own_local_cluster() -> bool:
     """Whether this process is connected to the local cluster it started itself (start_local_ray):
     one node, no dashboard, nobody else's jobs."""

@@ -29,7 +29,8 @@ from vae_core.progress import Progress
 from vae_core.training.checkpoints import SAMPLER_FILE, Checkpoint, load_checkpoint
 from vae_core.training.inference import generate
 
-from .jobs import Actors, Run, check_output_place, model_record, start_cluster
+from .cluster import cluster_set_up
+from .jobs import Actors, InProcess, Run, check_output_place, model_record, start_cluster
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -255,16 +256,21 @@ def generate_rows(
     if (earlier := run.earlier()) is not None:
         return earlier
 
-    start_cluster(compute)
-    actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
-    ds = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
-        _Generator, fn_constructor_args=(actors, job, sample, mixture, where), batch_size=1, **actors.pool()
-    )
+    here = job.rows <= job.local_rows and not cluster_set_up()
+    actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options, in_process=here)
+    args = (actors, job, sample, mixture, where)
+    ds: ray.data.Dataset | InProcess
+    if here:
+        ds = InProcess(_Generator, args, blocks)
+        where_to = f"in this process (generate.local_rows={job.local_rows:,}; no Ray cluster set up)"
+    else:
+        start_cluster(compute)
+        ds = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
+            _Generator, fn_constructor_args=args, batch_size=1, **actors.pool()
+        )
+        where_to = f"on {compute.num_workers} worker(s)"
     wanted = " where " + ", ".join(f"{k}={v!r}" for k, v in job.where.items()) if job.where else ""
-    progress(
-        f"generating {job.rows:,} rows{wanted} with {model_uri} in {len(blocks)} files "
-        f"on {compute.num_workers} worker(s)"
-    )
+    progress(f"generating {job.rows:,} rows{wanted} with {model_uri} in {len(blocks)} files {where_to}")
     committed = run.execute(ds, job.rows, out_schema, model, params, stats=_stats)
     if job.where:
         draws = committed.record.stats["draws"]

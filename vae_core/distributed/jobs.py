@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -101,6 +102,7 @@ class Actors:
     run_key: str
     compute: ComputeConfig
     storage_options: dict | None
+    in_process: bool = False  # loaded by InProcess in the calling process, not by a Ray actor
 
     def pool(self) -> dict[str, Any]:
         """map_batches' arguments for the pool: `num_workers` actors of `cpus_per_worker` CPUs (and a
@@ -114,8 +116,12 @@ class Actors:
 
     def load(self) -> tuple[Checkpoint, Writer]:
         """Once per actor: torch's intra-op threads set (compute.torch_threads, else the CPUs the actor
-        reserved), the checkpoint with its model on the job's device, and the file writer."""
-        torch.set_num_threads(self.compute.threads_per_worker)
+        reserved; in the calling process (InProcess): compute.torch_threads, else torch's own default),
+        the checkpoint with its model on the job's device, and the file writer."""
+        if not self.in_process:
+            torch.set_num_threads(self.compute.threads_per_worker)
+        elif self.compute.torch_threads:
+            torch.set_num_threads(self.compute.torch_threads)
         ckpt = load_checkpoint(self.model_uri, storage_options=self.storage_options)
         ckpt.model = ckpt.model.to("cuda" if self.compute.use_gpu else "cpu").eval()
         return ckpt, Writer(self.output_uri, self.schema, self.run_key, self.storage_options)
@@ -212,6 +218,25 @@ def resumable(
 
 
 @dataclass
+class InProcess:
+    """A job's map run in the calling process, one item after the other, where Run.execute would run a
+    Ray Dataset: for jobs too small to be worth starting a cluster (generate.local_rows). `fn` is the
+    actor class's constructor (built once, here), `items` the rows the Dataset would hold."""
+
+    fn: Callable[..., Callable[[dict[str, np.ndarray]], pa.Table]]
+    args: tuple
+    items: list[dict[str, Any]]
+
+    def iter_batches(self) -> Iterator[pa.Table]:
+        mapper = self.fn(*self.args)
+        for item in self.items:
+            yield mapper({k: np.asarray([v]) for k, v in item.items()})
+
+    def stats(self) -> str:
+        return f"{len(self.items)} batches mapped in the calling process, no Ray Dataset"
+
+
+@dataclass
 class Run:
     """One run of a batch job as the driver sees it: the table it commits to, its run key (a rerun of
     a committed key does nothing) and the commit's options."""
@@ -241,7 +266,7 @@ class Run:
 
     def execute(
         self,
-        ds: ray.data.Dataset | None,
+        ds: ray.data.Dataset | InProcess | None,
         rows: int,
         schema: pa.Schema,
         model: dict[str, Any],
@@ -250,10 +275,11 @@ class Run:
         stats: Callable[[list[Summary]], dict[str, Any]] | None = None,
         resumed: list[Summary] | None = None,
     ) -> Committed:
-        """Run `ds` (its actors write the files and summarize them), check that they and `resumed` (files
-        an earlier attempt of this run key wrote) hold `rows` rows, and commit them all as one table
-        version of `schema` (`ds` None: everything was resumed). The commit's record holds `model`
-        (model_record), `params` (the settings that key the run), `inputs` and `stats(summaries)`."""
+        """Run `ds` (its actors, or InProcess's mapper, write the files and summarize them), check that
+        they and `resumed` (files an earlier attempt of this run key wrote) hold `rows` rows, and commit
+        them all as one table version of `schema` (`ds` None: everything was resumed). The commit's
+        record holds `model` (model_record), `params` (the settings that key the run), `inputs` and
+        `stats(summaries)`."""
         resumed = resumed or []
         earlier = sum(s["rows"] for s in resumed)
         summaries = resumed + (self._collect(ds, rows - earlier) if ds is not None else [])
@@ -272,15 +298,16 @@ class Run:
         files = [DataFile(s["file"], s["rows"], s["bytes"]) for s in summaries]
         version = commit(self.output_uri, files, schema, commit_record, self.mode, self.storage_options)
         threads = ", ".join(map(str, sorted({s["threads"] for s in summaries})))
+        where = "this process" if isinstance(ds, InProcess) else "actors"
         self.progress(
             f"committed {rows:,} rows in {len(files)} files as version {version} of {self.output_uri} "
-            f"(actors ran torch with {threads} thread(s))"
+            f"({where} ran torch with {threads} thread(s))"
         )
         uris = [join(self.output_uri, f.path) for f in files]
         job_stats = ds.stats() if ds is not None else ""
         return Committed(self.output_uri, version, commit_record, uris, skipped=False, job_stats=job_stats)
 
-    def _collect(self, ds: ray.data.Dataset, rows: int) -> list[Summary]:
+    def _collect(self, ds: ray.data.Dataset | InProcess, rows: int) -> list[Summary]:
         """Stream the per-file summaries as the actors finish them, one per file (a retried batch
         reports its file again), and check that they hold `rows` rows.
 
@@ -288,7 +315,12 @@ class Run:
         """
         meter, summaries = Meter(self.job, rows, self.progress), {}
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            batches = (
+                ds.iter_batches()
+                if isinstance(ds, InProcess)
+                else ds.iter_batches(batch_size=None, batch_format="pyarrow")
+            )
+            for batch in batches:
                 for s in batch.to_pylist():
                     summaries[s["file"]] = s
                     meter.add(s["rows"])
