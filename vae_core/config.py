@@ -311,10 +311,11 @@ class GenerateConfig(_Section):
     local_rows: int = Field(
         100_000,
         ge=0,
-        description="A job of at most this many rows runs in the calling process instead of on Ray when no "
-        "cluster is set up (RAY_ADDRESS unset, Ray not started in the process): a local cluster and its "
+        description="A CPU job of at most this many rows runs in the calling process instead of on Ray when "
+        "no cluster is set up (RAY_ADDRESS unset, Ray not started in the process): a local cluster and its "
         "map actor take 10-20 s to start, longer than decoding such a job. Same files, rows and commit "
-        "either way; compute.num_workers applies to Ray only. 0: always on Ray.",
+        "either way; compute.num_workers applies to Ray only, and GPU jobs (compute.use_gpu) always use "
+        "Ray. 0: always on Ray.",
     )
     sampler: Literal["auto", "prior", "mixture"] = Field(
         "auto",

@@ -256,7 +256,7 @@ def generate_rows(
     if (earlier := run.earlier()) is not None:
         return earlier
 
-    here = job.rows <= job.local_rows and not cluster_set_up()
+    here = job.rows <= job.local_rows and not compute.use_gpu and not cluster_set_up()
     actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options, in_process=here)
     args = (actors, job, sample, mixture, where)
     ds: ray.data.Dataset | InProcess
