@@ -17,6 +17,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import s3fs
 import torch
 
@@ -413,3 +414,38 @@ def test_a_table_trains_on_ray_through_the_tabular_codec_saved_with_the_checkpoi
     prior = generate_rows(result.checkpoint_uri, f"{out}/prior", GenerateConfig(rows=300, sampler="prior"))
     assert auto.record.params["sampler"] == "mixture" and "sampler" not in prior.record.params
     assert not read_table(auto.table_uri).equals(read_table(prior.table_uri))
+
+
+def test_a_launch_refused_after_its_trainer_started_stops_it_and_leaves_no_run(ray_local, s3_server):
+    """Ray Train starts while the driver fits the codec (trainer._Launch). When the fit then refuses
+    the data (here: model.likelihood bernoulli on a table, found once the codec is fitted), the
+    workers are told to stop before they train, the error is the fit's, the run's folder is gone
+    (Ray Train's storage marker removed) and the cluster's CPUs are all free again."""
+    root, runs = f"{make_bucket()}/table", f"{make_bucket()}/runs"
+    fs, _ = arrow_filesystem(root)
+    rng = np.random.default_rng(0)
+    for split, n in {"train": 5000, "test": 200}.items():  # the mixture fit takes a while on 5,000 rows
+        table = pa.table({"x": rng.normal(size=n), "city": rng.choice(["a", "b"], n)})
+        pq.write_table(table, arrow_filesystem(f"{root}/{split}/part-0.parquet")[1], filesystem=fs)
+    cfg = VaeflowConfig.model_validate(
+        {
+            "name": "refused",
+            "data": {"uri": root, "id_column": None},
+            "model": {"family": "vae", "hidden": [8], "latent_dim": 2, "likelihood": "bernoulli"},
+            "train": {"epochs": 1, "runs_uri": runs, "max_failures": 0},
+            "compute": {"num_workers": 1, "cpus_per_worker": 1, "data_cpus": 1},
+        }
+    )
+    lines: list[str] = []
+    with pytest.raises(ValueError, match=r"model\.likelihood 'bernoulli' does not fit this data"):
+        train_on_ray(cfg, run_name="refused", progress=lines.append)
+    assert any("stopping the Ray Train workers that started beside the codec fit" in m for m in lines)
+    assert not _exists(f"{runs}/refused")
+    _wait_for(
+        lambda: ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"],
+        30,
+        "the stopped trainer's CPUs",
+    )
+    # The name is free: a launch with a fitting likelihood trains under it.
+    good = cfg.model_copy(update={"model": cfg.model.model_copy(update={"likelihood": "auto"})})
+    assert train_on_ray(good, run_name="refused", progress=lambda m: None).history[-1]["epoch"] == 1

@@ -3,6 +3,8 @@ local cluster starts in the calling thread (trainer.prepare_data's `meanwhile`, 
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -78,3 +80,43 @@ def test_alongside_runs_both_at_once_and_raises_either_ones_error():
         _alongside(lambda: never.wait(30), failing_start)  # raised at once, not after the fit
     assert time.perf_counter() - t0 < 5
     never.set()
+
+
+def test_then_starts_in_the_callers_thread_while_the_fit_runs_and_not_after_it_failed(tmp_path):
+    """`then` (the trainer's start, _Launch.start) runs after `meanwhile` in the calling thread while
+    the codec still fits: it gets the checked splits and no codec. A fit that has already failed
+    when the cluster is up starts no trainer."""
+    import threading
+
+    from vae_core.config import VaeflowConfig
+    from vae_core.distributed.trainer import _alongside, prepare_data
+
+    cfg = VaeflowConfig.model_validate({"data": _dataset(tmp_path, TABLE, TABLE)})
+    order, seen = [], []
+
+    def then(spec, schema, shards, codec) -> None:
+        order.append("then")
+        seen.append((threading.current_thread(), spec.feature_columns, schema.names, sorted(shards), codec))
+
+    *_, codec = prepare_data(cfg, lambda m: None, meanwhile=lambda: order.append("meanwhile"), then=then)
+    assert order == ["meanwhile", "then"]
+    thread, columns, names, splits, given = seen[0]
+    assert thread is threading.current_thread() and given is None and splits == ["train", "val"]
+    assert [n for n in names if n in columns] == codec.columns  # what the datasets read: the codec's
+
+    # The fit failed while the cluster started: no trainer starts, the fit's error is raised.
+    failed = threading.Event()
+
+    def bad_work() -> None:
+        failed.set()
+        raise ValueError("bad row in train/part-0.parquet")
+
+    with pytest.raises(ValueError, match="bad row"):
+        _alongside(bad_work, lambda: failed.wait(10), lambda: order.append("started anyway"))
+    assert order == ["meanwhile", "then"]
+
+    # A likelihood that does not fit the data is found with the fit: no trainer starts for it either.
+    bernoulli = cfg.model_copy(update={"model": cfg.model.model_copy(update={"likelihood": "bernoulli"})})
+    with pytest.raises(ValueError, match=r"model\.likelihood 'bernoulli' does not fit"):
+        prepare_data(bernoulli, lambda m: None, meanwhile=lambda: time.sleep(2), then=then)
+    assert len(seen) == 1

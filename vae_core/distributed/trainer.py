@@ -94,7 +94,7 @@ class LoopConfig:
     """What the driver hands every worker (Ray's train_loop_config is one JSON string of this)."""
 
     config: str  # VaeflowConfig JSON, unredacted: workers open the data with the real storage options
-    codec: str  # codec_to_json of the codec fitted on train
+    codec: str | None  # codec_to_json of the codec fitted on train; None: the driver's go brings it
     schema: str  # the training columns' Arrow schema (dataset.encode_schema), recorded in checkpoints
     tracking_run: str | None = None  # the MLflow run id, recorded in checkpoints (operations.tracking)
 
@@ -133,15 +133,15 @@ def _read(shards: list[str], columns: list[str], storage_options: dict) -> ray.d
 
 
 def build_datasets(
-    cfg: VaeflowConfig, codec: Codec, shards: dict[str, list[str]]
+    cfg: VaeflowConfig, columns: list[str], shards: dict[str, list[str]]
 ) -> dict[str, ray.data.Dataset]:
-    """Ray Datasets of the raw columns the codec reads (and each row's file): rows become x on the
-    workers (`Encode`), so Ray Data moves the stored types (uint8 pixels, not float32)."""
+    """Ray Datasets of the raw `columns` that the codec reads (and each row's file): rows become x on
+    the workers (`Encode`), so Ray Data moves the stored types (uint8 pixels, not float32)."""
     out = {}
     for name, split_shards in shards.items():
         # The id column rides along (8 bytes a row) so that a bad row's error names it, as embed's does.
-        ids = [cfg.data.id_column] if cfg.data.id_column and cfg.data.id_column not in codec.columns else []
-        ds = _read(split_shards, [*codec.columns, *ids], cfg.data.storage_options)
+        ids = [cfg.data.id_column] if cfg.data.id_column and cfg.data.id_column not in columns else []
+        ds = _read(split_shards, [*columns, *ids], cfg.data.storage_options)
         if name == "train":  # shards arrive in a seeded random order, rows then mix in the shuffle buffer
             ds = ds.randomize_block_order(seed=cfg.train.seed)
         out[name] = ds
@@ -442,15 +442,30 @@ def _prepare_model(
     return ddp, "shared memory"
 
 
+def _await_go(events: Any) -> dict[str, Any] | None:
+    """The driver's go (_Launch.go: the codec and the MLflow run id), or None if it aborted the run."""
+    while True:
+        decided, go = ray.get(events.decision.remote())
+        if decided:
+            return go
+        time.sleep(0.05)
+
+
 def _worker_loop(train_loop_config: dict[str, Any]) -> None:
-    """The training function of every Ray Train worker: vae_core's `fit` over this worker's shard."""
+    """The training function of every Ray Train worker: vae_core's `fit` over this worker's shard.
+    Started while the driver still fits the codec (_Launch), it first waits for the driver's go."""
     loop = LoopConfig.from_json(train_loop_config["loop"])
-    cfg, codec = VaeflowConfig.from_json(loop.config), codec_from_json(loop.codec)
+    events = train_loop_config["events"]
+    if loop.codec is None:
+        go = _await_go(events)
+        if go is None:  # the driver refused the data: end without a report, so without a checkpoint
+            return
+        loop = LoopConfig(loop.config, go["codec"], loop.schema, go["tracking_run"])
+    cfg, codec = VaeflowConfig.from_json(loop.config), codec_from_json(str(loop.codec))
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(cfg.compute.threads_per_worker)
 
-    events = train_loop_config["events"]
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, DataShape.of(codec))
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
@@ -493,7 +508,7 @@ def _feed_loop(train_loop_config: dict[str, str]) -> None:
     training (Ray Data, the codec in the collate step, torch batches on the device), streamed every
     pass, and reports the rows it received and the seconds each pass took."""
     loop = LoopConfig.from_json(train_loop_config["loop"])
-    cfg, codec = VaeflowConfig.from_json(loop.config), codec_from_json(loop.codec)
+    cfg, codec = VaeflowConfig.from_json(loop.config), codec_from_json(str(loop.codec))
     torch.set_num_threads(cfg.compute.threads_per_worker)
     data = ShardBatches(cfg, codec, ray.train.get_context().get_world_rank(), ray.train.torch.get_device())
     passes = []
@@ -523,7 +538,7 @@ def feed_rate(cfg: VaeflowConfig, progress: Callable[[str], None] = print) -> li
     _, schema, shards, codec = _prepare_and_start(cfg, progress)
     loop_cfg = LoopConfig(cfg.to_json(redact=False), codec_to_json(codec), encode_schema(schema))
     name = f"{cfg.name}-feed-{uuid.uuid4().hex[:8]}"
-    datasets = build_datasets(cfg, codec, {"train": shards["train"]})
+    datasets = build_datasets(cfg, codec.columns, {"train": shards["train"]})
     with _local_train_env():
         result = _trainer(cfg, name, _feed_loop, {"loop": loop_cfg.to_json()}, datasets).fit()
     passes = result.metrics["passes"]
@@ -545,6 +560,7 @@ def _storage(runs_uri: str, storage_options: dict) -> dict[str, Any]:
 
 
 RUN_FILE = "vaeflow-run.json"
+RAY_MARKER = ".validate_storage_marker"  # Ray Train writes it into a run's folder when it starts
 COMPARED_SECTIONS = ("data", "model", "train")
 # Settings a resume may change: they do not change which model is trained on which data.
 NOT_COMPARED = frozenset(
@@ -591,7 +607,7 @@ def _stored_config(run_uri: str, storage_options: dict) -> tuple[bool, dict[str,
     if not fs.exists(root):
         return False, None
     names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-    if not names:
+    if not [n for n in names if n != RAY_MARKER]:  # a launch stopped before its run was recorded
         return False, None
     if RUN_FILE in names:
         with fs.open(join(root, RUN_FILE), "r") as f:
@@ -725,52 +741,69 @@ def _warm_start_codec(cfg: VaeflowConfig, schema: pa.Schema, progress: Callable[
     return init.codec
 
 
+Splits = dict[str, list[str]]  # the shards of "train" and "val"
+Then = Callable[[DatasetSpec, pa.Schema, Splits, Codec | None], None]
+
+
 def prepare_data(
     cfg: VaeflowConfig,
     progress: Callable[[str], None] = print,
     meanwhile: Callable[[], None] | None = None,
-) -> tuple[DatasetSpec, pa.Schema, dict[str, list[str]], Codec]:
+    then: Then | None = None,
+) -> tuple[DatasetSpec, pa.Schema, Splits, Codec]:
     """Check both splits up front (clear errors before any worker starts) and fit the codec on train
     (a warm start takes its checkpoint's). `meanwhile` (the cluster's start, _prepare_and_start) runs
     in this thread once the splits' files and schemas are checked, while the codec fits in another:
-    what only the fit finds (a bad row, a likelihood that does not fit the data) is raised after it."""
+    what only the fit finds (a bad row, a likelihood that does not fit the data) is raised after it.
+    `then(spec, schema, shards, codec)` (the trainer's start, _Launch.start) runs in this thread after
+    `meanwhile`, with codec None while it still fits, unless the fit has failed by then."""
     train_shards, schema, spec = open_dataset(cfg.data, "train")
     val_shards, val_schema, _ = open_dataset(cfg.data, cfg.train.val_split)
     if val_schema != schema:
         raise ValueError(f"{cfg.data.uri}: the {cfg.train.val_split!r} split's schema differs from train's")
+    shards = {"train": train_shards, "val": val_shards}
     if cfg.train.init_from:
         codec = _warm_start_codec(cfg, schema, progress)
         check_likelihood(cfg.model, DataShape.of(codec))
         if meanwhile is not None:
             meanwhile()
-        return spec, schema, {"train": train_shards, "val": val_shards}, codec
+        if then is not None:
+            then(spec, schema, shards, codec)
+        return spec, schema, shards, codec
 
-    def fit() -> tuple[Codec, float]:
+    def fit() -> tuple[Codec, str, float]:
         t0 = time.perf_counter()
-        return fit_on_train(
-            spec, schema, train_shards, cfg.data, seed=cfg.train.seed
-        ), time.perf_counter() - t0
+        codec = fit_on_train(spec, schema, train_shards, cfg.data, seed=cfg.train.seed)
+        return codec, check_likelihood(cfg.model, DataShape.of(codec)), time.perf_counter() - t0
 
-    codec, seconds = _alongside(fit, meanwhile)
-    likelihood = check_likelihood(cfg.model, DataShape.of(codec))
+    start = None if then is None else lambda: then(spec, schema, shards, None)
+    codec, likelihood, seconds = _alongside(fit, meanwhile, start)
     progress(
         f"fitted the {codec.kind} codec ({codec.dim} features, {likelihood} likelihood) in {seconds:.1f}s"
     )
-    return spec, schema, {"train": train_shards, "val": val_shards}, codec
+    return spec, schema, shards, codec
 
 
 def _prepare_and_start(
-    cfg: VaeflowConfig, progress: Callable[[str], None]
-) -> tuple[DatasetSpec, pa.Schema, dict[str, list[str]], Codec]:
-    """prepare_data with the cluster starting alongside the codec fit. Should the fit (or the
-    likelihood check after it) refuse the data, a local cluster started here is shut down again:
-    a bad input leaves no cluster running."""
+    cfg: VaeflowConfig, progress: Callable[[str], None], launch: _Launch | None = None
+) -> tuple[DatasetSpec, pa.Schema, Splits, Codec]:
+    """prepare_data with the cluster starting alongside the codec fit, and `launch`'s trainer after
+    the cluster. Should the fit (or the likelihood check after it) refuse the data, the launch is
+    aborted and a local cluster started here is shut down again: a bad input leaves no cluster
+    running."""
     started_here = not ray.is_initialized()
     try:
-        return prepare_data(cfg, progress, meanwhile=lambda: _start_cluster(cfg))
+        return prepare_data(
+            cfg, progress, meanwhile=lambda: _start_cluster(cfg), then=launch and launch.start
+        )
     except BaseException:
-        if started_here and is_own_local_cluster():
+        own = started_here and is_own_local_cluster()
+        if launch is not None:
+            launch.abort(wait=not own)  # our own cluster's shutdown ends its trainer at once
+        if own:
             ray.shutdown()
+        if launch is not None:
+            launch.clean()
         raise
 
 
@@ -782,15 +815,18 @@ def _in_context_thread(target: Callable[[], None], name: str) -> threading.Threa
     return thread
 
 
-def _alongside(work: Callable[[], Any], meanwhile: Callable[[], None] | None) -> Any:
-    """work() in a background thread while meanwhile() runs in this one; work's result, or its error
-    raised here. The codec fit is one core's work for seconds (13 s on Adult) and the local cluster's
-    start is mostly waiting for its processes (6 s): side by side, `vaeflow train` on Adult reached its
-    trainer about 5 s sooner on 2 cores. ray.init stays in the calling thread: started from another,
+def _alongside(
+    work: Callable[[], Any], meanwhile: Callable[[], None] | None, then: Callable[[], None] | None = None
+) -> Any:
+    """work() in a background thread while meanwhile() and then then() run in this one; work's result,
+    or its error raised here. then() is skipped when work() has failed before it would start. The
+    codec fit is one core's work for seconds (13 s on Adult) and the local cluster's start is mostly
+    waiting for its processes (6 s): side by side, `vaeflow train` on Adult reached its trainer about
+    5 s sooner on 2 cores. ray.init stays in the calling thread: started from another,
     it sets no SIGTERM handler, and a driver so started hung on its first task (Ray 2.60). An error of
     meanwhile() is raised at once, and wins over one of work(), which then ends in its daemon thread,
     unwaited."""
-    if meanwhile is None:
+    if meanwhile is None and then is None:
         return work()
     done: dict[str, Any] = {}
 
@@ -801,7 +837,10 @@ def _alongside(work: Callable[[], Any], meanwhile: Callable[[], None] | None) ->
             done["error"] = e
 
     thread = _in_context_thread(run, "vaeflow-fit")
-    meanwhile()
+    if meanwhile is not None:
+        meanwhile()
+    if then is not None and "error" not in done:
+        then()
     thread.join()
     if "error" in done:
         raise done["error"]
@@ -868,6 +907,7 @@ class _Events:
 
     def __init__(self) -> None:
         self.records: list[Record] = []
+        self.decided, self.go = False, None
 
     def add(self, record: Record) -> None:
         self.records.append(record)
@@ -875,6 +915,13 @@ class _Events:
     def take(self) -> list[Record]:
         records, self.records = self.records, []
         return records
+
+    def decide(self, go: dict[str, Any] | None) -> None:
+        """The driver's go for the workers that wait in _await_go (a dict), or its abort (None)."""
+        self.decided, self.go = True, go
+
+    def decision(self) -> tuple[bool, dict[str, Any] | None]:
+        return self.decided, self.go
 
 
 def record_line(record: Record) -> str:
@@ -926,6 +973,99 @@ def _relay(
         deliver()
 
 
+class _Launch:
+    """Ray Train started while the driver still fits the codec (prepare_data's `then`).
+
+    Before a worker runs its loop, Ray Train starts its controller and worker processes, and each
+    imports torch, Ray Train and this package: about 15 s on 2 cores, one after the other, when it
+    followed the codec fit (14-19 s on Adult, one core's work). Now the two overlap. The workers wait
+    in _await_go until the driver has checked the data and recorded the run: `go` hands them the
+    codec and the MLflow run id through the _Events actor. On `abort` they end without a report, so
+    the trainer finishes without a checkpoint, and `clean` removes the storage marker that Ray Train
+    wrote into the run's folder, where that marker is all the folder holds: a refused launch leaves
+    no run behind.
+    """
+
+    def __init__(self, cfg: VaeflowConfig, name: str, progress: Callable[[str], None], existed: bool) -> None:
+        self.cfg, self.name, self.progress, self.existed = cfg, name, progress, existed
+        self.events: Any = None
+        self.columns: list[str] = []
+        self.listeners: list[Callable[[Record], None]] = []
+        self.outcome: dict[str, Any] = {}
+        self.thread: threading.Thread | None = None
+        self.scope = contextlib.ExitStack()
+
+    def start(self, spec: DatasetSpec, schema: pa.Schema, shards: Splits, codec: Codec | None) -> None:
+        """Start the trainer in a background thread (cluster up, codec `None` while it still fits)."""
+        cfg = self.cfg
+        wanted = set(spec.feature_columns)
+        self.columns = codec.columns if codec is not None else [n for n in schema.names if n in wanted]
+        self.events = _Events.remote()  # type: ignore[attr-defined]
+        loop = LoopConfig(cfg.to_json(redact=False), None, encode_schema(schema))
+        datasets = build_datasets(cfg, self.columns, shards)
+        loop_config = {"loop": loop.to_json(), "events": self.events}
+        trainer = _trainer(cfg, self.name, _worker_loop, loop_config, datasets)
+        self.scope.enter_context(_local_train_env())
+        self.scope.enter_context(_relay(self.events, self.progress, self._deliver))
+
+        def run() -> None:
+            try:
+                self.outcome["result"] = trainer.fit()
+            except BaseException as e:  # re-raised by result()
+                self.outcome["error"] = e
+
+        self.thread = _in_context_thread(run, "vaeflow-train")
+
+    def _deliver(self, record: Record) -> None:
+        for listener in self.listeners:
+            listener(record)
+
+    def go(self, codec: Codec, tracked: Any, listeners: list[Callable[[Record], None]]) -> None:
+        """The data are checked and the run recorded: the workers may train."""
+        if not set(codec.columns) <= set(self.columns):  # the datasets read what the codec reads
+            raise TrainingError(f"the codec reads {codec.columns}, the training datasets {self.columns}")
+        self.listeners = listeners
+        go = {"codec": codec_to_json(codec), "tracking_run": tracked.run_id if tracked else None}
+        ray.get(self.events.decide.remote(go))
+
+    def result(self) -> Any:
+        """The trainer's result, once it has finished; its error raised here."""
+        assert self.thread is not None
+        try:
+            self.thread.join()
+        finally:
+            self.scope.close()
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        return self.outcome["result"]
+
+    def abort(self, wait: bool) -> None:
+        """Tell the workers to end, and with `wait` wait for the trainer to finish (errors ignored)."""
+        if self.thread is None:
+            return
+        self.progress("not training: stopping the Ray Train workers that started beside the codec fit")
+        with contextlib.suppress(Exception):
+            ray.get(self.events.decide.remote(None), timeout=30)
+            if wait:
+                self.thread.join(timeout=300)
+        with contextlib.suppress(Exception):
+            self.scope.close()
+
+    def clean(self) -> None:
+        """Remove the marker Ray Train wrote into a new run's folder, if it is all the folder holds."""
+        if self.thread is None or self.existed:
+            return
+        run_uri = join(self.cfg.train.runs_uri, self.name)
+        with contextlib.suppress(Exception):
+            fs, root = filesystem(run_uri, self.cfg.data.storage_options)
+            fs.invalidate_cache(root)
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+            if names == [RAY_MARKER]:
+                fs.rm(join(root, RAY_MARKER))
+                if scheme(run_uri) == "file":
+                    fs.rmdir(root)
+
+
 def train_on_ray(
     cfg: VaeflowConfig,
     run_name: str | None = None,
@@ -953,25 +1093,24 @@ def train_on_ray(
     )
     name = run_name or cfg.name
     resuming = check_run_name(cfg, name, resume)
-    _, schema, shards, codec = _prepare_and_start(cfg, progress)
-    if not resuming:
-        resuming = record_run(cfg, name, resume)
-    tracked = _tracking_run(cfg, name, progress)
-    loop_cfg = LoopConfig(
-        cfg.to_json(redact=False),
-        codec_to_json(codec),
-        encode_schema(schema),
-        tracked.run_id if tracked else None,
-    )
-    events = _Events.remote()  # type: ignore[attr-defined]
-    loop_config = {"loop": loop_cfg.to_json(), "events": events}
-    trainer = _trainer(cfg, name, _worker_loop, loop_config, build_datasets(cfg, codec, shards))
-    what = "resuming" if resuming else "training"
-    progress(f"{what} {cfg.model.family} on {cfg.data.uri} as run {name!r} under {cfg.train.runs_uri}")
-    listeners = [f for f in (on_record, tracked and tracked.record) if f is not None]
+    launch = _Launch(cfg, name, progress, existed=resuming)
+    _, _, _, codec = _prepare_and_start(cfg, progress, launch)
+    tracked = None
     try:
-        with _local_train_env(), _relay(events, progress, lambda r: [f(r) for f in listeners]):
-            result = trainer.fit()
+        if not resuming:
+            resuming = record_run(cfg, name, resume)
+        tracked = _tracking_run(cfg, name, progress)
+        what = "resuming" if resuming else "training"
+        progress(f"{what} {cfg.model.family} on {cfg.data.uri} as run {name!r} under {cfg.train.runs_uri}")
+        launch.go(codec, tracked, [f for f in (on_record, tracked and tracked.record) if f is not None])
+    except BaseException:
+        if tracked:
+            tracked.end(ok=False)
+        launch.abort(wait=True)
+        launch.clean()
+        raise
+    try:
+        result = launch.result()
     except Exception as e:  # Ray raises TrainingFailedError with the worker traceback inside
         if tracked:
             tracked.end(ok=False)
