@@ -2,9 +2,10 @@
 (local Parquet), the command starting its own local Ray cluster, median of 3 runs.
 
 Each run's output lines are timestamped as they arrive, which splits the wall time into phases:
-start-up with the codec fit and the cluster start side by side (the "fitted" line comes once both are
-done), the run record and the datasets, the Ray Train run up to its first epoch line, and the rest
-(checkpoint, result, shutdown).
+start-up with the codec fit beside the cluster start and, once the cluster is up, Ray Train's start (the
+"fitted" line comes once the fit and the cluster start are done), the run record, the Ray Train run up
+to its first epoch line (its workers waited for the fitted codec), and the rest (checkpoint, result,
+shutdown).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main() -> None:
     at = typical["at"]
     phases = {
         "start_codec_fit_and_cluster_start": at.get("codec_fitted"),
-        "run_record_and_datasets": at["cluster_up"] - at["codec_fitted"] if "codec_fitted" in at else None,
+        "run_record": at["cluster_up"] - at["codec_fitted"] if "codec_fitted" in at else None,
         "train_run_to_epoch_1": at["epoch_1_done"] - at["cluster_up"] if len(at) == 3 else None,
         "checkpoint_result_shutdown": typical["wall_seconds"] - at["epoch_1_done"]
         if "epoch_1_done" in at

@@ -1041,14 +1041,13 @@ class _Launch:
 
     def abort(self, wait: bool) -> None:
         """Tell the workers to end, and with `wait` wait for the trainer to finish (errors ignored)."""
-        if self.thread is None:
-            return
-        self.progress("not training: stopping the Ray Train workers that started beside the codec fit")
-        with contextlib.suppress(Exception):
-            ray.get(self.events.decide.remote(None), timeout=30)
-            if wait:
-                self.thread.join(timeout=300)
-        with contextlib.suppress(Exception):
+        if self.thread is not None:
+            self.progress("not training: stopping the Ray Train workers that started beside the codec fit")
+            with contextlib.suppress(Exception):
+                ray.get(self.events.decide.remote(None), timeout=30)
+                if wait:
+                    self.thread.join(timeout=300)
+        with contextlib.suppress(Exception):  # also after a start that failed half-way
             self.scope.close()
 
     def clean(self) -> None:
