@@ -1,5 +1,6 @@
-"""Ray Train on a real local cluster with checkpoints in S3 (moto server): training, failures, resume,
-run names."""
+"""Ray Train on a real local cluster with checkpoints in S3 (moto server): training, a worker killed on
+the cached path, resume, run names. A killed driver relaunched under its name is fault scenario 2
+(tests/faults/test_training.py, `make faults`), which this module no longer repeats."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -150,47 +149,6 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, 
     # keep_checkpoints=2 by validation ELBO: the worst (epoch 1) is gone, the best two remain.
     kept = [e for e in (1, 2, 3) if _exists(f"{runs}/kill-run/epoch_{e:04d}/meta.json")]
     assert kept == [2, 3] and result.best_checkpoint_uri.endswith("epoch_0003")
-
-
-DRIVER = """
-import json, sys
-from vae_core.config import VaeflowConfig
-from vae_core.distributed.trainer import train_on_ray
-result = train_on_ray(VaeflowConfig.from_file(sys.argv[1]), run_name="driver-run", resume=True)
-print("RESULT_META", result.checkpoint.meta.to_json())
-"""
-
-
-def _launch_driver(config_file, address: str) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ADDRESS": address}
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(config_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-
-
-def test_a_killed_driver_is_resumed_by_relaunching_with_the_same_run_name(ray_local, mnist_s3, tmp_path):
-    runs = f"{make_bucket()}/runs"
-    config_file = tmp_path / "config.json"
-    config_file.write_text(mnist_config(mnist_s3, runs, epochs=3).to_json())
-    first = _launch_driver(config_file, ray_local)
-    try:
-        _wait_for(lambda: _registered(f"{runs}/driver-run", 1), 240, "checkpoint 1")
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-    assert not _exists(f"{runs}/driver-run/epoch_0003/meta.json")
-    second = _launch_driver(config_file, ray_local)
-    out, _ = second.communicate(timeout=300)
-    assert second.returncode == 0, out[-3000:]
-    meta = json.loads(out.split("RESULT_META", 1)[1].strip().splitlines()[0])
-    assert meta["epoch"] == 3
-    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
-    assert meta["restarts"][0]["from_epoch"] in (1, 2)  # resumed from the last checkpoint, not from 0
-    assert "epoch 1/3" not in out  # the relaunch never trained epoch 1 again
 
 
 def test_ddp_two_workers_of_64_match_one_worker_of_128(ray_local, mnist_s3):
