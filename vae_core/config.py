@@ -177,6 +177,12 @@ class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="The learning rate per epoch: `lr` throughout (constant), or cosine-annealed from `lr` "
+        "in the first epoch towards 0 after the last (cosine, over train.epochs: extending a run "
+        "stretches it).",
+    )
     weight_decay: float = Field(
         0.0,
         ge=0,

@@ -1,12 +1,13 @@
 """The pure training loop: KL schedule, callback seam, NaN guard, resume, grad clipping."""
 
+import itertools
 import math
 
 import pytest
 import torch
 
 from tests.conftest import binary_data, small_model
-from vae_core.training.loop import KLSchedule, NonFiniteLossError, fit
+from vae_core.training.loop import KLSchedule, LRSchedule, NonFiniteLossError, fit
 
 
 def test_kl_warmup_is_linear_in_epochs_or_steps():
@@ -15,6 +16,28 @@ def test_kl_warmup_is_linear_in_epochs_or_steps():
     assert [by_epoch.weight(e, 0) for e in range(6)] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
     by_step = KLSchedule(1.0, warmup_steps=10)
     assert by_step.weight(0, 5) == 0.5 and by_step.weight(3, 50) == 1.0
+
+
+def test_the_cosine_lr_falls_from_lr_towards_zero_and_a_resumed_fit_sets_each_epochs_rate():
+    assert [LRSchedule(0.1).rate(e) for e in (0, 7)] == [0.1, 0.1]
+    cosine = LRSchedule(0.1, "cosine", epochs=4)
+    rates = [cosine.rate(e) for e in range(4)]
+    assert rates[0] == 0.1 and math.isclose(rates[2], 0.05)
+    assert all(a > b for a, b in itertools.pairwise(rates)) and 0 < rates[3] < 0.02
+    model, x = small_model(), binary_data(32)
+    opt = torch.optim.Adam(model.parameters(), lr=123.0)  # a restored optimizer's rate is overwritten
+    seen = []
+    fit(
+        model,
+        [x],
+        epochs=4,
+        optimizer=opt,
+        lr_schedule=cosine,
+        start_epoch=1,
+        start_step=1,
+        on_epoch=lambda stats, m, o: seen.append(o.param_groups[0]["lr"]),
+    )
+    assert seen == rates[1:]
 
 
 def test_fit_reports_each_epoch_through_the_callback_with_the_scheduled_weight():

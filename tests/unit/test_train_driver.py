@@ -120,3 +120,19 @@ def test_then_starts_in_the_callers_thread_while_the_fit_runs_and_not_after_it_f
     with pytest.raises(ValueError, match=r"model\.likelihood 'bernoulli' does not fit"):
         prepare_data(bernoulli, lambda m: None, meanwhile=lambda: time.sleep(2), then=then)
     assert len(seen) == 1
+
+
+def test_a_setting_that_a_stored_run_predates_counts_as_its_default_when_resuming():
+    import json
+
+    from vae_core.config import VaeflowConfig
+    from vae_core.distributed.trainer import config_differences
+
+    cfg = VaeflowConfig.model_validate({"name": "t", "data": {"uri": "/d"}, "train": {"lr": 0.01}})
+    stored = json.loads(cfg.to_json())
+    del stored["train"]["lr_schedule"]  # a run recorded before train.lr_schedule existed
+    assert config_differences(stored, json.loads(cfg.to_json())) == {}
+    cosine = json.loads(cfg.with_overrides(["train.lr_schedule=cosine"]).to_json())
+    assert config_differences(stored, cosine) == {"train.lr_schedule": ("constant", "cosine")}
+    other_lr = json.loads(cfg.with_overrides(["train.lr=0.02"]).to_json())
+    assert config_differences(stored, other_lr) == {"train.lr": (0.01, 0.02)}

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
-from vae_core.config import VaeflowConfig
+from vae_core.config import DataConfig, ModelConfig, TrainConfig, VaeflowConfig
 from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, encode_by_file, fit_on_train
 from vae_core.data.dataset import (
     DataError,
@@ -54,7 +54,7 @@ from vae_core.models.sampler import LatentMixture, fit_latent_mixture
 from vae_core.operations import tracking
 from vae_core.training.checkpoints import Checkpoint, CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult, evaluate
-from vae_core.training.loop import EpochStats, KLSchedule, fit, make_optimizer
+from vae_core.training.loop import EpochStats, KLSchedule, LRSchedule, fit, make_optimizer
 
 from . import allreduce
 from .cluster import check_resources, ensure_ray, is_own_local_cluster
@@ -494,6 +494,7 @@ def _worker_loop(train_loop_config: dict[str, Any]) -> None:
         epochs=cfg.train.epochs,
         optimizer=optimizer,
         schedule=KLSchedule(cfg.train.beta, cfg.train.warmup_epochs, cfg.train.warmup_steps),
+        lr_schedule=LRSchedule(cfg.train.lr, cfg.train.lr_schedule, cfg.train.epochs),
         grad_clip=cfg.train.grad_clip,
         start_epoch=state.epoch,
         start_step=state.step,
@@ -588,9 +589,18 @@ def _leaves(value: Any, prefix: str) -> dict[str, Any]:
 
 
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (stored, current)} for data/model/train keys that differ, both redacted JSON."""
+    """{dotted key: (stored, current)} for data/model/train keys that differ, both redacted JSON.
+
+    A key that the stored config lacks counts as its default: a run stored before a setting existed
+    was trained as that setting's default trains (a new setting defaults to the behaviour before it)."""
     a = {k: v for s in COMPARED_SECTIONS for k, v in _leaves(stored.get(s, {}), s).items()}
     b = {k: v for s in COMPARED_SECTIONS for k, v in _leaves(current.get(s, {}), s).items()}
+    defaults = {
+        k: v
+        for s, section in zip(COMPARED_SECTIONS, (DataConfig, ModelConfig, TrainConfig), strict=True)
+        for k, v in _leaves(section().model_dump(mode="json"), s).items()
+    }
+    a.update({k: defaults[k] for k in b.keys() - a.keys() if k in defaults})
     missing = object()
     return {
         k: (a.get(k), b.get(k))

@@ -6,6 +6,7 @@ and an `on_epoch` callback (report metrics, checkpoint). Nothing here knows abou
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -36,6 +37,23 @@ class KLSchedule:
         if self.warmup_epochs:
             return self.beta * min(1.0, epoch / self.warmup_epochs)
         return self.beta
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate of each epoch: `lr` (constant), or lr * (1 + cos(pi * epoch / epochs)) / 2
+    (cosine: `lr` in the first epoch, about lr * 2.5 / epochs^2 in the last). A function of the epoch
+    alone, so a resumed run continues it without any state of its own."""
+
+    lr: float
+    kind: str = "constant"
+    epochs: int = 1
+
+    def rate(self, epoch: int) -> float:
+        """epoch: the 0-based count of completed epochs."""
+        if self.kind == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
 
 
 @dataclass
@@ -82,6 +100,7 @@ def fit(
     lr: float = 1e-3,
     optimizer: torch.optim.Optimizer | None = None,
     schedule: KLSchedule | None = None,
+    lr_schedule: LRSchedule | None = None,
     recon_weight: float = 1.0,
     grad_clip: float | None = None,
     start_epoch: int = 0,
@@ -98,6 +117,7 @@ def fit(
     (gradient sync), the loss through the wrapped LatentModel. autocast_dtype (e.g. torch.bfloat16
     on GPU) runs the forward pass and loss under torch.autocast. recon_weight scales the
     reconstruction term: 0 with schedule beta 1 trains on the KL alone (the beta study's KL-only arm).
+    lr_schedule sets the optimizer's learning rate at the start of every epoch (none: left as it is).
     """
     core: LatentModel = getattr(model, "module", model)
     device_type = torch.device(device).type
@@ -108,6 +128,9 @@ def fit(
     for epoch in range(start_epoch, epochs):
         model.train()
         kl_weight = schedule.weight(epoch, step)
+        if lr_schedule is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_schedule.rate(epoch)
         sums = torch.zeros(3, dtype=torch.float64)  # loss, recon, kl (summed over examples)
         n, t0 = 0, time.perf_counter()
         wait, t_ready = 0.0, t0
