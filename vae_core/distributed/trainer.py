@@ -591,8 +591,8 @@ def _leaves(value: Any, prefix: str) -> dict[str, Any]:
 def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (stored, current)} for data/model/train keys that differ, both redacted JSON.
 
-    A key that the stored config lacks counts as its default: a run stored before a setting existed
-    was trained as that setting's default trains (a new setting defaults to the behaviour before it)."""
+    A key that the stored config lacks counts as its default: a run recorded before a setting existed
+    trained the way that setting's default does (a new setting's default keeps the earlier behaviour)."""
     a = {k: v for s in COMPARED_SECTIONS for k, v in _leaves(stored.get(s, {}), s).items()}
     b = {k: v for s in COMPARED_SECTIONS for k, v in _leaves(current.get(s, {}), s).items()}
     defaults = {
