@@ -22,6 +22,13 @@ def trained() -> tuple[torch.nn.Module, torch.Tensor]:
     return model.eval(), x
 
 
+def test_the_mixture_is_fitted_to_at_most_max_rows_codes(trained):
+    model, x = trained
+    # 500 of the 2,000 rows: 400 codes to fit on allow 4 components (one per 100 rows), not 5.
+    assert set(fit_latent_mixture(model, x, seed=0, components=5, max_rows=500).heldout) == {1, 4}
+    assert set(fit_latent_mixture(model, x, seed=0, components=5).heldout) == {1, 5}
+
+
 def test_the_mixture_matches_the_codes_of_the_training_rows_on_the_active_dimensions(trained):
     model, x = trained
     mixture = fit_latent_mixture(model, x, seed=0, components=5)

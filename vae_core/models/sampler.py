@@ -144,18 +144,22 @@ def _m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float, eye: torch.Te
 
 @torch.no_grad()
 def fit_latent_mixture(
-    model: torch.nn.Module, x: torch.Tensor, seed: int, components: int = COMPONENTS
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    seed: int,
+    components: int = COMPONENTS,
+    max_rows: int = MAX_ROWS,
 ) -> LatentMixture | None:
     """A mixture of full-covariance Gaussians fitted (fit_gmm, EM) to one draw z ~ q(z | x) per row of
-    `x` (at most MAX_ROWS of them, sampled with `seed`), over the active dimensions; None for a model
+    `x` (at most `max_rows` of them, sampled with `seed`), over the active dimensions; None for a model
     without a posterior variance (an autoencoder has no q(z | x) to aggregate).
 
     Its size: `components` (fewer for small data: one per ROWS_PER_COMPONENT rows) or a third of
     that, whichever gives the held-out fifth of the codes the higher likelihood (`heldout`). Nothing
     but the training rows is looked at."""
     gen = torch.Generator().manual_seed(seed)
-    if len(x) > MAX_ROWS:
-        x = x[torch.randperm(len(x), generator=gen)[:MAX_ROWS].to(x.device)]
+    if len(x) > max_rows:
+        x = x[torch.randperm(len(x), generator=gen)[:max_rows].to(x.device)]
     was_training = model.training
     model.eval()
     q = model.encode(x)
