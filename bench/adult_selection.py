@@ -112,10 +112,8 @@ def score(trained: dict[str, Any], mixture: LatentMixture | None) -> list[dict[s
     train, codec = trained["train"], trained["codec"]
     records = []
     for g in GENERATION_SEEDS:
-        z_rows = generate(
-            trained["model"], len(trained["x"]), seed=g, sample_likelihood=True, sampler=mixture
-        )
-        rows = codec.inverse(z_rows.numpy())
+        x_gen = generate(trained["model"], len(trained["x"]), seed=g, sample_likelihood=True, sampler=mixture)
+        rows = codec.inverse(x_gen.numpy())
         f1 = efficacy(
             _frame(rows, train.column_names),
             _frame(trained["held"], train.column_names),
