@@ -30,7 +30,9 @@ def _train(rank: int, world: int, port: int, shared: bool, out: dict) -> None:
     torch.manual_seed(0)  # the same initial weights on every rank
     model = torch.nn.Sequential(torch.nn.Linear(12, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3))
     params = list(model.parameters())
-    ddp = torch.nn.parallel.DistributedDataParallel(model, **(allreduce.one_bucket(params) if shared else {}))
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, **(allreduce.ddp_arguments(params) if shared else {})
+    )
     if shared:
         allreduce.install(ddp, rank, world)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -89,4 +91,4 @@ def test_the_hook_is_used_only_for_float32_cpu_workers_on_one_node():
     assert allreduce.usable(params, torch.device("cuda"), 2, same_node=True) == "training on cuda"
     half = list(torch.nn.Linear(4, 2).to(torch.float64).parameters())
     assert allreduce.usable(half, cpu, 2, same_node=True) == "parameters are not all float32"
-    assert allreduce.one_bucket(params)["bucket_cap_mb"] > 10 * 4 / 2**20
+    assert allreduce.ddp_arguments(params)["bucket_cap_mb"] > 10 * 4 / 2**20

@@ -113,11 +113,14 @@ class SharedMemoryAllReduce:
                 )
 
 
-def one_bucket(params: list[torch.Tensor]) -> dict[str, float]:
-    """DDP arguments that put all gradients in one bucket: one hand-over per step instead of one per
-    bucket (a rank waits for the slowest at each), and no small first bucket (an explicit
-    bucket_cap_mb also caps the first)."""
-    return {"bucket_cap_mb": sum(p.numel() for p in params) * 4 / 2**20 + 1}
+def ddp_arguments(params: list[torch.Tensor]) -> dict[str, float | bool]:
+    """DDP arguments for the hook: all gradients in one bucket, one hand-over per step instead of one
+    per bucket (a rank waits for the slowest at each), and no small first bucket (an explicit
+    bucket_cap_mb also caps the first); gradients as views of that bucket, so DDP does not copy them
+    into it after backward and back out after the hook (plain torch DDP, 2 ranks x 1 thread, the
+    784-400-20 VAE: 21.7k against 20.7k samples/s, medians of 3 alternating rounds, bit-identical
+    weights)."""
+    return {"bucket_cap_mb": sum(p.numel() for p in params) * 4 / 2**20 + 1, "gradient_as_bucket_view": True}
 
 
 def install(ddp: torch.nn.parallel.DistributedDataParallel, rank: int, world: int) -> SharedMemoryAllReduce:

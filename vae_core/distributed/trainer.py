@@ -436,7 +436,7 @@ def _prepare_model(
     if why_not is not None:
         return ray.train.torch.prepare_model(model), f"{dist.get_backend()} ({why_not})"
     ddp = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs=allreduce.one_bucket(list(model.parameters()))
+        model, parallel_strategy_kwargs=allreduce.ddp_arguments(list(model.parameters()))
     )
     allreduce.install(ddp, ray.train.get_context().get_world_rank(), world)  # type: ignore[arg-type]
     return ddp, "shared memory"
