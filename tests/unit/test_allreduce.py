@@ -43,6 +43,7 @@ def _train(rank: int, world: int, port: int, shared: bool, out: dict) -> None:
         ddp(x).pow(2).mean().backward()
         optimizer.step()
     out[rank] = [p.detach().clone() for p in model.parameters()]
+    out[f"grad storages {rank}"] = len({p.grad.untyped_storage().data_ptr() for p in model.parameters()})
     dist.destroy_process_group()
 
 
@@ -66,6 +67,9 @@ def test_ranks_averaging_through_shared_memory_end_with_gloos_weights_and_leave_
     for a, b in zip(shared[0], gloo[0], strict=True):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     assert not torch.equal(shared[0][0], _initial_first_layer())  # it trained
+    # With the hook every gradient is a view of DDP's one bucket (not copied in and out of it).
+    assert shared["grad storages 0"] == shared["grad storages 1"] == 1
+    assert gloo["grad storages 0"] == len(shared[0])
     assert _leftovers() == before  # rank 0 unlinked the file once every rank had mapped it
 
 
