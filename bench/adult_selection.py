@@ -33,6 +33,7 @@ benchmark: its figures are quoted where a setting was changed).
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import time
@@ -42,10 +43,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from bench.adult_vs_tvae import EPOCHS, POSITIVE, TARGET, VAEFLOW, _frame, column_kinds, efficacy
+from bench.adult_vs_tvae import EPOCHS, GENERATE, POSITIVE, TARGET, VAEFLOW, _frame, column_kinds, efficacy
 from vae_core.config import ModelConfig, TrainConfig
 from vae_core.data.importers import read_adult
 from vae_core.data.tabular import TabularTransformer
+from vae_core.distributed.generate import MATCH_DRAWS
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.sampler import COMPONENTS, MAX_ROWS, LatentMixture, fit_latent_mixture
 from vae_core.training.evaluation import evaluate
@@ -108,14 +110,21 @@ def train_model(setting: dict[str, Any], seed: int, epochs: int = EPOCHS) -> dic
     }
 
 
-def score(trained: dict[str, Any], mixture: LatentMixture | None) -> list[dict[str, Any]]:
+def score(
+    trained: dict[str, Any], mixture: LatentMixture | None, match: list[str] = GENERATE["match_shares"]
+) -> list[dict[str, Any]]:
     """As many rows as the model trained on, per generation seed, drawn with `mixture` (None: the
-    prior), scored on the held-out fifth."""
+    prior) and kept as `generate --match-shares` `match` keeps them (bench.adult_vs_tvae.GENERATE),
+    scored on the held-out fifth."""
     train, codec = trained["train"], trained["codec"]
     records = []
     for g in GENERATION_SEEDS:
-        x_gen = generate(trained["model"], len(trained["x"]), seed=g, sample_likelihood=True, sampler=mixture)
-        rows = codec.inverse(x_gen.numpy())
+        n = len(trained["x"])
+        drawn = math.ceil(MATCH_DRAWS * n) if match else n
+        x_gen = generate(trained["model"], drawn, seed=g, sample_likelihood=True, sampler=mixture).numpy()
+        if match:  # as `vaeflow generate --match-shares` keeps them
+            x_gen = x_gen[codec.match_shares(x_gen, n, match, np.random.default_rng([g, 1]))]
+        rows = codec.inverse(x_gen)
         f1 = efficacy(
             _frame(rows, train.column_names),
             _frame(trained["held"], train.column_names),

@@ -515,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
         "from the model; the output says how many draws it took)"
     )
     _setting(p, "--where", "generate.where", where_help, nargs="+", metavar="COL=VALUE", default="none")
+    shares_help = (
+        "keep these categorical columns' values at their training shares, e.g. --match-shares income for a "
+        "label: 1.5x the rows are drawn and the kept ones bring the columns to the shares (not with --where)"
+    )
+    match = {"nargs": "+", "metavar": "COL", "default": "none"}
+    _setting(p, "--match-shares", "generate.match_shares", shares_help, **match)
 
     p = _command(sub, "vacuum", _cmd_vacuum, "list or delete files no recent version of a Delta output needs")
     p.add_argument("--table", required=True, help="Delta table URI")

@@ -329,6 +329,13 @@ class GenerateConfig(_Section):
         "aggregate posterior after training (train.latent_mixture; closer to the data); auto: the "
         "mixture when the checkpoint holds one, else the prior.",
     )
+    match_shares: list[str] = Field(
+        default_factory=list,
+        description="Categorical columns whose values keep their training shares in the output, e.g. a "
+        "label: each file draws half as many rows again and keeps those that bring the named columns to "
+        "the shares recorded when the codec was fitted (raking, then weighted sampling without "
+        "repeats); within a value the rows follow the model. Not with `where`.",
+    )
     where: dict[str, str] = Field(
         default_factory=dict,
         description="Conditions, column -> value (on the command line COL=VALUE): only rows that carry "

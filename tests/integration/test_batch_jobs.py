@@ -368,6 +368,51 @@ def test_generate_where_keeps_only_rows_with_the_values_and_records_the_draws(ra
     assert not _fs().exists(f"{root}/cond/bad-sampler")
 
 
+def test_generate_match_shares_keeps_a_columns_training_shares_and_refuses_what_it_cannot_match(
+    ray_local, adult_model
+):
+    """--match-shares income: the committed rows' share of >50K moves towards the training share the
+    codec recorded (tests/unit/test_tabular.py: it is reached where the draws allow), the commit records
+    1.5x the rows as draws and the columns in its params, the same rows come back for 1 and 2 workers;
+    a column it cannot match is refused before anything is written."""
+    uri, _ = adult_model
+    root = make_bucket()
+    income = next(c for c in load_checkpoint(uri).codec.transformer.columns if c.name == "income")
+    target = dict(zip(income.categories, income.shares, strict=False))
+    job = GenerateConfig(rows=4_000, rows_per_file=2_000, seed=5, match_shares=["income"])
+    one = generate_rows(uri, f"{root}/match/w1", job, ComputeConfig(num_workers=1))
+    two = generate_rows(uri, f"{root}/match/w2", job, ComputeConfig(num_workers=2))
+    plain = generate_rows(uri, f"{root}/match/plain", GenerateConfig(rows=4_000, rows_per_file=2_000, seed=5))
+    a, b = read_table(one.table_uri).sort_by("id"), read_table(two.table_uri).sort_by("id")
+    assert a.equals(b), "same seed, different parallelism: outputs differ"
+    assert a.num_rows == 4_000 and a.column("id").to_pylist() == list(range(4_000))
+    assert one.record.stats["draws"] == 6_000 and one.record.params["match_shares"] == ["income"]
+    assert "match_shares" not in plain.record.params and one.record.run_key != plain.record.run_key
+
+    def miss(table: pa.Table) -> float:
+        labels = table.column("income").to_pylist()
+        return abs(labels.count(">50K") / len(labels) - target[">50K"])
+
+    # This small fixture model draws far fewer >50K rows than the data holds, more than half a draw of
+    # 1.5x can make up for: the kept rows move towards the share as far as the draws allow.
+    assert miss(a) < miss(read_table(plain.table_uri)) - 0.02, (miss(a), miss(read_table(plain.table_uri)))
+
+    bad = {
+        ("age",): r"'age' is not a categorical column of this model; its categorical columns: .*income",
+        ("colour",): r"'colour' is not a categorical column",
+    }
+    for columns, message in bad.items():
+        out = f"{root}/match/bad-{columns[0]}"
+        with pytest.raises(ValueError, match=message):
+            generate_rows(uri, out, GenerateConfig(rows=10, match_shares=list(columns)))
+        assert not _fs().exists(out), columns
+    both = GenerateConfig(rows=10, match_shares=["income"], where=["sex=Female"])
+    with pytest.raises(
+        ValueError, match=r"--match-shares\) and generate.where \(--where\) exclude each other"
+    ):
+        generate_rows(uri, f"{root}/match/bad-both", both)
+
+
 HERE = """
 import sys, ray, flows.cli
 rc = flows.cli.main(sys.argv[1:])

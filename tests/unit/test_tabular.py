@@ -237,3 +237,38 @@ def test_generated_values_keep_the_decimal_places_of_the_data():
     old = TabularTransformer.from_json(json.dumps(saved))
     old_price = old.inverse(rng.normal(size=(500, t.dim)).astype(np.float32)).column("price").to_numpy()
     assert not np.array_equal(old_price, np.round(old_price, 2))
+
+
+def test_fit_records_category_shares_and_match_shares_keeps_rows_at_them():
+    """Each categorical slot's training share is recorded (the null slot too) and survives JSON; from
+    draws whose shares are off, match_shares keeps n distinct rows whose named columns sit at them,
+    the same rows for the same generator, and leaves the unnamed columns' rows as the draws had them."""
+    table = _table(4000)
+    tr = TabularTransformer.from_json(_fit(table).to_json())
+    color = next(c for c in tr.columns if c.name == "color")
+    counts = pc.value_counts(table.column("color").combine_chunks()).to_pylist()
+    real = {d["values"]: d["counts"] / table.num_rows for d in counts}
+    assert color.shares == pytest.approx([real[c] for c in color.categories] + [real[None]])
+    # draws that over-represent the first colour: every other row is forced to it
+    x = tr.transform(_table(6000, seed=1))
+    start = sum(c.width for c in tr.columns[: tr.columns.index(color)])
+    x[::2, start : start + color.width] = np.eye(color.width)[0]
+    before = np.bincount(x[:, start : start + color.width].argmax(1), minlength=color.width) / len(x)
+    keep = tr.match_shares(x, 3000, ["color"], np.random.default_rng(7))
+    assert len(keep) == 3000 and len(set(keep.tolist())) == 3000 and np.all(np.diff(keep) > 0)
+    after = np.bincount(x[keep, start : start + color.width].argmax(1), minlength=color.width) / 3000
+    assert abs(before[0] - color.shares[0]) > 0.25  # the draws were far off
+    np.testing.assert_allclose(after, color.shares, atol=0.02)
+    np.testing.assert_array_equal(keep, tr.match_shares(x, 3000, ["color"], np.random.default_rng(7)))
+    with pytest.raises(ValueError, match=r"column 'x': no recorded category shares"):
+        tr.match_shares(x, 3000, ["x"], np.random.default_rng(7))
+    with pytest.raises(ValueError, match=r"\['colour'\] are not among the model's columns"):
+        tr.match_shares(x, 3000, ["colour"], np.random.default_rng(7))
+
+
+def test_a_transformer_saved_before_shares_were_recorded_loads_without_them():
+    d = json.loads(_fit(_table()).to_json())
+    for c in d["columns"]:
+        c.pop("shares", None)
+    tr = TabularTransformer.from_json(json.dumps(d))
+    assert all(getattr(c, "shares", None) is None for c in tr.columns)

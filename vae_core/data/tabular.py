@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from vae_core.data.layout import Block
 
 NULL_SLOT = "<null/unseen>"
+RAKING_ROUNDS, MAX_RAKING_FACTOR = 20, 10.0  # TabularTransformer.match_shares
 MAX_DECIMALS = 6  # a float column with more decimal places than this is generated at full precision
 # What TabularTransformer.drift counts, and how a message reads it.
 DRIFT = {
@@ -65,6 +66,9 @@ class CategoricalColumn:
     categories: list[Any]  # observed values, most frequent first
     has_nulls: bool | None = None  # None: saved before it was recorded (nulls then count as no drift)
     truncated: bool = False  # more values than data.max_categories: the rarest share the last slot
+    # Each slot's share of the training rows (categories, then the other slot where there is one); None:
+    # saved before they were recorded. generate matches them (TabularTransformer.match_shares).
+    shares: list[float] | None = None
 
     @property
     def other_slot(self) -> bool:
@@ -232,7 +236,11 @@ class TabularTransformer:
                 ordered = sorted(cats[name].items(), key=lambda kv: (-kv[1], str(kv[0])))
                 values = [_python_value(v) for v, _ in ordered[:max_categories]]
                 truncated = len(ordered) > max_categories
-                columns.append(CategoricalColumn(name, arrow_type, values, cat_nulls[name] > 0, truncated))
+                col = CategoricalColumn(name, arrow_type, values, cat_nulls[name] > 0, truncated)
+                kept = [n for _, n in ordered[:max_categories]]
+                shares = [n / rows for n in kept] + ([(rows - sum(kept)) / rows] if col.other_slot else [])
+                col.shares = shares
+                columns.append(col)
         return cls(columns)
 
     # ---- layout ----------------------------------------------------------------------------
@@ -337,6 +345,50 @@ class TabularTransformer:
                 arrays[col.name] = pa.array(values, type=arrow_type(col.arrow_type))
             start += col.width
         return pa.table(arrays)
+
+    def match_shares(self, x: np.ndarray, n: int, columns: list[str], rng: np.random.Generator) -> np.ndarray:
+        """Which n of the rows x (N >= n drawn features) to keep so that each named categorical column's
+        slots hold about their training shares: raking (iterative proportional fitting) gives every row a
+        weight that brings the weighted shares of all named columns to the recorded ones, then
+        systematic sampling in a random order keeps n rows, row i with probability n w_i / sum(w)
+        (capped at 1), each at most once. Sorted row indices.
+
+        Why: a model's draws miss a column's shares by a few points (20% of the rows drawn from an
+        Adult model earned >50K against 24% in the data) and classifiers trained on the rows inherit
+        that. Within a value the kept rows follow the model's joint distribution."""
+        by_name = {c.name: c for c in self.columns}
+        codes, targets, start = [], [], 0
+        for col in self.columns:
+            if col.name in columns:
+                if not isinstance(col, CategoricalColumn) or col.shares is None:
+                    raise ValueError(f"column {col.name!r}: no recorded category shares to match")
+                codes.append(x[:, start : start + col.width].argmax(1))
+                targets.append(np.asarray(col.shares, dtype=np.float64))
+            start += col.width
+        if missing := [c for c in columns if c not in by_name]:
+            raise ValueError(f"columns {missing} are not among the model's columns")
+        if n >= len(x):
+            return np.arange(len(x))
+        w = np.ones(len(x))
+        for _ in range(RAKING_ROUNDS):
+            for code, target in zip(codes, targets, strict=True):
+                now = np.bincount(code, weights=w, minlength=len(target)) / w.sum()
+                # a slot the draws never hit keeps weight 1 (nothing to scale); each factor is capped so
+                # that no row ends up drawn with a weight the draws cannot support
+                factor = np.where(now > 0, target / np.maximum(now, 1e-12), 1.0)
+                w *= np.clip(factor, 1 / MAX_RAKING_FACTOR, MAX_RAKING_FACTOR)[code]
+        p, fixed = np.zeros(len(x)), np.zeros(len(x), dtype=bool)
+        while True:  # inclusion probabilities n w / sum(w), those over 1 kept for sure
+            p[~fixed] = (n - fixed.sum()) * w[~fixed] / w[~fixed].sum()
+            over = ~fixed & (p >= 1)
+            if not over.any():
+                break
+            p[over], fixed = 1.0, fixed | over
+        order = rng.permutation(len(x))
+        edges = np.cumsum(p[order])
+        points = rng.random() + np.arange(n)
+        picked = order[np.minimum(np.searchsorted(edges, points, side="right"), len(x) - 1)]
+        return np.sort(picked)
 
     @staticmethod
     def _decode_continuous(col: ContinuousColumn, block: np.ndarray) -> pa.Array:

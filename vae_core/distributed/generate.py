@@ -57,6 +57,40 @@ def output_schema(ckpt: Checkpoint) -> pa.Schema:
 MAX_DRAWS_PER_ROW = 1000
 GIVE_UP_ROUNDS = 10
 MIN_ROUND, MAX_ROUND = 1024, 100_000  # rows decoded in one round: at least, at most (memory)
+# generate.match_shares draws this many times the rows it keeps (TabularTransformer.match_shares).
+MATCH_DRAWS = 1.5
+
+
+def shares_to_match(ckpt: Checkpoint, job: GenerateConfig) -> list[str]:
+    """generate.match_shares checked against this checkpoint: categorical columns of a tabular codec that
+    recorded their training shares; anything else is a ValueError naming the column."""
+    if not job.match_shares:
+        return []
+    codec = ckpt.codec
+    if not isinstance(codec, TabularCodec):
+        raise ValueError(
+            "generate.match_shares (--match-shares): category shares need a tabular model; this one "
+            f"generates a {codec.kind} vector"
+        )
+    if job.where:
+        raise ValueError(
+            "generate.match_shares (--match-shares) and generate.where (--where) exclude each other"
+        )
+    columns = {c.name: c for c in codec.transformer.columns}
+    for name in job.match_shares:
+        col = columns.get(name)
+        if not isinstance(col, CategoricalColumn):
+            kinds = sorted(n for n, c in columns.items() if isinstance(c, CategoricalColumn))
+            raise ValueError(
+                f"generate.match_shares (--match-shares): {name!r} is not a categorical column of this "
+                f"model; its categorical columns: {', '.join(kinds) or 'none'}"
+            )
+        if col.shares is None:
+            raise ValueError(
+                f"generate.match_shares (--match-shares): the model's codec recorded no shares for {name!r} "
+                "(it was fitted before vaeflow recorded them): retrain to use this option"
+            )
+    return list(job.match_shares)
 
 
 def conditions(ckpt: Checkpoint, schema: pa.Schema, where: dict[str, str]) -> dict[str, pa.Scalar]:
@@ -143,19 +177,26 @@ class _Generator:
         sample_likelihood: bool,
         mixture: bool,
         where: dict[str, pa.Scalar],
+        match: list[str] | None = None,
     ) -> None:
-        """`sample_likelihood`, `mixture` (z from the checkpoint's latent mixture) and `where` (typed
-        conditions) as the driver resolved and checked them."""
+        """`sample_likelihood`, `mixture` (z from the checkpoint's latent mixture), `where` (typed
+        conditions) and `match` (generate.match_shares) as the driver resolved and checked them."""
         ckpt, self.writer = actors.load()
         self.model, self.codec = ckpt.model, ckpt.codec
         id_column = ckpt.config.data.id_column
         self.id_field = actors.schema.field(id_column) if id_column else None
         self.job, self.sample, self.where = job, sample_likelihood, where
         self.sampler = ckpt.sampler if mixture else None
+        self.match = match or []
 
     def _decoded(self, seed: int, n: int) -> pa.Table:
-        x = generate(self.model, n, seed, self.sample, self.job.chunk_rows, self.sampler)  # (n, D)
-        return self.codec.decode(x.float().cpu().numpy())
+        """n rows drawn with `seed`; with generate.match_shares, n kept of MATCH_DRAWS times as many."""
+        drawn = math.ceil(MATCH_DRAWS * n) if self.match else n
+        x = generate(self.model, drawn, seed, self.sample, self.job.chunk_rows, self.sampler)  # (drawn, D)
+        x = x.float().cpu().numpy()
+        if self.match:
+            x = x[self.codec.transformer.match_shares(x, n, self.match, np.random.default_rng([seed, 1]))]
+        return self.codec.decode(x)
 
     def _conditioned(self, block: int, n: int) -> tuple[pa.Table, int]:
         """n rows that match `where`, and the draws it took: rounds seeded (block seed, round), each
@@ -186,7 +227,8 @@ class _Generator:
         if self.where:
             table, draws = self._conditioned(block, n)
         else:
-            table, draws = self._decoded(block_seed(self.job.seed, block), n), n
+            drawn = math.ceil(MATCH_DRAWS * n) if self.match else n
+            table, draws = self._decoded(block_seed(self.job.seed, block), n), drawn
         if self.id_field is not None:
             table = table.add_column(0, self.id_field, _ids(start, n, self.id_field.type))
         return table, draws
@@ -250,6 +292,9 @@ def generate_rows(
     where = conditions(ckpt, out_schema, job.where)  # checked before anything starts
     if where:  # part of the run's identity only when given
         params["where"] = dict(job.where)
+    match = shares_to_match(ckpt, job)  # checked before anything starts
+    if match:  # part of the run's identity only when given
+        params["match_shares"] = match
     model = model_record(model_uri, ckpt, storage_options)
     run_key = run_key or fingerprint([], extra={"kind": "samples/2", "model": model["fingerprint"], **params})
     run = Run("generate", "samples", output_uri, run_key, mode, night, storage_options, progress)
@@ -258,7 +303,7 @@ def generate_rows(
 
     here = job.rows <= job.local_rows and not compute.use_gpu and not cluster_set_up()
     actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options, in_process=here)
-    args = (actors, job, sample, mixture, where)
+    args = (actors, job, sample, mixture, where, match)
     ds: ray.data.Dataset | InProcess
     if here:
         ds = InProcess(_Generator, args, blocks)
