@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from flows.cli import build_parser, main
+from flows.cli import _job_config, build_parser, main
 from vae_core.config import ComputeConfig, EmbedConfig, GenerateConfig
 
 
@@ -258,3 +258,9 @@ def test_train_settings_come_from_config_then_overrides_then_options(tmp_path, m
     assert cfg.compute == ComputeConfig(num_workers=5, torch_threads=3) and cfg.train.epochs == 4
     assert kwargs["run_name"] == "r" and kwargs["resume"] is False
     assert "val ELBO -120.00 nats (before training -550.00)" in capsys.readouterr().out
+
+
+def test_generate_match_shares_takes_column_names_into_the_config():
+    args = build_parser().parse_args([*_JOB["generate"], "--match-shares", "income", "sex"])
+    assert _job_config(args).generate.match_shares == ["income", "sex"]
+    assert _job_config(build_parser().parse_args(_JOB["generate"])).generate.match_shares == []
