@@ -380,7 +380,9 @@ def test_generate_match_shares_keeps_a_columns_training_shares_and_refuses_what_
     income = next(c for c in load_checkpoint(uri).codec.transformer.columns if c.name == "income")
     target = dict(zip(income.categories, income.shares, strict=False))
     job = GenerateConfig(rows=4_000, rows_per_file=2_000, seed=5, match_shares=["income"])
-    one = generate_rows(uri, f"{root}/match/w1", job, ComputeConfig(num_workers=1))
+    lines: list[str] = []
+    one = generate_rows(uri, f"{root}/match/w1", job, ComputeConfig(num_workers=1), progress=lines.append)
+    assert any("4,000 rows with income at the training shares (1.5x draws)" in line for line in lines), lines
     two = generate_rows(uri, f"{root}/match/w2", job, ComputeConfig(num_workers=2))
     plain = generate_rows(uri, f"{root}/match/plain", GenerateConfig(rows=4_000, rows_per_file=2_000, seed=5))
     a, b = read_table(one.table_uri).sort_by("id"), read_table(two.table_uri).sort_by("id")

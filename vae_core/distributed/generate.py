@@ -189,9 +189,13 @@ class _Generator:
         self.sampler = ckpt.sampler if mixture else None
         self.match = match or []
 
+    def _draws(self, n: int) -> int:
+        """Rows decoded for n rows without conditions: with generate.match_shares, MATCH_DRAWS times n."""
+        return math.ceil(MATCH_DRAWS * n) if self.match else n
+
     def _decoded(self, seed: int, n: int) -> pa.Table:
-        """n rows drawn with `seed`; with generate.match_shares, n kept of MATCH_DRAWS times as many."""
-        drawn = math.ceil(MATCH_DRAWS * n) if self.match else n
+        """n rows drawn with `seed`; with generate.match_shares, n kept of self._draws(n)."""
+        drawn = self._draws(n)
         x = generate(self.model, drawn, seed, self.sample, self.job.chunk_rows, self.sampler)  # (drawn, D)
         x = x.float().cpu().numpy()
         if self.match:
@@ -227,8 +231,7 @@ class _Generator:
         if self.where:
             table, draws = self._conditioned(block, n)
         else:
-            drawn = math.ceil(MATCH_DRAWS * n) if self.match else n
-            table, draws = self._decoded(block_seed(self.job.seed, block), n), drawn
+            table, draws = self._decoded(block_seed(self.job.seed, block), n), self._draws(n)
         if self.id_field is not None:
             table = table.add_column(0, self.id_field, _ids(start, n, self.id_field.type))
         return table, draws
@@ -315,6 +318,8 @@ def generate_rows(
         )
         where_to = f"on {compute.num_workers} worker(s)"
     wanted = " where " + ", ".join(f"{k}={v!r}" for k, v in job.where.items()) if job.where else ""
+    if match:
+        wanted = f" with {', '.join(match)} at the training shares ({MATCH_DRAWS:g}x draws)"
     progress(f"generating {job.rows:,} rows{wanted} with {model_uri} in {len(blocks)} files {where_to}")
     committed = run.execute(ds, job.rows, out_schema, model, params, stats=_stats)
     if job.where:
