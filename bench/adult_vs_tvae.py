@@ -68,7 +68,7 @@ VAEFLOW = {
     },
 }
 # How vaeflow generates: the label keeps its training share (`generate --match-shares income`; the model's
-# draws hold about 20-22% '>50K' rows against 24% in Adult train), chosen on the held-out fifth of Adult
+# draws hold 20-26% '>50K' rows against 24% in Adult train), chosen on the held-out fifth of Adult
 # train (bench/adult_selection.py): held-out F1 higher with it for every training and generation seed tried.
 GENERATE = {"match_shares": ["income"]}
 

@@ -395,8 +395,8 @@ def test_generate_match_shares_keeps_a_columns_training_shares_and_refuses_what_
         labels = table.column("income").to_pylist()
         return abs(labels.count(">50K") / len(labels) - target[">50K"])
 
-    # This small fixture model draws far fewer >50K rows than the data holds, more than half a draw of
-    # 1.5x can make up for: the kept rows move towards the share as far as the draws allow.
+    # This small fixture model draws far fewer >50K rows than the data holds, more than 1.5x draws can
+    # make up for: the kept rows move towards the share as far as the draws allow.
     assert miss(a) < miss(read_table(plain.table_uri)) - 0.02, (miss(a), miss(read_table(plain.table_uri)))
 
     bad = {

@@ -241,8 +241,8 @@ def test_generated_values_keep_the_decimal_places_of_the_data():
 
 def test_fit_records_category_shares_and_match_shares_keeps_rows_at_them():
     """Each categorical slot's training share is recorded (the null slot too) and survives JSON; from
-    draws whose shares are off, match_shares keeps n distinct rows whose named columns sit at them,
-    the same rows for the same generator, and leaves the unnamed columns' rows as the draws had them."""
+    draws whose shares are off, match_shares keeps n distinct rows whose named column sits at them, the
+    same rows for the same generator; a column without shares or not in the model is refused."""
     table = _table(4000)
     tr = TabularTransformer.from_json(_fit(table).to_json())
     color = next(c for c in tr.columns if c.name == "color")
