@@ -373,8 +373,9 @@ class TabularTransformer:
         for _ in range(RAKING_ROUNDS):
             for code, target in zip(codes, targets, strict=True):
                 now = np.bincount(code, weights=w, minlength=len(target)) / w.sum()
-                # a slot the draws never hit keeps weight 1 (nothing to scale); each factor is capped so
-                # that no row ends up drawn with a weight the draws cannot support
+                # a slot the draws never hit keeps weight 1 (nothing to scale); a round's factor is capped
+                # at MAX_RAKING_FACTOR, so a slot the draws barely hit gains weight over rounds, not at once
+                # (rows whose weight passes n / sum(w) are then simply all kept, below)
                 factor = np.where(now > 0, target / np.maximum(now, 1e-12), 1.0)
                 w *= np.clip(factor, 1 / MAX_RAKING_FACTOR, MAX_RAKING_FACTOR)[code]
         p, fixed = np.zeros(len(x)), np.zeros(len(x), dtype=bool)
