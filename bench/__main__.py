@@ -10,6 +10,7 @@ BENCHMARKS = [
     "tabular_fit_memory",
     "mnist_quality_ray",
     "train_throughput",
+    "ddp_handover",
     "data_feed",
     "command_overhead",
     "batch_jobs",
