@@ -134,7 +134,6 @@ def main() -> None:
             "rounds": ROUNDS,
             "model": "vae mlp 784-400-20, fused Adam",
             "ray": "none: torch.multiprocessing and gloo for DDP's set-up",
-            "machine": f"{os.uname().machine} {os.cpu_count()} cores, torch {torch.__version__}",
         },
         baseline=rate["plain"],
         samples_per_s=rate,
