@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from importlib.metadata import version
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -117,6 +118,14 @@ def _dockerfile_arg(name: str) -> str:
         if instr == "ARG" and args.startswith(f"{name}="):
             return args.split("=", 1)[1]
     raise AssertionError(f"Dockerfile has no ARG {name}=<default>")
+
+
+def _ray_pin() -> str:
+    """The one Ray version: pyproject's exact pin of ray."""
+    (pin,) = [d for d in _project()["dependencies"] if re.match(r"ray\b", d)]
+    match = re.fullmatch(r"ray(\[[\w,]+\])?==(\d+\.\d+\.\d+)", pin)
+    assert match, f"pyproject pins ray to one version (every node and driver must match): {pin}"
+    return match.group(2)
 
 
 def _project() -> dict[str, Any]:
@@ -294,7 +303,7 @@ def test_rayjob_config_fits_its_cluster():
 def test_ray_start_params_are_ray_start_options_and_versions_match_the_image():
     text = _help("ray", ("start",))
     for where, spec in _ray_cluster_specs():
-        assert spec["rayVersion"] == _dockerfile_arg("RAY_VERSION"), where
+        assert spec["rayVersion"] == _ray_pin(), where
         groups = [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])]
         for group in groups:
             for key, value in group["rayStartParams"].items():
@@ -540,8 +549,13 @@ def test_dockerfile_structure():
     instructions = _dockerfile()
     froms = [args for instr, args in instructions if instr == "FROM"]
     assert len(froms) >= 2, "multi-stage: build in one stage, run from a clean one"
+    stages = {args.split()[-1] for args in froms if " AS " in args.upper()}
     for args in froms:
         image = args.split()[0]
+        if image in stages:  # built on an earlier stage of this file
+            continue
+        if image.startswith("${"):  # FROM ${BASE_IMAGE}: the build argument's default
+            image = _dockerfile_arg(image.strip("${}"))
         tag = image.partition("@")[0].partition(":")[2]
         assert "@sha256:" in image or re.fullmatch(r"\d+\.\d+\.\d+-[a-z]+(-[a-z]+)?", tag), (
             f"base {image} is not pinned to an exact version (or a digest)"
@@ -551,19 +565,46 @@ def test_dockerfile_structure():
     assert user.split(":")[0] not in ("root", "0")
     runs = " ".join(args for instr, args in instructions if instr == "RUN")
     assert "ARG TORCH_VARIANT=cpu" in [f"{i} {a}" for i, a in instructions]
-    assert "download.pytorch.org/whl/${TORCH_VARIANT}" in runs
+    assert _dockerfile_arg("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/${TORCH_VARIANT}"
+    assert '--index-url "${TORCH_INDEX_URL}"' in runs
     makefile = (ROOT / "Makefile").read_text()
     torch_pin = re.search(r"torch==([\d.]+)", makefile).group(1)
     assert _dockerfile_arg("TORCH_VERSION") == torch_pin, "the image and `make setup` should use one torch"
-    assert re.search(r"pip install --no-cache-dir \.(\s|$)", runs), (
-        "the project must be installed (non-editable)"
+    assert "pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ." in runs
+    assert re.search(r"pip install --no-cache-dir --no-deps /tmp/wheels/vaeflow-\*\.whl", runs), (
+        "the project must be installed (non-editable, from its wheel)"
     )
+    # Its dependencies, in a layer of their own: pyproject's, the cluster extra (Ray's Jobs API) and
+    # the tracking extra (MLflow client).
+    for extra in ("cluster", "tracking"):
+        assert f"['optional-dependencies']['{extra}']" in runs, extra
     assert " -e " not in runs
     data_pkgs = re.search(r"DATA_PKGS := (.+)", makefile).group(1).split()
     assert f"--no-deps {' '.join(data_pkgs)}" in runs
     assert any(i == "COPY" and a.startswith("--from=") for i, a in final), "runtime copies the built venv"
     (cmd,) = [args for instr, args in final if instr == "CMD"]
     assert json.loads(cmd)[0] == "vaeflow"
+
+
+def test_one_ray_version_in_pyproject_image_and_manifests():
+    pin = _ray_pin()
+    assert version("ray") == pin, "the development venv runs another Ray than the image"
+    assert not any(i == "ARG" and a.startswith("RAY_VERSION") for i, a in _dockerfile()), (
+        "the image takes Ray from pyproject's pin, not from an ARG of its own"
+    )
+    assert _project()["optional-dependencies"]["cluster"] == ["ray[default]"]  # the version is the pin
+    versions = {spec["rayVersion"] for _, spec in _ray_cluster_specs()}
+    assert versions == {pin}, versions
+
+
+def test_the_image_user_can_write_the_default_data_folder():
+    final = _final_stage()
+    (workdir,) = [a for i, a in final if i == "WORKDIR"]
+    (user,) = [a for i, a in final if i == "USER"]
+    uid = user.split(":")[0]
+    runs = " ".join(a for i, a in final if i == "RUN")
+    default_root = build_parser().parse_args(["run"]).root
+    assert f"install -d -o {uid} -g {uid} {workdir}/{default_root}" in runs
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context():
