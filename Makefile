@@ -91,13 +91,14 @@ image: podman
 
 # The deployment tier (tests/deploy): the image's containers in network namespaces as deploy/ lays
 # them out (S3, Prefect server, Ray head and workers, Prefect worker), the nightly and a RayJob run
-# for real, with a Ray node and the Prefect worker killed; writes bench/results/deploy_nightly.json.
+# for real, with a Ray node and the Prefect worker killed. (`make bench` runs its clean night against a
+# one-node baseline: bench/results/deploy_nightly.json.)
 deploy-test: $(STAMP) image
-	VAEFLOW_IMAGE=$(IMAGE) $(VENV)/bin/pytest -q -m deploy tests/deploy
+	VAEFLOW_IMAGE=$(IMAGE) $(VENV)/bin/pytest -q -m "deploy and not bench" tests/deploy
 
-bench: $(STAMP)
+bench: $(STAMP) image
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
-	$(PY) -m bench
+	VAEFLOW_IMAGE=$(IMAGE) $(PY) -m bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vae_core flows tests bench

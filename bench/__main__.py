@@ -17,6 +17,7 @@ BENCHMARKS = [
     "embed_nights",
     "adult_vs_tvae",
     "bad_inputs",
+    "deploy_nightly",
 ]
 
 
