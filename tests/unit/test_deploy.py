@@ -14,9 +14,9 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from importlib.metadata import version
 from collections.abc import Iterator
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
