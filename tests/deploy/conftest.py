@@ -11,11 +11,11 @@ The test process reaches them through its own address on the test network (topol
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import socket
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -221,7 +221,7 @@ def cluster(images, tmp_path_factory) -> Iterator[Cluster]:
                 pods[name].start()
             topo.wait_for("Prefect server", lambda: _healthy(f"{cluster.prefect_api}/health"), 120, every=1)
             pods["prefect-worker"].start()
-            topo.wait_for("4 Ray nodes", lambda: _ray_nodes(cluster) == 4, 180)
+            topo.wait_for("4 Ray nodes", lambda: len(alive_nodes(cluster)) == 4, 180)
             yield cluster
         finally:
             for pod in [*pods.values(), *cluster.extra_pods]:
@@ -233,16 +233,12 @@ def _listening(host: str, port: int) -> bool:
         return True
 
 
-def _ray_nodes(cluster: Cluster) -> int:
-    """Alive nodes, as `ray list nodes` on the head says (with the cluster's token)."""
+def alive_nodes(cluster: Cluster) -> list[dict]:
+    """Alive Ray nodes, as `ray list nodes` on the head says (with the cluster's token)."""
     done = cluster.pods["head"].exec(
         "ray", "list", "nodes", "--filter", "state=ALIVE", "--format", "json", timeout=60, check=False
     )
-    if done.returncode != 0:
-        return 0
-    import json
-
-    return len(json.loads(done.stdout))
+    return json.loads(done.stdout) if done.returncode == 0 else []
 
 
 def _make_buckets(cluster: Cluster) -> None:
@@ -283,7 +279,3 @@ def aws_env(cluster) -> Iterator[dict[str, str]]:
             else:
                 os.environ[k] = v
         S3FileSystem.clear_instance_cache()
-
-
-def run_in(pod: Pod, *cmd: str, **kw) -> subprocess.CompletedProcess:
-    return pod.exec(*cmd, **kw)

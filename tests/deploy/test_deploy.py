@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 
 from tests.deploy import topology as topo
-from tests.deploy.conftest import IMAGE, Cluster
+from tests.deploy.conftest import IMAGE, Cluster, alive_nodes
 from tests.deploy.topology import Pod, PodEnv
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
@@ -215,9 +215,7 @@ def test_the_nightly_runs_on_two_nodes_and_promotes(cluster: Cluster, params):
     assert record["night"] == night.isoformat() and record["flow_run_id"] == run_id
     meta = _read_json(f"{ROOT}/models/{name}/{record['version']}/meta.json")
     assert len(set(meta["worker_nodes"])) == 2, meta["worker_nodes"]  # one training worker per node
-    workers = {
-        json.loads(n)["node_id"] for n in _alive_nodes(cluster) if json.loads(n)["resources_total"].get("CPU")
-    }
+    workers = {n["node_id"] for n in alive_nodes(cluster) if n["resources_total"].get("CPU")}
     assert set(meta["worker_nodes"]) == workers  # the two worker pods, not the head or the Prefect pod
     assert meta["gradients"].startswith("gloo"), meta["gradients"]
 
@@ -236,11 +234,6 @@ def _delta_options() -> dict[str, str]:
     from vae_core.data.storage import delta_storage_options
 
     return delta_storage_options(ROOT)
-
-
-def _alive_nodes(cluster: Cluster) -> list[str]:
-    done = cluster.pods["head"].exec("ray", "list", "nodes", "--filter", "state=ALIVE", "--format", "json")
-    return [json.dumps(n) for n in json.loads(done.stdout)]
 
 
 @pytest.mark.bench  # `make bench` (bench/deploy_nightly.py); `make deploy-test` leaves it out

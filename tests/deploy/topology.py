@@ -12,7 +12,6 @@ Everything is read from the manifests, so a manifest that drifts fails the tier.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shlex
@@ -286,7 +285,3 @@ def configmap_file(configmap: dict[str, Any], key: str, folder: Path) -> Path:
     path.write_text(configmap["data"][key])
     path.chmod(0o644)
     return path
-
-
-def json_line(text: str) -> Any:
-    return json.loads(text)
