@@ -24,13 +24,14 @@ def write_result(
     name: str,
     value: float,
     unit: str,
-    target: float,
+    target: float | None,
     better: Literal["higher", "lower"],
     setting: dict[str, Any],
     baseline: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    met = value >= target if better == "higher" else value <= target
+    # No target (a recorded figure): met is None.
+    met = None if target is None else value >= target if better == "higher" else value <= target
     result = {
         "name": name,
         "value": value,
@@ -45,10 +46,12 @@ def write_result(
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"[bench] {name}: {value:.4g} {unit} (target {'>=' if better == 'higher' else '<='} {target}) "
-        f"{'MET' if met else 'MISSED'}"
+    verdict = (
+        "(recorded, no target)"
+        if target is None
+        else f"(target {'>=' if better == 'higher' else '<='} {target}) {'MET' if met else 'MISSED'}"
     )
+    print(f"[bench] {name}: {value:.4g} {unit} {verdict}")
     return result
 
 

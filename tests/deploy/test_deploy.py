@@ -13,7 +13,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 import pyarrow.compute as pc
@@ -30,7 +30,6 @@ JOB_DATA = "s3://vaeflow-data/mnist"  # the RayJob's ConfigMap reads here
 NIGHTS = {"clean": date(2026, 12, 1), "ray-node": date(2026, 12, 2), "prefect-worker": date(2026, 12, 3)}
 TRAIN_ROWS, TEST_ROWS = 3_000, 500
 FLOW = "vae-nightly/nightly"
-RESULT = topo.ROOT / "bench" / "results" / "deploy_nightly.json"
 MEASURED: dict[str, Any] = {}
 
 
@@ -150,8 +149,10 @@ def _runs_of(night: date, name: str) -> list[str]:
     ]
 
 
-def _epochs_done(run: str) -> int:
-    return sum(1 for p in _fs().ls(run, refresh=True) if re.search(r"/epoch_\d{4}$", p))
+def _epochs(run: str) -> list[str]:
+    """The run's checkpoint folders (epoch_0001, ...), in order."""
+    names = (p.rsplit("/", 1)[-1] for p in _fs().ls(run, refresh=True))
+    return sorted(n for n in names if re.fullmatch(r"epoch_\d{4}", n))
 
 
 # -------------------------------------------------------------------------------------------- fixtures
@@ -278,21 +279,19 @@ def test_the_same_night_on_one_node_through_vaeflow_run(cluster: Cluster, params
 
 
 def _write_result(params: dict[str, Any]) -> None:
-    import platform
+    import os
     from importlib.metadata import version
 
+    from bench._results import write_result
+
     cfg = params["config"]
-    result = {
-        "name": "deploy_nightly",
-        "value": round(MEASURED["cluster_wall_s"], 1),
-        "unit": "s",
-        "target": None,  # recorded, no target (issue 35)
-        "better": "lower",
-        "met": None,
-        "baseline": round(MEASURED["one_node_wall_s"], 1),
-        "ratio": round(MEASURED["cluster_wall_s"] / MEASURED["one_node_wall_s"], 3),
-        "detail": {k: round(v, 1) for k, v in MEASURED.items()},
-        "setting": {
+    write_result(
+        "deploy_nightly",
+        round(MEASURED["cluster_wall_s"], 1),
+        "s",
+        None,  # recorded, no target (issue 35)
+        "lower",
+        {
             "value": "the nightly deployment on the 2-node cluster: `prefect deployment run` to Completed",
             "baseline": "the same config through `vaeflow run` in one container (cluster pods paused)",
             "rows": {"train": TRAIN_ROWS, "test": TEST_ROWS},
@@ -303,14 +302,15 @@ def _write_result(params: dict[str, Any]) -> None:
             "pipeline": {k: params["pipeline"][k] for k in ("embed_splits", "iwae_k", "max_eval_rows")},
             "cluster": "podman pods in network namespaces: S3 (moto), Prefect server, Ray head (0 CPUs), "
             "2 Ray workers, Prefect worker (0-CPU Ray node)",
+            "host": f"one host of {os.cpu_count()} cores for every pod",
             "image": IMAGE,
             "ray": version("ray"),
             "prefect": version("prefect"),
-            "machine": f"{platform.machine()} {__import__('os').cpu_count()} cores (one host for every pod)",
         },
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+        baseline=round(MEASURED["one_node_wall_s"], 1),
+        ratio=round(MEASURED["cluster_wall_s"] / MEASURED["one_node_wall_s"], 3),
+        detail={k: round(v, 1) for k, v in MEASURED.items()},
+    )
 
 
 def test_a_ray_worker_node_killed_during_training(cluster: Cluster, params):
@@ -323,30 +323,24 @@ def test_a_ray_worker_node_killed_during_training(cluster: Cluster, params):
     run_id = _trigger_api(cluster, longer, night)
     run = topo.wait_for(
         "the night's second checkpoint",
-        lambda: [r for r in _runs_of(night, name) if _epochs_done(r) >= 2],
+        lambda: [r for r in _runs_of(night, name) if len(_epochs(r)) >= 2],
         400,
         every=0.5,
     )[0]
     victim = cluster.pods["worker-1"]
     victim.kill()
-    killed_at = _epochs_done(run)
+    killed_at = len(_epochs(run))
     victim.restart()
     final = _wait_final(cluster, run_id)
     assert final.state.is_completed(), final.state.message
     assert killed_at < longer["config"]["train"]["epochs"], "the kill came after training ended"
     [record] = [r for r in _champion_records(name) if r["night"] == night.isoformat()] or [None]
     version = record["version"] if record else None
-    meta = _read_json(f"{run}/{_last_epoch(run)}/meta.json")
+    meta = _read_json(f"{run}/{_epochs(run)[-1]}/meta.json")
     assert meta["restarts"], "training did not restart after the node was killed"
     assert meta["epoch"] == longer["config"]["train"]["epochs"]
     assert version is None or version.startswith(f"{night:%Y%m%d}-")
     _assert_every_id_once(params)
-
-
-def _last_epoch(run: str) -> str:
-    return sorted(
-        p.rsplit("/", 1)[-1] for p in _fs().ls(run, refresh=True) if re.search(r"/epoch_\d{4}$", p)
-    )[-1]
 
 
 def test_the_prefect_worker_killed_mid_flow(cluster: Cluster, params, rayjob: Pod):
