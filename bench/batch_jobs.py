@@ -28,6 +28,7 @@ import ray
 import torch
 
 from bench._results import write_result
+from tests.servers import local_s3_server, make_bucket
 from vae_core.config import ComputeConfig, EmbedConfig, GenerateConfig, VaeflowConfig
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.dataset import encode_schema, list_shards
@@ -39,7 +40,6 @@ from vae_core.distributed.embed import embed_corpus
 from vae_core.distributed.generate import block_seed, generate_rows
 from vae_core.models.families import DataShape, build_model
 from vae_core.progress import quiet
-from vae_core.testing import local_s3_server, make_bucket
 from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 
 # VAEFLOW_BENCH_SCALE=0.01 gives a quick smoke run of the same code at 10k / 50k rows.

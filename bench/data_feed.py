@@ -18,12 +18,12 @@ import torch
 
 from bench._results import write_result
 from bench.train_throughput import GLOBAL_BATCH, write_rows
+from tests.servers import local_s3_server, make_bucket
 from vae_core.config import VaeflowConfig
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.dataset import list_shards
 from vae_core.data.storage import arrow_filesystem
 from vae_core.distributed.trainer import feed_rate
-from vae_core.testing import local_s3_server, make_bucket
 
 PASSES = 4  # the first is a warm-up
 

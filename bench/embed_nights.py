@@ -30,10 +30,10 @@ import s3fs
 
 from bench._results import write_result
 from bench.batch_jobs import save_model
+from tests.servers import local_s3_server, make_bucket
 from vae_core.data.packaged import mnist_table
 from vae_core.data.storage import arrow_filesystem
 from vae_core.data.tables import history, read_table
-from vae_core.testing import local_s3_server, make_bucket
 
 SCALE = float(os.environ.get("VAEFLOW_BENCH_SCALE", "1"))
 SHARDS, SHARD_ROWS = 20, max(100, int(10_000 * SCALE))

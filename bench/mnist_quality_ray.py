@@ -10,11 +10,11 @@ import ray
 import torch
 
 from bench._results import write_result
+from tests.servers import local_s3_server, make_bucket
 from vae_core.config import VaeflowConfig
 from vae_core.data.dataset import iter_batches, open_dataset
 from vae_core.data.importers import import_mnist
 from vae_core.distributed.trainer import train_on_ray
-from vae_core.testing import local_s3_server, make_bucket
 from vae_core.training.evaluation import evaluate
 
 EPOCHS, WORKERS, GLOBAL_BATCH = 10, 2, 128

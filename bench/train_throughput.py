@@ -22,13 +22,13 @@ import ray
 import torch
 
 from bench._results import write_result
+from tests.servers import local_s3_server, make_bucket
 from vae_core.config import VaeflowConfig
 from vae_core.data.importers import ShardWriter, import_mnist
 from vae_core.data.packaged import mnist_table
 from vae_core.data.storage import arrow_filesystem
 from vae_core.distributed.trainer import train_on_ray
 from vae_core.models.families import DataShape, build_model
-from vae_core.testing import local_s3_server, make_bucket
 from vae_core.training.loop import fit
 
 COPIES, EPOCHS, GLOBAL_BATCH = 4, 5, 128  # 4 x 60,000 = 240,000 training rows

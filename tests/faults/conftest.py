@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.faults.proxy import Proxy
-from vae_core.testing import local_s3_server
+from tests.servers import local_s3_server
 
 # The reliability table of issue 12: every number here is expected in a full run.
 SCENARIOS = 15

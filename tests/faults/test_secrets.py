@@ -2,7 +2,7 @@
 
 `vaeflow run` (the Prefect flow vae-nightly with its ephemeral API, its own token-auth Ray cluster)
 trains, evaluates, registers, promotes, embeds and generates against S3 (through the proxy), with
-vae_core.testing's fake keys in both places a user puts them: the AWS environment and the config's
+tests.servers' fake keys in both places a user puts them: the AWS environment and the config's
 `data.storage_options`. Runs last in the tier (see conftest), then greps for both strings in:
 the run's output (logs), every file under this session's pytest temp root (Prefect's database with
 flow parameters, artifacts and logs; local checkpoints and configs of every scenario), every Ray
@@ -23,7 +23,7 @@ import pytest
 
 from tests.faults._helpers import ROOT, finish, write_dataset
 from tests.faults.conftest import RAY_DIRS, S3, Outcome
-from vae_core.testing import TEST_KEY_ID, TEST_SECRET
+from tests.servers import TEST_KEY_ID, TEST_SECRET
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(420, method="signal")]
 

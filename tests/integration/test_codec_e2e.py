@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.servers import make_bucket
 from vae_core.config import ComputeConfig, EmbedConfig, GenerateConfig, VaeflowConfig
 from vae_core.data.codecs.standardized import StandardizedCodec
 from vae_core.data.storage import arrow_filesystem
@@ -15,7 +16,6 @@ from vae_core.data.tables import read_table
 from vae_core.distributed.embed import embed_corpus
 from vae_core.distributed.generate import generate_rows
 from vae_core.distributed.trainer import train_on_ray
-from vae_core.testing import make_bucket
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import free_port, wait_healthy
 from vae_core.data.importers import ShardWriter
 from vae_core.data.packaged import mnist_table
 from vae_core.operations.registry import champion_record
-from vae_core.testing import _free_port, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -57,7 +57,7 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(env: dict[str, str], tmp_path_factory) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("logs") / "server.log", "wb")
     proc = subprocess.Popen(
         [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import free_port, wait_healthy
 from vae_core.config import VaeflowConfig
 from vae_core.data.importers import ShardWriter
 from vae_core.data.objects import read_json
 from vae_core.data.packaged import mnist_table
-from vae_core.testing import _free_port, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -28,7 +28,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     exe = Path(sys.prefix) / "mlflow-server" / "bin" / "mlflow"
     assert exe.exists(), f"{exe} is missing: `make test` installs the MLflow server there"
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "wb")  # closed below, after the server
     cmd = [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     cmd += ["--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "a")]

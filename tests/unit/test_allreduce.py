@@ -2,24 +2,18 @@
 
 import os
 import platform
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.servers import free_port
 from vae_core.distributed import allreduce
 
 pytestmark = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64"), reason="the hook is used on x86-64 only"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(rank: int, world: int, port: int, shared: bool, out: dict) -> None:
@@ -50,7 +44,7 @@ def _train(rank: int, world: int, port: int, shared: bool, out: dict) -> None:
 def _weights(shared: bool, world: int = 2) -> dict:
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_train, args=(world, _free_port(), shared, out), nprocs=world, join=True)
+        mp.spawn(_train, args=(world, free_port(), shared, out), nprocs=world, join=True)
         return dict(out)
 
 

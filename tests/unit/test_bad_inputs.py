@@ -27,6 +27,7 @@ import ray
 import s3fs
 
 from flows.cli import main
+from tests.servers import local_s3_server
 from vae_core.config import VaeflowConfig
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
@@ -34,7 +35,6 @@ from vae_core.data.dataset import encode_schema
 from vae_core.data.storage import SinglePutS3FileSystem
 from vae_core.data.tabular import TabularTransformer
 from vae_core.models.families import DataShape, build_model
-from vae_core.testing import local_s3_server
 from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

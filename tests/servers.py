@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: a real S3 API on loopback (moto server mode; a dev dependency),
+"""Servers for tests and benchmarks: a real S3 API on loopback (moto server mode; a dev dependency),
 free ports, and waiting for a local server to answer."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, what: str, timeout: float = 1
     raise AssertionError(f"{what} at {url} not healthy after {timeout}s")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -52,7 +52,7 @@ def local_s3_server(separate_process: bool = False) -> Iterator[str]:
     """
     from s3fs import S3FileSystem
 
-    port = _free_port()
+    port = free_port()
     if separate_process:
         server = _MotoProcess(port)
     else:
