@@ -9,7 +9,7 @@ pyarrow's native S3 output stream (FileSystem.from_uri, which vae_core.data.stor
 returns for reading s3:// without storage_options) opens a multipart upload as soon as a file is
 opened, whatever its size; plain s3fs writes files of 50 MiB and more (open/write) or 100 MiB and
 more (pipe_file) in parts. The Ray Train writer takes its filesystem from the trainer's own
-RunConfig storage (`_storage`), so the test follows what the trainer actually hands Ray Train.
+RunConfig storage (`launch.storage_settings`), so the test follows what the trainer actually hands Ray Train.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 from vae_core.config import VaeflowConfig
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.models.families import DataShape, build_model
-from vae_core.distributed.trainer import _storage
+from vae_core.distributed.launch import storage_settings
 cfg = VaeflowConfig.model_validate({"model": {"hidden": [64], "latent_dim": 4}})
 local, codec = sys.argv[2] + "/ckpt", VectorCodec("x", 32, "float32")
 save_checkpoint(local, build_model(cfg.model, DataShape.of(codec)), cfg, codec, meta=CheckpointMeta(epoch=1))
-storage = _storage(sys.argv[1], {})  # the RunConfig storage the trainer gives Ray Train
+storage = storage_settings(sys.argv[1], {})  # the RunConfig storage the trainer gives Ray Train
 fs, path = storage["storage_filesystem"], storage["storage_path"]
 pafs.copy_files(local, path + "/epoch_0001", destination_filesystem=fs)
 print("WROTE", flush=True)

@@ -24,9 +24,9 @@ from vae_core.data.importers import read_adult
 from vae_core.data.storage import delta_storage_options
 from vae_core.data.tables import TableError, delta_schema, is_delta_table, read_table
 from vae_core.data.tabular import TabularTransformer
-from vae_core.distributed.cluster import ClusterResourceError
 from vae_core.distributed.embed import embed_corpus
 from vae_core.distributed.generate import block_seed, generate_rows
+from vae_core.errors import ClusterResourceError
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.inference import embed, generate
@@ -125,7 +125,7 @@ def test_embed_matches_in_process_embed_and_a_rerun_is_a_no_op(ray_local, mnist_
 DRIVER = """
 import sys
 from vae_core.config import EmbedConfig
-from vae_core.distributed.cluster import ClusterResourceError
+from vae_core.errors import ClusterResourceError
 from vae_core.distributed.embed import embed_corpus
 embed_corpus(sys.argv[1], sys.argv[2], sys.argv[3], EmbedConfig(rows_per_file=250, chunk_rows=250))
 """

@@ -29,9 +29,12 @@ from vae_core.data.dataset import DataError, iter_batches, open_dataset
 from vae_core.data.importers import read_adult
 from vae_core.data.storage import arrow_filesystem
 from vae_core.data.tables import read_table
-from vae_core.distributed.cluster import ClusterResourceError, check_resources
+from vae_core.distributed.cluster import check_resources
 from vae_core.distributed.generate import generate_rows
-from vae_core.distributed.trainer import RunNameError, feed_rate, train_on_ray
+from vae_core.distributed.launch import Events
+from vae_core.distributed.trainer import feed_rate, train_on_ray
+from vae_core.distributed.worker import await_go
+from vae_core.errors import ClusterResourceError, RunNameError, TrainingError
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import SAMPLER_FILE
 from vae_core.training.evaluation import evaluate
@@ -375,7 +378,7 @@ def test_a_table_trains_on_ray_through_the_tabular_codec_saved_with_the_checkpoi
 
 
 def test_a_launch_refused_after_its_trainer_started_stops_it_and_leaves_no_run(ray_local, s3_server):
-    """Ray Train starts while the driver fits the codec (trainer._Launch). When the fit then refuses
+    """Ray Train starts while the driver fits the codec (launch.Launch). When the fit then refuses
     the data (here: model.likelihood bernoulli on a table, found once the codec is fitted), the
     workers are told to stop before they train, the error is the fit's, the run's folder is gone
     (Ray Train's storage marker removed) and the cluster's CPUs are all free again."""
@@ -407,3 +410,15 @@ def test_a_launch_refused_after_its_trainer_started_stops_it_and_leaves_no_run(r
     # The name is free: a launch with a fitting likelihood trains under it.
     good = cfg.model_copy(update={"model": cfg.model.model_copy(update={"likelihood": "auto"})})
     assert train_on_ray(good, run_name="refused", progress=lambda m: None).history[-1]["epoch"] == 1
+
+
+def test_a_worker_waiting_for_the_drivers_go_gives_up_after_its_timeout_naming_it(ray_local):
+    """Workers start beside the codec fit and wait for the driver's go (worker.await_go); a driver that
+    never decides (hung, not dead) makes them fail after the timeout with an error that names it."""
+    events = Events.remote()  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    with pytest.raises(TrainingError, match=r"no go from the driver within 0\.5 s \(worker\.GO_TIMEOUT_S\)"):
+        await_go(events, timeout_s=0.5)
+    assert time.monotonic() - t0 < 10
+    ray.get(events.decide.remote({"codec": "c", "tracking_run": None}))
+    assert await_go(events, timeout_s=0.5) == {"codec": "c", "tracking_run": None}

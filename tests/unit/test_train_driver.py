@@ -126,7 +126,7 @@ def test_a_setting_that_a_stored_run_predates_counts_as_its_default_when_resumin
     import json
 
     from vae_core.config import VaeflowConfig
-    from vae_core.distributed.trainer import config_differences
+    from vae_core.distributed.runs import config_differences
 
     cfg = VaeflowConfig.model_validate({"name": "t", "data": {"uri": "/d"}, "train": {"lr": 0.01}})
     stored = json.loads(cfg.to_json())

@@ -5,50 +5,58 @@ with, and the job hangs silently. So a local cluster gets enough *logical* CPUs 
 a data budget (`compute.data_cpus`), and on any cluster the plan is checked up front: a job that
 could not be scheduled fails with a message instead of waiting forever.
 
-A local cluster runs with token auth (vae_core.distributed.use_token_auth): Ray's servers listen on
+A local cluster runs with token auth (`use_token_auth`): Ray's servers listen on
 all interfaces, and a caller without the token is refused.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
-from typing import Any
+import secrets
 
 import ray
 
 from vae_core.config import ComputeConfig
+from vae_core.errors import ClusterResourceError
 
-from . import use_token_auth
+from . import ray_internals
 
 log = logging.getLogger(__name__)
 
+AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def use_token_auth() -> None:
+    """Token auth for a local cluster: RAY_AUTH_MODE=token and a fresh random RAY_AUTH_TOKEN.
+
+    Why: Ray 2.60's gRPC servers (GCS, raylet, workers) bind 0.0.0.0 even with a loopback node IP,
+    and it has no loopback-only option, so with auth disabled anyone who can reach this machine can
+    run code on the cluster. With a token, a caller without it is refused. Child processes (Ray's
+    own, drivers started with RAY_ADDRESS) inherit the variables and so the token.
+
+    Left alone: a cluster named by RAY_ADDRESS (its token is the user's, e.g. ~/.ray/auth_token), a
+    RAY_AUTH_MODE the user set (including "disabled"), a RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH the
+    user set. The token is never printed or logged.
+    """
+    if os.environ.get("RAY_ADDRESS") or "RAY_AUTH_MODE" in os.environ:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
 
 _OWN_CLUSTER: list[str] = []  # the GCS address of the local cluster start_local_ray started here
-
-
-class ClusterResourceError(RuntimeError):
-    """The cluster cannot fit the training workers plus the data budget."""
 
 
 def required_cpus(compute: ComputeConfig) -> float:
     return compute.num_workers * compute.cpus_per_worker + compute.data_cpus
 
 
-# Driver-side Ray Data lines that repeat what vaeflow's own progress says (one "Dataset ... execution
-# finished" per job, "Progress bars disabled" once): quiet on our drivers, whatever the cluster.
-QUIET_LOGGERS = {
-    "ray.data._internal.progress": logging.ERROR,
-    "ray.data._internal.execution.streaming_executor": logging.WARNING,
-}
-
-
 def ensure_ray(compute: ComputeConfig) -> None:
     """Connect to RAY_ADDRESS if set, else start a local cluster big enough for `compute`."""
-    for name, level in QUIET_LOGGERS.items():
+    for name, level in ray_internals.QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     if ray.is_initialized():
         return
@@ -80,8 +88,8 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
             "RAY_AUTH_MODE=%s: the local Ray cluster listens on all interfaces without authentication",
             os.environ["RAY_AUTH_MODE"],
         )
-    _reload_ray_auth_settings()
-    with _without_autoscaler_monitor():
+    ray_internals.reload_auth_settings()  # should ray have been imported before the variables were set
+    with ray_internals.without_autoscaler_monitor():
         ray.init(
             num_cpus=num_cpus,
             num_gpus=num_gpus,
@@ -105,41 +113,6 @@ def is_own_local_cluster() -> bool:
     """Whether this process is connected to the local cluster it started itself (start_local_ray):
     one node, no dashboard, nobody else's jobs."""
     return ray.is_initialized() and _OWN_CLUSTER == [ray.get_runtime_context().gcs_address]
-
-
-@contextlib.contextmanager
-def _without_autoscaler_monitor() -> Iterator[None]:
-    """Start the head without Ray's autoscaler monitor (`ray start --no-monitor`).
-
-    Ray turns a loopback node address into the machine's external one, so every process of a local
-    cluster listens beyond 127.0.0.1. Token auth guards the gRPC servers, but the monitor also serves
-    Prometheus metrics over plain HTTP on 0.0.0.0:44217, answering anyone (seen with Ray 2.60). A
-    fixed local cluster has nothing to autoscale; ray.init has no option for this, so the head's
-    parameters get `no_monitor` for the duration of this call (a private Ray API).
-    """
-    from ray._private import parameter
-
-    original = parameter.RayParams.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self.no_monitor = True
-
-    parameter.RayParams.__init__ = init  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        parameter.RayParams.__init__ = original  # type: ignore[method-assign]
-
-
-def _reload_ray_auth_settings() -> None:
-    # Ray caches RAY_AUTH_MODE and the token when ray is first imported. Importing vae_core.distributed
-    # sets them before that; should ray have been imported earlier, re-read them from the environment
-    # as ray.init does itself when it turns token auth on (a private API, as in Ray's own tests).
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def check_resources(compute: ComputeConfig) -> None:

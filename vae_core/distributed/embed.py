@@ -26,11 +26,12 @@ import torch
 
 from vae_core.config import ComputeConfig, EmbedConfig
 from vae_core.data.codecs.base import Codec, list_column
-from vae_core.data.dataset import DataError, list_shards, read_schema
+from vae_core.data.dataset import list_shards, read_schema
 from vae_core.data.objects import content_fingerprint, fingerprint
 from vae_core.data.storage import absolute, arrow_filesystem
 from vae_core.data.tables import CommitRecord, Committed, Mode, history, is_delta_table, read_table
 from vae_core.data.tabular import DRIFT
+from vae_core.errors import ConfigError, DataError
 from vae_core.operations.drift import LatentStats, pool
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint
@@ -359,7 +360,7 @@ def embed_corpus(
     model_uri, input_uri, output_uri = absolute(model_uri), absolute(input_uri), absolute(output_uri)
     ckpt = load_checkpoint(model_uri, storage_options=storage_options)
     if job.with_logvar and not ckpt.model.is_variational:
-        raise ValueError(
+        raise ConfigError(
             f"{model_uri}: a {ckpt.config.model.family} model has a point posterior, no log-variance; "
             "drop with_logvar"
         )

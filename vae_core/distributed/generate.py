@@ -20,11 +20,11 @@ import ray
 
 from vae_core.config import ComputeConfig, GenerateConfig
 from vae_core.data.codecs.table import TabularCodec
-from vae_core.data.dataset import DataError
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import absolute
 from vae_core.data.tables import Committed, Mode
 from vae_core.data.tabular import CategoricalColumn
+from vae_core.errors import ConfigError, DataError
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import SAMPLER_FILE, Checkpoint, load_checkpoint
 from vae_core.training.inference import generate
@@ -63,17 +63,17 @@ MATCH_DRAWS = 1.5
 
 def shares_to_match(ckpt: Checkpoint, job: GenerateConfig) -> list[str]:
     """generate.match_shares checked against this checkpoint: categorical columns of a tabular codec that
-    recorded their training shares; anything else is a ValueError naming the column."""
+    recorded their training shares; anything else is a ConfigError naming the column."""
     if not job.match_shares:
         return []
     codec = ckpt.codec
     if not isinstance(codec, TabularCodec):
-        raise ValueError(
+        raise ConfigError(
             "generate.match_shares (--match-shares): category shares need a tabular model; this one "
             f"generates a {codec.kind} vector"
         )
     if job.where:
-        raise ValueError(
+        raise ConfigError(
             "generate.match_shares (--match-shares) and generate.where (--where) exclude each other"
         )
     columns = {c.name: c for c in codec.transformer.columns}
@@ -81,12 +81,12 @@ def shares_to_match(ckpt: Checkpoint, job: GenerateConfig) -> list[str]:
         col = columns.get(name)
         if not isinstance(col, CategoricalColumn):
             kinds = sorted(n for n, c in columns.items() if isinstance(c, CategoricalColumn))
-            raise ValueError(
+            raise ConfigError(
                 f"generate.match_shares (--match-shares): {name!r} is not a categorical column of this "
                 f"model; its categorical columns: {', '.join(kinds) or 'none'}"
             )
         if col.shares is None:
-            raise ValueError(
+            raise ConfigError(
                 f"generate.match_shares (--match-shares): the model's codec recorded no shares for {name!r} "
                 "(it was fitted before vaeflow recorded them): retrain to use this option"
             )
@@ -96,11 +96,11 @@ def shares_to_match(ckpt: Checkpoint, job: GenerateConfig) -> list[str]:
 def conditions(ckpt: Checkpoint, schema: pa.Schema, where: dict[str, str]) -> dict[str, pa.Scalar]:
     """`where`'s values in their columns' output types, checked against what the model can produce: a
     column it generates, a value of that column's type, a category it was trained on, a number within
-    the training range. A ValueError names the column and the value otherwise."""
+    the training range. A ConfigError names the column and the value otherwise."""
     if not where:
         return {}
     if not isinstance(ckpt.codec, TabularCodec):
-        raise ValueError(
+        raise ConfigError(
             "generate.where (--where): conditions need a tabular model; this one generates "
             f"a {ckpt.codec.kind} vector"
         )
@@ -108,7 +108,7 @@ def conditions(ckpt: Checkpoint, schema: pa.Schema, where: dict[str, str]) -> di
     typed: dict[str, pa.Scalar] = {}
     for name, text in where.items():
         if name not in columns:
-            raise ValueError(
+            raise ConfigError(
                 f"generate.where (--where): {name!r} is not a column this model generates; its columns: "
                 f"{', '.join(columns)}"
             )
@@ -116,19 +116,19 @@ def conditions(ckpt: Checkpoint, schema: pa.Schema, where: dict[str, str]) -> di
         try:
             value = pa.array([text]).cast(typ)[0]
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise ValueError(f"generate.where (--where): {name}={text!r} is not a {typ} value ({e})") from e
+            raise ConfigError(f"generate.where (--where): {name}={text!r} is not a {typ} value ({e})") from e
         if isinstance(col, CategoricalColumn):
             if value.as_py() not in col.categories:
                 known = ", ".join(repr(c) for c in col.categories[:20])
                 more = f" and {len(col.categories) - 20} more" if len(col.categories) > 20 else ""
-                raise ValueError(
+                raise ConfigError(
                     f"generate.where (--where): {name}={text!r} is not a category the model was trained "
                     f"on; its categories: {known}{more}"
                 )
         else:
             number = pc.cast(value, pa.float64()).as_py() if not pa.types.is_temporal(typ) else None
             if number is not None and not col.min <= number <= col.max:
-                raise ValueError(
+                raise ConfigError(
                     f"generate.where (--where): {name}={text!r} is outside the training range "
                     f"[{col.min:g}, {col.max:g}]"
                 )
@@ -138,11 +138,11 @@ def conditions(ckpt: Checkpoint, schema: pa.Schema, where: dict[str, str]) -> di
 
 def sampler_of(ckpt: Checkpoint, sampler: str, model_uri: str) -> str:
     """generate.sampler resolved for this checkpoint: "prior" or "mixture" (auto: the mixture when the
-    checkpoint holds one); asking for a mixture it does not hold is a ValueError."""
+    checkpoint holds one); asking for a mixture it does not hold is a ConfigError."""
     if sampler == "auto":
         return "mixture" if ckpt.sampler is not None else "prior"
     if sampler == "mixture" and ckpt.sampler is None:
-        raise ValueError(
+        raise ConfigError(
             f"--sampler mixture: {model_uri} holds no latent mixture ({SAMPLER_FILE}); training fits one "
             "for VAEs with train.latent_mixture > 0 when the train split fits train.cache_mb"
         )

@@ -24,6 +24,7 @@ pass.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from vae_core.config import ComputeConfig
-from vae_core.data.dataset import DataError, is_list_type
+from vae_core.data.dataset import is_list_type
 from vae_core.data.objects import atomic_write_json, fingerprint, read_json
 from vae_core.data.storage import check_bucket, filesystem, join
 from vae_core.data.tables import (
@@ -56,6 +57,7 @@ from vae_core.data.tables import (
     now_iso,
     to_delta,
 )
+from vae_core.errors import ConfigError, DataError, find_error
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import (
     CONFIG_FILE,
@@ -67,7 +69,6 @@ from vae_core.training.checkpoints import (
 )
 
 from .cluster import check_resources, ensure_ray
-from .errors import reraise_data_error
 
 Summary = dict[str, Any]  # one written file: "file", "rows", "bytes", "threads", plus the job's own keys
 
@@ -89,6 +90,9 @@ def start_cluster(compute: ComputeConfig) -> None:
     ctx.target_max_block_size = min(ctx.target_max_block_size or 8 << 20, 8 << 20)
     ctx.enable_progress_bars = False  # the driver prints one progress line every few seconds
     ctx.print_on_execution_start = False
+    # A bad row's DataError reaches the driver as itself (inside Ray's RayTaskError), not wrapped in a
+    # UserCodeException whose pickled form would drop it from the cause chain.
+    ctx.raise_original_map_exception = True
 
 
 @dataclass(frozen=True)
@@ -325,7 +329,9 @@ class Run:
                     summaries[s["file"]] = s
                     meter.add(s["rows"])
         except Exception as e:  # Ray wraps the actor's exception; surface the named data error
-            reraise_data_error(e)
+            bad_row = find_error(e, DataError)
+            if bad_row is not None:
+                raise copy.copy(bad_row) from e
             raise
         written = sum(s["rows"] for s in summaries.values())
         if written != rows:
@@ -381,10 +387,10 @@ def _inside(uri: str, folder: str) -> bool:
 
 def check_output_place(output_uri: str, **keep_out: str) -> None:
     """The output may be neither inside nor around any of `keep_out` (name -> URI: the job's input, the
-    model's training data): a ValueError naming both, before anything is written."""
+    model's training data): a ConfigError naming both, before anything is written."""
     for what, uri in keep_out.items():
         if uri and (_inside(output_uri, uri) or _inside(uri, output_uri)):
-            raise ValueError(
+            raise ConfigError(
                 f"--output {output_uri} overlaps the {what.replace('_', ' ')} {uri}: write the output to "
                 "a folder of its own"
             )

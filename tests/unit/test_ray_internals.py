@@ -1,0 +1,57 @@
+"""The private Ray APIs vaeflow relies on live in one module, and a Ray without them fails here, by name."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vae_core.distributed import ray_internals
+
+PACKAGE = Path(ray_internals.__file__).parents[1]
+
+
+def test_this_ray_has_every_private_api_vaeflow_uses():
+    moved = ray_internals.missing()
+    assert moved == [], f"private Ray APIs this Ray lacks (update distributed/ray_internals.py): {moved}"
+
+
+def test_a_ray_whose_internals_changed_is_named_api_by_api(monkeypatch):
+    import ray._private.parameter as parameter
+
+    def init_without_no_monitor(self, node_ip_address=None):  # a RayParams that lost the option
+        pass
+
+    monkeypatch.setattr(parameter.RayParams, "__init__", init_without_no_monitor)
+    monkeypatch.setitem(sys.modules, "ray.train.v2._internal.callbacks.placement_group_callback", None)
+    assert ray_internals.missing() == [
+        "ray._private.parameter.RayParams(no_monitor=...)",
+        "ray.train.v2._internal.callbacks.placement_group_callback.PlacementGroupCleanerCallback",
+    ]
+
+
+def test_only_ray_internals_reaches_into_ray_private_modules():
+    users = sorted(
+        str(p.relative_to(PACKAGE.parent))
+        for p in PACKAGE.rglob("*.py")
+        if re.search(r"ray\._private|_raylet|ray\.[\w.]*\._internal|_create_default_callbacks", p.read_text())
+    )
+    assert users == ["vae_core/distributed/ray_internals.py"]
+
+
+@pytest.mark.parametrize("module", ["vae_core.distributed", "vae_core.distributed.trainer", "flows.cli"])
+def test_importing_the_library_leaves_the_environment_alone(module):
+    # Ray itself sets RAY_CLIENT_MODE when imported: the baseline is taken after Ray's imports.
+    code = f"""
+import json, os, ray, ray.data, ray.train.torch
+before = dict(os.environ)
+import {module}
+print(json.dumps({{k: (before.get(k), os.environ.get(k)) for k in before.keys() | os.environ.keys()
+                  if before.get(k) != os.environ.get(k)}}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
