@@ -1,4 +1,4 @@
-# One image for the Prefect worker and the Ray head/worker pods (deploy/, README "Deploy").
+# One image for the Prefect worker and the Ray head/worker pods (deploy/, docs/deploy.md).
 #
 #   make image                                   # podman, on a machine without a registry (Makefile)
 #   docker build -t registry.example.com/vaeflow:0.1.0-cpu .
@@ -84,7 +84,7 @@ RUN pip install --no-cache-dir --no-deps /tmp/wheels/vaeflow-*.whl \
 
 # Prefect deployments name their entry points as files (flows/<name>.py:<flow>) relative to the
 # flow runs' working directory: /app, where `prefect deploy --all --prefect-file deploy/prefect.yaml`
-# is run in the worker pod (README "Deploy"). /app/data is where `vaeflow run` keeps its local object
+# is run in the worker pod (docs/deploy.md). /app/data is where `vaeflow run` keeps its local object
 # store by default: the image's user owns it, so `podman run IMAGE vaeflow run` works as shipped.
 WORKDIR /app
 COPY flows ./flows

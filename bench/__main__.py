@@ -1,9 +1,12 @@
-"""Run every benchmark (or those named on the command line): python -m bench [name ...]."""
+"""Run every benchmark (or those named): python -m bench [name ...]; python -m bench table writes
+bench/README.md from the result files alone."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+
+from bench import table
 
 BENCHMARKS = [
     "mnist_quality",
@@ -22,6 +25,12 @@ BENCHMARKS = [
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["table"]:
+        if argv[1:]:
+            print(f"python -m bench table takes no arguments, got {argv[1:]}", file=sys.stderr)
+            return 2
+        print(f"[bench] wrote {table.write()}")
+        return 0
     names = argv or BENCHMARKS
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:

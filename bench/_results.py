@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import torch
 
+from bench import table
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -46,6 +48,7 @@ def write_result(
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table.write()  # bench/README.md follows its result files (tests/unit/test_bench_table.py checks)
     verdict = (
         "(recorded, no target)"
         if target is None

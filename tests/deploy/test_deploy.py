@@ -2,7 +2,7 @@
 Prefect worker killed mid-run, the RayJob entrypoint, and no credential left anywhere.
 
 The tests share one cluster (conftest.py) and run in order: each night builds on the champion of the
-one before. Commands come from the manifests and from the README's Deploy section.
+one before. Commands come from the manifests and from docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def _epochs(run: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def params(cluster: Cluster, aws_env) -> dict[str, Any]:
-    """Data in the buckets, the deployments registered as the README says, and the nightly's
+    """Data in the buckets, the deployments registered as docs/deploy.md says, and the nightly's
     parameters as deployed, made small (a few epochs on a subset) for a run on 2 cores."""
     _import_mnist(f"{ROOT}/datasets/mnist", TRAIN_ROWS, TEST_ROWS)
     _import_mnist(JOB_DATA, 800, 200)

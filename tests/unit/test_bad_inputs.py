@@ -6,7 +6,7 @@ The object-storage cases run against a real S3 API (moto's server on 127.0.0.1),
 
 Run by `python -m bench bad_inputs` (make bench), it writes bench/results/bad_inputs.json (value: classes
 that pass; target: classes listed); `make test` runs the same table without touching the result file.
-The README's "Bad input" list is this table.
+The "Bad input" list in docs/cli.md is this table.
 """
 
 # ruff: noqa: E501  (one bad-input class per line: the table reads as a list)
@@ -334,12 +334,12 @@ def _files(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file()}
 
 
-def test_the_readme_lists_every_class_and_a_bench_run_writes_the_result():
-    """Runs after the table (same module, in order): the README list; under bench, the result file."""
-    readme = (ROOT / "README.md").read_text().split("### Bad input", 1)
-    assert len(readme) == 2, "README has no '### Bad input' section"
-    missing = [c.name for c in CASES if f"- {c.name}" not in readme[1].split("\n## ", 1)[0]]
-    assert not missing, f"README's Bad input list lacks {missing}"
+def test_the_docs_list_every_class_and_a_bench_run_writes_the_result():
+    """Runs after the table (same module, in order): the docs' list; under bench, the result file."""
+    doc = (ROOT / "docs" / "cli.md").read_text().split("### Bad input", 1)
+    assert len(doc) == 2, "docs/cli.md has no '### Bad input' section"
+    missing = [c.name for c in CASES if f"- {c.name}" not in doc[1].split("\n## ", 1)[0]]
+    assert not missing, f"the Bad input list in docs/cli.md lacks {missing}"
     if os.environ.get(WRITE_RESULT) and len(OUTCOMES) == len(CASES):  # bench, the whole table
         from bench._results import write_result
 

@@ -281,7 +281,7 @@ def _assert_fits(compute: Any, cluster: dict[str, Any], where: str) -> None:
     need = compute.num_workers * compute.cpus_per_worker + compute.data_cpus
     assert need <= sum(cpus), f"{where}: the config needs {need} CPUs, the cluster has {sum(cpus)}"
     assert compute.cpus_per_worker <= max(cpus), f"{where}: a worker needs more CPUs than a node has"
-    if compute.use_gpu:  # the gpu group is scaled up by hand before a GPU run (README)
+    if compute.use_gpu:  # the gpu group is scaled up by hand before a GPU run (docs/deploy.md)
         gpus = sum(
             int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
             * g["maxReplicas"]
@@ -396,7 +396,7 @@ def test_dashboard_and_client_ports_stay_inside_the_cluster():
 
 
 def test_secrets_come_from_kubernetes_secrets_never_from_the_files():
-    assert not _manifests("Secret"), "create secrets with kubectl (README), do not commit them"
+    assert not _manifests("Secret"), "create secrets with kubectl (docs/deploy.md), do not commit them"
     for where, container, _ in _containers():
         for name, entry in _env(container).items():
             if SECRETISH.search(name) and name != "RAY_AUTH_MODE":
@@ -501,7 +501,7 @@ def test_prefect_yaml_pool_schedule_concurrency_and_working_directory():
             )
         # Entry points are files relative to the flow runs' working directory. Without a pull
         # section `prefect deploy` records the directory it runs in (the image's WORKDIR, per the
-        # README); a pull section must name that directory itself.
+        # docs/deploy.md); a pull section must name that directory itself.
         steps = dep.get("pull", doc.get("pull")) or []
         dirs = [
             step[key]["directory"] for step in steps for key in step if key.endswith("set_working_directory")
