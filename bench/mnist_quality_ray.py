@@ -69,7 +69,7 @@ def main() -> None:
         },
         test_recon=test.recon,
         test_kl=test.kl,
-        val_elbo_per_epoch=[round(h["val_elbo"], 3) for h in result.history],
+        val_elbo_per_epoch=[round(h.val_elbo, 3) for h in result.history if h.val_elbo is not None],
         wall_seconds=seconds,
         checkpoint=result.checkpoint_uri,
     )

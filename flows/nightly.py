@@ -38,6 +38,7 @@ from vae_core.operations.drift import DriftRecord
 from vae_core.operations.pipeline import PipelineConfig
 from vae_core.operations.registry import new_version, version_uri
 from vae_core.training.model_report import METRICS_FILE, ModelReport
+from vae_core.training.records import EpochRecord
 
 
 @dataclass
@@ -67,12 +68,12 @@ class NightlyResult:
         }
 
 
-def _training_metrics(history: list[dict[str, Any]], init: float) -> dict[str, Any]:
+def _training_metrics(history: list[EpochRecord], init: float) -> dict[str, Any]:
     last = history[-1]
     return {
-        "epochs": last["epoch"],
-        "val_elbo": last["val_elbo"],
-        "val_elbo_best": max(h["val_elbo"] for h in history if "val_elbo" in h),
+        "epochs": last.epoch,
+        "val_elbo": last.val_elbo,
+        "val_elbo_best": max(h.val_elbo for h in history if h.val_elbo is not None),
         "val_elbo_untrained": init,
     }
 

@@ -40,6 +40,7 @@ from vae_core.operations.drift import (
 )
 from vae_core.reports.report import ReportResult, write_report
 from vae_core.training.model_report import ModelReport
+from vae_core.training.records import EpochRecord, Record
 
 
 def _log(msg: str) -> None:
@@ -98,7 +99,7 @@ class TrainSummary:
     run_name: str
     checkpoint_uri: str  # latest
     best_checkpoint_uri: str  # best by validation ELBO
-    history: list[dict[str, Any]]
+    history: list[EpochRecord]
     val_elbo_init: float
 
 
@@ -112,11 +113,11 @@ class EpochProgress:
             0.0, key=artifact_key(run_name, "epochs"), description=f"Ray Train run {run_name}: epochs done"
         )
 
-    def __call__(self, record: dict[str, Any]) -> None:
-        if record["kind"] == "epoch":
-            val = f", val ELBO {record['val_elbo']:.2f}" if "val_elbo" in record else ""
-            done = f"epoch {record['epoch']}/{self.epochs}{val}"
-            update_progress_artifact(self.id, 100.0 * record["epoch"] / self.epochs, description=done)
+    def __call__(self, record: Record) -> None:
+        if isinstance(record, EpochRecord):
+            val = f", val ELBO {record.val_elbo:.2f}" if record.val_elbo is not None else ""
+            done = f"epoch {record.epoch}/{self.epochs}{val}"
+            update_progress_artifact(self.id, 100.0 * record.epoch / self.epochs, description=done)
 
 
 @task(name="train-model", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)

@@ -22,6 +22,6 @@ def train_flow(
     run resumes it (its data/model/train settings must match; train.epochs may grow to extend it)."""
     name = run_name or f"{config.name}-{new_version(night(run_date), run_id())}"
     summary = train_model(config, name)
-    rows = [{k: h.get(k) for k in HISTORY_COLUMNS if k in h} for h in summary.history]
+    rows = [{k: getattr(h, k) for k in HISTORY_COLUMNS} for h in summary.history]
     table_artifact(f"{config.name}-training", rows, f"Ray Train run {name}: one row per epoch")
     return summary

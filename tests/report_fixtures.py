@@ -17,6 +17,7 @@ from vae_core.data.tabular import TabularTransformer
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 from vae_core.training.loop import fit
+from vae_core.training.records import EpochRecord
 
 
 def write_dataset(root: Path, train: pa.Table, test: pa.Table) -> str:
@@ -41,7 +42,7 @@ def mnist_checkpoint(tmp: Path, n_train: int = 1000, n_test: int = 300, epochs: 
     torch.manual_seed(0)
     model = build_model(cfg.model, DataShape.of(codec))
     history = fit(model, [x[i : i + 100] for i in range(0, n_train, 100)], epochs=epochs, lr=3e-3)
-    meta = CheckpointMeta(epoch=epochs, history=[s.to_dict() for s in history])
+    meta = CheckpointMeta(epoch=epochs, history=[EpochRecord.of(s, epochs) for s in history])
     return data, save_checkpoint(str(tmp / "mnist-ckpt"), model, cfg, codec, meta=meta)
 
 

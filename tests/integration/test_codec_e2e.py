@@ -67,8 +67,8 @@ def test_standardized_vectors_train_on_ray_embed_and_generate_in_their_own_units
     )
     np.testing.assert_allclose(codec.mean, train.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(codec.std, train.std(0), rtol=1e-3)
-    assert result.history[-1]["val_elbo"] > result.checkpoint.meta.val_elbo_init
-    assert [h["data_from"] for h in result.history] == ["storage"] * 4
+    assert result.history[-1].val_elbo > result.checkpoint.meta.val_elbo_init
+    assert [h.data_from for h in result.history] == ["storage"] * 4
 
     # Embed: every id once, a finite 2-d posterior mean per row.
     compute = ComputeConfig(num_workers=1, cpus_per_worker=0.5)

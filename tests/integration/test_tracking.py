@@ -92,7 +92,7 @@ def test_a_training_run_logs_params_every_epoch_and_its_report_to_mlflow(
         points = client.get_metric_history(run_id, name)
         assert [p.step for p in points] == [1, 2, 3], name
     val = [p.value for p in client.get_metric_history(run_id, "val_elbo")]
-    assert val == pytest.approx([h["val_elbo"] for h in result.history])
+    assert val == pytest.approx([h.val_elbo for h in result.history])
     # The checkpoint names its run; the report landed in it.
     assert read_json(f"{result.checkpoint_uri}/meta.json")[RUN_ID_KEY] == run_id
     artifacts = {a.path for a in client.list_artifacts(run_id, "report")}

@@ -38,4 +38,4 @@ def test_one_worker_per_node_with_storage_on_s3(two_nodes, mnist_s3):
     placed = result.checkpoint.meta.worker_nodes
     assert sorted(placed) == sorted(two_nodes)  # SPREAD: one worker on each node
     assert result.checkpoint_uri == f"{runs}/two-nodes/epoch_0001"
-    assert result.history[0]["val_elbo"] > result.checkpoint.meta.val_elbo_init + 100
+    assert result.history[0].val_elbo > result.checkpoint.meta.val_elbo_init + 100

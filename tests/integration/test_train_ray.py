@@ -86,11 +86,11 @@ def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ra
     runs = f"{make_bucket()}/runs"
     cfg = mnist_config(mnist_s3, runs)
     result = train_on_ray(cfg, run_name="s3-run")
-    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert [h.epoch for h in result.history] == [1, 2]
     # Epoch 1 streams from S3 and keeps the decoded rows (they fit train.cache_mb); epoch 2 reads memory.
-    assert [h["data_from"] for h in result.history] == ["storage", "memory"]
+    assert [h.data_from for h in result.history] == ["storage", "memory"]
     # 2 workers of 1 CPU and 1 data CPU between them: 1 torch thread each, cached or not.
-    assert [h["threads"] for h in result.history] == [1, 1]
+    assert [h.threads for h in result.history] == [1, 1]
     assert result.checkpoint.meta.world_size == 2
     # Both workers on this CPU node: gradients averaged through shared memory (allreduce.py).
     assert result.checkpoint.meta.gradients == "shared memory"
@@ -108,7 +108,7 @@ def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ra
     torch.manual_seed(cfg.train.seed)
     untrained = evaluate(build_model(cfg.model, DataShape(784, (1, 28, 28))), batches).elbo
     assert trained > untrained + 100, (trained, untrained)
-    assert result.history[-1]["val_elbo"] > result.checkpoint.meta.val_elbo_init
+    assert result.history[-1].val_elbo > result.checkpoint.meta.val_elbo_init
 
 
 def test_feed_rate_counts_every_training_row_delivered_to_the_workers_on_each_pass(ray_local, mnist_s3):
@@ -144,8 +144,8 @@ def test_a_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_local, 
     thread.join(timeout=5)
     assert "at" in killed
     history = result.history
-    assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert history[0]["finished_at"] < killed["at"] < history[1]["finished_at"]  # epoch 1 not re-run
+    assert [h.epoch for h in history] == [1, 2, 3]
+    assert history[0].finished_at < killed["at"] < history[1].finished_at  # epoch 1 not re-run
     restarts = result.checkpoint.meta.restarts
     assert [r["from_epoch"] for r in restarts] == [1]
     assert result.checkpoint.meta.epoch == 3 and result.checkpoint_uri.endswith("epoch_0003")
@@ -158,8 +158,8 @@ def test_ddp_two_workers_of_64_match_one_worker_of_128(ray_local, mnist_s3):
     runs = f"{make_bucket()}/runs"
     two = mnist_config(mnist_s3, runs, epochs=1, batch_size=64)
     one = mnist_config(mnist_s3, runs, epochs=1, batch_size=128).with_overrides(["compute.num_workers=1"])
-    elbo_two = train_on_ray(two, run_name="ddp-2x64").history[-1]["val_elbo"]
-    elbo_one = train_on_ray(one, run_name="ddp-1x128").history[-1]["val_elbo"]
+    elbo_two = train_on_ray(two, run_name="ddp-2x64").history[-1].val_elbo
+    elbo_one = train_on_ray(one, run_name="ddp-1x128").history[-1].val_elbo
     assert abs(elbo_two - elbo_one) / abs(elbo_one) < 0.01, (elbo_two, elbo_one)
 
 
@@ -210,7 +210,7 @@ def test_a_run_name_is_resumed_only_when_asked_and_only_with_its_own_settings(ra
     options = {"key": TEST_KEY_ID, "secret": TEST_SECRET, "client_kwargs": {"endpoint_url": s3_server}}
     cfg = tiny_config(tiny_s3, runs, options)
     first = train_on_ray(cfg, run_name="names")
-    assert [h["epoch"] for h in first.history] == [1]
+    assert [h.epoch for h in first.history] == [1]
     assert first.checkpoint.config.data.storage_options == options  # the real ones, not "***"
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     record = json.loads(fs.cat(f"{runs}/names/vaeflow-run.json"))
@@ -240,11 +240,11 @@ def test_a_run_name_is_resumed_only_when_asked_and_only_with_its_own_settings(ra
     # --resume with the same settings and more epochs extends the run: epoch 1 is not trained again.
     longer = cfg.with_overrides(["train.epochs=2"])
     second = train_on_ray(longer, run_name="names", resume=True)
-    assert [h["epoch"] for h in second.history] == [1, 2]
+    assert [h.epoch for h in second.history] == [1, 2]
     assert second.history[0] == first.history[0]
     assert [r["from_epoch"] for r in second.checkpoint.meta.restarts] == [1]
     # A new name with resume=True simply starts (what the Prefect task passes on its first try).
-    assert [h["epoch"] for h in train_on_ray(cfg, run_name="names-2", resume=True).history] == [1]
+    assert [h.epoch for h in train_on_ray(cfg, run_name="names-2", resume=True).history] == [1]
 
 
 def _vector_shard(uri: str, n: int, bad: str | None = None, bad_row: int = 7) -> pa.Table:
@@ -273,12 +273,12 @@ def test_checkpoint_every_and_validate_every_pick_the_epochs_that_write_and_vali
     )
     lines: list[str] = []
     result = train_on_ray(cfg, run_name="every", progress=lines.append)
-    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]  # every epoch reported
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4, 5]  # every epoch reported
     written = [e for e in range(1, 6) if _exists(f"{runs}/every/epoch_{e:04d}/meta.json")]
     assert written == [2, 4, 5]  # every 2nd epoch and the last
     assert result.checkpoint_uri.endswith("epoch_0005") and result.checkpoint.meta.epoch == 5
     # Validated: every 3rd epoch, the last, and each epoch with a checkpoint (it carries its val ELBO).
-    assert [h["epoch"] for h in result.history if "val_elbo" in h] == [2, 3, 4, 5]
+    assert [h.epoch for h in result.history if h.val_elbo is not None] == [2, 3, 4, 5]
     for e in written:
         meta = json.loads(
             s3fs.S3FileSystem(skip_instance_cache=True).cat(f"{runs}/every/epoch_{e:04d}/meta.json")
@@ -353,13 +353,13 @@ def test_a_table_trains_on_ray_through_the_tabular_codec_saved_with_the_checkpoi
     assert _exists(f"{result.checkpoint_uri}/codec.json") and not _exists(
         f"{result.checkpoint_uri}/tabular.json"
     )
-    assert result.history[-1]["val_elbo"] > result.checkpoint.meta.val_elbo_init
+    assert result.history[-1].val_elbo > result.checkpoint.meta.val_elbo_init
     # Epoch 1 streams on the worker's 1 CPU; from epoch 2 on both splits are in memory and the worker
     # also runs torch on the data CPU that no read needs any more (compute.threads_when_cached).
-    assert [(h["data_from"], h["threads"]) for h in result.history] == [("storage", 1)] + [("memory", 2)] * 3
+    assert [(h.data_from, h.threads) for h in result.history] == [("storage", 1)] + [("memory", 2)] * 3
     test = read_adult("train").slice(600, 200)
     elbo = evaluate(result.model, [torch.from_numpy(codec.encode(test, "test"))]).elbo
-    assert abs(elbo - result.history[-1]["val_elbo"]) < 0.05 * abs(elbo)  # the same rows, the same x
+    assert abs(elbo - result.history[-1].val_elbo) < 0.05 * abs(elbo)  # the same rows, the same x
     # The final checkpoint holds the latent mixture (train.latent_mixture); generate takes it by default.
     assert _exists(f"{result.checkpoint_uri}/{SAMPLER_FILE}") and result.checkpoint.sampler is not None
     # 600 training rows, 480 to fit on: 4 components (one per 100 rows) or 1, by held-out likelihood.
@@ -409,7 +409,7 @@ def test_a_launch_refused_after_its_trainer_started_stops_it_and_leaves_no_run(r
     )
     # The name is free: a launch with a fitting likelihood trains under it.
     good = cfg.model_copy(update={"model": cfg.model.model_copy(update={"likelihood": "auto"})})
-    assert train_on_ray(good, run_name="refused", progress=lambda m: None).history[-1]["epoch"] == 1
+    assert train_on_ray(good, run_name="refused", progress=lambda m: None).history[-1].epoch == 1
 
 
 def test_a_worker_waiting_for_the_drivers_go_gives_up_after_its_timeout_naming_it(ray_local):

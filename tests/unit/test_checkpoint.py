@@ -23,7 +23,9 @@ from vae_core.training.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from vae_core.training.loop import fit
+from vae_core.training.evaluation import EvalResult
+from vae_core.training.loop import EpochStats, fit
+from vae_core.training.records import EpochRecord
 
 
 def _codec(dim: int = 16) -> VectorCodec:
@@ -83,7 +85,13 @@ def test_meta_round_trip_keeps_every_field_and_unknown_keys(tmp_path):
     meta = CheckpointMeta(
         epoch=4,
         step=120,
-        history=[{"epoch": 1, "loss": 3.5, "val_elbo": -3.6}],
+        history=[
+            EpochRecord.of(
+                EpochStats(1, 3.5, 3.4, 0.1, -3.5, 1.0, 64, 0.5, 2),
+                epochs=3,
+                val=EvalResult(-3.6, 3.5, 0.1, 8),
+            )
+        ],
         val_elbo=-2.5,
         val_elbo_init=-9.0,
         data_schema=encode_schema(_table().schema),
@@ -130,7 +138,7 @@ def test_an_old_tabular_checkpoint_loads_its_codec_from_tabular_json(tmp_path):
     _write_old_format(tmp_path, codec, cfg, {"epoch": 5, "history": [{"epoch": 5}], "val_elbo_init": -7.0})
     ck = load_checkpoint(str(tmp_path))
     assert isinstance(ck.codec, TabularCodec) and ck.codec.to_dict() == codec.to_dict()
-    assert ck.meta.epoch == 5 and ck.meta.val_elbo_init == -7.0 and ck.meta.history == [{"epoch": 5}]
+    assert ck.meta.epoch == 5 and ck.meta.val_elbo_init == -7.0 and [h.epoch for h in ck.meta.history] == [5]
     assert ck.model.likelihood.layout == codec.layout
 
 

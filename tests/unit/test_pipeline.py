@@ -5,6 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from vae_core.operations.pipeline import PipelineConfig, embeddings_uri, local_defaults, samples_uri
+from vae_core.training.records import EpochRecord
 
 
 def test_local_default_is_mnist_in_the_data_folder(tmp_path):
@@ -131,7 +132,7 @@ class _FakeNight:
             return SimpleNamespace(
                 run_name=run_name,
                 best_checkpoint_uri=self.checkpoint,
-                history=[{"epoch": 1, "val_elbo": -130.0}],
+                history=[EpochRecord.from_dict({"epoch": 1, "val_elbo": -130.0})],
                 val_elbo_init=-550.0,
             )
 

@@ -24,14 +24,13 @@ from vae_core.data.dataset import (
 )
 from vae_core.data.storage import arrow_filesystem, filesystem, join, scheme
 from vae_core.errors import TrainingError
+from vae_core.training.records import Record
 
 from . import ray_internals
 from .cluster import check_resources, ensure_ray, is_own_local_cluster
 from .feed import LoopConfig, Splits, build_datasets
 from .runs import RAY_MARKER
 from .worker import worker_loop
-
-Record = dict[str, Any]  # an event from rank 0: {"kind": "start" | "epoch", ...}
 
 
 def storage_settings(runs_uri: str, storage_options: dict) -> dict[str, Any]:
@@ -160,20 +159,6 @@ class Events:
         return self.decided, self.go
 
 
-def record_line(record: Record) -> str:
-    """One plain line for a record of rank 0 ("epoch 3/10  loss ...")."""
-    if record["kind"] == "start":
-        return (
-            f"{record['world']} worker(s), gradients {record['gradients']}; "
-            f"{'warm-started' if record['warm'] else 'untrained'} val ELBO {record['val_elbo_init']:.2f}"
-        )
-    val = f"val ELBO {record['val_elbo']:.2f}  " if "val_elbo" in record else ""
-    return (
-        f"epoch {record['epoch']}/{record['epochs']}  loss {record['loss']:.2f}  "
-        f"recon {record['recon']:.2f}  kl {record['kl']:.2f}  {val}{record['samples_per_s']:,.0f} samples/s"
-    )
-
-
 @contextlib.contextmanager
 def _relay(
     events: Any, progress: Callable[[str], None], on_record: Callable[[Record], None] | None
@@ -186,14 +171,14 @@ def _relay(
 
     def deliver() -> None:
         for record in ray.get(events.take.remote()):
-            progress(record_line(record))
+            progress(record.line())
             if on_record is None:
                 continue
             try:
                 on_record(record)
             except Exception as e:  # tracking is best effort: the run goes on
                 if not failed:
-                    progress(f"could not record epoch {record.get('epoch', 0)}: {e}")
+                    progress(f"could not record epoch {getattr(record, 'epoch', 0)}: {e}")
                 failed.append(e)
 
     def poll() -> None:

@@ -35,17 +35,18 @@ from vae_core.errors import ConfigError, DataError, TrainingError, find_error
 from vae_core.models.families import DataShape, check_likelihood
 from vae_core.operations import tracking
 from vae_core.training.checkpoints import Checkpoint, load_checkpoint
+from vae_core.training.records import EpochRecord, Record
 
 from .cluster import is_own_local_cluster
 from .feed import LoopConfig, Splits, build_datasets
-from .launch import Launch, Record, in_context_thread, local_train_env, make_trainer, start_cluster
+from .launch import Launch, in_context_thread, local_train_env, make_trainer, start_cluster
 from .runs import check_run_name, record_run
 from .worker import feed_loop
 
 
 @dataclass
 class TrainResult:
-    history: list[dict[str, Any]]  # one record per epoch, across restarts and relaunches
+    history: list[EpochRecord]  # one per epoch, across restarts and relaunches
     checkpoint_uri: str  # the latest checkpoint
     best_checkpoint_uri: str  # best by validation ELBO among those kept
     checkpoint: Checkpoint = field(repr=False)  # the latest, loaded
@@ -213,7 +214,7 @@ def train_on_ray(
     have been checked, so a launch that fails on its data leaves no run behind.
 
     Rank 0's records (the run's start, then each epoch: the EpochStats, validation and throughput)
-    reach the driver while the run goes on: each as a line through `progress` and as a dict through
+    reach the driver while the run goes on: each as a line through `progress` and as a Record through
     `on_record`. With train.init_from the run starts from that checkpoint's weights and codec.
     """
     data = with_recorded_id(cfg.data.model_copy(update={"uri": absolute(cfg.data.uri)}))  # import's key

@@ -33,6 +33,7 @@ from vae_core.operations import tracking
 from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult, evaluate
 from vae_core.training.loop import EpochStats, KLSchedule, LRSchedule, fit, make_optimizer
+from vae_core.training.records import EpochRecord, RunStart
 
 from . import allreduce
 from .feed import LoopConfig, ShardBatches, all_reduce_sum
@@ -59,7 +60,7 @@ class RunState:
 
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps taken
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
+    history: list[EpochRecord] = field(default_factory=list)  # one record per completed epoch
     val_elbo_init: float | None = None  # the untrained model's validation ELBO
     restarts: list[dict[str, Any]] = field(default_factory=list)
     resumed: bool = False
@@ -104,10 +105,9 @@ class EpochEnd:
     def __call__(self, stats: EpochStats, core: LatentModel, optimizer: torch.optim.Optimizer) -> None:
         record = self._record(stats, core)
         self.state.history.append(record)
-        keys = ("epoch", "loss", "elbo", "recon", "kl", "val_elbo", "samples_per_s")
-        metrics = {k: record[k] for k in keys if k in record}  # val_elbo: validated epochs only
+        metrics = {"epoch": record.epoch, **record.metrics()}  # val_*: validated epochs only
         if self.rank == 0:
-            self.events.add.remote({"kind": "epoch", "epochs": self.cfg.train.epochs, **record})
+            self.events.add.remote(record)
         if self.rank != 0 or not self._checkpoints(stats.epoch):
             # Ray: every rank reports every epoch; only rank 0 writes a checkpoint, on every `every`-th
             # epoch and the last (train.checkpoint_every).
@@ -117,7 +117,7 @@ class EpochEnd:
             epoch=stats.epoch,
             step=stats.step,
             history=self.state.history,
-            val_elbo=record["val_elbo"],
+            val_elbo=record.val_elbo,
             val_elbo_init=self.state.val_elbo_init,
             data_schema=self.loop.schema,
             world_size=self.world,
@@ -164,23 +164,16 @@ class EpochEnd:
             return None
         return fit_latent_mixture(core, x.to(next(core.parameters()).device), self.cfg.train.seed, components)
 
-    def _record(self, stats: EpochStats, core: LatentModel) -> dict[str, Any]:
-        """The epoch's record; the val_* keys only on the epochs that validate (train.validate_every)."""
-        record = {
-            **stats.to_dict(),
-            "data_from": self.data.train_from,
-            "threads": torch.get_num_threads(),
-            # Samples/s of the whole group: every worker processed the same number of rows.
-            "samples": stats.samples * self.world,
-            "samples_per_s": stats.samples_per_s * self.world,
-        }
+    def _record(self, stats: EpochStats, core: LatentModel) -> EpochRecord:
+        """The epoch's record; validated on the epochs that validate (train.validate_every)."""
+        val, seconds = None, None
         if self._validates(stats.epoch):
             t0 = time.perf_counter()
             val = _validate(core, self.data.val(), self.cfg.train.seed + stats.epoch)
-            record.update(
-                val_elbo=val.elbo, val_recon=val.recon, val_kl=val.kl, val_seconds=time.perf_counter() - t0
-            )
-        return {**record, "finished_at": time.time()}
+            seconds = time.perf_counter() - t0
+        threads = torch.get_num_threads()
+        epochs, source = self.cfg.train.epochs, self.data.train_from
+        return EpochRecord.of(stats, epochs, self.world, source, threads, val, seconds)
 
 
 def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -279,10 +272,8 @@ def worker_loop(train_loop_config: dict[str, Any]) -> None:
     if state.val_elbo_init is None:
         state.val_elbo_init = _validate(core, data.val(), cfg.train.seed).elbo
     if rank == 0 and not state.resumed:
-        start = {"world": world, "nodes": nodes, "gradients": gradients, "val_elbo_init": state.val_elbo_init}
-        events.add.remote(
-            {"kind": "start", "epochs": cfg.train.epochs, "warm": bool(cfg.train.init_from), **start}
-        )
+        warm = bool(cfg.train.init_from)
+        events.add.remote(RunStart(cfg.train.epochs, world, nodes, gradients, state.val_elbo_init, warm))
     fit(
         ddp,
         data.train,

@@ -25,11 +25,11 @@ from vae_core.config import VaeflowConfig
 from vae_core.data.objects import read_json
 from vae_core.data.storage import filesystem, join
 from vae_core.training.checkpoints import META_FILE
+from vae_core.training.records import EpochRecord, Record
 
 ENV = "MLFLOW_TRACKING_URI"
 RUN_TAG = "vaeflow.run_name"
 RUN_ID_KEY = "mlflow_run_id"  # in CheckpointMeta.extra
-EPOCH_METRICS = ("loss", "elbo", "recon", "kl", "val_elbo", "val_recon", "val_kl", "samples_per_s", "seconds")
 REPORT_FILES = ("report.html", "metrics.json")
 
 
@@ -81,18 +81,14 @@ class TrainingRun:
             client.log_batch(run.info.run_id, params=params[i : i + 100])
         return cls(client, run.info.run_id)
 
-    def record(self, record: dict[str, Any]) -> None:
+    def record(self, record: Record) -> None:
         """An epoch record of the trainer: one point per metric, at step = the epoch."""
         from mlflow.entities import Metric
 
-        if record["kind"] != "epoch":
+        if not isinstance(record, EpochRecord):
             return
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(k, float(record[k]), now, record["epoch"])
-            for k in EPOCH_METRICS
-            if record.get(k) is not None
-        ]
+        metrics = [Metric(k, v, now, record.epoch) for k, v in record.metrics().items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def end(self, ok: bool, checkpoint_uri: str | None = None) -> None:

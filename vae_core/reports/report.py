@@ -70,7 +70,8 @@ def write_report(
     iwae = f", importance-weighted bound with k = {iwae_k}" if model.is_variational else ""
     progress(f"evaluating on {len(test.x):,} of {test.rows_in_split:,} test rows of {data.uri}{iwae}")
     scores = score_model(model, test.x, iwae_k, seed, progress)
-    figures = _latent_sections(cfg.name, ck.meta.history, scores, test.labels, label)
+    history = [r.to_dict() for r in ck.meta.history]
+    figures = _latent_sections(cfg.name, history, scores, test.labels, label)
     if codec.image_shape is not None:  # x are images: show samples, reconstructions, interpolations
         figures += image_sections({cfg.name: model}, test.x, test.labels, codec.image_shape)
     data_info: dict[str, Any] = {
@@ -79,7 +80,7 @@ def write_report(
         "test_rows_in_split": test.rows_in_split,
         "label_column": label,
     }
-    found: dict[str, Any] = {"history": ck.meta.history} if ck.meta.history else {}
+    found: dict[str, Any] = {"history": history} if history else {}
     # Sampled rows can be compared with real ones column by column where the data have table columns
     # (continuous, categorical); a vector column (pixels, embeddings) has none.
     if spec.continuous or spec.categorical:

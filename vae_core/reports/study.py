@@ -43,6 +43,7 @@ from vae_core.training.evaluation import (
     posterior_moments,
 )
 from vae_core.training.loop import EpochStats, KLSchedule, fit
+from vae_core.training.records import EpochRecord
 
 
 @dataclass(frozen=True)
@@ -320,7 +321,7 @@ def run_beta_study(
         )
         meta = CheckpointMeta(
             epoch=epochs,
-            history=[s.to_dict() for s in arm.history],
+            history=[EpochRecord.of(s, epochs) for s in arm.history],
             extra={"recon_weight": arm.arm.recon_weight},
         )
         checkpoints[arm.arm.name] = save_checkpoint(

@@ -36,6 +36,7 @@ from vae_core.data.storage import filesystem, join
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.model import LatentModel
 from vae_core.models.sampler import LatentMixture
+from vae_core.training.records import EpochRecord
 
 MODEL_FILE, OPTIM_FILE, OPTIM_JSON = "model.safetensors", "optimizer.safetensors", "optimizer.json"
 CONFIG_FILE, CODEC_FILE, META_FILE = "config.json", "codec.json", "meta.json"
@@ -59,7 +60,7 @@ class CheckpointMeta:
 
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps taken
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch (EpochStats + val)
+    history: list[EpochRecord] = field(default_factory=list)  # one record per epoch
     val_elbo: float | None = None
     val_elbo_init: float | None = None  # validation ELBO of the untrained model
     data_schema: str | None = None  # the training columns' Arrow schema (dataset.encode_schema)
@@ -77,6 +78,7 @@ class CheckpointMeta:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         d["data_shape"] = _shape_to_json(self.data_shape) if self.data_shape else None
+        d["history"] = [r.to_dict() for r in self.history]
         return {**self.extra, **d, "format": META_FORMAT}
 
     def to_json(self) -> str:
@@ -86,6 +88,7 @@ class CheckpointMeta:
     def from_dict(cls, d: dict[str, Any]) -> CheckpointMeta:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names and v is not None}
+        known["history"] = [EpochRecord.from_dict(r) for r in known.get("history", [])]
         if "data_shape" in known:
             known["data_shape"] = _shape_from_json(known["data_shape"])
         extra = {k: v for k, v in d.items() if k not in names and k != "format"}
