@@ -34,24 +34,14 @@ class RunStart:
         return f"{self.world} worker(s), gradients {self.gradients}; {elbo}"
 
 
-@dataclass(frozen=True)
-class EpochRecord:
-    """One finished epoch: the loop's EpochStats for the whole worker group (samples and samples/s of
-    all workers), where the train rows came from, and the validation on the epochs that validate."""
+@dataclass(kw_only=True)
+class EpochRecord(EpochStats):
+    """One finished epoch: the loop's EpochStats for the whole worker group (`samples` of all workers,
+    so `samples_per_s` is the group's), where the train rows came from, and the validation on the
+    epochs that validate."""
 
     kind: ClassVar[str] = "epoch"
-    epoch: int  # 1-based
     epochs: int  # the run's planned epochs (train.epochs)
-    loss: float
-    recon: float
-    kl: float
-    elbo: float
-    kl_weight: float
-    samples: int
-    seconds: float
-    step: int
-    samples_per_s: float
-    wait_seconds: float = 0.0
     data_from: str = "storage"  # "storage" (streamed by Ray Data) or "memory" (the worker's cache)
     threads: int = 0  # torch threads of a worker
     finished_at: float = field(default_factory=time.time)
@@ -73,18 +63,8 @@ class EpochRecord:
     ) -> EpochRecord:
         """The record of `stats` from one of `world` workers that each processed the same rows."""
         return cls(
-            epoch=stats.epoch,
+            **{**dataclasses.asdict(stats), "samples": stats.samples * world},
             epochs=epochs,
-            loss=stats.loss,
-            recon=stats.recon,
-            kl=stats.kl,
-            elbo=stats.elbo,
-            kl_weight=stats.kl_weight,
-            samples=stats.samples * world,
-            seconds=stats.seconds,
-            step=stats.step,
-            samples_per_s=stats.samples_per_s * world,
-            wait_seconds=stats.wait_seconds,
             data_from=data_from,
             threads=threads,
             val_elbo=None if val is None else val.elbo,
@@ -95,7 +75,7 @@ class EpochRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON for meta.json and reports; the val_* keys only on validated epochs."""
-        d = dataclasses.asdict(self)
+        d = {**dataclasses.asdict(self), "samples_per_s": self.samples_per_s}
         return {k: v for k, v in d.items() if not (k.startswith("val_") and v is None)}
 
     @classmethod
@@ -105,7 +85,7 @@ class EpochRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in d.items() if k in names}
         known.setdefault("epochs", known.get("epoch", 0))
-        for k in ("loss", "recon", "kl", "elbo", "kl_weight", "seconds", "samples_per_s"):
+        for k in ("loss", "recon", "kl", "elbo", "kl_weight", "seconds"):
             known.setdefault(k, float("nan"))
         for k in ("samples", "step"):
             known.setdefault(k, 0)
