@@ -103,8 +103,7 @@ def resume(fs: s3fs.S3FileSystem, model: str, corpus: str, bucket: str) -> None:
     killed = kill_tree(first)
     killed_after = time.perf_counter() - t0
     seconds = finish(embed(model, corpus, table), "the rerun")
-    (version, record), *_ = history(table)
-    processed = record.stats["rows_embedded"]
+    version, record, processed = _last_commit(table)
     write_result(
         "embed_resume",
         processed / total,
@@ -124,13 +123,18 @@ def resume(fs: s3fs.S3FileSystem, model: str, corpus: str, bucket: str) -> None:
     )
 
 
+def _last_commit(table: str) -> tuple[int, Any, int]:
+    """The table's latest version, its commit record and the rows that commit's job embedded."""
+    (version, record), *_ = history(table)
+    return version, record, record.stats["rows_embedded"]
+
+
 def incremental(fs: s3fs.S3FileSystem, model: str, corpus: str, bucket: str) -> None:
     table = f"{bucket}/embeddings-nightly"
     first_s = finish(embed(model, corpus, table, "--incremental"), "night 1")
     write_shards(corpus, SHARDS, 1)  # one new shard beside the 20
     second_s = finish(embed(model, corpus, table, "--incremental"), "night 2")
-    (version, record), *_ = history(table)
-    processed = record.stats["rows_embedded"]
+    version, record, processed = _last_commit(table)
     write_result(
         "embed_incremental",
         processed / SHARD_ROWS,
