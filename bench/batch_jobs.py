@@ -172,7 +172,7 @@ def plain_embed(model_uri: str, input_uri: str, out: str, moto_pid: int) -> dict
     return _plain_result(rows, wall, times, mem.mb())
 
 
-def _plain_result(rows: int, wall: float, times: dict[str, float], peak_mb: float) -> dict:
+def _plain_result(rows: int, wall: float, times: dict[str, float], peak_mb: dict[str, float]) -> dict:
     return {
         "rows": rows,
         "seconds": wall,
