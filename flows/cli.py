@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from vae_core.config import VaeflowConfig, validation_message
 from vae_core.data.storage import NO_CREDENTIALS
-from vae_core.data.tables import MODES, Committed, TableError
+from vae_core.data.tables import MODES, Committed
+from vae_core.errors import TableError
 
 DESCRIPTION = """\
 vaeflow: train variational autoencoders on Parquet shards in object storage, embed corpora,

@@ -25,9 +25,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from vae_core.config import VaeflowConfig
-from vae_core.data.dataset import DataError, list_shards
+from vae_core.data.dataset import list_shards
 from vae_core.data.storage import join
 from vae_core.data.tables import Committed
+from vae_core.errors import ChampionConflict, DataError
 from vae_core.operations import registry, tracking
 from vae_core.operations.drift import (
     DriftRecord,
@@ -257,7 +258,7 @@ def gate_and_promote(
             night=night,
             flow_run_id=flow_run_id,
         )
-    except registry.ChampionConflict as e:
+    except ChampionConflict as e:
         log.error(str(e))
         return Promotion(
             True,

@@ -25,13 +25,14 @@ from vae_core.config import GenerateConfig, VaeflowConfig
 from vae_core.data.codecs import Codec
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
-from vae_core.data.dataset import DataError, iter_batches, open_dataset
+from vae_core.data.dataset import iter_batches, open_dataset
 from vae_core.data.importers import read_adult
 from vae_core.data.storage import arrow_filesystem
 from vae_core.data.tables import read_table
 from vae_core.distributed.cluster import ClusterResourceError, check_resources
 from vae_core.distributed.generate import generate_rows
 from vae_core.distributed.trainer import RunNameError, feed_rate, train_on_ray
+from vae_core.errors import DataError
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import SAMPLER_FILE
 from vae_core.training.evaluation import evaluate

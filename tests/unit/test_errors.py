@@ -2,8 +2,8 @@
 
 import pytest
 
-from vae_core.data.dataset import DataError
 from vae_core.distributed.errors import data_error_message, reraise_data_error
+from vae_core.errors import DataError
 
 MESSAGE = "s3://b/part-0.parquet: column 'image': NaN or inf in vector features (row 123)"
 

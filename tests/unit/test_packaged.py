@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from vae_core.data.packaged import PackageDataError, mnist_table, package_file, read_mnist
+from vae_core.data.packaged import mnist_table, package_file, read_mnist
+from vae_core.errors import PackageDataError
 
 
 def test_mnist_test_split_is_read_from_the_package():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import binary_data, small_model
-from vae_core.training.loop import KLSchedule, LRSchedule, NonFiniteLossError, fit
+from vae_core.errors import NonFiniteLossError
+from vae_core.training.loop import KLSchedule, LRSchedule, fit
 
 
 def test_kl_warmup_is_linear_in_epochs_or_steps():

@@ -19,10 +19,7 @@ from vae_core.config import DataConfig
 from vae_core.data import tables
 from vae_core.data.storage import arrow_filesystem, filesystem, uri_of, why_missing
 from vae_core.data.tabular import is_temporal
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and column."""
+from vae_core.errors import DataError, TableError
 
 
 def list_shards(uri: str, storage_options: dict | None = None) -> list[str]:
@@ -37,7 +34,7 @@ def list_shards(uri: str, storage_options: dict | None = None) -> list[str]:
     if tables.is_delta_table(uri, storage_options):
         try:
             files = tables.data_files(uri, storage_options)
-        except tables.TableError as e:
+        except TableError as e:
             raise DataError(str(e)) from e
         if not files:
             raise DataError(f"{uri}: empty dataset, the Delta table's latest version has no files")

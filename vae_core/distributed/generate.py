@@ -20,11 +20,11 @@ import ray
 
 from vae_core.config import ComputeConfig, GenerateConfig
 from vae_core.data.codecs.table import TabularCodec
-from vae_core.data.dataset import DataError
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import absolute
 from vae_core.data.tables import Committed, Mode
 from vae_core.data.tabular import CategoricalColumn
+from vae_core.errors import DataError
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import SAMPLER_FILE, Checkpoint, load_checkpoint
 from vae_core.training.inference import generate

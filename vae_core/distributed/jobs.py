@@ -39,7 +39,7 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from vae_core.config import ComputeConfig
-from vae_core.data.dataset import DataError, is_list_type
+from vae_core.data.dataset import is_list_type
 from vae_core.data.objects import atomic_write_json, fingerprint, read_json
 from vae_core.data.storage import check_bucket, filesystem, join
 from vae_core.data.tables import (
@@ -47,7 +47,6 @@ from vae_core.data.tables import (
     Committed,
     DataFile,
     Mode,
-    TableError,
     check_writable,
     commit,
     delta_schema,
@@ -56,6 +55,7 @@ from vae_core.data.tables import (
     now_iso,
     to_delta,
 )
+from vae_core.errors import DataError, TableError
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import (
     CONFIG_FILE,

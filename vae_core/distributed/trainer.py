@@ -40,14 +40,9 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 
 from vae_core.config import DataConfig, ModelConfig, TrainConfig, VaeflowConfig
 from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, encode_by_file, fit_on_train
-from vae_core.data.dataset import (
-    DataError,
-    DatasetSpec,
-    encode_schema,
-    open_dataset,
-    with_recorded_id,
-)
+from vae_core.data.dataset import DatasetSpec, encode_schema, open_dataset, with_recorded_id
 from vae_core.data.storage import absolute, arrow_filesystem, create_only_write, filesystem, join, scheme
+from vae_core.errors import DataError
 from vae_core.models.families import DataShape, build_model, check_likelihood
 from vae_core.models.model import LatentModel
 from vae_core.models.sampler import LatentMixture, fit_latent_mixture

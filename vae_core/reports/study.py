@@ -23,9 +23,10 @@ import torch
 
 from vae_core.config import DataConfig, ModelConfig, VaeflowConfig
 from vae_core.data.codecs import fit_on_train
-from vae_core.data.dataset import DataError, is_list_type, list_shards, open_dataset, read_schema
+from vae_core.data.dataset import is_list_type, list_shards, open_dataset, read_schema
 from vae_core.data.objects import atomic_write_bytes
 from vae_core.data.storage import join
+from vae_core.errors import DataError
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.likelihoods import Bernoulli
 from vae_core.models.model import LatentModel

@@ -33,6 +33,7 @@ from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, legacy_c
 from vae_core.data.dataset import decode_schema
 from vae_core.data.layout import Block
 from vae_core.data.storage import filesystem, join
+from vae_core.errors import CheckpointError
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.model import LatentModel
 from vae_core.models.sampler import LatentMixture
@@ -45,10 +46,6 @@ LEGACY_TABULAR_FILE = "tabular.json"  # the codec of checkpoints written before 
 # state stays with the training run.
 MODEL_FILES = (MODEL_FILE, CONFIG_FILE, CODEC_FILE, LEGACY_TABULAR_FILE, SAMPLER_FILE, META_FILE)
 META_FORMAT = "vaeflow/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or not in the safetensors + JSON format."""
 
 
 @dataclass

@@ -13,13 +13,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vae_core.errors import NonFiniteLossError
 from vae_core.models.model import LatentModel
 
 Batches = Iterable[torch.Tensor] | Callable[[int], Iterable[torch.Tensor]]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the message names the epoch, step and each loss term."""
 
 
 @dataclass(frozen=True)

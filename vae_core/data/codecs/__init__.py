@@ -30,8 +30,9 @@ import pyarrow.compute as pc
 
 from vae_core.config import CODECS, DataConfig
 from vae_core.data.codecs.base import Batches, Codec
-from vae_core.data.dataset import DataError, DatasetSpec, iter_batches
+from vae_core.data.dataset import DatasetSpec, iter_batches
 from vae_core.data.storage import join, uri_of
+from vae_core.errors import DataError
 
 __all__ = [
     "Codec",

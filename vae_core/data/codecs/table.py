@@ -11,8 +11,9 @@ import pyarrow as pa
 
 from vae_core.config import DataConfig
 from vae_core.data.codecs.base import Batches, column
-from vae_core.data.dataset import DataError, DatasetSpec
+from vae_core.data.dataset import DatasetSpec
 from vae_core.data.tabular import TabularTransformer
+from vae_core.errors import DataError
 
 
 class TabularCodec:
