@@ -14,12 +14,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from vae_core.config import VaeflowConfig, validation_message
-from vae_core.data.storage import NO_CREDENTIALS
+from vae_core.config import VaeflowConfig
 from vae_core.data.tables import MODES, Committed
-from vae_core.errors import TableError
+from vae_core.errors import ConfigError, UserError, find_error
 
 DESCRIPTION = """\
 vaeflow: train variational autoencoders on Parquet shards in object storage, embed corpora,
@@ -96,7 +93,7 @@ def _job_config(args: argparse.Namespace) -> VaeflowConfig:
     data = cfg.model_dump()  # python mode: storage options keep their secrets
     for section, values in given.items():
         data[section].update(values)
-    return VaeflowConfig.model_validate(data)
+    return VaeflowConfig.from_dict(data)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -318,12 +315,12 @@ def _cmd_data_import(args: argparse.Namespace) -> int:
         common["rows_per_shard"] = args.rows_per_file
     if args.source in ("mnist", "adult"):
         if args.input or args.test or args.exclude:
-            raise ValueError(f"{args.source} is bundled; --input, --test and --exclude are for parquet/csv")
+            raise ConfigError(f"{args.source} is bundled; --input, --test and --exclude are for parquet/csv")
         fn = importers.import_mnist if args.source == "mnist" else importers.import_adult
         written = fn(args.output, **common)
     else:
         if not args.input:
-            raise ValueError(f"importing {args.source} needs --input URI (one or more)")
+            raise ConfigError(f"importing {args.source} needs --input URI (one or more)")
         written = importers.import_files(
             args.source,
             args.input,
@@ -610,20 +607,12 @@ DEBUG_HELP = "on a user error, also print the traceback (the exit code stays 2)"
 
 
 def user_error(error: BaseException) -> str | None:
-    """The message for a user's mistake (bad config, option, file, column, URI, missing credentials or
-    bucket), looked for along the cause chain; None for anything else (a bug: it keeps its traceback)."""
-    seen: set[int] = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if type(e).__name__ in ("NoCredentialsError", "PartialCredentialsError"):  # botocore's, unnamed
-            return NO_CREDENTIALS
-        if isinstance(e, ValidationError):
-            return validation_message(e)
-        if isinstance(e, ValueError | FileNotFoundError | PermissionError | TableError):
-            return str(e)  # DataError, CheckpointError and config errors are ValueErrors
-        e = e.__cause__ or e.__context__
-    return None
+    """The one line to print when `error` is the user's mistake: the message of the UserError found
+    along its causes and inside Ray's wrappers (a bad config, option, file, column, URI, missing
+    credentials, a lost commit race). None for anything else, a builtin ValueError from inside numpy
+    or torch included: that is a bug, and it keeps its traceback."""
+    found = find_error(error, UserError)
+    return None if found is None else " ".join(str(found).split())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ from vae_core.data.tables import read_table
 from vae_core.distributed.cluster import ClusterResourceError, check_resources
 from vae_core.distributed.generate import generate_rows
 from vae_core.distributed.trainer import RunNameError, feed_rate, train_on_ray
-from vae_core.errors import DataError
+from vae_core.errors import ConfigError, DataError
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import SAMPLER_FILE
 from vae_core.training.evaluation import evaluate
@@ -396,7 +396,7 @@ def test_a_launch_refused_after_its_trainer_started_stops_it_and_leaves_no_run(r
         }
     )
     lines: list[str] = []
-    with pytest.raises(ValueError, match=r"model\.likelihood 'bernoulli' does not fit this data"):
+    with pytest.raises(ConfigError, match=r"model\.likelihood 'bernoulli' does not fit this data"):
         train_on_ray(cfg, run_name="refused", progress=lines.append)
     assert any("stopping the Ray Train workers that started beside the codec fit" in m for m in lines)
     assert not _exists(f"{runs}/refused")

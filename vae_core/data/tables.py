@@ -137,8 +137,12 @@ def is_delta_table(uri: str, storage_options: dict | None = None) -> bool:
 
 def _open(uri: str, storage_options: dict | None, version: int | None = None) -> Any:
     from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
 
-    return DeltaTable(uri, version=version, storage_options=delta_storage_options(uri, storage_options))
+    try:
+        return DeltaTable(uri, version=version, storage_options=delta_storage_options(uri, storage_options))
+    except TableNotFoundError as e:
+        raise TableError(f"{uri}: no Delta table there ({str(e).splitlines()[0]})") from e
 
 
 def history(uri: str, storage_options: dict | None = None) -> list[tuple[int, CommitRecord | None]]:
@@ -226,7 +230,7 @@ def commit(
     )
 
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise TableError(f"{uri}: mode must be one of {MODES} (--mode), got {mode!r}")
     schema = delta_schema(schema)
     check_files(uri, files, storage_options)
     now = int(time.time() * 1000)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from vae_core.errors import NonFiniteLossError
+from vae_core.errors import NoExamplesError, NonFiniteLossError
 from vae_core.models.model import LatentModel
 
 Batches = Iterable[torch.Tensor] | Callable[[int], Iterable[torch.Tensor]]
@@ -161,7 +161,7 @@ def fit(
             n += b
             t_ready = time.perf_counter()
         if n == 0:
-            raise ValueError(f"epoch {epoch + 1}: the batch source yielded no data")
+            raise NoExamplesError(f"epoch {epoch + 1}: the batch source yielded no data")
         loss, recon, kl = (sums / n).tolist()
         stats = EpochStats(
             epoch=epoch + 1,
