@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from flows.cli import _job_config, build_parser, main
+from flows.cli import main
+from flows.commands import job_config
+from flows.parser import build_parser
 from vae_core.config import ComputeConfig, EmbedConfig, GenerateConfig
 
 
@@ -262,5 +264,5 @@ def test_train_settings_come_from_config_then_overrides_then_options(tmp_path, m
 
 def test_generate_match_shares_takes_column_names_into_the_config():
     args = build_parser().parse_args([*_JOB["generate"], "--match-shares", "income", "sex"])
-    assert _job_config(args).generate.match_shares == ["income", "sex"]
-    assert _job_config(build_parser().parse_args(_JOB["generate"])).generate.match_shares == []
+    assert job_config(args).generate.match_shares == ["income", "sex"]
+    assert job_config(build_parser().parse_args(_JOB["generate"])).generate.match_shares == []
