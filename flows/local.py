@@ -8,8 +8,11 @@ import time
 from datetime import date
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from flows.nightly import NightlyResult, nightly_flow
-from vae_core.config import VaeflowConfig
+from vae_core.config import VaeflowConfig, validation_message
+from vae_core.errors import ConfigError
 from vae_core.operations.pipeline import PipelineConfig, local_defaults
 
 
@@ -50,7 +53,10 @@ def build(
             updates[key] = json.loads(raw)
         except json.JSONDecodeError:
             updates[key] = raw
-    pipeline = PipelineConfig.model_validate({**pipeline.model_dump(), **updates})
+    try:
+        pipeline = PipelineConfig.model_validate({**pipeline.model_dump(), **updates})
+    except ValidationError as e:
+        raise ConfigError(f"pipeline settings: {validation_message(e)}") from e
     return config, pipeline
 
 

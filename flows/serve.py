@@ -20,6 +20,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.local import build
 from flows.nightly import nightly_flow
+from vae_core.errors import ConfigError
 
 PREFECT_FILE = Path(__file__).resolve().parent.parent / "deploy" / "prefect.yaml"
 NIGHTLY_ENTRYPOINT = "flows/nightly.py:nightly_flow"
@@ -27,11 +28,16 @@ NIGHTLY_ENTRYPOINT = "flows/nightly.py:nightly_flow"
 
 def nightly_spec(prefect_file: str | Path = PREFECT_FILE) -> dict[str, Any]:
     """The nightly deployment's entry in prefect.yaml (the one whose entrypoint is the nightly flow)."""
-    spec = yaml.safe_load(Path(prefect_file).read_text())
-    for deployment in spec.get("deployments", []):
+    try:
+        spec = yaml.safe_load(Path(prefect_file).read_text())
+    except OSError as e:
+        raise ConfigError(f"{prefect_file}: cannot read the deployment file ({e.strerror or e})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{prefect_file}: not YAML ({' '.join(str(e).split())})") from e
+    for deployment in (spec or {}).get("deployments", []):
         if deployment.get("entrypoint") == NIGHTLY_ENTRYPOINT:
             return deployment
-    raise ValueError(f"{prefect_file}: no deployment with entrypoint {NIGHTLY_ENTRYPOINT}")
+    raise ConfigError(f"{prefect_file}: no deployment with entrypoint {NIGHTLY_ENTRYPOINT}")
 
 
 def schedules(spec: dict[str, Any]) -> list[Cron]:

@@ -25,9 +25,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from vae_core.config import VaeflowConfig
-from vae_core.data.dataset import DataError, list_shards
+from vae_core.data.dataset import list_shards
 from vae_core.data.storage import join
 from vae_core.data.tables import Committed
+from vae_core.errors import ChampionConflict, DataError, UserError
 from vae_core.operations import registry, tracking
 from vae_core.operations.drift import (
     DriftRecord,
@@ -56,11 +57,12 @@ def artifact_key(*parts: str) -> str:
 # ---- data and training ------------------------------------------------------------------------
 
 
-def _retry_unless_data_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O failures, not a DataError: that one says what to fix, and a retry would not."""
+def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry I/O failures, not a user's mistake (bad data, config, ...): that one says what to fix, and
+    a retry would not."""
     try:
         state.result()
-    except DataError:
+    except UserError:
         return False
     except Exception:
         return True
@@ -71,7 +73,7 @@ def _retry_unless_data_error(task: Any, task_run: Any, state: Any) -> bool:
     name="ensure-dataset",
     retries=2,
     retry_delay_seconds=5,
-    retry_condition_fn=_retry_unless_data_error,
+    retry_condition_fn=_retry_unless_user_error,
     cache_policy=NO_CACHE,
 )
 def ensure_dataset(config: VaeflowConfig, bootstrap: str | None) -> str:
@@ -258,7 +260,7 @@ def gate_and_promote(
             night=night,
             flow_run_id=flow_run_id,
         )
-    except registry.ChampionConflict as e:
+    except ChampionConflict as e:
         log.error(str(e))
         return Promotion(
             True,

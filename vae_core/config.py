@@ -10,7 +10,6 @@ config leaves the process as text: `to_json()` (the default), `model_dump_json()
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from vae_core.errors import ConfigError
+from vae_core.redaction import redact
 
 # The feature codecs: name -> (its class as "module:class", what it reads). Adding a codec is one module in
 # vae_core.data.codecs plus its line here (config stays free of pyarrow and torch).
@@ -93,35 +95,6 @@ class DataConfig(_Section):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
             yield name, redact(value) if name == "storage_options" else value
-
-
-REDACTED = "***"
-# Key names that hold credentials in fsspec, botocore and delta-rs options (key, secret, token,
-# aws_secret_access_key, AWS_SESSION_TOKEN, password, credentials, ...). endpoint_url, region_name
-# and the like stay visible.
-SECRET_KEY = re.compile(r"secret|passw|token|key|credential", re.IGNORECASE)
-
-
-def redact(value: Any) -> Any:
-    """A copy of `value` with every non-empty value under a secret-looking key replaced by "***",
-    at any depth of nested dicts and lists."""
-    if isinstance(value, dict):
-        return {
-            k: REDACTED if SECRET_KEY.search(str(k)) and value[k] not in (None, "") else redact(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    return value
-
-
-def holds_redacted(value: Any) -> bool:
-    """True when `value` (storage options) has a "***" anywhere: it came from a written config."""
-    if isinstance(value, dict):
-        return any(holds_redacted(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(holds_redacted(v) for v in value)
-    return value == REDACTED
 
 
 # The model families: name -> (its builder as "module:function", what it is). Adding a family is one
@@ -384,10 +357,24 @@ class VaeflowConfig(_Section):
 
     @classmethod
     def from_file(cls, path: str | Path) -> VaeflowConfig:
+        """The config in the JSON file `path`; a ConfigError naming the file when it cannot be read or
+        is not a valid config."""
         try:
-            return cls.model_validate_json(Path(path).read_text())
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from e
+        try:
+            return cls.model_validate_json(text)
         except ValidationError as e:
-            raise ValueError(f"{path}: invalid configuration: {validation_message(e)}") from e
+            raise ConfigError(f"{path}: invalid configuration: {validation_message(e)}") from e
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VaeflowConfig:
+        """model_validate for settings a user gave: what is wrong as a ConfigError naming each key."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(validation_message(e)) from e
 
     def with_overrides(self, overrides: list[str]) -> VaeflowConfig:
         """Apply `section.key=value` overrides (value parsed as JSON, else kept as a string)."""
@@ -395,17 +382,17 @@ class VaeflowConfig(_Section):
         for item in overrides:
             key, sep, raw = item.partition("=")
             if not sep:
-                raise ValueError(f"override {item!r} is not of the form section.key=value")
+                raise ConfigError(f"override {item!r} is not of the form section.key=value")
             node = data
             *parents, leaf = key.split(".")
             for part in parents:
                 if not isinstance(node.get(part), dict):
-                    raise ValueError(f"override {item!r}: unknown section {part!r}")
+                    raise ConfigError(f"override {item!r}: unknown section {part!r}")
                 node = node[part]
             if leaf not in node:
-                raise ValueError(f"override {item!r}: unknown key {leaf!r}")
+                raise ConfigError(f"override {item!r}: unknown key {leaf!r}")
             node[leaf] = _parse_value(_field(parents, leaf), raw)
-        return VaeflowConfig.model_validate(data)
+        return VaeflowConfig.from_dict(data)
 
 
 def _field(parents: list[str], leaf: str) -> Any:

@@ -101,6 +101,16 @@ class NonFiniteLossError(VaeflowError):
     """The loss became NaN or inf; the message names the epoch, step and each loss term."""
 
 
+class InternalError(VaeflowError):
+    """A vaeflow function was called with arguments it does not take: a bug in its caller, never the
+    user's input (exit 1 with its traceback)."""
+
+
+class NoExamplesError(InternalError, ValueError):
+    """A training epoch or an evaluation got no rows; callers check their data first. Also a ValueError
+    while distributed.trainer._validate takes one for an empty worker shard."""
+
+
 def find_error(error: BaseException, kind: type[BaseException]) -> BaseException | None:
     """The first `kind` along `error`'s causes and contexts, and inside the wrappers of Ray (`cause`,
     Ray Train's `worker_failures` by rank); None if there is none."""

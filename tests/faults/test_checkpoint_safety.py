@@ -21,8 +21,9 @@ import torch
 from tests.faults._helpers import ROOT, train_config, write_dataset
 from tests.faults.conftest import S3, Outcome
 from vae_core.data.codecs.vector import VectorCodec
+from vae_core.errors import CheckpointError
 from vae_core.models.families import DataShape, build_model
-from vae_core.training.checkpoints import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
+from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300, method="signal")]
 

@@ -19,14 +19,14 @@ from tests.integration.conftest import make_bucket
 from vae_core.config import ComputeConfig, EmbedConfig, GenerateConfig, VaeflowConfig
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
-from vae_core.data.dataset import DataError, encode_schema, iter_batches, list_shards, open_dataset
+from vae_core.data.dataset import encode_schema, iter_batches, list_shards, open_dataset
 from vae_core.data.importers import read_adult
 from vae_core.data.storage import delta_storage_options
-from vae_core.data.tables import TableError, delta_schema, is_delta_table, read_table
+from vae_core.data.tables import delta_schema, is_delta_table, read_table
 from vae_core.data.tabular import TabularTransformer
 from vae_core.distributed.embed import embed_corpus
 from vae_core.distributed.generate import block_seed, generate_rows
-from vae_core.errors import ClusterResourceError
+from vae_core.errors import ClusterResourceError, DataError, TableError
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.inference import embed, generate

@@ -12,9 +12,10 @@ import pytest
 from tests.integration.conftest import TEST_SECRET
 from vae_core.config import DataConfig
 from vae_core.data.codecs.vector import VectorCodec
-from vae_core.data.dataset import DataError, count_rows, iter_batches, open_dataset
+from vae_core.data.dataset import count_rows, iter_batches, open_dataset
 from vae_core.data.importers import ADULT_COLUMNS, import_adult, import_mnist
 from vae_core.data.tabular import TabularTransformer
+from vae_core.errors import DataError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

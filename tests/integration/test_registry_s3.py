@@ -11,14 +11,9 @@ import torch
 from vae_core.config import ModelConfig, VaeflowConfig
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.storage import create_only_write, filesystem, join
+from vae_core.errors import ChampionConflict
 from vae_core.models.families import DataShape, build_model
-from vae_core.operations.registry import (
-    ChampionConflict,
-    ChampionRecord,
-    champion_record,
-    promote,
-    publish_version,
-)
+from vae_core.operations.registry import ChampionRecord, champion_record, promote, publish_version
 from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
 from vae_core.training.evaluation import EvalResult
 from vae_core.training.model_report import ModelReport

@@ -25,7 +25,7 @@ from vae_core.config import GenerateConfig, VaeflowConfig
 from vae_core.data.codecs import Codec
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
-from vae_core.data.dataset import DataError, iter_batches, open_dataset
+from vae_core.data.dataset import iter_batches, open_dataset
 from vae_core.data.importers import read_adult
 from vae_core.data.storage import arrow_filesystem
 from vae_core.data.tables import read_table
@@ -34,7 +34,7 @@ from vae_core.distributed.generate import generate_rows
 from vae_core.distributed.launch import Events
 from vae_core.distributed.trainer import feed_rate, train_on_ray
 from vae_core.distributed.worker import await_go
-from vae_core.errors import ClusterResourceError, RunNameError, TrainingError
+from vae_core.errors import ClusterResourceError, ConfigError, DataError, RunNameError, TrainingError
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import SAMPLER_FILE
 from vae_core.training.evaluation import evaluate
@@ -398,7 +398,7 @@ def test_a_launch_refused_after_its_trainer_started_stops_it_and_leaves_no_run(r
         }
     )
     lines: list[str] = []
-    with pytest.raises(ValueError, match=r"model\.likelihood 'bernoulli' does not fit this data"):
+    with pytest.raises(ConfigError, match=r"model\.likelihood 'bernoulli' does not fit this data"):
         train_on_ray(cfg, run_name="refused", progress=lines.append)
     assert any("stopping the Ray Train workers that started beside the codec fit" in m for m in lines)
     assert not _exists(f"{runs}/refused")

@@ -10,8 +10,9 @@ import pytest
 
 from flows import tasks
 from vae_core.config import VaeflowConfig
-from vae_core.data.dataset import DataError, list_shards
+from vae_core.data.dataset import list_shards
 from vae_core.data.importers import import_bundled
+from vae_core.errors import DataError
 
 
 @pytest.fixture(autouse=True)

@@ -11,18 +11,15 @@ import pytest
 import torch
 
 from tests.conftest import binary_data
-from vae_core.config import DataConfig, ModelConfig, VaeflowConfig, holds_redacted
+from vae_core.config import DataConfig, ModelConfig, VaeflowConfig
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.dataset import encode_schema
 from vae_core.data.tabular import TabularTransformer
+from vae_core.errors import CheckpointError
 from vae_core.models.families import DataShape, build_model
-from vae_core.training.checkpoints import (
-    CheckpointError,
-    CheckpointMeta,
-    load_checkpoint,
-    save_checkpoint,
-)
+from vae_core.redaction import holds_redacted
+from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult
 from vae_core.training.loop import EpochStats, fit
 from vae_core.training.records import EpochRecord

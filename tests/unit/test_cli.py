@@ -7,8 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from flows.cli import _job_config, build_parser, main
+from flows.cli import main
+from flows.commands import job_config
+from flows.parser import build_parser
 from vae_core.config import ComputeConfig, EmbedConfig, GenerateConfig
+from vae_core.training.records import EpochRecord
 
 
 def test_config_prints_validated_json_with_overrides(capsys):
@@ -245,7 +248,7 @@ def test_generate_settings_come_from_config_then_overrides_then_options(tmp_path
 def test_train_settings_come_from_config_then_overrides_then_options(tmp_path, monkeypatch, capsys):
     meta = SimpleNamespace(val_elbo_init=-550.0)
     trained = SimpleNamespace(
-        history=[{"val_elbo": -120.0}],
+        history=[EpochRecord.from_dict({"epoch": 1, "val_elbo": -120.0})],
         checkpoint=SimpleNamespace(meta=meta),
         checkpoint_uri="c",
         best_checkpoint_uri="b",
@@ -262,5 +265,5 @@ def test_train_settings_come_from_config_then_overrides_then_options(tmp_path, m
 
 def test_generate_match_shares_takes_column_names_into_the_config():
     args = build_parser().parse_args([*_JOB["generate"], "--match-shares", "income", "sex"])
-    assert _job_config(args).generate.match_shares == ["income", "sex"]
-    assert _job_config(build_parser().parse_args(_JOB["generate"])).generate.match_shares == []
+    assert job_config(args).generate.match_shares == ["income", "sex"]
+    assert job_config(build_parser().parse_args(_JOB["generate"])).generate.match_shares == []

@@ -12,7 +12,8 @@ from vae_core.data.codecs import codec_from_json, codec_to_json, fit_codec
 from vae_core.data.codecs.standardized import StandardizedCodec
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
-from vae_core.data.dataset import DataError, resolve_spec
+from vae_core.data.dataset import resolve_spec
+from vae_core.errors import DataError
 
 
 def _vectors(values: np.ndarray, value_type: pa.DataType, fixed: bool = True) -> pa.Table:

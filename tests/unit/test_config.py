@@ -6,8 +6,10 @@ import pyarrow.fs as pafs
 import pytest
 from pydantic import ValidationError
 
-from vae_core.config import REDACTED, GenerateConfig, VaeflowConfig, holds_redacted, redact
+from vae_core.config import GenerateConfig, VaeflowConfig
 from vae_core.data.storage import arrow_filesystem, delta_storage_options, filesystem
+from vae_core.errors import ConfigError
+from vae_core.redaction import REDACTED, holds_redacted, redact
 
 
 def test_json_round_trip_is_lossless(tmp_path):
@@ -36,9 +38,9 @@ def test_json_round_trip_is_lossless(tmp_path):
 def test_overrides_are_typed_and_checked():
     cfg = VaeflowConfig().with_overrides(["train.epochs=3", "model.hidden=[64,32]", "data.uri=s3://b/x"])
     assert cfg.train.epochs == 3 and cfg.model.hidden == [64, 32] and cfg.data.uri == "s3://b/x"
-    with pytest.raises(ValueError, match="unknown key 'epoch'"):
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
         VaeflowConfig().with_overrides(["train.epoch=3"])
-    with pytest.raises(ValueError, match="greater than or equal to 1"):
+    with pytest.raises(ConfigError, match="greater than or equal to 1"):
         VaeflowConfig().with_overrides(["train.epochs=0"])
 
 
@@ -47,14 +49,16 @@ def test_unknown_keys_and_conflicts_are_errors(tmp_path):
         VaeflowConfig.model_validate({"train": {"epohcs": 3}})
     with pytest.raises(ValueError, match="extra"):  # the job sections are as strict as the others
         VaeflowConfig.model_validate({"embed": {"batch_size": 3}})
-    with pytest.raises(ValueError, match="greater than or equal to 1"):
+    with pytest.raises(ConfigError, match="greater than or equal to 1"):
         VaeflowConfig().with_overrides(["generate.rows_per_file=0"])
     with pytest.raises(ValueError, match="not both"):
         VaeflowConfig.model_validate({"train": {"warmup_epochs": 1, "warmup_steps": 1}})
     bad = tmp_path / "bad.json"
     bad.write_text('{"model": {"latent_dim": 0}}')
-    with pytest.raises(ValueError, match=r"bad.json: invalid configuration"):
+    with pytest.raises(ConfigError, match=r"bad.json: invalid configuration"):
         VaeflowConfig.from_file(bad)
+    with pytest.raises(ConfigError, match=r"missing.json: cannot read the config file"):
+        VaeflowConfig.from_file(tmp_path / "missing.json")
 
 
 SECRETS = ("AKIA-SECRET-KEY-ID", "s3cr3t-value", "session-token-value", "nested-secret", "hunter2")
@@ -120,7 +124,7 @@ def test_secrets_stay_in_memory_through_overrides_and_the_unredacted_form():
     assert given.data.storage_options == {"key": "k2", "secret": "s2"}
     # A written (redacted) config read back holds "***"; opening storage with it is refused, not tried.
     written = VaeflowConfig.from_json(cfg.to_json())
-    with pytest.raises(ValueError, match=r"redacted values .* pass the real storage options"):
+    with pytest.raises(ConfigError, match=r"redacted values .* pass the real storage options"):
         filesystem(written.data.uri, written.data.storage_options)
 
 
@@ -154,7 +158,7 @@ def test_storage_options_translate_for_pyarrow_and_delta_rs(monkeypatch):
         "AWS_ENDPOINT_URL": "http://127.0.0.1:5555",
         "AWS_ALLOW_HTTP": "true",
     }
-    with pytest.raises(ValueError, match="profile have no delta-rs equivalent"):
+    with pytest.raises(ConfigError, match="profile have no delta-rs equivalent"):
         delta_storage_options("s3://b/t", {"profile": "dev"})
 
     fs, path = arrow_filesystem("s3://b/t/x.parquet", options)

@@ -7,14 +7,8 @@ import pytest
 
 from vae_core.config import DataConfig
 from vae_core.data.codecs.vector import VectorCodec
-from vae_core.data.dataset import (
-    DataError,
-    iter_batches,
-    list_shards,
-    open_dataset,
-    read_schema,
-    resolve_spec,
-)
+from vae_core.data.dataset import iter_batches, list_shards, open_dataset, read_schema, resolve_spec
+from vae_core.errors import DataError
 
 
 def _vectors(n: int, dim: int = 4, start: int = 0) -> pa.Table:

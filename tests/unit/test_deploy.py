@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.cli import build_parser
+from flows.parser import build_parser
 from vae_core.config import VaeflowConfig
 
 ROOT = Path(__file__).resolve().parents[2]

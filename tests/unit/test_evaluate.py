@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import binary_data, small_model
+from vae_core.errors import InternalError
 from vae_core.training.evaluation import active_units, evaluate, iwae_log_likelihood
 from vae_core.training.loop import fit
 
@@ -48,7 +49,7 @@ def test_active_units_counts_used_latent_dimensions(trained):
 
 
 def test_iwae_refuses_a_deterministic_autoencoder():
-    with pytest.raises(ValueError, match="variational"):
+    with pytest.raises(InternalError, match="variational"):
         iwae_log_likelihood(small_model("ae"), [binary_data(8)], k=4)
 
 

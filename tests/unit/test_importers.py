@@ -5,8 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vae_core.data.dataset import DataError, list_shards
+from vae_core.data.dataset import list_shards
 from vae_core.data.importers import ShardWriter, import_adult, import_files
+from vae_core.errors import DataError
 
 
 def _rows(folder):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import binary_data, small_model
+from vae_core.errors import InternalError
 from vae_core.training.inference import embed, generate, interpolate, reconstruct
 
 
@@ -57,5 +58,5 @@ def test_interpolation_starts_and_ends_at_the_reconstructions():
     assert path.shape == (6, 16)
     ends = reconstruct(model, x)
     assert torch.allclose(path[0], ends[0], atol=1e-6) and torch.allclose(path[-1], ends[1], atol=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(InternalError, match="at least 2 steps"):
         interpolate(model, x[0], x[1], steps=1)

@@ -10,6 +10,7 @@ from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Normal
 
 from vae_core.data.layout import layout_from_widths
+from vae_core.errors import ConfigError, InternalError
 from vae_core.models.likelihoods import Bernoulli, Gaussian, MixedTabular
 
 
@@ -77,9 +78,9 @@ def test_mixed_tabular_sample_is_one_hot_per_block():
 
 
 def test_bad_layout_is_refused():
-    with pytest.raises(ValueError, match="bad layout"):
+    with pytest.raises(InternalError, match="bad layout"):
         layout_from_widths([("ordinal", 2)])
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(InternalError, match="non-empty"):
         MixedTabular([])
 
 
@@ -139,7 +140,7 @@ def test_an_explicit_likelihood_that_does_not_fit_the_data_is_refused(
     _pq_dataset(tmp_path, columns)
     cfg = VaeflowConfig.model_validate({"data": _data(tmp_path, vector), "model": {"likelihood": likelihood}})
     with pytest.raises(
-        ValueError, match=rf"model.likelihood '{likelihood}' does not fit this data, {re.escape(named)}"
+        ConfigError, match=rf"model.likelihood '{likelihood}' does not fit this data, {re.escape(named)}"
     ):
         prepare_data(cfg, lambda m: None)
 

@@ -6,6 +6,7 @@ import torch
 from tests.conftest import binary_data, small_model
 from vae_core.config import FAMILIES, ModelConfig
 from vae_core.data.layout import layout_from_widths
+from vae_core.errors import ConfigError
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.posterior import DiagonalGaussian, PointMass
 from vae_core.training.loop import fit
@@ -106,5 +107,5 @@ def test_config_mistakes_are_refused():
         ModelConfig(family="dae")
     with pytest.raises(ValueError, match="use family 'dae'"):
         ModelConfig(family="vae", corruption="mask")
-    with pytest.raises(ValueError, match="image_shape"):
+    with pytest.raises(ConfigError, match="image_shape"):
         build_model(ModelConfig(backbone="conv"), DataShape(16))

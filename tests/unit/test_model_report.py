@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 
+from vae_core.errors import ModelReportError
 from vae_core.training.evaluation import EvalResult
 from vae_core.training.model_report import (
     DataInfo,
     IwaeBound,
     ModelInfo,
     ModelReport,
-    ModelReportError,
     load_model_report,
     save_model_report,
 )

@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from vae_core.data.packaged import PackageDataError, mnist_table, package_file, read_mnist
+from vae_core.data.packaged import mnist_table, package_file, read_mnist
+from vae_core.errors import InternalError, PackageDataError
 
 
 def test_mnist_test_split_is_read_from_the_package():
@@ -25,5 +26,5 @@ def test_mnist_table_schema():
 def test_missing_package_data_is_a_clear_error():
     with pytest.raises(PackageDataError, match="not installed"):
         package_file("no_such_package_xyz", "data.csv", "install it")
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(InternalError, match="split"):
         read_mnist("validation")

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vae_core.errors import InternalError
 from vae_core.reports.quality import synthetic_quality
 
 CONT, CAT = ["a", "b"], ["c", "y"]
@@ -69,7 +70,7 @@ def test_copied_training_rows_are_flagged_by_privacy(splits):
 
 def test_efficacy_needs_a_categorical_target(splits):
     train, test = splits
-    with pytest.raises(ValueError, match="categorical target"):
+    with pytest.raises(InternalError, match="categorical target"):
         synthetic_quality(train, test, train, CONT, CAT, target="a")
 
 

@@ -13,10 +13,9 @@ import torch
 from vae_core.config import ModelConfig, VaeflowConfig
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.data.storage import create_only_write, filesystem, join
+from vae_core.errors import ChampionConflict, RegistryError
 from vae_core.models.families import DataShape, build_model
 from vae_core.operations.registry import (
-    ChampionConflict,
-    RegistryError,
     champion,
     champion_record,
     gate,

@@ -9,6 +9,7 @@ import pytest
 
 from flows.cli import main
 from tests.report_fixtures import adult_checkpoint, mnist_checkpoint
+from vae_core.errors import DataError
 from vae_core.reports.report import write_report
 from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.model_report import load_model_report
@@ -55,7 +56,7 @@ def test_image_report_has_the_metrics_and_embeds_every_plot(mnist):
 
 def test_missing_data_uri_is_a_clear_error(tmp_path, mnist):
     _, ckpt = mnist
-    with pytest.raises(ValueError, match="no such dataset"):
+    with pytest.raises(DataError, match="no such dataset"):
         write_report(ckpt, str(tmp_path / "out"), str(tmp_path / "nowhere"), iwae_k=2)
 
 

@@ -6,8 +6,9 @@ import torch
 from tests.conftest import binary_data, small_model
 from vae_core.config import ModelConfig, VaeflowConfig
 from vae_core.data.codecs.vector import VectorCodec
+from vae_core.errors import CheckpointError
 from vae_core.models.sampler import fit_gmm, fit_latent_mixture
-from vae_core.training.checkpoints import SAMPLER_FILE, CheckpointError, load_checkpoint, save_checkpoint
+from vae_core.training.checkpoints import SAMPLER_FILE, load_checkpoint, save_checkpoint
 from vae_core.training.inference import generate
 from vae_core.training.loop import fit
 

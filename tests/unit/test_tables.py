@@ -15,8 +15,6 @@ from vae_core.data.objects import atomic_write_json, fingerprint, read_json
 from vae_core.data.tables import (
     CommitRecord,
     DataFile,
-    TableConflict,
-    TableError,
     commit,
     data_files,
     find_commit,
@@ -24,6 +22,7 @@ from vae_core.data.tables import (
     read_table,
     vacuum,
 )
+from vae_core.errors import TableConflict, TableError
 
 SCHEMA = pa.schema([("id", pa.int64()), ("z", pa.float32())])
 

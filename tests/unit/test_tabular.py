@@ -9,6 +9,7 @@ import pytest
 
 from vae_core.data.importers import read_adult
 from vae_core.data.tabular import TabularTransformer
+from vae_core.errors import CheckpointError, ConfigError, DataError
 from vae_core.models.likelihoods import MixedTabular
 
 
@@ -108,13 +109,13 @@ def test_json_round_trip_and_no_pickle():
     text = tr.to_json()
     again = TabularTransformer.from_json(text)
     assert again.to_json() == text
-    with pytest.raises(ValueError, match="vaeflow-tabular/1"):
+    with pytest.raises(CheckpointError, match="vaeflow-tabular/1"):
         TabularTransformer.from_json('{"columns": []}')
 
 
 def test_nan_in_a_continuous_column_names_the_column():
     table = pa.table({"v": pa.array([1.0, float("nan"), 2.0])})
-    with pytest.raises(ValueError, match="column 'v': NaN or inf"):
+    with pytest.raises(DataError, match="column 'v': NaN or inf"):
         TabularTransformer.fit([table], ["v"], [], table.schema)
 
 
@@ -260,9 +261,9 @@ def test_fit_records_category_shares_and_match_shares_keeps_rows_at_them():
     assert abs(before[0] - color.shares[0]) > 0.25  # the draws were far off
     np.testing.assert_allclose(after, color.shares, atol=0.02)
     np.testing.assert_array_equal(keep, tr.match_shares(x, 3000, ["color"], np.random.default_rng(7)))
-    with pytest.raises(ValueError, match=r"column 'x': no recorded category shares"):
+    with pytest.raises(ConfigError, match=r"column 'x': no recorded category shares"):
         tr.match_shares(x, 3000, ["x"], np.random.default_rng(7))
-    with pytest.raises(ValueError, match=r"\['colour'\] are not among the model's columns"):
+    with pytest.raises(ConfigError, match=r"\['colour'\] are not among the model's columns"):
         tr.match_shares(x, 3000, ["colour"], np.random.default_rng(7))
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import binary_data, small_model
-from vae_core.training.loop import KLSchedule, LRSchedule, NonFiniteLossError, fit
+from vae_core.errors import NoExamplesError, NonFiniteLossError
+from vae_core.training.loop import KLSchedule, LRSchedule, fit
 
 
 def test_kl_warmup_is_linear_in_epochs_or_steps():
@@ -84,7 +85,7 @@ def test_grad_clipping_bounds_the_update():
 
 
 def test_empty_batch_source_is_an_error():
-    with pytest.raises(ValueError, match="no data"):
+    with pytest.raises(NoExamplesError, match="no data"):
         fit(small_model(), [], epochs=1)
 
 

@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from vae_core.errors import ConfigError
+
 TABLE = {"id": list(range(40)), "age": [20.0 + i for i in range(40)], "city": ["a", "b"] * 20}
 
 
@@ -117,7 +119,7 @@ def test_then_starts_in_the_callers_thread_while_the_fit_runs_and_not_after_it_f
 
     # A likelihood that does not fit the data is found with the fit: no trainer starts for it either.
     bernoulli = cfg.model_copy(update={"model": cfg.model.model_copy(update={"likelihood": "bernoulli"})})
-    with pytest.raises(ValueError, match=r"model\.likelihood 'bernoulli' does not fit"):
+    with pytest.raises(ConfigError, match=r"model\.likelihood 'bernoulli' does not fit"):
         prepare_data(bernoulli, lambda m: None, meanwhile=lambda: time.sleep(2), then=then)
     assert len(seen) == 1
 

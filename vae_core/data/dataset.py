@@ -17,12 +17,9 @@ import pyarrow.parquet as pq
 
 from vae_core.config import DataConfig
 from vae_core.data import tables
+from vae_core.data.arrow_types import is_temporal
 from vae_core.data.storage import arrow_filesystem, filesystem, uri_of, why_missing
-from vae_core.data.tabular import is_temporal
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and column."""
+from vae_core.errors import DataError, StorageError, TableError
 
 
 def list_shards(uri: str, storage_options: dict | None = None) -> list[str]:
@@ -37,7 +34,7 @@ def list_shards(uri: str, storage_options: dict | None = None) -> list[str]:
     if tables.is_delta_table(uri, storage_options):
         try:
             files = tables.data_files(uri, storage_options)
-        except tables.TableError as e:
+        except TableError as e:
             raise DataError(str(e)) from e
         if not files:
             raise DataError(f"{uri}: empty dataset, the Delta table's latest version has no files")
@@ -197,7 +194,7 @@ def with_recorded_id(cfg: DataConfig) -> DataConfig:
         first = list_shards(cfg.uri.rstrip("/") + "/train", cfg.storage_options)[0]
         fs, path = arrow_filesystem(first, cfg.storage_options)
         schema = pq.read_schema(path, filesystem=fs)
-    except (DataError, OSError, pa.ArrowInvalid):
+    except (DataError, StorageError, OSError, pa.ArrowInvalid):
         return cfg
     recorded = (schema.metadata or {}).get(ID_KEY)
     if "id" in schema.names or not recorded or recorded.decode() not in schema.names:

@@ -13,9 +13,10 @@ from typing import Any
 
 from vae_core.config import DataConfig
 from vae_core.data.codecs import fit_on_train
-from vae_core.data.dataset import DataError, count_rows, list_shards, open_dataset, with_recorded_id
+from vae_core.data.dataset import count_rows, list_shards, open_dataset, with_recorded_id
 from vae_core.data.storage import filesystem, join
 from vae_core.data.tabular import CategoricalColumn, ContinuousColumn
+from vae_core.errors import DataError
 
 
 @dataclass

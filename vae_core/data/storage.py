@@ -34,7 +34,8 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync_wrapper
 from s3fs import S3FileSystem
 
-from vae_core.config import holds_redacted
+from vae_core.errors import ConfigError, CredentialsError, StorageError
+from vae_core.redaction import holds_redacted
 
 
 def scheme(uri: str) -> str:
@@ -51,7 +52,7 @@ def absolute(uri: str) -> str:
 
 def _check_not_redacted(uri: str, storage_options: dict[str, Any] | None) -> None:
     if storage_options and holds_redacted(storage_options):
-        raise ValueError(
+        raise ConfigError(
             f"{uri}: storage_options hold redacted values ('***'): they come from a written config "
             "(e.g. a checkpoint's config.json), which never carries secrets; pass the real storage "
             "options explicitly"
@@ -83,20 +84,23 @@ class SinglePutS3FileSystem(S3FileSystem):
         return super()._open(path, mode, block_size=block_size, **kwargs)
 
     async def _call_s3(self, method: str, *akwarglist: Any, **kwargs: Any) -> Any:
+        """s3fs's request, with the refusals that are about the user's URI or environment as vaeflow's
+        errors naming s3://bucket/key (and never a credential): none to send (CredentialsError, raised
+        before any request) or access denied (StorageError, from s3fs's PermissionError for a 403)."""
         try:
             return await super()._call_s3(method, *akwarglist, **kwargs)
-        except (NoCredentialsError, PartialCredentialsError) as e:  # raised before any request is sent
-            key = kwargs.get("Key") or kwargs.get("Prefix")
-            where = "/".join(p for p in (kwargs.get("Bucket"), key) if p)
-            raise PermissionError(f"s3://{where}: {NO_CREDENTIALS}") from e
+        except (NoCredentialsError, PartialCredentialsError) as e:
+            raise CredentialsError(f"{_s3_location(kwargs)}: {NO_CREDENTIALS}") from e
+        except PermissionError as e:
+            raise StorageError(f"{_s3_location(kwargs)}: access denied ({method}: {e})") from e
 
     async def _mkdir(self, path: str, acl: Any = False, create_parents: bool = True, **kwargs: Any) -> None:
         """Nothing to make for a prefix; and no bucket is ever made here: a bucket belongs to an
         account, its policies and region (s3fs's mkdir and makedirs create a missing one). A missing
-        bucket is a FileNotFoundError naming it; an existing bucket alone is FileExistsError as in s3fs."""
+        bucket is a StorageError naming it; an existing bucket alone is FileExistsError as in s3fs."""
         bucket, key, _ = self.split_path(self._strip_protocol(path).rstrip("/"))
         if await self._bucket_missing(bucket):
-            raise FileNotFoundError(
+            raise StorageError(
                 f"s3://{bucket}: no such bucket (vaeflow creates no buckets: create it first, e.g. "
                 f"`aws s3 mb s3://{bucket}`)"
             )
@@ -105,15 +109,16 @@ class SinglePutS3FileSystem(S3FileSystem):
 
     async def _bucket_missing(self, bucket: str) -> bool:
         """True when S3 says the bucket does not exist. s3fs's exists() says False for any error, missing
-        credentials included; here those raise (PermissionError naming the bucket), and a 403 (a policy
+        credentials included; here those raise (CredentialsError naming the bucket), and a 403 (a policy
         without s3:ListBucket) counts as present: the request that follows says what is refused."""
         try:
             await self._call_s3("head_bucket", Bucket=bucket)
         except FileNotFoundError:
             return True
-        except PermissionError as e:
-            if isinstance(e.__cause__, NoCredentialsError | PartialCredentialsError):
-                raise
+        except CredentialsError:
+            raise
+        except StorageError:
+            pass
         return False
 
     bucket_missing = sync_wrapper(_bucket_missing)
@@ -125,6 +130,12 @@ class SinglePutS3FileSystem(S3FileSystem):
         self, lpath: str, rpath: str, chunksize: int | None = SINGLE_PUT_MAX, **kwargs: Any
     ) -> Any:
         return await super()._put_file(lpath, rpath, chunksize=chunksize, **kwargs)
+
+
+def _s3_location(request: dict[str, Any]) -> str:
+    """s3://bucket/key (or prefix) of an S3 request's parameters."""
+    key = request.get("Key") or request.get("Prefix")
+    return "s3://" + "/".join(p for p in (request.get("Bucket"), key) if p)
 
 
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
@@ -275,10 +286,10 @@ def delta_storage_options(uri: str, storage_options: dict[str, Any] | None = Non
     if kind == "file":
         return {}  # options for object storage do not apply to a local path (as with fsspec)
     if kind != "s3":
-        raise ValueError(f"{uri}: Delta tables live on local paths or s3://, not {kind}://")
+        raise StorageError(f"{uri}: Delta tables live on local paths or s3://, not {kind}://")
     opts = s3_options(storage_options)
     if opts.unsupported:
-        raise ValueError(
+        raise ConfigError(
             f"{uri}: storage option(s) {', '.join(opts.unsupported)} have no delta-rs equivalent "
             "(supported: key, secret, token, anon, endpoint_url, client_kwargs.endpoint_url / "
             "region_name / aws_*, config_kwargs.region_name)"
@@ -318,9 +329,9 @@ def why_missing(uri: str, storage_options: dict[str, Any] | None = None) -> str:
 
 
 def check_bucket(uri: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Before a job writes to `uri`: its bucket exists (S3), else FileNotFoundError naming it."""
+    """Before a job writes to `uri`: its bucket exists (S3), else StorageError naming it."""
     if bucket := _missing_bucket(uri, storage_options):
-        raise FileNotFoundError(f"{uri}: no such bucket {bucket} (vaeflow creates no buckets)")
+        raise StorageError(f"{uri}: no such bucket {bucket} (vaeflow creates no buckets)")
 
 
 def join(uri: str, *parts: str) -> str:
@@ -349,7 +360,7 @@ def create_only_write(uri: str, data: bytes, storage_options: dict[str, Any] | N
     Atomic against concurrent writers, so it can carry a compare-and-swap: of several writers of one
     key exactly one gets True. Local files: a fsynced temporary file hard-linked to the name (`link`
     refuses an existing name); S3: a conditional PUT (If-None-Match: *); memory:// (tests): a check
-    and a write under a process lock. Other schemes raise ValueError rather than write unconditionally.
+    and a write under a process lock. Other schemes raise StorageError rather than write unconditionally.
     """
     fs, path = filesystem(uri, storage_options)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
@@ -389,4 +400,4 @@ def create_only_write(uri: str, data: bytes, storage_options: dict[str, Any] | N
                 fs.makedirs(parent, exist_ok=True)
             fs.pipe_file(path, data)
             return True
-    raise ValueError(f"{uri}: no create-only write for scheme {kind!r} (file, s3 and memory have one)")
+    raise StorageError(f"{uri}: no create-only write for scheme {kind!r} (file, s3 and memory have one)")

@@ -34,20 +34,13 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from vae_core.data.storage import delta_storage_options, filesystem, join
+from vae_core.errors import TableConflict, TableError
 
 Mode = Literal["error", "overwrite", "append"]
 MODES: tuple[Mode, ...] = ("error", "overwrite", "append")
 COMMIT_KEY = "vaeflow"  # commit metadata key holding the JSON CommitRecord
 LOG_DIR = "_delta_log"
 COMMIT_ATTEMPTS, COMMIT_BACKOFF_S = 4, 1.0  # a commit request the object store drops is sent again
-
-
-class TableError(RuntimeError):
-    """An output table cannot be written as asked (exists, wrong mode, missing files)."""
-
-
-class TableConflict(TableError):
-    """Another writer committed to the table while this job ran; this job committed nothing."""
 
 
 @dataclass
@@ -144,8 +137,12 @@ def is_delta_table(uri: str, storage_options: dict | None = None) -> bool:
 
 def _open(uri: str, storage_options: dict | None, version: int | None = None) -> Any:
     from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
 
-    return DeltaTable(uri, version=version, storage_options=delta_storage_options(uri, storage_options))
+    try:
+        return DeltaTable(uri, version=version, storage_options=delta_storage_options(uri, storage_options))
+    except TableNotFoundError as e:
+        raise TableError(f"{uri}: no Delta table there ({str(e).splitlines()[0]})") from e
 
 
 def history(uri: str, storage_options: dict | None = None) -> list[tuple[int, CommitRecord | None]]:
@@ -233,7 +230,7 @@ def commit(
     )
 
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise TableError(f"{uri}: mode must be one of {MODES} (--mode), got {mode!r}")
     schema = delta_schema(schema)
     check_files(uri, files, storage_options)
     now = int(time.time() * 1000)

@@ -15,7 +15,6 @@ JSON. Generated values keep the data's decimal places.
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -26,7 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vae_core.data.arrow_types import arrow_type, as_array, as_numbers, is_temporal
 from vae_core.data.layout import Block
+from vae_core.errors import CheckpointError, ConfigError, DataError, InternalError
 
 NULL_SLOT = "<null/unseen>"
 RAKING_ROUNDS, MAX_RAKING_FACTOR = 20, 10.0  # TabularTransformer.match_shares
@@ -100,9 +101,9 @@ class _ContinuousStats:
 
     def update(self, arr: pa.Array, name: str) -> None:
         self.nulls += arr.null_count
-        values = _numbers(arr.drop_null()).to_numpy(zero_copy_only=False).astype(np.float64)
+        values = as_numbers(arr.drop_null()).to_numpy(zero_copy_only=False).astype(np.float64)
         if not np.all(np.isfinite(values)):
-            raise ValueError(f"column {name!r}: NaN or inf in a continuous column (use null for missing)")
+            raise DataError(f"column {name!r}: NaN or inf in a continuous column (use null for missing)")
         if not len(values):
             return
         self.count += len(values)
@@ -174,7 +175,7 @@ class TabularTransformer:
 
     def __init__(self, columns: list[Column]) -> None:
         if not columns:
-            raise ValueError("tabular transformer needs at least one column")
+            raise InternalError("tabular transformer needs at least one column")
         self.columns = columns
 
     # ---- fitting ---------------------------------------------------------------------------
@@ -199,14 +200,14 @@ class TabularTransformer:
         for batch in batches:
             rows += batch.num_rows
             for name, stats in cont.items():
-                stats.update(_as_array(batch.column(name)), name)
+                stats.update(as_array(batch.column(name)), name)
             for name, counter in cats.items():
-                arr = _as_array(batch.column(name))
+                arr = as_array(batch.column(name))
                 cat_nulls[name] += arr.null_count
                 for item in pc.value_counts(arr.drop_null()).to_pylist():
                     counter[item["values"]] += item["counts"]
         if rows == 0:
-            raise ValueError("tabular transformer: the dataset has no rows")
+            raise DataError("the dataset has no rows")
         columns: list[Column] = []
         for name in [f.name for f in schema if f.name in cont or f.name in cats]:
             field_type = schema.field(name).type
@@ -216,7 +217,7 @@ class TabularTransformer:
             if name in cont:
                 s = cont[name]
                 if s.count == 0:
-                    raise ValueError(f"column {name!r}: continuous column has only nulls")
+                    raise DataError(f"column {name!r}: continuous column has only nulls")
                 means, stds, weights = _fit_modes(s.sample, max_modes, seed)
                 columns.append(
                     ContinuousColumn(
@@ -275,7 +276,7 @@ class TabularTransformer:
         out = np.zeros((n, self.dim), dtype=np.float32)
         start = 0
         for col in self.columns:
-            arr = _as_array(batch.column(col.name))
+            arr = as_array(batch.column(col.name))
             if isinstance(col, ContinuousColumn):
                 self._encode_continuous(col, arr, out[:, start : start + col.width])
             else:
@@ -290,9 +291,9 @@ class TabularTransformer:
     @staticmethod
     def _encode_continuous(col: ContinuousColumn, arr: pa.Array, block: np.ndarray) -> None:
         valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        v = _numbers(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
+        v = as_numbers(arr).fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
         if not np.all(np.isfinite(v[valid])):
-            raise ValueError(f"column {col.name!r}: NaN or inf in a continuous column")
+            raise DataError(f"column {col.name!r}: NaN or inf in a continuous column")
         means, stds = np.asarray(col.means), np.asarray(col.stds)
         # Most likely mode per value (argmax of the weighted Gaussian log-densities).
         logp = np.log(col.weights) - np.log(stds) - 0.5 * ((v[:, None] - means) / stds) ** 2  # (N, K)
@@ -313,10 +314,10 @@ class TabularTransformer:
         range as it is)."""
         found: dict[str, dict[str, int]] = {}
         for col in self.columns:
-            arr = _as_array(batch.column(col.name))
+            arr = as_array(batch.column(col.name))
             counts = {"null": arr.null_count if col.has_nulls is False else 0}
             if isinstance(col, ContinuousColumn):
-                v = _numbers(arr.drop_null()).to_numpy(zero_copy_only=False).astype(np.float64)
+                v = as_numbers(arr.drop_null()).to_numpy(zero_copy_only=False).astype(np.float64)
                 counts["out_of_range"] = int(np.count_nonzero((v < col.min) | (v > col.max)))
             else:
                 known = pc.is_in(arr.drop_null(), value_set=pa.array(col.categories, type=arr.type))
@@ -333,7 +334,7 @@ class TabularTransformer:
         [min, max] and rounded to the data's decimal places (integers for integer columns).
         """
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"inverse expects (N, {self.dim}) features, got {x.shape}")
+            raise InternalError(f"inverse expects (N, {self.dim}) features, got {x.shape}")
         arrays, start = {}, 0
         for col in self.columns:
             block = x[:, start : start + col.width].astype(np.float64)
@@ -361,12 +362,14 @@ class TabularTransformer:
         for col in self.columns:
             if col.name in columns:
                 if not isinstance(col, CategoricalColumn) or col.shares is None:
-                    raise ValueError(f"column {col.name!r}: no recorded category shares to match")
+                    raise ConfigError(
+                        f"column {col.name!r}: no recorded category shares to match (generate.match_shares)"
+                    )
                 codes.append(x[:, start : start + col.width].argmax(1))
                 targets.append(np.asarray(col.shares, dtype=np.float64))
             start += col.width
         if missing := [c for c in columns if c not in by_name]:
-            raise ValueError(f"columns {missing} are not among the model's columns")
+            raise ConfigError(f"columns {missing} are not among the model's columns (generate.match_shares)")
         if n >= len(x):
             return np.arange(len(x))
         w = np.ones(len(x))
@@ -422,49 +425,14 @@ class TabularTransformer:
     def from_json(cls, text: str) -> TabularTransformer:
         data = json.loads(text)
         if data.get("format") != "vaeflow-tabular/1":
-            raise ValueError("not a vaeflow tabular transformer JSON (missing format 'vaeflow-tabular/1')")
+            raise CheckpointError(
+                "not a vaeflow tabular transformer JSON (missing format 'vaeflow-tabular/1')"
+            )
         columns: list[Column] = []
         for c in data["columns"]:
             kind = c.pop("kind")
             columns.append(ContinuousColumn(**c) if kind == "continuous" else CategoricalColumn(**c))
         return cls(columns)
-
-
-def is_temporal(t: pa.DataType) -> bool:
-    """Dates, timestamps and times: continuous columns counted in their own unit (days, s, ms, us, ns)."""
-    return pa.types.is_date(t) or pa.types.is_timestamp(t) or pa.types.is_time(t)
-
-
-def _numbers(arr: pa.Array) -> pa.Array:
-    """A temporal column as the integers it stores; any other column as it is."""
-    if is_temporal(arr.type):
-        return arr.cast(pa.int32() if arr.type.bit_width == 32 else pa.int64())
-    return arr
-
-
-def temporal_as_numbers(table: pa.Table) -> pa.Table:
-    """`table` with its date and time columns as the integers they store (for metrics and plots)."""
-    for i, f in enumerate(table.schema):
-        if is_temporal(f.type):
-            table = table.set_column(i, f.name, _numbers(table.column(i).combine_chunks()))
-    return table
-
-
-_TIMESTAMP = re.compile(r"timestamp\[(s|ms|us|ns)(?:, tz=(.+))?\]")
-
-
-def arrow_type(text: str) -> pa.DataType:
-    """The Arrow type `str(type)` wrote (timestamps with a time zone included)."""
-    if match := _TIMESTAMP.fullmatch(text):
-        return pa.timestamp(match[1], tz=match[2])
-    return pa.type_for_alias(text)
-
-
-def _as_array(col: pa.Array | pa.ChunkedArray) -> pa.Array:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    return arr
 
 
 def _category_codes(arr: pa.Array, categories: list[Any]) -> np.ndarray:

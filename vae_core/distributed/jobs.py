@@ -48,7 +48,6 @@ from vae_core.data.tables import (
     Committed,
     DataFile,
     Mode,
-    TableError,
     check_writable,
     commit,
     delta_schema,
@@ -57,7 +56,7 @@ from vae_core.data.tables import (
     now_iso,
     to_delta,
 )
-from vae_core.errors import ConfigError, DataError, find_error
+from vae_core.errors import ConfigError, DataError, TableError, find_error
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import (
     CONFIG_FILE,

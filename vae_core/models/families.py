@@ -16,6 +16,7 @@ from torch import nn
 
 from vae_core.config import FAMILIES
 from vae_core.data.layout import Block
+from vae_core.errors import ConfigError
 from vae_core.models.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from vae_core.models.likelihoods import Bernoulli, Gaussian, Likelihood, MixedTabular
 from vae_core.models.model import GaussianHead, GaussianNoise, LatentModel, MaskNoise, PointHead
@@ -41,7 +42,7 @@ class DataShape:
 
     def __post_init__(self) -> None:
         if self.image_shape is not None and math.prod(self.image_shape) != self.dim:
-            raise ValueError(f"image shape {self.image_shape} does not hold {self.dim} features")
+            raise ConfigError(f"data.image_shape {self.image_shape} does not hold the {self.dim} features")
 
     @classmethod
     def of(cls, codec: Codec) -> DataShape:
@@ -56,7 +57,7 @@ class DataShape:
 def _body(cfg: ModelConfig, shape: DataShape) -> tuple[nn.Module, nn.Module]:
     if cfg.backbone == "conv":
         if shape.image_shape is None:
-            raise ValueError("the conv backbone needs data.image_shape (C, H, W)")
+            raise ConfigError("model.backbone 'conv' needs data.image_shape (C, H, W)")
         return (
             ConvEncoder(shape.image_shape, cfg.conv_channels, cfg.hidden),
             ConvDecoder(cfg.latent_dim, shape.image_shape, cfg.conv_channels, cfg.hidden),
@@ -72,7 +73,7 @@ def likelihood_name(cfg: ModelConfig, shape: DataShape) -> str:
 
 def check_likelihood(cfg: ModelConfig, shape: DataShape) -> str:
     """Before training: the likelihood to train with; an explicit model.likelihood that does not fit the
-    data is a ValueError (tables need "tabular"; "bernoulli" needs every feature in [0, 1])."""
+    data is a ConfigError (tables need "tabular"; "bernoulli" needs every feature in [0, 1])."""
     name, fits = likelihood_name(cfg, shape), shape.fitting_likelihood
     if name == fits or (name == "gaussian" and fits == "bernoulli"):
         return name
@@ -81,7 +82,7 @@ def check_likelihood(cfg: ModelConfig, shape: DataShape) -> str:
         "gaussian": "features outside [0, 1] (check data.scale)",
         "bernoulli": "features in [0, 1]",
     }[fits]
-    raise ValueError(
+    raise ConfigError(
         f"model.likelihood {name!r} does not fit this data, {data}: use model.likelihood=auto "
         f"(here {fits!r})" + (" or gaussian" if fits == "bernoulli" else "")
     )
@@ -94,7 +95,9 @@ def _likelihood(cfg: ModelConfig, shape: DataShape) -> Likelihood:
     if name == "gaussian":
         return Gaussian(shape.dim, cfg.gaussian_sigma)
     if shape.layout is None:
-        raise ValueError("likelihood 'tabular' needs the block layout of a table codec (data.codec tabular)")
+        raise ConfigError(
+            "model.likelihood 'tabular' needs the block layout of a table codec (data.codec tabular)"
+        )
     return MixedTabular(shape.layout)
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vae_core.data.layout import Block
+from vae_core.errors import InternalError
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -69,7 +70,7 @@ class MixedTabular(nn.Module):
     def __init__(self, layout: list[Block]) -> None:
         super().__init__()
         if not layout:
-            raise ValueError("tabular likelihood needs a non-empty column layout")
+            raise InternalError("tabular likelihood needs a non-empty column layout")
         self.layout = layout
         cont = [i for b in layout if b.kind == "continuous" for i in range(b.start, b.stop)]
         self.register_buffer("cont_idx", torch.tensor(cont, dtype=torch.long))

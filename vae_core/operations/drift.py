@@ -26,6 +26,7 @@ import numpy as np
 
 from vae_core.data.objects import atomic_write_json, read_json
 from vae_core.data.storage import filesystem, join
+from vae_core.errors import InternalError
 
 VAR_FLOOR = 1e-3
 DRIFT_FILE = "drift.json"  # <drift>/<name>/<YYYY-MM-DD>/drift.json, written after the embeddings
@@ -48,7 +49,7 @@ class LatentStats:
 def pool(parts: list[LatentStats]) -> LatentStats:
     """Moments of the union of several corpora (e.g. the train and test splits)."""
     if not parts:
-        raise ValueError("no latent statistics to pool")
+        raise InternalError("no latent statistics to pool")
     n = sum(p.count for p in parts)
     mean = sum(p.count * p.mean for p in parts) / n
     second = sum(p.count * (p.var + p.mean**2) for p in parts) / n  # E[mu^2]

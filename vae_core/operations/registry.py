@@ -30,14 +30,9 @@ from typing import Any
 
 from vae_core.data.objects import atomic_write_json, read_json
 from vae_core.data.storage import create_only_write, filesystem, join
+from vae_core.errors import ChampionConflict, ModelReportError, RegistryError
 from vae_core.training.checkpoints import CONFIG_FILE, META_FILE, MODEL_FILE, MODEL_FILES
-from vae_core.training.model_report import (
-    METRICS_FILE,
-    ModelReport,
-    ModelReportError,
-    load_model_report,
-    save_model_report,
-)
+from vae_core.training.model_report import METRICS_FILE, ModelReport, load_model_report, save_model_report
 
 MODELS_DIR = "models"
 VERSION_FILE = "version.json"
@@ -45,10 +40,6 @@ CHAMPION_DIR = "champion"
 _RECORD = re.compile(r"(\d{10})\.json")
 LEGACY_CHAMPION_FILE = "champion.json"  # the single overwritten pointer of earlier releases
 REPORT_DIR, REPORT_HTML = "report", "report.html"
-
-
-class RegistryError(RuntimeError):
-    """A version is missing, incomplete, or would be overwritten by a different model."""
 
 
 @dataclass
@@ -188,19 +179,6 @@ def list_versions(root: str, name: str, storage_options: dict | None = None) -> 
 
 
 # ---- the champion pointer -----------------------------------------------------------------------
-
-
-class ChampionConflict(RegistryError):
-    """A promotion lost its compare-and-swap: the champion moved after the promoter read it."""
-
-    def __init__(
-        self, message: str, candidate: str, expected: ChampionRecord | None, current: ChampionRecord
-    ) -> None:
-        super().__init__(message)
-        self.candidate, self.expected, self.current = candidate, expected, current
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable across Prefect/Ray process boundaries
-        return type(self), (str(self), self.candidate, self.expected, self.current)
 
 
 @dataclass(frozen=True)

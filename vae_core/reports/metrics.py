@@ -9,9 +9,9 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from vae_core.data.arrow_types import temporal_as_numbers
 from vae_core.data.codecs import Codec
 from vae_core.data.dataset import DatasetSpec
-from vae_core.data.tabular import temporal_as_numbers
 from vae_core.models.model import LatentModel
 from vae_core.models.sampler import LatentMixture
 from vae_core.progress import Progress

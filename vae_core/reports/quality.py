@@ -33,6 +33,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
+from vae_core.errors import InternalError
+
 NULL = "<null>"
 
 
@@ -180,7 +182,7 @@ def ml_efficacy(f: Frames, target: str, positive: str | None = None, seed: int =
     rarer class in the training rows), else macro F1.
     """
     if target not in f.categorical:
-        raise ValueError(f"ML efficacy needs a categorical target column; {target!r} is not one")
+        raise InternalError(f"ML efficacy needs a categorical target column; {target!r} is not one")
     features_cont = [c for c in f.continuous if c != target]
     features_cat = [c for c in f.categorical if c != target]
     real_test = f.test

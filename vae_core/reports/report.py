@@ -16,6 +16,7 @@ import numpy as np
 from vae_core.config import DataConfig
 from vae_core.data.dataset import open_dataset
 from vae_core.data.storage import join
+from vae_core.errors import ConfigError
 from vae_core.models.families import DataShape, likelihood_name
 from vae_core.progress import Progress, quiet
 from vae_core.reports import plots
@@ -136,7 +137,7 @@ def _data_config(
         update["storage_options"] = storage_options
     data = data.model_copy(update=update)
     if not data.uri:
-        raise ValueError(f"{model_uri}: the checkpoint's config has no data.uri; pass data_uri (--input)")
+        raise ConfigError(f"{model_uri}: the checkpoint's config has no data.uri; pass data_uri (--input)")
     return data
 
 

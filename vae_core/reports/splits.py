@@ -9,10 +9,11 @@ import pyarrow as pa
 import torch
 
 from vae_core.config import DataConfig
+from vae_core.data.arrow_types import temporal_as_numbers
 from vae_core.data.codecs import Codec
 from vae_core.data.dataset import DatasetSpec, count_rows, iter_batches, list_shards
 from vae_core.data.storage import join
-from vae_core.data.tabular import temporal_as_numbers
+from vae_core.errors import DataError
 
 EVAL_BATCH = 500
 EVAL_ROWS = 10_000  # rows a report reads per split by default: a bounded sample, not the whole split
@@ -56,6 +57,8 @@ def read_split(
             taken += batch.num_rows
             if taken >= quota:
                 break
+    if not tables:
+        raise DataError(f"{join(data.uri, split)}: no rows ({len(shards)} file(s), 0 rows)")
     table = temporal_as_numbers(pa.concat_tables(tables))  # dates as day counts in metrics and plots
     labels = table.column(label_column).to_numpy(zero_copy_only=False) if label_column else None
     return SplitData(torch.from_numpy(np.concatenate(xs)), table, labels, total)

@@ -23,9 +23,10 @@ import torch
 
 from vae_core.config import DataConfig, ModelConfig, VaeflowConfig
 from vae_core.data.codecs import fit_on_train
-from vae_core.data.dataset import DataError, is_list_type, list_shards, open_dataset, read_schema
+from vae_core.data.dataset import is_list_type, list_shards, open_dataset, read_schema
 from vae_core.data.objects import atomic_write_bytes
 from vae_core.data.storage import join
+from vae_core.errors import ConfigError, DataError
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.likelihoods import Bernoulli
 from vae_core.models.model import LatentModel
@@ -122,7 +123,9 @@ def beta_study(
     posterior statistics and test posterior means.
     """
     if model_cfg.family != "vae":
-        raise ValueError(f"the beta study needs family 'vae' (a KL term to weigh), got {model_cfg.family!r}")
+        raise ConfigError(
+            f"the beta study needs model.family 'vae' (a KL term to weigh), got {model_cfg.family!r}"
+        )
     torch.manual_seed(seed)
     init = build_model(model_cfg, shape).state_dict()
     test_batches = [x_test[i : i + 1000] for i in range(0, len(x_test), 1000)]

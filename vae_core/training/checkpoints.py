@@ -25,17 +25,20 @@ from typing import Any
 
 import pyarrow as pa
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from vae_core.config import VaeflowConfig, holds_redacted
+from vae_core.config import VaeflowConfig, validation_message
 from vae_core.data.codecs import Codec, codec_from_json, codec_to_json, legacy_codec
 from vae_core.data.dataset import decode_schema
 from vae_core.data.layout import Block
 from vae_core.data.storage import filesystem, join
+from vae_core.errors import CheckpointError
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.model import LatentModel
 from vae_core.models.sampler import LatentMixture
+from vae_core.redaction import holds_redacted
 from vae_core.training.records import EpochRecord
 
 MODEL_FILE, OPTIM_FILE, OPTIM_JSON = "model.safetensors", "optimizer.safetensors", "optimizer.json"
@@ -46,10 +49,6 @@ LEGACY_TABULAR_FILE = "tabular.json"  # the codec of checkpoints written before 
 # state stays with the training run.
 MODEL_FILES = (MODEL_FILE, CONFIG_FILE, CODEC_FILE, LEGACY_TABULAR_FILE, SAMPLER_FILE, META_FILE)
 META_FORMAT = "vaeflow/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete or not in the safetensors + JSON format."""
 
 
 @dataclass
@@ -221,7 +220,12 @@ def load_checkpoint(
             raise CheckpointError(f"{uri}: incomplete checkpoint, {name} is missing")
     weights = _read_safetensors(fs, join(root, MODEL_FILE))
     with fs.open(join(root, CONFIG_FILE), "r") as f:
-        config = VaeflowConfig.from_json(f.read())
+        text = f.read()
+    try:
+        config = VaeflowConfig.from_json(text)
+    except ValidationError as e:
+        wrong = validation_message(e)
+        raise CheckpointError(f"{join(uri, CONFIG_FILE)}: not a vaeflow config: {wrong}") from e
     if storage_options is not None and holds_redacted(config.data.storage_options):
         data = config.data.model_copy(update={"storage_options": {**storage_options}})
         config = config.model_copy(update={"data": data})
@@ -254,7 +258,7 @@ def _read_codec(fs: Any, root: str, uri: str, config: VaeflowConfig, meta: Check
             text = f.read()
         try:
             return codec_from_json(text, source=join(uri, CODEC_FILE))
-        except (ValueError, KeyError, TypeError) as e:
+        except (CheckpointError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{join(uri, CODEC_FILE)}: not a readable codec: {e}") from e
     tabular_json = None
     if fs.exists(join(root, LEGACY_TABULAR_FILE)):
@@ -272,5 +276,5 @@ def _read_codec(fs: Any, root: str, uri: str, config: VaeflowConfig, meta: Check
             tabular_json,
             unit_interval=config.model.likelihood in ("bernoulli", "auto"),
         )
-    except ValueError as e:
+    except (CheckpointError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{uri}: no {CODEC_FILE}, and the codec cannot be rebuilt: {e}") from e

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vae_core.errors import InternalError, NoExamplesError
 from vae_core.models.model import LatentModel
 from vae_core.models.posterior import DiagonalGaussian, standard_normal_log_prob
 
@@ -55,14 +56,14 @@ def evaluate(
             kl_sum += terms.kl.sum().item()
             n += x.shape[0]
     if n == 0:
-        raise ValueError("evaluate: no examples")
+        raise NoExamplesError("evaluate: no examples")
     return EvalResult(elbo=-(recon_sum + kl_sum) / n, recon=recon_sum / n, kl=kl_sum / n, n=n)
 
 
 def _gaussian_posterior(model: LatentModel, x: torch.Tensor) -> DiagonalGaussian:
     posterior = model.encode(x)
     if not isinstance(posterior, DiagonalGaussian):
-        raise ValueError("importance-weighted likelihood needs a variational model (family 'vae')")
+        raise InternalError("importance-weighted likelihood needs a variational model (family 'vae')")
     return posterior
 
 
@@ -98,7 +99,7 @@ def iwae_log_likelihood(
             total += bound.sum().item()
             n += x.shape[0]
     if n == 0:
-        raise ValueError("iwae_log_likelihood: no examples")
+        raise NoExamplesError("iwae_log_likelihood: no examples")
     return total / n
 
 
@@ -126,7 +127,7 @@ def posterior_moments(
             if q.logvar is not None:
                 logvars.append(q.logvar.cpu())
     if not mus:
-        raise ValueError("posterior_moments: no examples")
+        raise NoExamplesError("posterior_moments: no examples")
     return torch.cat(mus), torch.cat(logvars) if logvars else None
 
 

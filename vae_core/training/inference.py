@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from vae_core.errors import InternalError
 from vae_core.models.model import LatentModel
 from vae_core.models.sampler import LatentMixture
 
@@ -77,7 +78,7 @@ def generate(
 def interpolate(model: LatentModel, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10) -> torch.Tensor:
     """Decode the straight line between mu(x_a) and mu(x_b): x_a, x_b: (D,) -> (steps, D)."""
     if steps < 2:
-        raise ValueError("interpolate needs at least 2 steps")
+        raise InternalError("interpolate needs at least 2 steps")
     model = _eval(model)
     mu = model.encode(torch.stack([x_a, x_b])).mean  # (2, L)
     t = torch.linspace(0, 1, steps, device=mu.device).unsqueeze(1)  # (steps, 1)

@@ -13,13 +13,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from vae_core.errors import NoExamplesError, NonFiniteLossError
 from vae_core.models.model import LatentModel
 
 Batches = Iterable[torch.Tensor] | Callable[[int], Iterable[torch.Tensor]]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the message names the epoch, step and each loss term."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +161,7 @@ def fit(
             n += b
             t_ready = time.perf_counter()
         if n == 0:
-            raise ValueError(f"epoch {epoch + 1}: the batch source yielded no data")
+            raise NoExamplesError(f"epoch {epoch + 1}: the batch source yielded no data")
         loss, recon, kl = (sums / n).tolist()
         stats = EpochStats(
             epoch=epoch + 1,

@@ -32,13 +32,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from vae_core.data.objects import atomic_write_bytes
 from vae_core.data.storage import filesystem, join
+from vae_core.errors import ModelReportError
 from vae_core.training.evaluation import EvalResult
 
 METRICS_FILE = "metrics.json"
-
-
-class ModelReportError(ValueError):
-    """A metrics.json that is missing, not JSON, not an object, or not a model report."""
 
 
 def _nan_for_null(terms: Any) -> Any:

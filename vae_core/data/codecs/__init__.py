@@ -30,8 +30,9 @@ import pyarrow.compute as pc
 
 from vae_core.config import CODECS, DataConfig
 from vae_core.data.codecs.base import Batches, Codec
-from vae_core.data.dataset import DataError, DatasetSpec, iter_batches
+from vae_core.data.dataset import DatasetSpec, iter_batches
 from vae_core.data.storage import join, uri_of
+from vae_core.errors import CheckpointError, DataError
 
 __all__ = [
     "Codec",
@@ -59,7 +60,7 @@ def codec_to_json(codec: Codec) -> str:
 def codec_from_json(text: str, source: str = "codec.json") -> Codec:
     d = json.loads(text)
     if d.get("format") != FORMAT or d.get("kind") not in CODECS:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: not a vaeflow codec (format {d.get('format')!r}, kind {d.get('kind')!r})"
         )
     return codec_class(d["kind"]).from_dict(d["codec"])
@@ -113,7 +114,7 @@ def legacy_codec(
     if tabular_json is not None:
         return codec_class("tabular").from_dict(json.loads(tabular_json))
     if cfg.vector_column is None:
-        raise ValueError("without codec.json or tabular.json, the config must name data.vector_column")
+        raise CheckpointError("without codec.json or tabular.json, the config must name data.vector_column")
     known = schema is not None and cfg.vector_column in schema.names
     value_type = str(schema.field(cfg.vector_column).type.value_type) if known else "float32"
     return codec_class("vector").from_dict(

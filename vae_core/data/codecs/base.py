@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vae_core.config import DataConfig
-from vae_core.data.dataset import DataError, DatasetSpec, is_list_type
+from vae_core.data.dataset import DatasetSpec, is_list_type
 from vae_core.data.layout import Block
+from vae_core.errors import DataError
 
 # columns -> one pass over the training split as (file, batch) pairs (dataset.iter_batches), so that a
 # bad value found while fitting is reported with the file it is in.

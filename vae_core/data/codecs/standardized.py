@@ -12,7 +12,8 @@ import pyarrow as pa
 from vae_core.config import DataConfig
 from vae_core.data.codecs.base import Batches, stream_vectors
 from vae_core.data.codecs.vector import VectorCodec
-from vae_core.data.dataset import DataError, DatasetSpec
+from vae_core.data.dataset import DatasetSpec
+from vae_core.errors import DataError
 
 
 @dataclass

@@ -11,8 +11,9 @@ import pyarrow as pa
 
 from vae_core.config import DataConfig
 from vae_core.data.codecs.base import Batches, column
-from vae_core.data.dataset import DataError, DatasetSpec
+from vae_core.data.dataset import DatasetSpec
 from vae_core.data.tabular import TabularTransformer
+from vae_core.errors import DataError
 
 
 class TabularCodec:
@@ -38,7 +39,7 @@ class TabularCodec:
             column(batch, name, source)
         try:
             return self.transformer.transform(batch)
-        except (ValueError, pa.ArrowException) as e:
+        except (DataError, pa.ArrowException) as e:
             raise DataError(f"{source}: {e}") from e
 
     def drift(self, batch: pa.RecordBatch | pa.Table) -> dict[str, dict[str, int]]:
@@ -68,20 +69,28 @@ class TabularCodec:
                 max_categories=cfg.max_categories,
                 seed=seed,
             )
-        except ValueError as e:
+        except DataError as e:
+            if stream.reading:
+                raise  # the reader's own error, which names its file
             raise DataError(f"{stream.source}: {e}") from e
         return cls(transformer)
 
 
 class _Stream:
     """The batches of (file, batch) pairs; `source` is the file of the batch being read, and the whole
-    split's `source` before and after (an error about the whole split names the split)."""
+    split's `source` before and after (an error about the whole split names the split). `reading`: the
+    pairs themselves are being read (an error then is the reader's, not the fit's)."""
 
     def __init__(self, pairs: Iterable[tuple[str, pa.RecordBatch | pa.Table]], source: str) -> None:
-        self.pairs, self.split, self.source = pairs, source, source
+        self.pairs, self.split, self.source, self.reading = iter(pairs), source, source, False
 
     def __iter__(self) -> Iterator[pa.RecordBatch | pa.Table]:
-        for file, batch in self.pairs:
-            self.source = file
-            yield batch
+        while True:
+            self.reading = True
+            pair = next(self.pairs, None)
+            self.reading = False
+            if pair is None:
+                break
+            self.source = pair[0]
+            yield pair[1]
         self.source = self.split

@@ -1,0 +1,51 @@
+"""What `vaeflow` shows while a command runs: progress lines, and a bar over the epochs of `vaeflow train`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from vae_core.training.records import EpochRecord, Record
+
+
+def print_progress(msg: str) -> None:
+    """The CLI's Progress (vae_core.progress): each line at once, also when piped to a log."""
+    print(msg, flush=True)
+
+
+class EpochBar:
+    """`vaeflow train` on a terminal: a bar over the epochs (rich) below the plain lines, which scroll
+    above it; piped into a log, plain lines only. Used as the Progress and `on_record` of
+    train_on_ray, and as a context that removes the bar at the end."""
+
+    def __init__(self, terminal: bool | None = None) -> None:
+        self.terminal = sys.stdout.isatty() if terminal is None else terminal
+        self.bar: Any = None
+
+    def __call__(self, msg: str) -> None:
+        if self.bar is None:
+            print_progress(msg)
+        else:
+            self.bar.console.print(msg, highlight=False, markup=False)
+
+    def record(self, record: Record) -> None:
+        if not self.terminal:
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+            )
+            self.task = self.bar.add_task("epochs", total=record.epochs)
+            self.bar.start()
+        if isinstance(record, EpochRecord):
+            self.bar.update(self.task, completed=record.epoch)
+
+    def __enter__(self) -> EpochBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
