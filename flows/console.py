@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vae_core.training.records import EpochRecord, Record
+if TYPE_CHECKING:  # records import torch, which `vaeflow config` and `describe` never load
+    from vae_core.training.records import Record
 
 
 def print_progress(msg: str) -> None:
@@ -39,7 +40,7 @@ class EpochBar:
             )
             self.task = self.bar.add_task("epochs", total=record.epochs)
             self.bar.start()
-        if isinstance(record, EpochRecord):
+        if record.kind == "epoch":
             self.bar.update(self.task, completed=record.epoch)
 
     def __enter__(self) -> EpochBar:

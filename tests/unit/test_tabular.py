@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.importers import read_adult
 from vae_core.data.tabular import TabularTransformer
 from vae_core.errors import CheckpointError, ConfigError, DataError
@@ -261,10 +262,13 @@ def test_fit_records_category_shares_and_match_shares_keeps_rows_at_them():
     assert abs(before[0] - color.shares[0]) > 0.25  # the draws were far off
     np.testing.assert_allclose(after, color.shares, atol=0.02)
     np.testing.assert_array_equal(keep, tr.match_shares(x, 3000, ["color"], np.random.default_rng(7)))
-    with pytest.raises(ConfigError, match=r"column 'x': no recorded category shares"):
-        tr.match_shares(x, 3000, ["x"], np.random.default_rng(7))
-    with pytest.raises(ConfigError, match=r"\['colour'\] are not among the model's columns"):
-        tr.match_shares(x, 3000, ["colour"], np.random.default_rng(7))
+    # The one check of the columns, before any row is drawn: the codec's (generate calls it).
+    codec = TabularCodec(tr)
+    with pytest.raises(ConfigError, match=r"'x' is not a categorical column of this model; its categorical "):
+        codec.check_match_shares(["x"])
+    with pytest.raises(ConfigError, match=r"'colour' is not a categorical column"):
+        codec.check_match_shares(["colour"])
+    codec.check_match_shares(["color"])
 
 
 def test_a_transformer_saved_before_shares_were_recorded_loads_without_them():

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vae_core.errors import ConfigError
+from vae_core.errors import ConfigError, DataError
 
 TABLE = {"id": list(range(40)), "age": [20.0 + i for i in range(40)], "city": ["a", "b"] * 20}
 
@@ -39,7 +39,7 @@ def test_the_codec_fits_in_another_thread_while_the_cluster_starts_in_the_caller
 
     # A validation split whose schema differs: refused before the cluster would start.
     other = VaeflowConfig.model_validate({"data": _dataset(tmp_path / "b", TABLE, {"id": [1], "age": [1.0]})})
-    with pytest.raises(ValueError, match="schema differs"):
+    with pytest.raises(DataError, match="schema differs"):
         prepare_data(other, lambda m: None, meanwhile=lambda: calls.append(threading.current_thread()))
     assert len(calls) == 1
 

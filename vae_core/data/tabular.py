@@ -27,19 +27,12 @@ import pyarrow.compute as pc
 
 from vae_core.data.arrow_types import arrow_type, as_array, as_numbers, is_temporal
 from vae_core.data.layout import Block
-from vae_core.errors import CheckpointError, ConfigError, DataError, InternalError
+from vae_core.errors import CheckpointError, DataError, InternalError
 
 NULL_SLOT = "<null/unseen>"
 RAKING_ROUNDS, MAX_RAKING_FACTOR = 20, 10.0  # TabularTransformer.match_shares
 MAX_DECIMALS = 6  # a float column with more decimal places than this is generated at full precision
 # What TabularTransformer.drift counts, and how a message reads it.
-DRIFT = {
-    "unknown_category": "value(s) not among the model's categories",
-    "null": "null(s) in a column that had none in training",
-    "out_of_range": "value(s) outside the training range",
-}
-
-
 @dataclass
 class ContinuousColumn:
     name: str
@@ -308,10 +301,10 @@ class TabularTransformer:
 
     # ---- drift -----------------------------------------------------------------------------
     def drift(self, batch: pa.RecordBatch | pa.Table) -> dict[str, dict[str, int]]:
-        """Per column, how many of the batch's values the fit never saw: DRIFT kinds with their counts,
-        columns and kinds without any left out. transform still encodes them (an unknown category or an
-        unexpected null in the other slot, or as an all-zero block where there is none; a value out of
-        range as it is)."""
+        """Per column, how many of the batch's values the fit never saw: kinds (codecs.base.DRIFT) with
+        their counts, columns and kinds without any left out. transform still encodes them (an unknown
+        category or an unexpected null in the other slot, or as an all-zero block where there is none;
+        a value out of range as it is)."""
         found: dict[str, dict[str, int]] = {}
         for col in self.columns:
             arr = as_array(batch.column(col.name))
@@ -356,20 +349,14 @@ class TabularTransformer:
 
         Why: a model's draws miss a column's shares by a few points (20% of the rows drawn from an
         Adult model earned >50K against 24% in the data) and classifiers trained on the rows inherit
-        that. Within a value the kept rows follow the model's joint distribution."""
-        by_name = {c.name: c for c in self.columns}
+        that. Within a value the kept rows follow the model's joint distribution. `columns` are
+        categorical columns with recorded shares (TabularCodec.check_match_shares)."""
         codes, targets, start = [], [], 0
         for col in self.columns:
-            if col.name in columns:
-                if not isinstance(col, CategoricalColumn) or col.shares is None:
-                    raise ConfigError(
-                        f"column {col.name!r}: no recorded category shares to match (generate.match_shares)"
-                    )
+            if col.name in columns and isinstance(col, CategoricalColumn) and col.shares is not None:
                 codes.append(x[:, start : start + col.width].argmax(1))
                 targets.append(np.asarray(col.shares, dtype=np.float64))
             start += col.width
-        if missing := [c for c in columns if c not in by_name]:
-            raise ConfigError(f"columns {missing} are not among the model's columns (generate.match_shares)")
         if n >= len(x):
             return np.arange(len(x))
         w = np.ones(len(x))

@@ -25,12 +25,11 @@ import ray
 import torch
 
 from vae_core.config import ComputeConfig, EmbedConfig
-from vae_core.data.codecs.base import Codec, list_column
+from vae_core.data.codecs.base import Codec, Drift, add_drift, describe_drift, list_column
 from vae_core.data.dataset import list_shards, read_schema
 from vae_core.data.objects import content_fingerprint, fingerprint
 from vae_core.data.storage import absolute, arrow_filesystem
 from vae_core.data.tables import CommitRecord, Committed, Mode, history, is_delta_table, read_table
-from vae_core.data.tabular import DRIFT
 from vae_core.errors import ConfigError, DataError
 from vae_core.operations.drift import LatentStats, pool
 from vae_core.progress import Progress
@@ -188,25 +187,6 @@ class _Embedder:
         mu64 = z.flatten().to_numpy().reshape(len(z), -1).astype(np.float64)  # (B, L)
         summary.update(sum=mu64.sum(0).tolist(), sumsq=(mu64**2).sum(0).tolist(), drift="{}")
         return summary
-
-
-Drift = dict[str, dict[str, int]]  # column -> kind (tabular.DRIFT) -> rows
-
-
-def add_drift(into: Drift, found: Drift) -> Drift:
-    for name, counts in found.items():
-        column = into.setdefault(name, {})
-        for kind, n in counts.items():
-            column[kind] = column.get(kind, 0) + n
-    return into
-
-
-def describe_drift(drift: Drift) -> str:
-    """'column 'city': 3 values not among the model's categories; ...' (columns in name order)."""
-    return "; ".join(
-        f"column {name!r}: " + ", ".join(f"{n:,} {DRIFT.get(k, k)}" for k, n in sorted(counts.items()))
-        for name, counts in sorted(drift.items())
-    )
 
 
 def _stats(summaries: list[Summary], rows: int, before: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import absolute
 from vae_core.data.tables import Committed, Mode
-from vae_core.data.tabular import CategoricalColumn
 from vae_core.errors import ConfigError, DataError
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import SAMPLER_FILE, Checkpoint, load_checkpoint
@@ -76,20 +75,7 @@ def shares_to_match(ckpt: Checkpoint, job: GenerateConfig) -> list[str]:
         raise ConfigError(
             "generate.match_shares (--match-shares) and generate.where (--where) exclude each other"
         )
-    columns = {c.name: c for c in codec.transformer.columns}
-    for name in job.match_shares:
-        col = columns.get(name)
-        if not isinstance(col, CategoricalColumn):
-            kinds = sorted(n for n, c in columns.items() if isinstance(c, CategoricalColumn))
-            raise ConfigError(
-                f"generate.match_shares (--match-shares): {name!r} is not a categorical column of this "
-                f"model; its categorical columns: {', '.join(kinds) or 'none'}"
-            )
-        if col.shares is None:
-            raise ConfigError(
-                f"generate.match_shares (--match-shares): the model's codec recorded no shares for {name!r} "
-                "(it was fitted before vaeflow recorded them): retrain to use this option"
-            )
+    codec.check_match_shares(job.match_shares)
     return list(job.match_shares)
 
 
@@ -104,34 +90,19 @@ def conditions(ckpt: Checkpoint, schema: pa.Schema, where: dict[str, str]) -> di
             "generate.where (--where): conditions need a tabular model; this one generates "
             f"a {ckpt.codec.kind} vector"
         )
-    columns = {c.name: c for c in ckpt.codec.transformer.columns}
     typed: dict[str, pa.Scalar] = {}
     for name, text in where.items():
-        if name not in columns:
+        if name not in ckpt.codec.columns:
             raise ConfigError(
                 f"generate.where (--where): {name!r} is not a column this model generates; its columns: "
-                f"{', '.join(columns)}"
+                f"{', '.join(ckpt.codec.columns)}"
             )
-        col, typ = columns[name], schema.field(name).type
+        typ = schema.field(name).type
         try:
             value = pa.array([text]).cast(typ)[0]
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             raise ConfigError(f"generate.where (--where): {name}={text!r} is not a {typ} value ({e})") from e
-        if isinstance(col, CategoricalColumn):
-            if value.as_py() not in col.categories:
-                known = ", ".join(repr(c) for c in col.categories[:20])
-                more = f" and {len(col.categories) - 20} more" if len(col.categories) > 20 else ""
-                raise ConfigError(
-                    f"generate.where (--where): {name}={text!r} is not a category the model was trained "
-                    f"on; its categories: {known}{more}"
-                )
-        else:
-            number = pc.cast(value, pa.float64()).as_py() if not pa.types.is_temporal(typ) else None
-            if number is not None and not col.min <= number <= col.max:
-                raise ConfigError(
-                    f"generate.where (--where): {name}={text!r} is outside the training range "
-                    f"[{col.min:g}, {col.max:g}]"
-                )
+        ckpt.codec.check_condition(name, value, text)
         typed[name] = value
     return typed
 
@@ -199,7 +170,7 @@ class _Generator:
         x = generate(self.model, drawn, seed, self.sample, self.job.chunk_rows, self.sampler)  # (drawn, D)
         x = x.float().cpu().numpy()
         if self.match:
-            x = x[self.codec.transformer.match_shares(x, n, self.match, np.random.default_rng([seed, 1]))]
+            x = x[self.codec.match_shares(x, n, self.match, np.random.default_rng([seed, 1]))]
         return self.codec.decode(x)
 
     def _conditioned(self, block: int, n: int) -> tuple[pa.Table, int]:

@@ -52,6 +52,31 @@ class Codec(Protocol):
     ) -> Codec: ...
 
 
+Drift = dict[str, dict[str, int]]  # column -> kind (DRIFT) -> rows: what Codec.drift counts
+DRIFT = {
+    "unknown_category": "value(s) not among the model's categories",
+    "null": "null(s) in a column that had none in training",
+    "out_of_range": "value(s) outside the training range",
+}
+
+
+def add_drift(into: Drift, found: Drift) -> Drift:
+    """`found`'s counts added to `into`'s (in place), e.g. a job's shards into the job's total."""
+    for name, counts in found.items():
+        column = into.setdefault(name, {})
+        for kind, n in counts.items():
+            column[kind] = column.get(kind, 0) + n
+    return into
+
+
+def describe_drift(drift: Drift) -> str:
+    """'column 'city': 3 value(s) not among the model's categories; ...' (columns in name order)."""
+    return "; ".join(
+        f"column {name!r}: " + ", ".join(f"{n:,} {DRIFT.get(k, k)}" for k, n in sorted(counts.items()))
+        for name, counts in sorted(drift.items())
+    )
+
+
 def column(batch: pa.RecordBatch | pa.Table, name: str, source: str) -> pa.Array:
     if name not in batch.schema.names:
         raise DataError(f"{source}: column {name!r} is missing (have {batch.schema.names})")

@@ -8,12 +8,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vae_core.config import DataConfig
 from vae_core.data.codecs.base import Batches, column
 from vae_core.data.dataset import DatasetSpec
-from vae_core.data.tabular import TabularTransformer
-from vae_core.errors import DataError
+from vae_core.data.tabular import CategoricalColumn, TabularTransformer
+from vae_core.errors import ConfigError, DataError
 
 
 class TabularCodec:
@@ -43,10 +44,52 @@ class TabularCodec:
             raise DataError(f"{source}: {e}") from e
 
     def drift(self, batch: pa.RecordBatch | pa.Table) -> dict[str, dict[str, int]]:
-        return self.transformer.drift(batch)  # kinds: tabular.DRIFT
+        return self.transformer.drift(batch)  # kinds: codecs.base.DRIFT
 
     def decode(self, x: np.ndarray) -> pa.Table:
         return self.transformer.inverse(x)
+
+    # ---- what generate may ask of the model's columns (--match-shares, --where) --------------------
+    def check_match_shares(self, columns: list[str]) -> None:
+        """Each of `columns` is categorical with its training shares recorded; else a ConfigError."""
+        by_name = {c.name: c for c in self.transformer.columns}
+        for name in columns:
+            col = by_name.get(name)
+            if not isinstance(col, CategoricalColumn):
+                kinds = sorted(n for n, c in by_name.items() if isinstance(c, CategoricalColumn))
+                raise ConfigError(
+                    f"generate.match_shares (--match-shares): {name!r} is not a categorical column of this "
+                    f"model; its categorical columns: {', '.join(kinds) or 'none'}"
+                )
+            if col.shares is None:
+                raise ConfigError(
+                    f"generate.match_shares (--match-shares): the model's codec recorded no shares for "
+                    f"{name!r} (it was fitted before vaeflow recorded them): retrain to use this option"
+                )
+
+    def match_shares(self, x: np.ndarray, n: int, columns: list[str], rng: np.random.Generator) -> np.ndarray:
+        """Which n rows of x to keep so that `columns` hold their training shares (checked first)."""
+        return self.transformer.match_shares(x, n, columns, rng)
+
+    def check_condition(self, name: str, value: pa.Scalar, text: str) -> None:
+        """`value` (of `name`'s output type) is one the model was trained on: a known category, or a
+        number within the training range; else a ConfigError naming the column and the value."""
+        col = next(c for c in self.transformer.columns if c.name == name)  # one of self.columns
+        if isinstance(col, CategoricalColumn):
+            if value.as_py() not in col.categories:
+                known = ", ".join(repr(c) for c in col.categories[:20])
+                more = f" and {len(col.categories) - 20} more" if len(col.categories) > 20 else ""
+                raise ConfigError(
+                    f"generate.where (--where): {name}={text!r} is not a category the model was trained "
+                    f"on; its categories: {known}{more}"
+                )
+            return
+        number = None if pa.types.is_temporal(value.type) else pc.cast(value, pa.float64()).as_py()
+        if number is not None and not col.min <= number <= col.max:
+            raise ConfigError(
+                f"generate.where (--where): {name}={text!r} is outside the training range "
+                f"[{col.min:g}, {col.max:g}]"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.transformer.to_json())
