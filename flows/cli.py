@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 
@@ -19,9 +20,13 @@ def user_error(error: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `vaeflow ARGV`: 0, or 2 with one line on stderr for a user error (--debug adds the
-    traceback); any other exception propagates (Python prints it and exits 1)."""
-    args = build_parser().parse_args(argv)
+    """`vaeflow ARGV`: the exit code of the command the arguments name (see run_command)."""
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command `args.func`: its code (0), or 2 with one line on stderr for a user error
+    (--debug adds the traceback); any other exception propagates (Python prints it and exits 1)."""
     try:
         return args.func(args)
     except Exception as e:

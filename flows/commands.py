@@ -1,5 +1,4 @@
-"""What each `vaeflow` command does, given its parsed arguments: one function per command, whose
-docstring is the command's description in `--help`."""
+"""What each `vaeflow` command does: one function per command, whose docstring is its `--help` text."""
 
 from __future__ import annotations
 

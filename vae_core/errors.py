@@ -106,9 +106,8 @@ class InternalError(VaeflowError):
     user's input (exit 1 with its traceback)."""
 
 
-class NoExamplesError(InternalError, ValueError):
-    """A training epoch or an evaluation got no rows; callers check their data first. Also a ValueError
-    while distributed.trainer._validate takes one for an empty worker shard."""
+class NoExamplesError(InternalError):
+    """A training epoch or an evaluation got no rows; callers check their data first."""
 
 
 def find_error(error: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -26,7 +26,7 @@ from vae_core.data.tables import delta_schema, is_delta_table, read_table
 from vae_core.data.tabular import TabularTransformer
 from vae_core.distributed.embed import embed_corpus
 from vae_core.distributed.generate import block_seed, generate_rows
-from vae_core.errors import ClusterResourceError, DataError, TableError
+from vae_core.errors import ClusterResourceError, ConfigError, DataError, TableError
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.inference import embed, generate
@@ -360,10 +360,10 @@ def test_generate_where_keeps_only_rows_with_the_values_and_records_the_draws(ra
     }
     for condition, message in bad.items():
         out = f"{root}/cond/bad-{condition.partition('=')[0]}"
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ConfigError, match=message):
             generate_rows(uri, out, GenerateConfig(rows=10, where=[condition]))
         assert not _fs().exists(out), condition
-    with pytest.raises(ValueError, match=r"--sampler mixture: .* holds no latent mixture"):
+    with pytest.raises(ConfigError, match=r"--sampler mixture: .* holds no latent mixture"):
         generate_rows(uri, f"{root}/cond/bad-sampler", GenerateConfig(rows=10, sampler="mixture"))
     assert not _fs().exists(f"{root}/cond/bad-sampler")
 
@@ -405,7 +405,7 @@ def test_generate_match_shares_keeps_a_columns_training_shares_and_refuses_what_
     }
     for columns, message in bad.items():
         out = f"{root}/match/bad-{columns[0]}"
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ConfigError, match=message):
             generate_rows(uri, out, GenerateConfig(rows=10, match_shares=list(columns)))
         assert not _fs().exists(out), columns
     both = GenerateConfig(rows=10, match_shares=["income"], where=["sex=Female"])

@@ -4,6 +4,7 @@ concurrency limit as `vaeflow serve` reads them from deploy/prefect.yaml."""
 import pytest
 from pydantic import ValidationError
 
+from vae_core.errors import ConfigError
 from vae_core.operations.pipeline import PipelineConfig, embeddings_uri, local_defaults, samples_uri
 from vae_core.training.records import EpochRecord
 
@@ -27,9 +28,9 @@ def test_run_overrides_split_between_config_and_pipeline(tmp_path):
     )
     assert config.train.epochs == 1 and config.train.lr == 0.01 and config.generate.rows == 5
     assert pipeline.embed_splits == ["test"] and pipeline.gate_margin == PipelineConfig(root="x").gate_margin
-    with pytest.raises(ValidationError, match="sample_rows"):  # the job settings live in VaeflowConfig
+    with pytest.raises(ConfigError, match="sample_rows"):  # the job settings live in VaeflowConfig
         build(str(tmp_path), None, None, ["pipeline.sample_rows=5"])
-    with pytest.raises(ValidationError, match="gate_margn"):
+    with pytest.raises(ConfigError, match="pipeline settings: gate_margn"):
         build(str(tmp_path), None, None, ["pipeline.gate_margn=1"])
     with pytest.raises(ValidationError):
         PipelineConfig(root="x", drift_threshold=0)

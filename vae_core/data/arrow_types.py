@@ -1,5 +1,4 @@
-"""Arrow column types as the tabular codec reads them: dates and times as the integers they store,
-type names back to types, dictionary columns decoded."""
+"""Arrow columns as the tabular codec reads them: dates and times as numbers, type names as types."""
 
 from __future__ import annotations
 
