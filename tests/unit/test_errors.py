@@ -11,7 +11,7 @@ import pickle
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -116,6 +116,14 @@ def test_a_bug_inside_numpy_or_torch_exits_1_with_its_traceback(module, function
 
 
 # ---- each user error: exit 2, one line naming the culprit -----------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _fresh_s3_clients() -> Iterator[None]:
+    """s3fs caches a filesystem per set of options: one made without credentials (a case below) must
+    not serve the tests that come after it with their environment back."""
+    yield
+    SinglePutS3FileSystem.clear_instance_cache()
 
 
 def _raise(error: Exception) -> NoReturn:
