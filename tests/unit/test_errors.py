@@ -271,13 +271,15 @@ def test_errors_raised_in_a_ray_task_arrive_on_the_driver_by_type(ray_cluster):
 
 @pytest.mark.integration
 @pytest.mark.timeout(300)
-def test_a_data_error_raised_in_a_ray_data_udf_arrives_as_a_data_error(ray_cluster, monkeypatch):
+def test_a_data_error_raised_in_a_ray_data_udf_of_a_vaeflow_job_arrives_as_a_data_error(ray_cluster):
+    """Ray Data wraps a UDF's exception as UserCodeException(...) `from` it, and a cause does not
+    survive pickling: only the traceback text would name the DataError. vaeflow's jobs set
+    raise_original_map_exception (jobs.start_cluster), so the exception itself comes back."""
+    from vae_core.config import ComputeConfig
+    from vae_core.distributed.jobs import start_cluster
+
     ray = ray_cluster
-    # Ray Data wraps a UDF's exception as UserCodeException(...) `from` it, and a cause does not survive
-    # pickling: only the traceback text would name the DataError. raise_original_map_exception sends
-    # the exception itself.
-    context = ray.data.DataContext.get_current()
-    monkeypatch.setattr(context, "raise_original_map_exception", True)
+    saved = copy.deepcopy(ray.data.DataContext.get_current())
 
     def udf(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise DataError(MESSAGE)
@@ -286,30 +288,12 @@ def test_a_data_error_raised_in_a_ray_data_udf_arrives_as_a_data_error(ray_clust
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             raise DataError(MESSAGE)
 
-    for fn, kwargs in ((udf, {}), (Udf, {"concurrency": 1})):
-        with pytest.raises(Exception) as raised:
-            ray.data.range(4).map_batches(fn, **kwargs).take_all()
-        found = find_error(raised.value, DataError)
-        assert type(found) is DataError and str(found) == MESSAGE
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(300)
-def test_vaeflow_jobs_send_a_data_error_from_ray_data_by_type(ray_cluster):
-    from vae_core.config import ComputeConfig
-    from vae_core.distributed.jobs import start_cluster
-
-    ray = ray_cluster
-    saved = copy.deepcopy(ray.data.DataContext.get_current())
     try:
         start_cluster(ComputeConfig(num_workers=1, cpus_per_worker=1, data_cpus=0))
-
-        class Udf:
-            def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                raise DataError(MESSAGE)
-
-        with pytest.raises(Exception) as raised:
-            ray.data.range(4).map_batches(Udf, concurrency=1).take_all()
-        assert type(find_error(raised.value, DataError)) is DataError
+        for fn, kwargs in ((udf, {}), (Udf, {"concurrency": 1})):
+            with pytest.raises(Exception) as raised:
+                ray.data.range(4).map_batches(fn, **kwargs).take_all()
+            found = find_error(raised.value, DataError)
+            assert type(found) is DataError and str(found) == MESSAGE
     finally:
         ray.data.DataContext._set_current(saved)

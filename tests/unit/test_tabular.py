@@ -121,7 +121,7 @@ def test_nan_in_a_continuous_column_names_the_column():
 
 
 def test_adult_round_trip_is_exact():
-    table = read_adult("train")
+    table = read_adult("train").slice(0, 3_000)  # real rows, nulls included; the whole split adds time only
     cont = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
     cat = [c for c in table.column_names if c not in cont]
     tr = TabularTransformer.fit(
