@@ -40,11 +40,11 @@ $(MLFLOW_SERVER)/bin/mlflow:
 	$(PYTHON) -m venv $(MLFLOW_SERVER)
 	$(MLFLOW_SERVER)/bin/pip install --quiet mlflow==$(MLFLOW_VERSION)
 
-# The inner loop: lint, import layers and the unit tests (no Ray cluster, no servers but moto).
+# The inner loop: lint, import layers and the unit tests, their files spread over two processes.
 check: $(STAMP)
 	$(VENV)/bin/ruff check vae_core flows tests bench
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -q tests/unit
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests/unit
 
 test: $(STAMP) chromium $(MLFLOW_SERVER)/bin/mlflow
 	$(VENV)/bin/ruff check vae_core flows tests bench
