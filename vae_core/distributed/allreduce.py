@@ -1,10 +1,9 @@
 """Gradient averaging through shared memory for DDP workers on one node: a DDP communication hook.
 
-Why: on CPU, torch's gloo all-reduce goes through loopback TCP and wakes a thread per message. For the
-784-400-20 VAE (2.6 MB of gradients a step, 1,875 steps an epoch of 240k rows) on 2 cores, 2 DDP
-workers trained at 11.7k samples/s through gloo and at 19.9k through this hook (plain torch DDP, the
-same batches, bit-identical weights after 4 epochs). A gloo barrier alone cost as much as the whole
-gloo all-reduce: the time goes to synchronisation, not to moving bytes.
+Why: on CPU, torch's gloo all-reduce goes through loopback TCP and wakes a thread per message, so
+for a small model on a few cores the time goes to synchronisation, not to moving bytes; ranks that
+share memory can hand their gradients over without either (bench/results/ddp_handover.json; the
+same training through gloo: train_throughput_ddp.json, `ray_gloo_allreduce`).
 
 How: one file in /dev/shm per worker group, mapped by every rank and unlinked as soon as all have
 mapped it: a sequence counter per rank (each on its own cache line) and two generations of one slot
@@ -92,8 +91,7 @@ class SharedMemoryAllReduce:
         self.seq[self.rank] = self.calls  # publish: the slot is written
         self._wait_for_all(self.calls)
         # Sum straight into the bucket, in rank order (usable(): world >= 2): one pass fewer than copying
-        # slot 0 in first, the same bits (2 ranks x 1 thread, the 784-400-20 VAE: 22.7k against 21.9k
-        # samples/s by median of 3 alternating rounds: higher in 2, equal in 1).
+        # slot 0 in first, with the same bits.
         torch.add(slots[0, lo:hi], slots[1, lo:hi], out=grads)
         for r in range(2, self.world):
             grads.add_(slots[r, lo:hi])
@@ -120,9 +118,7 @@ def ddp_arguments(params: list[torch.Tensor]) -> dict[str, float | bool]:
     """DDP arguments for the hook: all gradients in one bucket, one hand-over per step instead of one
     per bucket (a rank waits for the slowest at each), and no small first bucket (an explicit
     bucket_cap_mb also caps the first); gradients as views of that bucket, so DDP does not copy them
-    into it after backward and back out after the hook (plain torch DDP, 2 ranks x 1 thread, the
-    784-400-20 VAE, bit-identical weights: with torch's unfused Adam 21.7k against 20.7k samples/s,
-    faster in 6 of 6 alternating rounds; with the fused Adam training uses, 23.0k against 22.6k)."""
+    into it after backward and back out after the hook (the weights come out the same)."""
     return {"bucket_cap_mb": sum(p.numel() for p in params) * 4 / 2**20 + 1, "gradient_as_bucket_view": True}
 
 

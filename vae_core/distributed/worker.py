@@ -74,7 +74,7 @@ class RunState:
             return cls()
         # A private directory per worker: Checkpoint.as_directory() downloads into one temp path
         # shared by all workers on a node behind a non-blocking lock, and a worker that loses the
-        # race can fail with "Checkpoint directory ... does not exist" (seen with Ray 2.60).
+        # race can fail with "Checkpoint directory ... does not exist" (Ray 2.60).
         with tempfile.TemporaryDirectory(prefix=f"vaeflow-resume-{rank}-") as d:
             resumed.to_directory(d)
             restored = load_checkpoint(d, with_optimizer=True)
@@ -154,8 +154,8 @@ class EpochEnd:
 
     def _sampler(self, epoch: int, core: LatentModel) -> LatentMixture | None:
         """The latent mixture for the final epoch's checkpoint (models.sampler), fitted to the codes of
-        this worker's cached train rows; None for other epochs (a fit takes seconds: on 2 threads, 6 s
-        for 115 active dimensions of Adult, 0.7 s for 13), or when the rows are not in memory."""
+        this worker's cached train rows; None for other epochs (a fit takes seconds, growing with the
+        active dimensions), or when the rows are not in memory."""
         components = self.cfg.train.latent_mixture
         if not components or epoch != self.cfg.train.epochs:
             return None
@@ -200,8 +200,8 @@ def _prepare_model(
     cfg: VaeflowConfig, model: LatentModel, device: torch.device, world: int, nodes: list[str]
 ) -> tuple[torch.nn.Module, str]:
     """Ray: the model wrapped for DDP and moved to the device, and how its gradients are averaged:
-    through shared memory when every rank trains on this CPU node (allreduce.py: 1.7x gloo's samples/s
-    with 2 workers on 2 cores), else through the process group."""
+    through shared memory when every rank trains on this CPU node, which is faster than gloo there
+    (allreduce.py; bench/results/train_throughput_ddp.json), else through the process group."""
     if world == 1:
         return ray.train.torch.prepare_model(model), "local (1 worker)"
     why_not = (
