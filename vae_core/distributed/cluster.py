@@ -1,9 +1,9 @@
 """Connecting to Ray: an existing cluster (RAY_ADDRESS) or a quiet local one sized so jobs cannot starve.
 
-Seen with Ray 2.60 on 2 CPUs: 2 training workers reserving 1 CPU each leave Ray Data no CPU to read
-with, and the job hangs silently. So a local cluster gets enough *logical* CPUs for the workers plus
-a data budget (`compute.data_cpus`), and on any cluster the plan is checked up front: a job that
-could not be scheduled fails with a message instead of waiting forever.
+Training workers that reserve every CPU leave Ray Data none to read with, and the job hangs silently
+(Ray 2.60). So a local cluster gets enough *logical* CPUs for the workers plus a data budget
+(`compute.data_cpus`), and on any cluster the plan is checked up front: a job that could not be
+scheduled fails with a message instead of waiting forever.
 
 A local cluster runs with token auth (`use_token_auth`): Ray's servers listen on
 all interfaces, and a caller without the token is refused.
@@ -80,8 +80,8 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
     use_token_auth()
     # Ray starts workers at nice 15, below its own raylet, GCS and agents and the driver (nice 0): on a
     # node shared with other work that keeps the node responsive. On a cluster of our own the workers
-    # are the job, and on 2 cores a nice-15 training worker lost its time slices to every background
-    # wakeup of those processes. The user's own setting wins.
+    # are the job, and on a machine with few cores a nice-15 training worker loses its time slices to
+    # every background wakeup of those processes. The user's own setting wins.
     os.environ.setdefault("RAY_worker_niceness", "0")
     if os.environ["RAY_AUTH_MODE"].lower() != "token":
         log.warning(

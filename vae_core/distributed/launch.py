@@ -46,10 +46,10 @@ def storage_settings(runs_uri: str, storage_options: dict) -> dict[str, Any]:
 
 
 # Ray Train V2's helpers that a local cluster of our own has no use for (Ray 2.60), each an actor
-# process polling in the background beside the workers (about 1% of a core each, measured): the
-# preemption watcher polls node drain state every 5 s (nothing drains a local node); the controller's
-# metrics callbacks feed a dashboard that is not running. The controller polls the workers every 2 s
-# by default, so a run ended up to 2 s after its last report; 0.5 s costs one remote call per worker.
+# process polling in the background on the cores the workers train on: the preemption watcher polls
+# node drain state every 5 s (nothing drains a local node); the controller's metrics callbacks feed a
+# dashboard that is not running. The controller polls the workers every 2 s by default, so a run
+# ended up to 2 s after its last report; 0.5 s costs one remote call per worker.
 # The user's own settings of these variables win.
 LOCAL_TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -85,7 +85,7 @@ def start_cluster(cfg: VaeflowConfig) -> None:
     ensure_ray(cfg.compute)
     check_resources(cfg.compute)
     ctx = ray.data.DataContext.get_current()
-    # Small shards otherwise coalesce into one block and a single reader (seen with Ray 2.60).
+    # Small shards otherwise coalesce into one block and a single reader (Ray 2.60).
     ctx.target_max_block_size = min(ctx.target_max_block_size or 8 << 20, 8 << 20)
     ctx.enable_progress_bars = False  # the loop prints one line per epoch instead
     ctx.print_on_execution_start = False
@@ -198,8 +198,8 @@ class Launch:
     """Ray Train started while the driver still fits the codec (prepare_data's `then`).
 
     Before a worker runs its loop, Ray Train starts its controller and worker processes, and each
-    imports torch, Ray Train and this package: about 15 s on 2 cores, one after the other, when it
-    followed the codec fit (14-19 s on Adult, one core's work). Now the two overlap. The workers wait
+    imports torch, Ray Train and this package: seconds that, after the codec fit (one core's work),
+    added to it, so the two overlap (bench/results/command_overhead.json). The workers wait
     in await_go until the driver has checked the data and recorded the run: `go` hands them the
     codec and the MLflow run id through the Events actor. On `abort` they end without a report, so
     the trainer finishes without a checkpoint, and `clean` removes the storage marker that Ray Train

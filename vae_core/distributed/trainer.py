@@ -156,9 +156,9 @@ def _alongside(
 ) -> Any:
     """work() in a background thread while meanwhile() and then then() run in this one; work's result,
     or its error raised here. then() is skipped when work() has failed before it would start. The
-    codec fit is one core's work for seconds (13 s on Adult) and the local cluster's start is mostly
-    waiting for its processes (6 s): side by side, `vaeflow train` on Adult reached its trainer about
-    5 s sooner on 2 cores. ray.init stays in the calling thread: started from another,
+    codec fit is one core's work for seconds and the local cluster's start is mostly waiting for its
+    processes, so side by side `vaeflow train` reaches its trainer sooner
+    (bench/results/command_overhead.json). ray.init stays in the calling thread: started from another,
     it sets no SIGTERM handler, and a driver so started hung on its first task (Ray 2.60). An error of
     meanwhile() is raised at once, and wins over one of work(), which then ends in its daemon thread,
     unwaited."""
