@@ -67,8 +67,8 @@ def _batches(shard: str, columns: list[str], storage_options: dict | None) -> It
     batches, so it writes the same files).
 
     Small batches bound an actor's memory whatever the file: decoding a list column materializes
-    two 16-bit levels per value, so one 50k-row MNIST row group read at once peaked at 320 MB of
-    Arrow memory, 95 MB in batches of 8,192 rows."""
+    two 16-bit levels per value, so a whole row group read at once holds several times the Arrow
+    memory of a batch (bench/results/embed_memory.json)."""
     fs, path = arrow_filesystem(shard, storage_options)
     try:
         with fs.open_input_file(path) as f:
@@ -135,7 +135,7 @@ class _Embedder:
 
     Reading in the actor, not in Ray Data read tasks: each row then crosses no object store (a read
     task's block is copied into it, and again into the actor's batch), and the next batch is read
-    while this one is embedded. 1M MNIST rows S3 -> S3 on 2 cores: bench/results/embed_throughput.json.
+    while this one is embedded (bench/results/embed_throughput.json).
     """
 
     def __init__(self, actors: Actors, job: EmbedConfig, columns: list[str], keep: list[str]) -> None:
@@ -175,8 +175,8 @@ class _Embedder:
         columns["z_mean"] = list_column(mu.float().cpu().numpy(), pa.float32())  # (B, L)
         if logvar is not None:
             columns["z_logvar"] = list_column(logvar.float().cpu().numpy(), pa.float32())
-        # Arrow's allocator keeps freed pages for reuse: handing them back after each batch held an
-        # actor at 320 MB instead of 440-500 MB (MNIST shards read in batches of 8,192 rows).
+        # Arrow's allocator keeps freed pages for reuse: handing them back after each batch keeps an
+        # actor's memory at what one batch needs (bench/results/embed_memory.json).
         pa.default_memory_pool().release_unused()
         return pa.table(columns)
 
@@ -269,8 +269,8 @@ def check_ids(
     """The rows of all shards (counted from their ids), once every row has an id and no id is used
     twice, nor is already in `table` (its URI and ids: the rows an incremental run appends to); else a
     DataError naming the column, how many, one such id and the shards (or table) it is in.
-    Embedded rows are keyed and their files named by id: a repeated id would make two rows one
-    (seen: "wrote 500 rows for 1,000 input rows")."""
+    Embedded rows are keyed and their files named by id: a repeated id would make two rows one, and
+    the job would write fewer rows than it read."""
     ids = _read_ids(shards, id_column, storage_options)
     if table is not None:
         shards, ids = [*shards, table[0]], [*ids, table[1]]

@@ -52,9 +52,9 @@ def _read(shards: list[str], columns: list[str], storage_options: dict) -> ray.d
     """The shards' `columns` plus PATH, the file each row came from (for error messages), one read
     task per shard.
 
-    Ray 2.60's default (V2) Parquet datasource plans a file-listing task before the reads: 2.7 s a
-    pass over a 500-row split on a warm local cluster, 5.9 s for the first, against 0.25 s and 1.5 s
-    with the V1 datasource, which the read takes (the setting is read when the dataset is created).
+    Ray 2.60's default (V2) Parquet datasource plans a file-listing task before the reads, which
+    costs seconds every pass over a small split; the read takes the V1 datasource instead (the
+    setting is read when the dataset is created).
     """
     fs, _ = arrow_filesystem(shards[0], storage_options)
     paths = [arrow_filesystem(s, storage_options)[1] for s in shards]
@@ -183,8 +183,8 @@ class ShardBatches:
             None if seed is None else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         )
         for start in range(0, len(x), self.batch_size):
-            # index_select gathers the shuffled rows at half the cost of x[idx] (45 vs 99 us a batch
-            # of 128 x 784 on 2 cores), which ran at 5% of a training step in py-spy.
+            # index_select gathers the shuffled rows faster than indexing (x[idx]) does, on the
+            # path of every cached training step.
             rows = (
                 x[start : start + self.batch_size]
                 if order is None

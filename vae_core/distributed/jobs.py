@@ -72,8 +72,9 @@ from .cluster import check_resources, ensure_ray
 Summary = dict[str, Any]  # one written file: "file", "rows", "bytes", "threads", plus the job's own keys
 
 # Blocks a job may hold in the object store at once (read-ahead plus outputs). Without a cap Ray
-# Data reads ahead up to a share of the whole object store, so memory grew with the corpus up to
-# that share (seen: 4.7 GB at 200k rows, 7.3 GB at 1M); with it, memory is flat in corpus size.
+# Data reads ahead up to a share of the whole object store, so memory grows with the corpus up to
+# that share; with it, memory is flat in corpus size (bench/results/embed_memory.json,
+# generate_memory.json).
 OBJECT_STORE_BUDGET = 1 << 30
 STAGING = "_vaeflow"  # markers of finished input shards, per run key (see the module docstring)
 
