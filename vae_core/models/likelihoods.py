@@ -61,8 +61,8 @@ class MixedTabular(nn.Module):
     Parameters are means for continuous columns and logits for categorical blocks, laid out like x.
     The std is kept in [MIN_SIGMA, 1] as in TVAE: continuous slots are normalised to about [-1, 1],
     and a std free to shrink further lets the likelihood overfit those slots (train NLL falling
-    without bound) and makes samples near-copies of decoder means; seen on Adult: ML-efficacy F1
-    dropped from 0.628 at 150 epochs to 0.615 at 300.
+    without bound) and makes samples near-copies of decoder means: ML efficacy (the measure of
+    bench/results/adult_efficacy.json) then falls as training goes on.
     """
 
     MIN_SIGMA = 0.01
@@ -77,9 +77,9 @@ class MixedTabular(nn.Module):
         self.log_sigma = nn.Parameter(torch.full((len(cont),), math.log(0.1)))
         self.cats = [b for b in layout if b.kind == "categorical"]
         self.dim = layout[-1].stop
-        # All categorical blocks in one segmented pass instead of a log_softmax per block (15 on Adult:
-        # 1.7-2.3 ms a batch of 500 with the backward, against 0.7 ms; a quarter of a training step on
-        # 2 cores). cat_idx: their slots in order; cat_block: the block of each slot.
+        # All categorical blocks in one segmented pass instead of a log_softmax per block, whose small
+        # ops (forward and backward) were a large share of a training step on a table with many
+        # categorical columns. cat_idx: their slots in order; cat_block: the block of each slot.
         cat_idx = [i for b in self.cats for i in range(b.start, b.stop)]
         block = [n for n, b in enumerate(self.cats) for _ in range(b.width)]
         self.register_buffer("cat_block", torch.tensor(block, dtype=torch.long), persistent=False)
