@@ -236,17 +236,17 @@ class ComputeConfig(_Section):
     @property
     def threads_per_worker(self) -> int:
         """torch's intra-op threads on each worker or actor: torch_threads, else the CPUs it reserves
-        (Ray sets OMP_NUM_THREADS=1 for fractional CPUs, and a 1-thread worker holding 2 CPUs ran at
-        about 0.6x)."""
+        (Ray sets OMP_NUM_THREADS=1 for fractional CPUs, and a 1-thread worker holding more CPUs
+        leaves them idle)."""
         return self.torch_threads or max(1, int(self.cpus_per_worker))
 
     @property
     def threads_when_cached(self) -> int:
         """torch's threads on a training worker once its train and validation rows are all in memory
         (train.cache_mb): no Ray Data read runs for it any more, so it also takes its share of
-        data_cpus (1 worker with 1 CPU + 1 data CPU: 2 threads; 2 such workers: 1 each). torch_threads,
-        when given, holds throughout. Measured on Adult (157 features, 128-128, batch 500, 2 cores):
-        in-process training at 43k samples/s on 1 thread against 75k on 2."""
+        data_cpus (1 worker with 1 CPU + 1 data CPU: 2 threads; 2 such workers: 1 each), which the
+        training step then runs faster on (bench/results/train_throughput.json). torch_threads, when
+        given, holds throughout."""
         share = self.data_cpus / self.num_workers
         return self.torch_threads or max(1, int(self.cpus_per_worker + share))
 
@@ -292,7 +292,7 @@ class GenerateConfig(_Section):
         ge=0,
         description="A CPU job of at most this many rows runs in the calling process instead of on Ray when "
         "no cluster is set up (RAY_ADDRESS unset, Ray not started in the process): a local cluster and its "
-        "map actor take 10-20 s to start, longer than decoding such a job. Same files, rows and commit "
+        "map actor take seconds to start, longer than decoding such a job. Same files, rows and commit "
         "either way; compute.num_workers applies to Ray only, and GPU jobs (compute.use_gpu) always use "
         "Ray. 0: always on Ray.",
     )
