@@ -51,7 +51,7 @@ def read_json(uri: str, storage_options: dict | None = None) -> Any | None:
 def content_fingerprint(uri: str, storage_options: dict | None = None) -> str:
     """A fingerprint of the file's content, not its name or time: S3's ETag (an MD5 of the bytes, or of
     the parts' MD5s for a multipart upload) with the size, where the store gives one; else a SHA-1 of
-    the bytes themselves (local files: about 1 GB/s here)."""
+    the bytes themselves (local files)."""
     fs, path = filesystem(uri, storage_options)
     info = fs.info(path)
     etag = info.get("ETag") or info.get("etag")

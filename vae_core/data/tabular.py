@@ -143,10 +143,8 @@ def _fit_modes(sample: np.ndarray, max_modes: int, seed: int) -> tuple[list[floa
         random_state=seed,
     )
     # One BLAS/OpenMP thread: on one column the fit is a long series of small array operations, and a
-    # second thread only spins. Adult's 6 columns on 2 cores: 13.3 s wall and 9.4 s of CPU with one
-    # thread, against 14.2 s and 22.4 s with two; the spinning took the core that the cluster's start
-    # beside the fit (trainer._alongside) needed. The fitted modes differ in the 13th digit; Adult's
-    # rows encode to the same float32 features.
+    # second thread only spins, on the core that the cluster's start beside the fit (trainer._alongside)
+    # needs. The fitted modes agree to rounding, and rows encode to the same float32 features.
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore")  # ConvergenceWarning on near-discrete columns is expected
         gmm.fit(sample.reshape(-1, 1))
@@ -347,10 +345,10 @@ class TabularTransformer:
         systematic sampling in a random order keeps n rows, row i with probability n w_i / sum(w)
         (capped at 1), each at most once. Sorted row indices.
 
-        Why: a model's draws miss a column's shares by a few points (20% of the rows drawn from an
-        Adult model earned >50K against 24% in the data) and classifiers trained on the rows inherit
-        that. Within a value the kept rows follow the model's joint distribution. `columns` are
-        categorical columns with recorded shares (TabularCodec.check_match_shares)."""
+        Why: a model's draws miss a column's shares by a few points, and classifiers trained on the
+        rows inherit that (bench/results/adult_efficacy.json generates with match_shares). Within a
+        value the kept rows follow the model's joint distribution. `columns` are categorical columns
+        with recorded shares (TabularCodec.check_match_shares)."""
         codes, targets, start = [], [], 0
         for col in self.columns:
             if col.name in columns and isinstance(col, CategoricalColumn) and col.shares is not None:
