@@ -61,7 +61,7 @@ def _prefect_env(root: str) -> None:
     home.mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
     # Analytics on made a fresh ephemeral server log a "database is locked" error at start.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # A fresh ephemeral server takes ~12 s here; the default 20 s wait is tight on a busy 2-core box.
+    # A fresh ephemeral server can take most of the default 20 s wait to start on a small, busy machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
