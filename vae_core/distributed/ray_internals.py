@@ -67,7 +67,7 @@ class TorchTrainer(ray.train.torch.TorchTrainer):
     """TorchTrainer that, with `local` set (our own local cluster), starts no PlacementGroupCleaner:
     that actor asks the State API once a second whether the controller is alive, the State API needs
     the dashboard, which a local cluster here runs without, so every query failed and logged "Failed
-    to query Ray Train Controller actor state" (50+ lines a run). Its job, removing the workers'
+    to query Ray Train Controller actor state", a line a second. Its job, removing the workers'
     placement group should the controller die, is done on a local cluster by the cluster's shutdown."""
 
     local = False
