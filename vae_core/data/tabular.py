@@ -32,7 +32,8 @@ from vae_core.errors import CheckpointError, DataError, InternalError
 NULL_SLOT = "<null/unseen>"
 RAKING_ROUNDS, MAX_RAKING_FACTOR = 20, 10.0  # TabularTransformer.match_shares
 MAX_DECIMALS = 6  # a float column with more decimal places than this is generated at full precision
-# What TabularTransformer.drift counts, and how a message reads it.
+
+
 @dataclass
 class ContinuousColumn:
     name: str
