@@ -410,7 +410,7 @@ def test_generate_match_shares_keeps_a_columns_training_shares_and_refuses_what_
         assert not _fs().exists(out), columns
     both = GenerateConfig(rows=10, match_shares=["income"], where=["sex=Female"])
     with pytest.raises(
-        ValueError, match=r"--match-shares\) and generate.where \(--where\) exclude each other"
+        ConfigError, match=r"--match-shares\) and generate.where \(--where\) exclude each other"
     ):
         generate_rows(uri, f"{root}/match/bad-both", both)
 

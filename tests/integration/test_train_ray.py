@@ -283,7 +283,7 @@ def test_checkpoint_every_and_validate_every_pick_the_epochs_that_write_and_vali
         meta = json.loads(
             s3fs.S3FileSystem(skip_instance_cache=True).cat(f"{runs}/every/epoch_{e:04d}/meta.json")
         )
-        assert meta["val_elbo"] == result.history[e - 1]["val_elbo"]
+        assert meta["val_elbo"] == result.history[e - 1].val_elbo
     epoch_lines = [line for line in lines if line.startswith("epoch ")]
     assert len(epoch_lines) == 5 and "val ELBO" not in epoch_lines[0]
     assert all("val ELBO" in line for line in epoch_lines[1:])
