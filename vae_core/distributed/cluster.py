@@ -25,8 +25,6 @@ from . import ray_internals
 
 log = logging.getLogger(__name__)
 
-AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
 
 def use_token_auth() -> None:
     """Token auth for a local cluster: RAY_AUTH_MODE=token and a fresh random RAY_AUTH_TOKEN.
