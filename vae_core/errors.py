@@ -8,6 +8,7 @@ Ray worker reaches the driver as the same type, as Ray's own exceptions do; nobo
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 
@@ -108,6 +109,14 @@ class InternalError(VaeflowError):
 
 class NoExamplesError(InternalError):
     """A training epoch or an evaluation got no rows; callers check their data first."""
+
+
+def raise_found(error: BaseException, kind: type[VaeflowError]) -> None:
+    """Raise (a copy of) the `kind` that `error` wraps, from `error`; return if it wraps none (the
+    caller then raises its own). A bad row's DataError leaves Ray's wrappers this way."""
+    found = find_error(error, kind)
+    if found is not None:
+        raise copy.copy(found) from error
 
 
 def find_error(error: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -24,7 +24,6 @@ pass.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -56,7 +55,7 @@ from vae_core.data.tables import (
     now_iso,
     to_delta,
 )
-from vae_core.errors import ConfigError, DataError, TableError, find_error
+from vae_core.errors import ConfigError, DataError, TableError, raise_found
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import (
     CONFIG_FILE,
@@ -329,9 +328,7 @@ class Run:
                     summaries[s["file"]] = s
                     meter.add(s["rows"])
         except Exception as e:  # Ray wraps the actor's exception; surface the named data error
-            bad_row = find_error(e, DataError)
-            if bad_row is not None:
-                raise copy.copy(bad_row) from e
+            raise_found(e, DataError)
             raise
         written = sum(s["rows"] for s in summaries.values())
         if written != rows:

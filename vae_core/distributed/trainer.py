@@ -8,7 +8,6 @@ cluster and rank 0's records on their way to the driver).
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 import uuid
@@ -31,7 +30,7 @@ from vae_core.data.dataset import (
     with_recorded_id,
 )
 from vae_core.data.storage import absolute, scheme
-from vae_core.errors import ConfigError, DataError, TrainingError, find_error
+from vae_core.errors import ConfigError, DataError, TrainingError, raise_found
 from vae_core.models.families import DataShape, check_likelihood
 from vae_core.operations import tracking
 from vae_core.training.checkpoints import Checkpoint, load_checkpoint
@@ -247,9 +246,7 @@ def train_on_ray(
     except Exception as e:  # Ray raises TrainingFailedError with the worker traceback inside
         if tracked:
             tracked.end(ok=False)
-        bad_row = find_error(e, DataError)  # the codec's error naming its file, column and row
-        if bad_row is not None:
-            raise copy.copy(bad_row) from e
+        raise_found(e, DataError)  # the codec's error naming its file, column and row
         raise TrainingError(f"run {name!r} failed: {e}") from e
     if result.checkpoint is None:
         raise TrainingError(f"run {name!r} finished without a checkpoint")
