@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -39,3 +41,23 @@ def test_one_worker_per_node_with_storage_on_s3(two_nodes, mnist_s3):
     assert sorted(placed) == sorted(two_nodes)  # SPREAD: one worker on each node
     assert result.checkpoint_uri == f"{runs}/two-nodes/epoch_0001"
     assert result.history[0].val_elbo > result.checkpoint.meta.val_elbo_init + 100
+
+
+def test_a_local_run_starts_its_own_cluster_beside_one_that_ray_start_left(two_nodes):
+    # Ray's own ray.init() with no address joins the newest `ray start` cluster on this machine (here
+    # the module's two-node cluster) and refuses num_cpus for it; with no RAY_ADDRESS vaeflow starts
+    # its own, as documented.
+    import ray
+
+    script = (
+        "from vae_core.distributed.cluster import start_local_ray\n"
+        "import ray\n"
+        "print(start_local_ray(num_cpus=1), len(ray.nodes()))\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-c", script]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    address, nodes = done.stdout.split()[-2:]
+    assert address != ray.get_runtime_context().gcs_address and nodes == "1"

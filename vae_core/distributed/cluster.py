@@ -89,6 +89,9 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
     ray_internals.reload_auth_settings()  # should ray have been imported before the variables were set
     with ray_internals.without_autoscaler_monitor():
         ray.init(
+            # "local": a new cluster even where `ray start` left one on this machine (ray.init with
+            # no address would join that one, and refuse num_cpus for it).
+            address="local",
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             include_dashboard=False,
