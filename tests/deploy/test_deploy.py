@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pytest
 
+from tests.datasets import write_mnist_sample
 from tests.deploy import topology as topo
 from tests.deploy.conftest import IMAGE, Cluster, alive_nodes
 from tests.deploy.topology import Pod, PodEnv
@@ -46,17 +47,6 @@ def _client_call(cluster: Cluster, fn):
 
     with temporary_settings(updates={PREFECT_API_URL: cluster.prefect_api}):
         return asyncio.run(call())
-
-
-def _import_mnist(uri: str, train: int, test: int) -> None:
-    from vae_core.data.importers import ShardWriter
-    from vae_core.data.packaged import mnist_table
-
-    train_rows = mnist_table("train")
-    ShardWriter(f"{uri}/train", 1_000).write_all([train_rows.slice(0, train)])
-    ShardWriter(f"{uri}/test", 1_000).write_all(
-        [mnist_table("test", id_offset=train_rows.num_rows).slice(0, test)]
-    )
 
 
 def _trigger(cluster: Cluster, params: dict[str, Any], night: date) -> str:
@@ -162,8 +152,8 @@ def _epochs(run: str) -> list[str]:
 def params(cluster: Cluster, aws_env) -> dict[str, Any]:
     """Data in the buckets, the deployments registered as docs/deploy.md says, and the nightly's
     parameters as deployed, made small (a few epochs on a subset) for a run on 2 cores."""
-    _import_mnist(f"{ROOT}/datasets/mnist", TRAIN_ROWS, TEST_ROWS)
-    _import_mnist(JOB_DATA, 800, 200)
+    write_mnist_sample(f"{ROOT}/datasets/mnist", TRAIN_ROWS, TEST_ROWS)
+    write_mnist_sample(JOB_DATA, 800, 200)
     worker = cluster.pods["prefect-worker"]
     worker.exec("prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml",
                 env={"VAEFLOW_ROOT": ROOT})  # fmt: skip

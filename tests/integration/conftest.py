@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.datasets import write_mnist_sample
 from tests.servers import TEST_KEY_ID, TEST_SECRET, local_s3_server, make_bucket
 
 __all__ = ["TEST_KEY_ID", "TEST_SECRET", "make_bucket"]
@@ -56,3 +57,13 @@ def mnist_s3(s3_server: str) -> str:
     root = f"{make_bucket()}/mnist"
     import_mnist(root, rows_per_shard=7_500, progress=lambda m: None)
     return root
+
+
+# The MNIST sample that the Ray Train tests train on: a few seconds an epoch on 2 cores.
+SAMPLE_TRAIN, SAMPLE_TEST = 6_000, 1_000
+
+
+@pytest.fixture(scope="module")
+def mnist_sample(s3_server: str) -> str:
+    """MNIST's first 6,000 training and 1,000 test rows, in shards of 1,000, in a fresh bucket."""
+    return write_mnist_sample(f"{make_bucket()}/mnist", SAMPLE_TRAIN, SAMPLE_TEST)

@@ -12,6 +12,7 @@ from uuid import UUID
 
 import pytest
 
+from tests.datasets import write_mnist_sample
 from tests.integration.conftest import make_bucket
 from vae_core.config import VaeflowConfig
 from vae_core.data.importers import ShardWriter
@@ -41,12 +42,7 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def small_mnist_s3(s3_server: str) -> str:
     """2,000 + 500 MNIST rows as Parquet shards in a fresh bucket."""
-    root = f"{make_bucket()}/mnist"
-    train = mnist_table("train")
-    test = mnist_table("test", id_offset=train.num_rows)
-    for split, table in (("train", train.slice(0, TRAIN_ROWS)), ("test", test.slice(0, TEST_ROWS))):
-        ShardWriter(join(root, split), rows_per_shard=1_000).write_all([table])
-    return root
+    return write_mnist_sample(f"{make_bucket()}/mnist", TRAIN_ROWS, TEST_ROWS)
 
 
 def configs(data_uri: str, bucket: str, **train) -> tuple[VaeflowConfig, PipelineConfig]:

@@ -33,10 +33,10 @@ def two_nodes(s3_server: str) -> Iterator[list[str]]:
         cluster.shutdown()
 
 
-def test_one_worker_per_node_with_storage_on_s3(two_nodes, mnist_s3):
+def test_one_worker_per_node_with_storage_on_s3(two_nodes, mnist_sample):
     assert len(two_nodes) == 2
     runs = f"{make_bucket()}/runs"
-    result = train_on_ray(mnist_config(mnist_s3, runs, epochs=1), run_name="two-nodes")
+    result = train_on_ray(mnist_config(mnist_sample, runs, epochs=1), run_name="two-nodes")
     placed = result.checkpoint.meta.worker_nodes
     assert sorted(placed) == sorted(two_nodes)  # SPREAD: one worker on each node
     assert result.checkpoint_uri == f"{runs}/two-nodes/epoch_0001"
