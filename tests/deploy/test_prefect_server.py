@@ -1,6 +1,9 @@
 """deploy/prefect.yaml against a real `prefect server` on 127.0.0.1: `prefect deploy --all` registers
 every flow with the nightly schedule and concurrency limit, a process worker runs a triggered
-nightly to Completed, and a second trigger waits for the first instead of overlapping it."""
+nightly to Completed, and a second trigger waits for the first instead of overlapping it.
+
+In the deployment tier (no image needed): the scheduling and concurrency settings that the pods'
+test (test_deploy.py) takes as given, checked on one host with a local Ray cluster."""
 
 from __future__ import annotations
 
@@ -16,12 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.datasets import write_mnist_sample
 from tests.servers import free_port, wait_healthy
-from vae_core.data.importers import ShardWriter
-from vae_core.data.packaged import mnist_table
 from vae_core.operations.registry import champion_record
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -53,6 +55,20 @@ def env(tmp_path_factory) -> dict[str, str]:
     }
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[str]:
+    """A local Ray cluster of our own for the flow runs to join: its GCS address."""
+    import ray
+
+    from vae_core.distributed.cluster import start_local_ray
+
+    address = start_local_ray(num_cpus=4)
+    try:
+        yield address
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +107,6 @@ def _client_call(url: str, fn):
         return asyncio.run(call())
 
 
-def _tiny_dataset(root: str) -> str:
-    uri = f"{root}/datasets/mnist"
-    train = mnist_table("train")
-    test = mnist_table("test", id_offset=train.num_rows)
-    ShardWriter(f"{uri}/train", 1_000).write_all([train.slice(0, 1_000)])
-    ShardWriter(f"{uri}/test", 1_000).write_all([test.slice(0, 300)])
-    return uri
-
-
 def test_deploy_all_registers_the_flows_with_schedule_and_concurrency_limit(server, env):
     _prefect(env, "work-pool", "create", POOL, "--type", "process")
     _prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
@@ -131,7 +138,7 @@ def test_a_triggered_nightly_completes_and_a_second_trigger_waits_for_it(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     root = env["VAEFLOW_ROOT"]
-    data = _tiny_dataset(root)
+    data = write_mnist_sample(f"{root}/datasets/mnist", 1_000, 300)
     params = {
         "config": {
             "name": "tiny-vae",
