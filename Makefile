@@ -49,7 +49,7 @@ check: $(STAMP)
 test: $(STAMP) chromium $(MLFLOW_SERVER)/bin/mlflow
 	$(VENV)/bin/ruff check vae_core flows tests bench
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -q --ignore=tests/faults --ignore=tests/deploy
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --ignore=tests/faults --ignore=tests/deploy
 
 # The fault-injection tier (tests/faults): killed workers, drivers and writers, S3 faults through a
 # proxy, concurrent jobs, secrets and cluster exposure; writes bench/results/reliability.json.
