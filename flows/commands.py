@@ -159,10 +159,10 @@ def _committed_line(committed: Committed) -> str:
 
 
 def vacuum(args: argparse.Namespace) -> int:
-    """Delta VACUUM of an embeddings/samples table: files that no table version newer than
-    --retention-hours references (rows replaced by later nights, files of crashed jobs). Versions older
-    than the retention period can no longer be read afterwards. Lists them only, unless --delete. No
-    other vaeflow command deletes output files."""
+    """Delta VACUUM (lite mode) of an embeddings/samples table: files that a commit added and a commit
+    older than --retention-hours removed (rows replaced by later nights); a file the log never added is
+    never touched. Versions older than the retention period can no longer be read afterwards. Lists them
+    only, unless --delete. No other vaeflow command deletes output files."""
     from vae_core.data.tables import vacuum as vacuum_table
 
     files = vacuum_table(args.table, args.retention_hours, dry_run=not args.delete)

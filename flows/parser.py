@@ -116,8 +116,9 @@ data.storage_options, when set, reach every read and write."""
 PUBLISH_NOTE = """Exactly once: workers write Parquet files into the OUTPUT Delta table's folder and the
 driver commits them as one table version, with the run key as a Delta app transaction; until then no
 Delta reader (deltalake, polars, Spark, DuckDB) sees them. Rerunning the same run (same model, input
-and parameters) does nothing; a crashed run's files stay unreferenced until `vaeflow vacuum`. Uses the
-Ray cluster at RAY_ADDRESS if set, else a local one."""
+and parameters) does nothing; a crashed run's files stay unreferenced until its rerun commits them.
+OUTPUT must be a new or empty folder or a Delta table. Uses the Ray cluster at RAY_ADDRESS if set,
+else a local one."""
 
 
 def _command(

@@ -333,10 +333,16 @@ class GenerateConfig(_Section):
         return where
 
 
+# A model's name and a run's name each become one folder (runs_uri/<run>, the registry's <name>/): no
+# separator, no leading dot, short enough for a file name. A nightly's run is <name>-<version>.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_MAX, RUN_NAME_MAX = 64, 128
+
+
 class VaeflowConfig(_Section):
     """Everything one run needs; written next to every checkpoint as JSON."""
 
-    name: str = Field("vae", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field("vae", pattern=NAME_PATTERN, max_length=NAME_MAX)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

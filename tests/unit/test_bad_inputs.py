@@ -108,6 +108,7 @@ class Case:
     output: str | None = None  # a path under tmp that must hold no file afterwards
     s3: bool = False  # runs against the S3 server; no bucket or object may appear on it
     setup: Callable[[pytest.MonkeyPatch], None] | None = None  # the environment's part of the mistake
+    secret: str | None = None  # what the message must not contain
 
 
 def _csv(tmp: Path, text: str, name: str = "in.csv") -> str:
@@ -219,6 +220,19 @@ def _no_rows(tmp: Path) -> Path:
     return tmp / "none"
 
 
+def _other_files(tmp: Path) -> str:
+    (tmp / "other").mkdir()
+    (tmp / "other" / "notes.txt").write_text("someone else's")
+    return str(tmp / "other")
+
+
+def _foreign_table(tmp: Path) -> str:
+    from deltalake import write_deltalake
+
+    write_deltalake(str(tmp / "foreign"), pa.table({"a": [1, 2], "b": ["x", "y"]}))  # another tool's table
+    return str(tmp / "foreign")
+
+
 def _generate(tmp: Path, output: str, *more: str) -> list[str]:
     model = _model(tmp)
     return ["generate", "--model", str(model), "--output", output.format(tmp=tmp), *more]
@@ -239,6 +253,9 @@ CASES = [
     Case("--rows-per-file 0", lambda t: _generate(t, "{tmp}/out", "--rows-per-file", "0"), "generate.rows_per_file", "out"),
     Case("--chunk-rows 0", lambda t: _embed(t, _dataset(t / "d") / "test", "--chunk-rows", "0"), "embed.chunk_rows", "out"),
     Case("--rows 0", lambda t: _generate(t, "{tmp}/out", "--rows", "0"), "generate.rows", "out"),
+    Case("--run-name out of its folder", lambda t: [*_train(t, _dataset(t / "d")), "--run-name", "../escaped"], "'../escaped'", "escaped"),
+    Case("300-character run name", lambda t: [*_train(t, _dataset(t / "d")), "--run-name", "r" * 300], "300 characters", "runs"),
+    Case("301-character config name", lambda t: ["config", "name=" + "n" * 301], "name"),
     # the training data
     Case("dataset that does not exist", lambda t: _train(t, t / "missing"), "missing/train"),
     Case("split folder without Parquet files", lambda t: (t / "e" / "train").mkdir(parents=True) or _train(t, t / "e"), "e/train"),
@@ -274,6 +291,10 @@ CASES = [
     Case("embed output inside its input", lambda t: ["embed", "--model", str(_model(t)), "--input", str(_dataset(t / "d") / "test"), "--output", str(t / "d" / "test" / "emb")], "d/test", "d/test/emb"),
     Case("generate into the training data", lambda t: _generate(t, "{tmp}/trained-on/train"), "trained-on/train", None),
     Case("generate into the validation split", lambda t: _generate(t, "{tmp}/trained-on/test/new"), "trained-on/test", None),
+    Case("embed output at the model's folder", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", str(t / "model")), "overlaps the model", None),
+    Case("embed output inside the training split", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", str(t / "trained-on" / "train" / "emb")), "trained-on/train", "trained-on/train/emb"),
+    Case("output folder holding other files", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", _other_files(t)), "notes.txt", None),
+    Case("append to a table of other columns", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", _foreign_table(t), "--mode", "append"), "columns a int64", None),
     Case("ids repeated across shards", lambda t: _embed(t, _twice(t)), "'id'", "out"),
     Case("null ids", lambda t: _embed(t, _null_ids(t)), "'id'", "out"),
     Case("input drift with --strict", _strict, "'city'", "out"),
@@ -282,6 +303,8 @@ CASES = [
     Case("dataset in a missing bucket", lambda t: _train(t, f"{MISSING}/d"), f"no such bucket {MISSING}", s3=True),
     Case("embed output in a missing bucket", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", f"{MISSING}/emb"), MISSING, s3=True),
     Case("CSV missing from a bucket", lambda t: ["data", "import", "csv", "--input", f"{BUCKET}/nope.csv", "--output", str(t / "imp")], f"{BUCKET}/nope.csv", "imp", s3=True),
+    Case("RAY_ADDRESS where no cluster answers", lambda t: _train(t, _dataset(t / "d")), "RAY_ADDRESS=127.0.0.1:9", "runs", setup=lambda m: m.setenv("RAY_ADDRESS", "127.0.0.1:9")),
+    Case("credentials inside a URI", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n2\n3\n4\n5\n"), "--output", "s3://AKIDEXAMPLE:Sup3rSecret@bucket/d"], "s3://***@bucket/d", secret="Sup3rSecret"),
     Case("missing AWS credentials", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n2\n3\n4\n5\n"), "--output", f"{BUCKET}/d"], f"{BUCKET}: no AWS credentials", s3=True, setup=_no_credentials),
 ]  # fmt: skip
 
@@ -319,6 +342,7 @@ def test_bad_input_exits_2_with_a_short_message_naming_it_and_writes_nothing(
     assert not ray.is_initialized(), "a Ray cluster was left running"
     assert case.names in err, err
     assert "Traceback" not in err and len(err.splitlines()) <= 2, err
+    assert case.secret is None or case.secret not in err, err
     if case.output:
         out = tmp_path / case.output
         assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()], f"{out} holds files"

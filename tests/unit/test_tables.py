@@ -15,6 +15,7 @@ from vae_core.data.objects import atomic_write_json, fingerprint, read_json
 from vae_core.data.tables import (
     CommitRecord,
     DataFile,
+    NewIds,
     commit,
     data_files,
     find_commit,
@@ -113,16 +114,68 @@ def test_racing_overwrites_one_wins_the_others_fail_cleanly(tmp_path):
         assert table.num_rows == record.rows
 
 
-def test_vacuum_lists_only_unreferenced_files_and_deletes_only_when_asked(tmp_path):
+def test_vacuum_deletes_only_files_its_log_added_and_a_later_commit_removed(tmp_path):
     uri = str(tmp_path / "emb")
-    commit(uri, [_write(uri, "kept.parquet", [1])], SCHEMA, _record("k", 1), "error")
-    _write(uri, "crashed.parquet", [2])
+    commit(uri, [_write(uri, "replaced.parquet", [1])], SCHEMA, _record("k", 1), "error")
+    commit(uri, [_write(uri, "current.parquet", [2])], SCHEMA, _record("k2", 1), "overwrite")
+    _write(uri, "part-crashed.parquet", [3])  # never committed: a crashed job's, which its rerun commits
+    (tmp_path / "emb" / "model.safetensors").write_bytes(b"someone else's")  # not the table's at all
     listed = vacuum(uri, retention_hours=0, dry_run=True)
-    assert [f.rsplit("/", 1)[-1] for f in listed] == ["crashed.parquet"]
-    assert (tmp_path / "emb" / "crashed.parquet").exists()
+    assert [f.rsplit("/", 1)[-1] for f in listed] == ["replaced.parquet"]
+    assert (tmp_path / "emb" / "replaced.parquet").exists()
     vacuum(uri, retention_hours=0, dry_run=False)
-    assert not (tmp_path / "emb" / "crashed.parquet").exists()
-    assert read_table(uri).column("id").to_pylist() == [1]
+    left = sorted(p.name for p in (tmp_path / "emb").iterdir())
+    assert left == ["_delta_log", "current.parquet", "model.safetensors", "part-crashed.parquet"]
+    assert read_table(uri).column("id").to_pylist() == [2]
+
+
+def _append(uri: str, name: str, ids: list[int], base: int | None) -> int:
+    values = pa.array(ids, pa.int64())
+    return commit(
+        uri,
+        [_write(uri, name, ids)],
+        SCHEMA,
+        _record(name, len(ids)),
+        "append",
+        None,
+        NewIds("id", values, base),
+    )
+
+
+def test_an_append_whose_ids_another_writer_committed_meanwhile_commits_nothing(tmp_path):
+    uri = str(tmp_path / "emb")
+    commit(uri, [_write(uri, "base.parquet", [0, 1])], SCHEMA, _record("base", 2), "error")
+    # Both jobs checked their ids against version 0; A commits first, B holds two of A's ids.
+    assert _append(uri, "a.parquet", [10, 11, 12], base=0) == 1
+    with pytest.raises(TableConflict, match=r"another writer committed 2 of this job's 'id' values"):
+        _append(uri, "b.parquet", [12, 13, 11], base=0)
+    assert _append(uri, "c.parquet", [20], base=0) == 2  # new ids on top of A: no conflict
+    ids = read_table(uri).column("id").to_pylist()
+    assert sorted(ids) == [0, 1, 10, 11, 12, 20]
+
+
+def test_racing_appends_of_the_same_ids_commit_them_once(tmp_path):
+    uri = str(tmp_path / "emb")
+    commit(uri, [_write(uri, "base.parquet", [0])], SCHEMA, _record("base", 1), "error")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def writer(i: int) -> None:
+        ids = [1, 2, 3] if i < 3 else [100 + i]  # three jobs of the same rows, one of others
+        barrier.wait()
+        try:
+            _append(uri, f"w{i}.parquet", ids, base=0)
+            outcomes.append("ok")
+        except TableConflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["conflict", "conflict", "ok", "ok"]
+    assert sorted(read_table(uri).column("id").to_pylist()) == [0, 1, 2, 3, 103]
 
 
 def test_a_delta_table_is_accepted_as_input(tmp_path):
@@ -151,3 +204,19 @@ def test_atomic_json_round_trip_on_memory_and_local_uris(tmp_path):
     atomic_write_json(str(tmp_path / "d" / "x.json"), {"b": 2})
     assert read_json(str(tmp_path / "d" / "x.json")) == {"b": 2}
     assert read_json(str(tmp_path / "none.json")) is None
+
+
+def test_generated_ids_appended_to_a_table_continue_after_its_largest_and_a_rerun_adds_nothing(tmp_path):
+    from tests.unit.test_bad_inputs import _model
+    from vae_core.config import GenerateConfig
+    from vae_core.distributed.generate import generate_rows
+
+    model, out = str(_model(tmp_path)), str(tmp_path / "samples")
+    generate_rows(model, out, GenerateConfig(rows=50, rows_per_file=20, seed=1), progress=lambda m: None)
+    again = GenerateConfig(rows=30, rows_per_file=20, seed=2)
+    added = generate_rows(model, out, again, mode="append", progress=lambda m: None)
+    assert added.version == 1 and not added.skipped
+    ids = read_table(out).column("id").to_pylist()
+    assert sorted(ids) == list(range(80))  # another seed's rows get new ids, not 0..29 again
+    assert generate_rows(model, out, again, mode="append", progress=lambda m: None).skipped
+    assert read_table(out).num_rows == 80

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from vae_core.data.storage import filesystem, scheme
@@ -65,12 +66,13 @@ def content_fingerprint(uri: str, storage_options: dict | None = None) -> str:
 
 
 def fingerprint(uris: list[str], storage_options: dict | None = None, extra: Any = None) -> str:
-    """A hash of the input files (path, size, ETag or mtime) and `extra` (parameters, model version)."""
+    """A hash of the input files' names and contents (content_fingerprint: a re-upload or a touch of
+    the same bytes changes nothing) and `extra` (parameters, model version)."""
+    ordered = sorted(uris)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tags = list(pool.map(lambda uri: content_fingerprint(uri, storage_options), ordered))
     h = hashlib.sha256()
-    for uri in sorted(uris):
-        fs, path = filesystem(uri, storage_options)
-        info = fs.info(path)
-        tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
-        h.update(f"{uri}\0{info.get('size')}\0{tag}\n".encode())
+    for uri, tag in zip(ordered, tags, strict=True):
+        h.update(f"{uri}\0{tag}\n".encode())
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import threading
 import time
 import uuid
@@ -50,7 +51,22 @@ def absolute(uri: str) -> str:
     return str(Path(uri.removeprefix("file://")).resolve())
 
 
+# scheme://user[:password]@host/...: credentials inside a URI, which would reach logs and tracebacks.
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+
+
+def mask_uri(uri: str) -> str:
+    """The URI with any user info (s3://KEY:SECRET@bucket/...) shown as ***."""
+    return _USERINFO.sub(r"\1***@", uri)
+
+
 def _check_not_redacted(uri: str, storage_options: dict[str, Any] | None) -> None:
+    if _USERINFO.match(uri):
+        raise CredentialsError(
+            f"{mask_uri(uri)}: credentials inside a URI are refused (they would be written to logs); "
+            "give them in the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or "
+            "data.storage_options"
+        )
     if storage_options and holds_redacted(storage_options):
         raise ConfigError(
             f"{uri}: storage_options hold redacted values ('***'): they come from a written config "

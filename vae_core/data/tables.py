@@ -5,8 +5,9 @@ the job's run key and a digest of their content; the driver then commits them in
 (delta-rs: a create-only write of the next `_delta_log/<version>.json`, a conditional PUT on S3, so
 no lock service is needed). Until that commit the files are invisible to every Delta reader
 (deltalake, polars, Spark, DuckDB, Ray Data's read_delta); a crashed job leaves only unreferenced
-files, which no vaeflow code deletes: `vaeflow vacuum` (Delta VACUUM with a retention period) is the
-one explicit maintenance command that removes them.
+files, which no vaeflow code deletes (the job's rerun commits them under the same names). `vaeflow
+vacuum` (Delta VACUUM with a retention period) is the one maintenance command that deletes files:
+those that an overwrite replaced, never one that the log did not add.
 
 Each commit carries:
   - an application transaction (Delta `txn` action, app id `vaeflow-<run key>`), so "this job has
@@ -32,15 +33,19 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from vae_core.data.storage import delta_storage_options, filesystem, join
+from vae_core.data.storage import arrow_filesystem, delta_storage_options, filesystem, join
 from vae_core.errors import TableConflict, TableError
 
 Mode = Literal["error", "overwrite", "append"]
 MODES: tuple[Mode, ...] = ("error", "overwrite", "append")
 COMMIT_KEY = "vaeflow"  # commit metadata key holding the JSON CommitRecord
 LOG_DIR = "_delta_log"
+JOB_DIR = "_vaeflow"  # a job's markers of finished input shards (distributed/jobs.py); Delta ignores it
 COMMIT_ATTEMPTS, COMMIT_BACKOFF_S = 4, 1.0  # a commit request the object store drops is sent again
+RACE_ATTEMPTS = 8  # an append whose ids must be new re-checks them this often when another commit lands first
 
 
 @dataclass
@@ -50,6 +55,62 @@ class DataFile:
     path: str
     rows: int
     bytes: int
+
+
+@dataclass
+class NewIds:
+    """The ids an append adds, which must not be in the table: checked against the table as of
+    `base_version` before the job ran, and again at commit time against every file committed since."""
+
+    column: str
+    values: pa.Array | range  # range: integer ids (or their decimal text) first, ..., last
+    base_version: int | None  # None: the table did not exist
+
+
+def _repeated(theirs: pa.ChunkedArray, ours: pa.Array | range) -> pa.ChunkedArray:
+    """The values of `theirs` that are among `ours`."""
+    if not isinstance(ours, range):
+        return pc.filter(theirs, pc.is_in(theirs, value_set=ours))
+    if pa.types.is_string(theirs.type) or pa.types.is_large_string(theirs.type):
+        theirs = pc.filter(theirs, pc.fill_null(pc.utf8_is_digit(theirs), False))
+    numbers = pc.cast(theirs, pa.int64())
+    inside = pc.and_(pc.greater_equal(numbers, ours.start), pc.less(numbers, ours.stop))
+    return pc.filter(theirs, pc.fill_null(inside, False))
+
+
+def next_id(uri: str, column: str, storage_options: dict | None = None) -> tuple[int | None, int]:
+    """(the table's version or None, the integer after the largest integer id in `column`, else 0):
+    where an append of generated ids starts, so that it repeats none of the table's."""
+    held = held_ids(uri, column, storage_options)
+    if held is None:
+        return None, 0
+    version, ids = held
+    largest = pc.max(_repeated(pa.chunked_array([ids]), range(-(2**62), 2**62))).as_py()
+    return version, 0 if largest is None else int(largest) + 1
+
+
+def held_ids(uri: str, column: str, storage_options: dict | None = None) -> tuple[int, pa.Array] | None:
+    """(version, the id column's values at that version) of the table at uri, or None if there is none."""
+    if not is_delta_table(uri, storage_options):
+        return None
+    table = _open(uri, storage_options)
+    return table.version(), table.to_pyarrow_table(columns=[column]).column(0).combine_chunks()
+
+
+def _refuse_repeated_ids(uri: str, ids: NewIds, table: Any, storage_options: dict | None) -> None:
+    """TableConflict if a file committed after ids.base_version (up to `table`'s version) holds one of
+    ids.values: another writer appended those rows while this job ran."""
+    base = ids.base_version
+    before = set() if base is None else set(_open(uri, storage_options, base).file_uris())
+    for file in sorted(set(table.file_uris()) - before):
+        fs, path = arrow_filesystem(file, storage_options)
+        repeated = _repeated(pq.read_table(path, columns=[ids.column], filesystem=fs).column(0), ids.values)
+        if len(repeated):
+            raise TableConflict(
+                f"{uri}: another writer committed {len(repeated):,} of this job's {ids.column!r} values "
+                f"(e.g. {repeated[0].as_py()!r}) while it ran (table version {table.version()}); this job "
+                "committed nothing. Rerun it: an incremental run embeds only what is still new."
+            )
 
 
 @dataclass
@@ -198,6 +259,13 @@ def check_files(uri: str, files: list[DataFile], storage_options: dict | None = 
             raise TableError(f"{join(uri, f.path)}: data file {found}; not committing")
 
 
+def _lost_race(uri: str, e: Exception) -> TableConflict:
+    return TableConflict(
+        f"{uri}: another writer committed to this table while this job ran ({e}); this job "
+        "committed nothing. Rerun it (a job already committed by the same run key is skipped)."
+    )
+
+
 def _exists_error(uri: str) -> TableError:
     return TableError(
         f"{uri}: already holds a Delta table written by another run; write to a new output, "
@@ -205,10 +273,57 @@ def _exists_error(uri: str) -> TableError:
     )
 
 
-def check_writable(uri: str, mode: Mode, storage_options: dict | None = None) -> None:
-    """Refuse up front, before any work, what `commit` would refuse: mode error on an existing table."""
-    if mode == "error" and is_delta_table(uri, storage_options):
+def _foreign_entries(uri: str, storage_options: dict | None) -> list[str]:
+    """Entries of the folder that no Delta table writes there: anything but `_delta_log/`, vaeflow's
+    `_vaeflow/` and Parquet data files (`part-*.parquet`, the names of vaeflow's jobs and of most Delta
+    writers)."""
+    fs, root = filesystem(uri, storage_options)
+    fs.invalidate_cache(root)
+    try:
+        listing = fs.ls(root, detail=True)
+    except FileNotFoundError:
+        return []
+    out = []
+    for entry in listing:
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        folder = entry.get("type") == "directory"
+        data_file = not folder and name.startswith("part-") and name.endswith(".parquet")
+        if data_file or (folder and name in (LOG_DIR, JOB_DIR)):
+            continue
+        out.append(name + "/" if folder else name)
+    return sorted(out)
+
+
+def check_writable(
+    uri: str, mode: Mode, storage_options: dict | None = None, schema: pa.Schema | None = None
+) -> None:
+    """Refuse up front, before any work, an output a job must not write to: one that holds anything a
+    Delta table does not (a model, a dataset, other files: `vaeflow vacuum` of the table later must not
+    meet them), an existing table in mode error, or a table whose columns are not `schema`'s."""
+    foreign = _foreign_entries(uri, storage_options)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise TableError(
+            f"{uri}: holds {shown}, which no Delta table writes; write the output to a new or empty folder"
+        )
+    if not is_delta_table(uri, storage_options):
+        return
+    if mode == "error":
         raise _exists_error(uri)
+    if mode == "append" and schema is not None:
+        held = pa.schema(_open(uri, storage_options).schema().to_arrow())
+        ours = delta_schema(schema)
+        if held.names != ours.names or any(
+            not held.field(n).type.equals(ours.field(n).type) for n in ours.names
+        ):
+            raise TableError(
+                f"{uri}: holds a Delta table with columns {_columns(held)}; this job writes "
+                f"{_columns(ours)}. Write to a new output, or --mode overwrite to replace its rows"
+            )
+
+
+def _columns(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} {f.type}" for f in schema)
 
 
 def commit(
@@ -218,8 +333,13 @@ def commit(
     record: CommitRecord,
     mode: Mode,
     storage_options: dict | None = None,
+    new_ids: NewIds | None = None,
 ) -> int:
-    """Commit `files` as one new table version (creating the table if needed); returns the version."""
+    """Commit `files` as one new table version (creating the table if needed); returns the version.
+
+    An append with `new_ids` commits only on top of the version it checked: no file committed since
+    new_ids.base_version may hold one of its ids (else TableConflict), and a commit that another writer
+    beats to the next version is checked again on top of it, never merged blindly (delta-rs would)."""
     from deltalake import Schema
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import (
@@ -233,6 +353,7 @@ def commit(
         raise TableError(f"{uri}: mode must be one of {MODES} (--mode), got {mode!r}")
     schema = delta_schema(schema)
     check_files(uri, files, storage_options)
+    guard = new_ids if mode == "append" else None
     now = int(time.time() * 1000)
     actions = [AddAction(f.path, f.bytes, {}, now, True, json.dumps({"numRecords": f.rows})) for f in files]
     props = CommitProperties(
@@ -242,9 +363,12 @@ def commit(
             "vaeflow.night": record.night or "",
         },
         app_transactions=[Transaction(app_id(record.run_key), 1, now)],
+        max_commit_retries=0 if guard else None,
     )
     options = delta_storage_options(uri, storage_options)
-    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+    attempt = races = 0
+    while True:
+        attempt += 1
         exists = is_delta_table(uri, storage_options)
         if exists and mode == "error":
             raise _exists_error(uri)
@@ -256,17 +380,24 @@ def commit(
                 )  # fmt: skip
             else:
                 table = _open(uri, storage_options)
+                if guard:
+                    _refuse_repeated_ids(uri, guard, table, storage_options)
                 table.create_write_transaction(actions, mode=mode, schema=schema, commit_properties=props)
             break
-        except (CommitFailedError, DeltaError) as e:
+        except CommitFailedError as e:
+            found = find_commit(uri, record.run_key, "append", storage_options)
+            if found is not None:
+                return found[0]
+            if guard and races < RACE_ATTEMPTS:  # another commit took the version: check again on top of it
+                races += 1
+                continue
+            raise _lost_race(uri, e) from e
+        except DeltaError as e:
             # A retry after a lost response finds its own commit in place: that is success.
             found = find_commit(uri, record.run_key, "append", storage_options)
             if found is not None:
                 return found[0]
-            raise TableConflict(
-                f"{uri}: another writer committed to this table while this job ran ({e}); this job "
-                "committed nothing. Rerun it (a job already committed by the same run key is skipped)."
-            ) from e
+            raise _lost_race(uri, e) from e
         except OSError as e:
             # The object store dropped the commit request (reset, timeout): it may or may not have
             # taken the log entry. The log says which; a commit is a create-only write, so trying
@@ -318,11 +449,13 @@ def data_files(uri: str, storage_options: dict | None = None) -> list[str]:
 def vacuum(
     uri: str, retention_hours: int, dry_run: bool = True, storage_options: dict | None = None
 ) -> list[str]:
-    """Delta VACUUM: files no version newer than `retention_hours` references (crashed jobs' files,
-    rows replaced by overwrites). Deletes only without `dry_run`; returns the files."""
+    """Delta VACUUM in lite mode: the files that a commit added and a later commit older than
+    `retention_hours` removed (rows replaced by overwrites). Nothing the log never added is touched:
+    not another program's files, and not the files of a crashed job (its rerun commits them under
+    the same names). Deletes only without `dry_run`; returns the files."""
     return _open(uri, storage_options).vacuum(
-        retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
-    )  # full: also files the log never referenced (crashed jobs), not only removed ones
+        retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=False
+    )  # not full: only files the log once added and later removed, never a file the table did not write
 
 
 def now_iso() -> str:

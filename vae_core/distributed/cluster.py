@@ -15,11 +15,12 @@ import logging
 import math
 import os
 import secrets
+import socket
 
 import ray
 
 from vae_core.config import ComputeConfig
-from vae_core.errors import ClusterResourceError
+from vae_core.errors import ClusterResourceError, ConfigError
 
 from . import ray_internals
 
@@ -60,10 +61,32 @@ def ensure_ray(compute: ComputeConfig) -> None:
         return
     address = os.environ.get("RAY_ADDRESS")
     if address:
+        check_reachable(address)
         ray.init(address=address, log_to_driver=True)
         return
     num_cpus = max(os.cpu_count() or 1, math.ceil(required_cpus(compute)))
     start_local_ray(num_cpus, num_gpus=None if compute.use_gpu else 0)
+
+
+CONNECT_TIMEOUT_S = 15.0  # for RAY_ADDRESS to accept a connection; Ray itself would retry for ever
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A ConfigError naming RAY_ADDRESS when nothing accepts a TCP connection at its host:port (the
+    GCS; ray:// client addresses are tried at their port too). "auto" and "local" are Ray's own."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://").split("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"RAY_ADDRESS={address!r}: expected host:port (or ray://host:port, auto, local)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(
+            f"RAY_ADDRESS={address}: no Ray cluster answers there ({e.strerror or e}); start one, fix the "
+            "address, or unset RAY_ADDRESS to run on a local cluster of vaeflow's own"
+        ) from e
 
 
 def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:

@@ -29,7 +29,7 @@ from vae_core.data.codecs.base import Codec, Drift, add_drift, describe_drift, l
 from vae_core.data.dataset import list_shards, read_schema
 from vae_core.data.objects import content_fingerprint, fingerprint
 from vae_core.data.storage import absolute, arrow_filesystem
-from vae_core.data.tables import CommitRecord, Committed, Mode, history, is_delta_table, read_table
+from vae_core.data.tables import CommitRecord, Committed, Mode, NewIds, held_ids, history, is_delta_table
 from vae_core.errors import ConfigError, DataError
 from vae_core.operations.drift import LatentStats, pool
 from vae_core.progress import Progress
@@ -42,6 +42,7 @@ from .jobs import (
     Summary,
     check_input_schema,
     check_output_place,
+    keep_out_of,
     model_record,
     resumable,
     start_cluster,
@@ -265,9 +266,9 @@ def check_ids(
     source: str,
     storage_options: dict | None,
     table: tuple[str, pa.Array] | None = None,
-) -> int:
-    """The rows of all shards (counted from their ids), once every row has an id and no id is used
-    twice, nor is already in `table` (its URI and ids: the rows an incremental run appends to); else a
+) -> tuple[int, pa.Array]:
+    """The rows of all shards and their ids, once every row has an id and no id is used
+    twice, nor is already in `table` (its URI and ids: the rows an append adds to); else a
     DataError naming the column, how many, one such id and the shards (or table) it is in.
     Embedded rows are keyed and their files named by id: a repeated id would make two rows one, and
     the job would write fewer rows than it read."""
@@ -278,18 +279,27 @@ def check_ids(
     if nulls:
         shard = next(s for s, a in zip(shards, ids, strict=True) if a.null_count)
         raise DataError(f"{source}: id column {id_column!r} has {nulls:,} null(s), e.g. in {shard}")
+    own = pa.chunked_array([a.cast(ids[0].type) for a in ids[: len(ids) - (table is not None)]], ids[0].type)
     every = pa.chunked_array([a.cast(ids[0].type) for a in ids], type=ids[0].type)
     counts = pc.value_counts(every)
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(repeated):
         example = repeated.field("values")[0]
         where = [s for s, a in zip(shards, ids, strict=True) if pc.any(pc.equal(a, example)).as_py()]
+        if table is not None and where[-1] == table[0]:
+            held = pc.sum(pc.is_in(table[1], value_set=own.combine_chunks())).as_py()
+            raise DataError(
+                f"{source}: {held:,} {id_column!r} values are already in the table {table[0]} (e.g. "
+                f"{example.as_py()!r}, in {where[0]}): those rows were appended before. Append only new "
+                "rows (embed --incremental picks the new shards), or write a new output"
+            )
         raise DataError(
             f"{source}: id column {id_column!r} is not unique: {len(repeated):,} ids appear more than once "
             f"(e.g. {example.as_py()!r}, in {', '.join(where[:3])}); give each row its own id"
         )
+    own = own.combine_chunks()
     pa.default_memory_pool().release_unused()
-    return len(every) - (len(table[1]) if table is not None else 0)
+    return len(own), own
 
 
 def check_drift(codec: Codec, shards: list[str], columns: list[str], storage_options: dict | None) -> None:
@@ -356,7 +366,7 @@ def embed_corpus(
         if name not in schema.names:
             raise DataError(f"{input_uri}: {what} {name!r} not in the input (have {schema.names})")
     check_input_schema(ckpt.meta.schema(), schema, [id_column, *ckpt.codec.columns], input_uri)
-    check_output_place(output_uri, input=input_uri)
+    check_output_place(output_uri, input=input_uri, **keep_out_of(model_uri, ckpt))
     params = {"with_logvar": job.with_logvar, "passthrough": keep[1:], "format": "embed/1"}
     model = model_record(model_uri, ckpt, storage_options)
     inputs: dict[str, Any] = {"uri": input_uri}
@@ -391,20 +401,20 @@ def embed_corpus(
         key["input"] = inputs["fingerprint"]
     run_key = run_key or fingerprint([], extra=key)
     run = Run("embed", "embeddings", output_uri, run_key, mode, night, storage_options, progress)
-    if (earlier := run.earlier()) is not None:
-        return earlier
-
     latent = pa.list_(pa.float32(), ckpt.model.latent_dim)
     out_schema = pa.schema(
         [schema.field(c) for c in keep]
         + [pa.field("z_mean", latent)]
         + ([pa.field("z_logvar", latent)] if job.with_logvar else [])
     )
-    table_ids = None
-    if before is not None:  # an appended row may not repeat an id the table holds
-        held = read_table(output_uri, columns=[id_column], storage_options=storage_options)
-        table_ids = (output_uri, held.column(0).combine_chunks())
-    total = check_ids(shards, id_column, input_uri, storage_options, table_ids)
+    if (earlier := run.earlier(out_schema)) is not None:
+        return earlier
+    # An appended row may not repeat an id the table holds: checked now, and again at the commit
+    # against whatever another writer commits meanwhile (tables.NewIds).
+    held = held_ids(output_uri, id_column, storage_options) if mode == "append" else None
+    table_ids = (output_uri, held[1]) if held is not None else None
+    total, ids = check_ids(shards, id_column, input_uri, storage_options, table_ids)
+    new_ids = NewIds(id_column, ids, held[0] if held else None) if mode == "append" else None
     if total == 0:
         raise DataError(f"{input_uri}: no rows to embed ({len(shards)} file(s), 0 rows)")
     columns = sorted({*keep, *ckpt.codec.columns})
@@ -438,7 +448,7 @@ def embed_corpus(
     def stats(summaries: list[Summary]) -> dict[str, Any]:
         return {**_stats(summaries, total, before and before.latest.stats["z_mean"]), **counts}
 
-    committed = run.execute(ds, total, out_schema, model, params, inputs, stats, resumed)
+    committed = run.execute(ds, total, out_schema, model, params, inputs, stats, resumed, new_ids)
     if drift := committed.record.stats.get("drift"):
         progress(f"input drift (in the commit's stats.drift; --strict refuses it): {describe_drift(drift)}")
     return committed

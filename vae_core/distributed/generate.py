@@ -22,14 +22,14 @@ from vae_core.config import ComputeConfig, GenerateConfig
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import absolute
-from vae_core.data.tables import Committed, Mode
+from vae_core.data.tables import Committed, Mode, NewIds, next_id
 from vae_core.errors import ConfigError, DataError
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import SAMPLER_FILE, Checkpoint, load_checkpoint
 from vae_core.training.inference import generate
 
 from .cluster import cluster_set_up
-from .jobs import Actors, InProcess, Run, check_output_place, model_record, start_cluster
+from .jobs import Actors, InProcess, Run, check_output_place, keep_out_of, model_record, start_cluster
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -242,14 +242,15 @@ def generate_rows(
     """
     model_uri, output_uri = absolute(model_uri), absolute(output_uri)
     ckpt = load_checkpoint(model_uri, storage_options=storage_options)
-    data = absolute(ckpt.config.data.uri)  # no synthetic rows where the next training reads
-    check_output_place(
-        output_uri, training_split=f"{data}/train", validation_split=f"{data}/{ckpt.config.train.val_split}"
-    )
+    check_output_place(output_uri, **keep_out_of(model_uri, ckpt))  # no rows where the next training reads
     sample = job.sample_likelihood if job.sample_likelihood is not None else ckpt.codec.sample_by_default
     per_file = job.rows_per_file
+    # Ids count from 0, or on append from after the table's largest id (checked again at the commit).
+    id_column, base, first = ckpt.config.data.id_column, None, 0
+    if mode == "append" and id_column:
+        base, first = next_id(output_uri, id_column, storage_options)
     blocks = [
-        {"block": b, "start": start, "rows": min(per_file, job.rows - start)}
+        {"block": b, "start": first + start, "rows": min(per_file, job.rows - start)}
         for b, start in enumerate(range(0, job.rows, per_file))
     ]
     params = {
@@ -272,7 +273,7 @@ def generate_rows(
     model = model_record(model_uri, ckpt, storage_options)
     run_key = run_key or fingerprint([], extra={"kind": "samples/2", "model": model["fingerprint"], **params})
     run = Run("generate", "samples", output_uri, run_key, mode, night, storage_options, progress)
-    if (earlier := run.earlier()) is not None:
+    if (earlier := run.earlier(out_schema)) is not None:
         return earlier
 
     here = job.rows <= job.local_rows and not compute.use_gpu and not cluster_set_up()
@@ -292,7 +293,9 @@ def generate_rows(
     if match:
         wanted = f" with {', '.join(match)} at the training shares ({MATCH_DRAWS:g}x draws)"
     progress(f"generating {job.rows:,} rows{wanted} with {model_uri} in {len(blocks)} files {where_to}")
-    committed = run.execute(ds, job.rows, out_schema, model, params, stats=_stats)
+    appended = mode == "append" and id_column
+    new_ids = NewIds(id_column, range(first, first + job.rows), base) if appended else None
+    committed = run.execute(ds, job.rows, out_schema, model, params, stats=_stats, new_ids=new_ids)
     if job.where:
         draws = committed.record.stats["draws"]
         progress(

@@ -41,12 +41,14 @@ from ray.data import ActorPoolStrategy
 from vae_core.config import ComputeConfig
 from vae_core.data.dataset import is_list_type
 from vae_core.data.objects import atomic_write_json, fingerprint, read_json
-from vae_core.data.storage import check_bucket, filesystem, join
+from vae_core.data.storage import absolute, check_bucket, filesystem, join
 from vae_core.data.tables import (
+    JOB_DIR,
     CommitRecord,
     Committed,
     DataFile,
     Mode,
+    NewIds,
     check_writable,
     commit,
     delta_schema,
@@ -75,7 +77,7 @@ Summary = dict[str, Any]  # one written file: "file", "rows", "bytes", "threads"
 # that share; with it, memory is flat in corpus size (bench/results/embed_memory.json,
 # generate_memory.json).
 OBJECT_STORE_BUDGET = 1 << 30
-STAGING = "_vaeflow"  # markers of finished input shards, per run key (see the module docstring)
+STAGING = JOB_DIR  # markers of finished input shards, per run key (see the module docstring)
 
 
 def start_cluster(compute: ComputeConfig) -> None:
@@ -253,8 +255,9 @@ class Run:
     storage_options: dict | None
     progress: Progress
 
-    def earlier(self) -> Committed | None:
-        """The earlier commit of this run key (a rerun then does nothing); refuse early what cannot commit."""
+    def earlier(self, schema: pa.Schema) -> Committed | None:
+        """The earlier commit of this run key (a rerun then does nothing); refuse early what cannot commit
+        (tables.check_writable: the output's folder holds other files, or a table of other columns)."""
         found = find_commit(self.output_uri, self.run_key, self.mode, self.storage_options)
         if found is not None:
             version, record = found
@@ -264,7 +267,7 @@ class Run:
             )
             return Committed(self.output_uri, version, record, files=[], skipped=True)
         check_bucket(self.output_uri, self.storage_options)
-        check_writable(self.output_uri, self.mode, self.storage_options)
+        check_writable(self.output_uri, self.mode, self.storage_options, schema)
         return None
 
     def execute(
@@ -277,12 +280,13 @@ class Run:
         inputs: dict[str, Any] | None = None,
         stats: Callable[[list[Summary]], dict[str, Any]] | None = None,
         resumed: list[Summary] | None = None,
+        new_ids: NewIds | None = None,
     ) -> Committed:
         """Run `ds` (its actors, or InProcess's mapper, write the files and summarize them), check that
         they and `resumed` (files an earlier attempt of this run key wrote) hold `rows` rows, and commit
         them all as one table version of `schema` (`ds` None: everything was resumed). The commit's
         record holds `model` (model_record), `params` (the settings that key the run), `inputs` and
-        `stats(summaries)`."""
+        `stats(summaries)`. An append's `new_ids` are checked again at the commit (tables.commit)."""
         resumed = resumed or []
         earlier = sum(s["rows"] for s in resumed)
         summaries = resumed + (self._collect(ds, rows - earlier) if ds is not None else [])
@@ -299,7 +303,9 @@ class Run:
             created_at=now_iso(),
         )
         files = [DataFile(s["file"], s["rows"], s["bytes"]) for s in summaries]
-        version = commit(self.output_uri, files, schema, commit_record, self.mode, self.storage_options)
+        version = commit(
+            self.output_uri, files, schema, commit_record, self.mode, self.storage_options, new_ids
+        )
         threads = ", ".join(map(str, sorted({s["threads"] for s in summaries})))
         where = "this process" if isinstance(ds, InProcess) else "actors"
         self.progress(
@@ -380,6 +386,17 @@ def check_input_schema(trained: pa.Schema | None, schema: pa.Schema, columns: li
 def _inside(uri: str, folder: str) -> bool:
     a, b = uri.rstrip("/"), folder.rstrip("/")
     return a == b or a.startswith(b + "/")
+
+
+def keep_out_of(model_uri: str, ckpt: Checkpoint) -> dict[str, str]:
+    """What a job's output may neither be in nor hold: the model and the splits it was trained and
+    validated on (a sample or an embedding there would be read by the next training)."""
+    data = absolute(ckpt.config.data.uri)
+    return {
+        "model": model_uri,
+        "training_split": f"{data}/train",
+        "validation_split": f"{data}/{ckpt.config.train.val_split}",
+    }
 
 
 def check_output_place(output_uri: str, **keep_out: str) -> None:

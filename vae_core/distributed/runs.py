@@ -11,10 +11,11 @@ resume with more epochs extends a finished run), and settings that do not change
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
-from vae_core.config import DataConfig, ModelConfig, TrainConfig, VaeflowConfig
+from vae_core.config import NAME_PATTERN, RUN_NAME_MAX, DataConfig, ModelConfig, TrainConfig, VaeflowConfig
 from vae_core.data.storage import create_only_write, filesystem, join
 from vae_core.errors import RunNameError
 
@@ -90,9 +91,16 @@ def _stored_config(run_uri: str, storage_options: dict) -> tuple[bool, dict[str,
 def check_run_name(cfg: VaeflowConfig, name: str, resume: bool) -> bool:
     """Whether run `name` under cfg.train.runs_uri is stored (to be resumed) or new; reads only.
 
-    Raises RunNameError when the stored config differs in a data/model/train key (naming them), or
-    when the run exists and resume is False.
+    Raises RunNameError when the name is not one folder name (NAME_PATTERN, RUN_NAME_MAX), when the
+    stored config differs in a data/model/train key (naming them), or when the run exists and resume is
+    False.
     """
+    if not re.fullmatch(NAME_PATTERN, name) or len(name) > RUN_NAME_MAX:
+        shown = name if len(name) <= 80 else f"{name[:60]}... ({len(name)} characters)"
+        raise RunNameError(
+            f"run name {shown!r}: use letters, digits, '.', '_' and '-', starting with a letter or "
+            f"digit, at most {RUN_NAME_MAX} characters (it is one folder under train.runs_uri)"
+        )
     exists, stored = _stored_config(join(cfg.train.runs_uri, name), cfg.data.storage_options)
     if not exists:
         return False
