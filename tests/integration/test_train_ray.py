@@ -5,10 +5,14 @@ the cached path, resume, run names. A killed driver relaunched under its name is
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import threading
 import time
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -108,6 +112,51 @@ def test_feed_rate_counts_every_training_row_delivered_to_the_workers_on_each_pa
     passes = feed_rate(cfg, progress=lambda m: None)
     assert [p["rows"] for p in passes] == [SAMPLE_TRAIN] * 2  # both workers' shards, every pass streamed
     assert all(p["tensor_bytes"] == SAMPLE_TRAIN * 784 * 4 and p["rows_per_s"] > 0 for p in passes)
+
+
+def _train_worker_pids() -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::RayTrainWorker")
+    ]
+
+
+def _registered(run_uri: str, epoch: int) -> bool:
+    """Ray Train has registered checkpoint `epoch` (not merely uploaded it): it is in the controller's
+    checkpoint-manager snapshot, so a restart resumes from it."""
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    snapshot = f"{run_uri}/checkpoint_manager_snapshot.json"
+    return fs.exists(snapshot) and f"epoch_{epoch:04d}" in fs.cat(snapshot).decode()
+
+
+def test_a_killed_worker_of_a_cached_run_restarts_the_group_from_the_last_checkpoint(ray_local, mnist_sample):
+    # The cached path (epochs after the first read memory); tests/faults/test_training.py kills a worker
+    # of a streamed run at a held checkpoint upload. Here the kill lands wherever epoch 2 or later is:
+    # the restart starts after the last registered checkpoint, and no finished epoch is trained again.
+    runs = f"{make_bucket()}/runs"
+    cfg = mnist_config(mnist_sample, runs, epochs=4, max_failures=1)
+    killed: dict[str, float] = {}
+
+    def killer() -> None:
+        _wait_for(lambda: _registered(f"{runs}/kill-run", 1), 240, "checkpoint 1")
+        pids = _train_worker_pids()
+        assert pids, "no Ray Train worker process found"
+        killed["at"] = time.time()
+        os.kill(pids[-1], signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = train_on_ray(cfg, run_name="kill-run")
+    thread.join(timeout=5)
+    assert "at" in killed
+    history = result.history
+    assert [h.epoch for h in history] == [1, 2, 3, 4]
+    [restart] = [r["from_epoch"] for r in result.checkpoint.meta.restarts]
+    assert 1 <= restart < 4
+    assert history[restart - 1].finished_at < killed["at"] < history[restart].finished_at
+    assert history[0].data_from == "storage" and history[-1].data_from in ("memory", "storage")
+    assert result.checkpoint.meta.epoch == 4 and result.checkpoint_uri.endswith("epoch_0004")
 
 
 def test_ddp_two_workers_of_64_match_one_worker_of_128(ray_local, mnist_sample):
