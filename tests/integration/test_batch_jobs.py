@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -120,46 +118,6 @@ def test_embed_matches_in_process_embed_and_a_rerun_is_a_no_op(ray_local, mnist_
     )
     assert replaced.version == 1 and "z_logvar" in read_table(out).column_names
     assert read_table(out, version=0).column_names == ["id", "label", "z_mean"]
-
-
-DRIVER = """
-import sys
-from vae_core.config import EmbedConfig
-from vae_core.errors import ClusterResourceError
-from vae_core.distributed.embed import embed_corpus
-embed_corpus(sys.argv[1], sys.argv[2], sys.argv[3], EmbedConfig(rows_per_file=250, chunk_rows=250))
-"""
-
-
-def test_a_killed_driver_commits_nothing_and_the_rerun_gives_each_id_once(ray_local, mnist_s3, mnist_model):
-    out = f"{make_bucket()}/embeddings/crash"
-    args = [sys.executable, "-c", DRIVER, mnist_model, f"{mnist_s3}/test", out]
-    env = {**os.environ, "RAY_ADDRESS": ray_local}
-    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    fs = _fs()
-    staged: list[str] = []
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and first.poll() is None:  # 40 files in all: kill at ~half
-            fs.invalidate_cache()
-            staged = fs.glob(f"{out}/part-*.parquet")
-            if len(staged) >= 15:
-                break
-            time.sleep(0.1)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-    assert 15 <= len(staged) < 40, f"the driver was not killed halfway ({len(staged)} files staged)"
-    assert not is_delta_table(out), "a killed run must not commit"
-
-    job = EmbedConfig(rows_per_file=250, chunk_rows=250)
-    committed = embed_corpus(mnist_model, f"{mnist_s3}/test", out, job)
-    assert committed.rows == 10_000 and len(committed.files) == 40
-    for ids in _ids_by_standard_readers(out):
-        assert len(ids) == 10_000 and len(set(ids)) == 10_000
-    fs.invalidate_cache()
-    # The crashed run's files have the rerun's names (same run key, same ids): nothing was deleted.
-    assert set(staged) <= set(fs.glob(f"{out}/part-*.parquet"))
 
 
 def _bad_images(fault: str) -> pa.Array:
