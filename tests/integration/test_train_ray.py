@@ -4,12 +4,16 @@ the cached path, resume, run names. A killed driver relaunched under its name is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import psutil
@@ -32,7 +36,7 @@ from vae_core.data.tables import read_table
 from vae_core.distributed.cluster import check_resources
 from vae_core.distributed.generate import generate_rows
 from vae_core.distributed.launch import Events
-from vae_core.distributed.trainer import feed_rate, train_on_ray
+from vae_core.distributed.trainer import TrainResult, feed_rate, train_on_ray
 from vae_core.distributed.worker import await_go
 from vae_core.errors import ClusterResourceError, ConfigError, DataError, RunNameError, TrainingError
 from vae_core.models.families import DataShape, build_model
@@ -73,10 +77,36 @@ def _exists(uri: str) -> bool:
     return fs.exists(uri)
 
 
-def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ray_local, mnist_sample, capfd):
+@contextlib.contextmanager
+def _terminal_output() -> Iterator[list[str]]:
+    """What this process writes to its stdout and stderr file descriptors meanwhile (as capfd sees it)."""
+    text: list[str] = []
+    with tempfile.TemporaryFile() as f:
+        saved = [os.dup(1), os.dup(2)]
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)
+        try:
+            yield text
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            f.seek(0)
+            text.append(f.read().decode(errors="replace"))
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(ray_local, mnist_sample) -> tuple[str, VaeflowConfig, TrainResult, str]:
+    """2 workers x batch 64, 2 epochs on the MNIST sample, keep_checkpoints=1: (runs URI, config, result,
+    what the driver printed meanwhile). Two tests read it."""
     runs = f"{make_bucket()}/runs"
-    cfg = mnist_config(mnist_sample, runs, keep_checkpoints=1)
-    result = train_on_ray(cfg, run_name="s3-run")
+    cfg = mnist_config(mnist_sample, runs, keep_checkpoints=1, batch_size=64)
+    with _terminal_output() as printed:
+        result = train_on_ray(cfg, run_name="s3-run")
+    return runs, cfg, result, printed[0]
+
+
+def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(two_worker_run):
+    runs, cfg, result, printed = two_worker_run
     assert [h.epoch for h in result.history] == [1, 2]
     # Epoch 1 streams from S3 and keeps the decoded rows (they fit train.cache_mb); epoch 2 reads memory.
     assert [h.data_from for h in result.history] == ["storage", "memory"]
@@ -86,7 +116,7 @@ def test_two_workers_two_epochs_checkpoint_to_s3_and_beat_the_untrained_model(ra
     # Both workers on this CPU node: gradients averaged through shared memory (allreduce.py).
     assert result.checkpoint.meta.gradients == "shared memory"
     # On our own local cluster no PlacementGroupCleaner polls a State API that is not there.
-    assert "Failed to query Ray Train Controller" not in capfd.readouterr().out
+    assert "Failed to query Ray Train Controller" not in printed
     # keep_checkpoints=1: the best by validation ELBO and the latest stay, any other is deleted.
     val = {h.epoch: h.val_elbo for h in result.history}
     best = max(val, key=val.get)
@@ -159,12 +189,11 @@ def test_a_killed_worker_of_a_cached_run_restarts_the_group_from_the_last_checkp
     assert result.checkpoint.meta.epoch == 4 and result.checkpoint_uri.endswith("epoch_0004")
 
 
-def test_ddp_two_workers_of_64_match_one_worker_of_128(ray_local, mnist_sample):
-    runs = f"{make_bucket()}/runs"
-    two = mnist_config(mnist_sample, runs, epochs=1, batch_size=64)
-    one = mnist_config(mnist_sample, runs, epochs=1, batch_size=128).with_overrides(["compute.num_workers=1"])
-    elbo_two = train_on_ray(two, run_name="ddp-2x64").history[-1].val_elbo
+def test_ddp_two_workers_of_64_match_one_worker_of_128(two_worker_run):
+    _, two, two_result, _ = two_worker_run
+    one = two.with_overrides(["train.batch_size=128", "compute.num_workers=1"])
     elbo_one = train_on_ray(one, run_name="ddp-1x128").history[-1].val_elbo
+    elbo_two = two_result.history[-1].val_elbo
     assert abs(elbo_two - elbo_one) / abs(elbo_one) < 0.01, (elbo_two, elbo_one)
 
 
@@ -248,8 +277,8 @@ def test_a_run_name_is_resumed_only_when_asked_and_only_with_its_own_settings(ra
     assert [h.epoch for h in second.history] == [1, 2]
     assert second.history[0] == first.history[0]
     assert [r["from_epoch"] for r in second.checkpoint.meta.restarts] == [1]
-    # A new name with resume=True simply starts (what the Prefect task passes on its first try).
-    assert [h.epoch for h in train_on_ray(cfg, run_name="names-2", resume=True).history] == [1]
+    # A new name with resume=True simply starts: what the nightly's train task passes on its first try
+    # (tests/integration/test_flows.py).
 
 
 def _vector_shard(uri: str, n: int, bad: str | None = None, bad_row: int = 7) -> pa.Table:
