@@ -60,7 +60,9 @@ class DataConfig(_Section):
     vector_dim: int | None = Field(
         None, ge=1, description="Length of the vector column when it is a variable-length list."
     )
-    scale: float = Field(1.0, gt=0, description="Vector features are divided by this (255 for uint8).")
+    scale: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="Vector features are divided by this (255 for uint8)."
+    )
     codec: str = Field(
         "auto",
         description="How rows become x, a name from config.CODECS: auto = vector with data.vector_column, "

@@ -236,6 +236,7 @@ def _user_batches(
         try:
             with fs.open_input_stream(path) as f:
                 reader = pacsv.open_csv(f, convert_options=convert)
+                _check_csv_columns(uri, reader.schema)
                 if types is None:
                     types, first_uri = reader.schema, uri
                 elif reader.schema.names != types.names:
@@ -247,6 +248,23 @@ def _user_batches(
             raise DataError(f"{uri}: no such file") from e
         except pa.ArrowInvalid as e:
             raise DataError(f"{uri}: cannot parse CSV: {e}") from e
+
+
+def _check_csv_columns(uri: str, schema: pa.Schema) -> None:
+    """Column names given once, and text that is UTF-8 (Arrow reads other bytes as a binary column)."""
+    seen: set[str] = set()
+    for name in schema.names:
+        if name in seen:
+            raise DataError(
+                f"{uri}: CSV column {name!r} appears twice in the header; give each column its own name"
+            )
+        seen.add(name)
+    binary = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if binary:
+        raise DataError(
+            f"{uri}: column {binary[0]!r} holds bytes that are not UTF-8 text; save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8) and import it again"
+        )
 
 
 DEFAULT_TEST_FRACTION = 0.2

@@ -192,7 +192,7 @@ def is_delta_table(uri: str, storage_options: dict | None = None) -> bool:
     fs.invalidate_cache(path)
     try:
         return any(p.endswith(".json") for p in fs.ls(path, detail=False))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no log, or the "table" is a file
         return False
 
 
@@ -300,6 +300,9 @@ def check_writable(
     """Refuse up front, before any work, an output a job must not write to: one that holds anything a
     Delta table does not (a model, a dataset, other files: `vaeflow vacuum` of the table later must not
     meet them), an existing table in mode error, or a table whose columns are not `schema`'s."""
+    fs, root = filesystem(uri, storage_options)
+    if fs.isfile(root):
+        raise TableError(f"{uri}: is a file; an output is a folder (a Delta table), new or empty")
     foreign = _foreign_entries(uri, storage_options)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
