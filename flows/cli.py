@@ -26,9 +26,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the parsed command `args.func`: its code (0), or 2 with one line on stderr for a user error
-    (--debug adds the traceback); any other exception propagates (Python prints it and exits 1)."""
+    (--debug adds the traceback), 130 with one line for Ctrl-C; any other exception propagates (Python
+    prints it and exits 1)."""
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        # Outputs are committed whole or not at all: an interrupted job left none of its rows visible.
+        print(f"vaeflow {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:
         message = user_error(e)
         if message is None:

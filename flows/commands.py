@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows.console import EpochBar, print_progress
+from flows.console import EpochBar, log_to_stderr, print_progress
 from vae_core.config import VaeflowConfig
 from vae_core.data.tables import Committed
 from vae_core.errors import ConfigError
@@ -219,7 +219,9 @@ def data_describe(args: argparse.Namespace) -> int:
 
     cfg = read_config(args)
     data = cfg.data.model_copy(update={"uri": args.uri})
-    found = describe(data)
+    # A wide table's codec fit takes a while: its progress lines go to stderr, the description to stdout.
+    with log_to_stderr("vae_core.data.tabular"):
+        found = describe(data)
     print(json.dumps(found.to_dict(), indent=2) if args.json else "\n".join(found.lines()))
     return 0
 

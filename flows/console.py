@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # records import torch, which `vaeflow config` and `describe` never load
     from vae_core.training.records import Record
+
+
+@contextlib.contextmanager
+def log_to_stderr(logger: str) -> Iterator[None]:
+    """The INFO lines of `logger` on stderr, as they come, while the block runs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    target = logging.getLogger(logger)
+    level = target.level
+    target.addHandler(handler)
+    target.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(level)
 
 
 def print_progress(msg: str) -> None:

@@ -267,3 +267,30 @@ def test_generate_match_shares_takes_column_names_into_the_config():
     args = build_parser().parse_args([*_JOB["generate"], "--match-shares", "income", "sex"])
     assert job_config(args).generate.match_shares == ["income", "sex"]
     assert job_config(build_parser().parse_args(_JOB["generate"])).generate.match_shares == []
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_exit_130_leaving_no_partial_split(tmp_path):
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("vaeflow"))
+    out = tmp_path / "mnist"
+    proc = subprocess.Popen(
+        [exe, "data", "import", "mnist", "--output", str(out), "--rows-per-file", "500"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:  # the first line: the import has begun
+        if select.select([proc.stdout], [], [], 1.0)[0] and proc.stdout.readline():
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "vaeflow data: interrupted" and "Traceback" not in err, err
+    # A split is written whole or not at all: nothing under train/ unless it was complete.
+    shards = sorted((out / "train").glob("*.parquet")) if (out / "train").exists() else []
+    assert shards == [] or len(shards) == 120, len(shards)

@@ -139,3 +139,34 @@ def test_tabular_spec_infers_kinds_and_honours_overrides():
     assert spec.continuous == ["day", "at"] and spec.categorical == []
     with pytest.raises(DataError, match="unknown column 'nope' named in the config"):
         resolve_spec(DataConfig(exclude=["nope"]), dated, "t")
+
+
+def test_describing_a_table_of_5000_columns_reports_progress_within_a_minute(tmp_path):
+    """`vaeflow data describe` of a wide table: the codec fit names how far it is on stderr (issue 37:
+    it used to print nothing for minutes)."""
+    import select
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    rng = np.random.default_rng(0)
+    table = pa.table({f"c{i}": rng.normal(size=100) for i in range(5000)})
+    for split in ("train", "test"):
+        (tmp_path / "wide" / split).mkdir(parents=True)
+        pq.write_table(table, tmp_path / "wide" / split / "part-0.parquet")
+    exe = str(Path(sys.executable).with_name("vaeflow"))
+    proc = subprocess.Popen(
+        [exe, "data", "describe", str(tmp_path / "wide"), "data.id_column=null"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline, said = time.monotonic() + 60, ""
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and "columns fitted" not in said:
+            ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            if ready:
+                said = proc.stderr.readline()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert "of 5000 columns fitted" in said or proc.returncode == 0, said

@@ -15,6 +15,8 @@ JSON. Generated values keep the data's decimal places.
 from __future__ import annotations
 
 import json
+import logging
+import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -28,6 +30,9 @@ import pyarrow.compute as pc
 from vae_core.data.arrow_types import arrow_type, as_array, as_numbers, is_temporal
 from vae_core.data.layout import Block
 from vae_core.errors import CheckpointError, DataError, InternalError
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 5.0  # a fit of many columns logs how far it is at most this often (INFO)
 
 NULL_SLOT = "<null/unseen>"
 RAKING_ROUNDS, MAX_RAKING_FACTOR = 20, 10.0  # TabularTransformer.match_shares
@@ -188,9 +193,12 @@ class TabularTransformer:
         cont = {name: _ContinuousStats(reservoir, rng) for name in continuous}
         cats: dict[str, Counter] = {name: Counter() for name in categorical}
         cat_nulls = dict.fromkeys(categorical, 0)
-        rows = 0
+        rows, said = 0, time.monotonic()
         for batch in batches:
             rows += batch.num_rows
+            if time.monotonic() - said > PROGRESS_EVERY_S:
+                log.info("fitting the tabular codec: %s rows of %d columns read", f"{rows:,}", len(schema))
+                said = time.monotonic()
             for name, stats in cont.items():
                 stats.update(as_array(batch.column(name)), name)
             for name, counter in cats.items():
@@ -201,7 +209,11 @@ class TabularTransformer:
         if rows == 0:
             raise DataError("the dataset has no rows")
         columns: list[Column] = []
-        for name in [f.name for f in schema if f.name in cont or f.name in cats]:
+        names = [f.name for f in schema if f.name in cont or f.name in cats]
+        for i, name in enumerate(names):
+            if time.monotonic() - said > PROGRESS_EVERY_S:
+                log.info("fitting the tabular codec: %d of %d columns fitted", i, len(names))
+                said = time.monotonic()
             field_type = schema.field(name).type
             if pa.types.is_dictionary(field_type):
                 field_type = field_type.value_type
