@@ -119,6 +119,22 @@ class _MotoProcess:
             self.proc.wait(timeout=10)
 
 
+@contextmanager
+def own_ray_cluster(num_cpus: int = 4) -> Iterator[str]:
+    """A local Ray cluster started as vaeflow starts its own (token auth), shut down afterwards; yields
+    its GCS address, for drivers in subprocesses (RAY_ADDRESS plus this process's environment, which
+    holds the token)."""
+    import ray
+
+    from vae_core.distributed.cluster import start_local_ray
+
+    address = start_local_ray(num_cpus=num_cpus)
+    try:
+        yield address
+    finally:
+        ray.shutdown()
+
+
 def make_bucket(prefix: str = "vaeflow") -> str:
     """Create a uniquely named bucket on the current S3 endpoint; returns s3://<name>."""
     import s3fs

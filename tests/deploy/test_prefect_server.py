@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.datasets import write_mnist_sample
-from tests.servers import free_port, wait_healthy
+from tests.servers import free_port, own_ray_cluster, wait_healthy
 from vae_core.operations.registry import champion_record
 
 pytestmark = [pytest.mark.timeout(600)]
@@ -59,15 +59,8 @@ def env(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[str]:
     """A local Ray cluster of our own for the flow runs to join: its GCS address."""
-    import ray
-
-    from vae_core.distributed.cluster import start_local_ray
-
-    address = start_local_ray(num_cpus=4)
-    try:
+    with own_ray_cluster(num_cpus=4) as address:
         yield address
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

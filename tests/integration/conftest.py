@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.datasets import write_mnist_sample
-from tests.servers import TEST_KEY_ID, TEST_SECRET, local_s3_server, make_bucket
+from tests.servers import TEST_KEY_ID, TEST_SECRET, local_s3_server, make_bucket, own_ray_cluster
 
 __all__ = ["TEST_KEY_ID", "TEST_SECRET", "make_bucket"]
 
@@ -33,20 +33,11 @@ def bucket(s3_server: str) -> str:
 def ray_local(s3_server: str) -> Iterator[str]:
     """A local Ray cluster per test module (started after the S3 env is set, so workers inherit it).
 
-    4 logical CPUs: 2 training workers x 1 CPU + 1 CPU for Ray Data, with room to spare.
-    Started as vae_core starts its own (token auth, see vae_core.distributed.cluster.use_token_auth).
-    Yields the GCS address, for drivers started in subprocesses: they need RAY_ADDRESS and this
-    process's environment (`{**os.environ, "RAY_ADDRESS": address}`), which holds the token.
+    4 logical CPUs: 2 training workers x 1 CPU + 1 CPU for Ray Data, with room to spare. Yields the GCS
+    address (tests.servers.own_ray_cluster).
     """
-    import ray
-
-    from vae_core.distributed.cluster import start_local_ray
-
-    address = start_local_ray(num_cpus=4)
-    try:
+    with own_ray_cluster(num_cpus=4) as address:
         yield address
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

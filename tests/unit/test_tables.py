@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import polars as pl
 import pyarrow as pa
@@ -36,6 +37,27 @@ def _write(table_uri: str, name: str, ids: list[int]) -> DataFile:
     table = pa.table({"id": pa.array(ids, pa.int64()), "z": pa.array([float(i) for i in ids], pa.float32())})
     pq.write_table(table, f"{table_uri}/{name}")
     return DataFile(name, len(ids), os.path.getsize(f"{table_uri}/{name}"))
+
+
+def _race(n: int, write: Callable[[int], object]) -> list[str]:
+    """write(0..n-1) in n threads released at once: "ok" or "conflict" (TableConflict) for each."""
+    outcomes: list[str] = []
+    barrier = threading.Barrier(n)
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        try:
+            write(i)
+            outcomes.append("ok")
+        except TableConflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
 
 
 def _record(run_key: str, rows: int, night: str | None = None) -> CommitRecord:
@@ -90,22 +112,7 @@ def test_racing_overwrites_one_wins_the_others_fail_cleanly(tmp_path):
     uri = str(tmp_path / "emb")
     commit(uri, [_write(uri, "p0.parquet", [0])], SCHEMA, _record("base", 1), "error")
     files = [_write(uri, f"w{i}.parquet", [10 * i + 1, 10 * i + 2]) for i in range(4)]
-    outcomes: list[str] = []
-    barrier = threading.Barrier(4)
-
-    def writer(i: int) -> None:
-        barrier.wait()
-        try:
-            commit(uri, [files[i]], SCHEMA, _record(f"w{i}", 2), "overwrite")
-            outcomes.append("ok")
-        except TableConflict:
-            outcomes.append("conflict")
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = _race(4, lambda i: commit(uri, [files[i]], SCHEMA, _record(f"w{i}", 2), "overwrite"))
     assert outcomes.count("ok") >= 1 and len(outcomes) == 4
     rows = read_table(uri).column("id").to_pylist()
     assert len(rows) == 2 and rows[0] // 10 == rows[1] // 10, "the table mixes two writers' rows"
@@ -157,23 +164,8 @@ def test_an_append_whose_ids_another_writer_committed_meanwhile_commits_nothing(
 def test_racing_appends_of_the_same_ids_commit_them_once(tmp_path):
     uri = str(tmp_path / "emb")
     commit(uri, [_write(uri, "base.parquet", [0])], SCHEMA, _record("base", 1), "error")
-    outcomes: list[str] = []
-    barrier = threading.Barrier(4)
-
-    def writer(i: int) -> None:
-        ids = [1, 2, 3] if i < 3 else [100 + i]  # three jobs of the same rows, one of others
-        barrier.wait()
-        try:
-            _append(uri, f"w{i}.parquet", ids, base=0)
-            outcomes.append("ok")
-        except TableConflict:
-            outcomes.append("conflict")
-
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # Three jobs of the same rows and one of others, all checked against version 0.
+    outcomes = _race(4, lambda i: _append(uri, f"w{i}.parquet", [1, 2, 3] if i < 3 else [100 + i], base=0))
     assert sorted(outcomes) == ["conflict", "conflict", "ok", "ok"]
     assert sorted(read_table(uri).column("id").to_pylist()) == [0, 1, 2, 3, 103]
 
