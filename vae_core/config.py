@@ -277,9 +277,6 @@ class EmbedConfig(_Section):
     )
 
 
-MAX_FILES = 100_000  # files one batch job writes and commits: the commit lists each, the driver its summary
-
-
 class GenerateConfig(_Section):
     """The generate job: rows in the training schema decoded from draws z ~ N(0, I), all of them or
     those that carry the `where` values."""
@@ -336,18 +333,6 @@ class GenerateConfig(_Section):
                 raise ValueError(f"column {column.strip()!r} is given twice")
             where[column.strip()] = text
         return where
-
-    @model_validator(mode="after")
-    def _files_of_one_commit(self) -> GenerateConfig:
-        """A job is one Delta commit listing every file: its plan and its commit stay bounded."""
-        files = -(-self.rows // self.rows_per_file)
-        if files > MAX_FILES:
-            raise ValueError(
-                f"generate.rows={self.rows:,} at generate.rows_per_file={self.rows_per_file:,} is {files:,} "
-                f"files in one commit; at most {MAX_FILES:,}: raise rows_per_file, or generate in several "
-                "appends (--mode append continues the ids)"
-            )
-        return self
 
 
 # A model's name and a run's name each become one folder (runs_uri/<run>, the registry's <name>/): no

@@ -266,67 +266,16 @@ def _lost_race(uri: str, e: Exception) -> TableConflict:
     )
 
 
-def _exists_error(uri: str) -> TableError:
+def exists_error(uri: str) -> TableError:
     return TableError(
         f"{uri}: already holds a Delta table written by another run; write to a new output, "
         "or choose mode overwrite (a new version; earlier ones stay readable) or append"
     )
 
 
-def _foreign_entries(uri: str, storage_options: dict | None) -> list[str]:
-    """Entries of the folder that no Delta table writes there: anything but `_delta_log/`, vaeflow's
-    `_vaeflow/` and Parquet data files (`part-*.parquet`, the names of vaeflow's jobs and of most Delta
-    writers)."""
-    fs, root = filesystem(uri, storage_options)
-    fs.invalidate_cache(root)
-    try:
-        listing = fs.ls(root, detail=True)
-    except FileNotFoundError:
-        return []
-    out = []
-    for entry in listing:
-        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        folder = entry.get("type") == "directory"
-        data_file = not folder and name.startswith("part-") and name.endswith(".parquet")
-        if data_file or (folder and name in (LOG_DIR, JOB_DIR)):
-            continue
-        out.append(name + "/" if folder else name)
-    return sorted(out)
-
-
-def check_writable(
-    uri: str, mode: Mode, storage_options: dict | None = None, schema: pa.Schema | None = None
-) -> None:
-    """Refuse up front, before any work, an output a job must not write to: one that holds anything a
-    Delta table does not (a model, a dataset, other files: `vaeflow vacuum` of the table later must not
-    meet them), an existing table in mode error, or a table whose columns are not `schema`'s."""
-    fs, root = filesystem(uri, storage_options)
-    if fs.isfile(root):
-        raise TableError(f"{uri}: is a file; an output is a folder (a Delta table), new or empty")
-    foreign = _foreign_entries(uri, storage_options)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise TableError(
-            f"{uri}: holds {shown}, which no Delta table writes; write the output to a new or empty folder"
-        )
-    if not is_delta_table(uri, storage_options):
-        return
-    if mode == "error":
-        raise _exists_error(uri)
-    if mode == "append" and schema is not None:
-        held = pa.schema(_open(uri, storage_options).schema().to_arrow())
-        ours = delta_schema(schema)
-        if held.names != ours.names or any(
-            not held.field(n).type.equals(ours.field(n).type) for n in ours.names
-        ):
-            raise TableError(
-                f"{uri}: holds a Delta table with columns {_columns(held)}; this job writes "
-                f"{_columns(ours)}. Write to a new output, or --mode overwrite to replace its rows"
-            )
-
-
-def _columns(schema: pa.Schema) -> str:
-    return ", ".join(f"{f.name} {f.type}" for f in schema)
+def table_schema(uri: str, storage_options: dict | None = None) -> pa.Schema:
+    """The columns of the table's latest version."""
+    return pa.schema(_open(uri, storage_options).schema().to_arrow())
 
 
 def commit(
@@ -374,7 +323,7 @@ def commit(
         attempt += 1
         exists = is_delta_table(uri, storage_options)
         if exists and mode == "error":
-            raise _exists_error(uri)
+            raise exists_error(uri)
         try:
             if not exists:
                 create_table_with_add_actions(

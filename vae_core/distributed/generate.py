@@ -31,6 +31,8 @@ from vae_core.training.inference import generate
 from .cluster import cluster_set_up
 from .jobs import Actors, InProcess, Run, check_output_place, keep_out_of, model_record, start_cluster
 
+MAX_FILES = 100_000  # files one job writes and commits: the commit lists each, the driver its summary
+
 
 def block_seed(seed: int, block: int) -> int:
     """A 63-bit seed for output file `block` of a run seeded `seed`, independent of which actor runs it."""
@@ -245,6 +247,13 @@ def generate_rows(
     check_output_place(output_uri, **keep_out_of(model_uri, ckpt))  # no rows where the next training reads
     sample = job.sample_likelihood if job.sample_likelihood is not None else ckpt.codec.sample_by_default
     per_file = job.rows_per_file
+    files = -(-job.rows // per_file)
+    if files > MAX_FILES:  # the job is one Delta commit listing every file: plan and commit stay bounded
+        raise ConfigError(
+            f"generate.rows={job.rows:,} at generate.rows_per_file={per_file:,} is {files:,} files in one "
+            f"commit; at most {MAX_FILES:,}: raise rows_per_file, or generate in several appends (--mode "
+            "append continues the ids)"
+        )
     # Ids count from 0, or on append from after the table's largest id (checked again at the commit).
     id_column, base, first = ckpt.config.data.id_column, None, 0
     if mode == "append" and id_column:

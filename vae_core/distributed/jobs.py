@@ -41,6 +41,7 @@ from ray.data import ActorPoolStrategy
 from vae_core.config import ComputeConfig
 from vae_core.data.dataset import is_list_type
 from vae_core.data.objects import atomic_write_json, fingerprint, read_json
+from vae_core.data.outputs import check_writable
 from vae_core.data.storage import absolute, check_bucket, filesystem, join
 from vae_core.data.tables import (
     JOB_DIR,
@@ -49,7 +50,6 @@ from vae_core.data.tables import (
     DataFile,
     Mode,
     NewIds,
-    check_writable,
     commit,
     delta_schema,
     file_sizes,
@@ -257,7 +257,7 @@ class Run:
 
     def earlier(self, schema: pa.Schema) -> Committed | None:
         """The earlier commit of this run key (a rerun then does nothing); refuse early what cannot commit
-        (tables.check_writable: the output's folder holds other files, or a table of other columns)."""
+        (outputs.check_writable: the output's folder holds other files, or a table of other columns)."""
         found = find_commit(self.output_uri, self.run_key, self.mode, self.storage_options)
         if found is not None:
             version, record = found
