@@ -65,14 +65,25 @@ def content_fingerprint(uri: str, storage_options: dict | None = None) -> str:
     return f"sha1:{h.hexdigest()}:{info.get('size')}"
 
 
-def fingerprint(uris: list[str], storage_options: dict | None = None, extra: Any = None) -> str:
-    """A hash of the input files' names and contents (content_fingerprint: a re-upload or a touch of
-    the same bytes changes nothing) and `extra` (parameters, model version)."""
-    ordered = sorted(uris)
+def content_fingerprints(uris: list[str], storage_options: dict | None = None) -> dict[str, str]:
+    """uri -> content_fingerprint(uri), eight files at a time."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        tags = list(pool.map(lambda uri: content_fingerprint(uri, storage_options), ordered))
+        found = pool.map(lambda uri: content_fingerprint(uri, storage_options), uris)
+        return dict(zip(uris, found, strict=True))
+
+
+def fingerprint(
+    uris: list[str],
+    storage_options: dict | None = None,
+    extra: Any = None,
+    prints: dict[str, str] | None = None,
+) -> str:
+    """A hash of the input files' names and contents (content_fingerprint: a re-upload or a touch of
+    the same bytes changes nothing; `prints` when the caller has them already) and `extra`
+    (parameters, model version)."""
+    prints = prints if prints is not None else content_fingerprints(uris, storage_options)
     h = hashlib.sha256()
-    for uri, tag in zip(ordered, tags, strict=True):
-        h.update(f"{uri}\0{tag}\n".encode())
+    for uri in sorted(uris):
+        h.update(f"{uri}\0{prints[uri]}\n".encode())
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]

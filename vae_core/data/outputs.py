@@ -9,6 +9,7 @@ folder of other files is no place for a table either).
 from __future__ import annotations
 
 import pyarrow as pa
+from fsspec import AbstractFileSystem
 
 from vae_core.data.storage import filesystem
 from vae_core.data.tables import (
@@ -23,11 +24,10 @@ from vae_core.data.tables import (
 from vae_core.errors import TableError
 
 
-def _foreign_entries(uri: str, storage_options: dict | None) -> list[str]:
+def _foreign_entries(fs: AbstractFileSystem, root: str) -> list[str]:
     """Entries of the folder that no Delta table writes there: anything but `_delta_log/`, vaeflow's
     `_vaeflow/` and Parquet data files (`part-*.parquet`, the names of vaeflow's jobs and of most Delta
     writers)."""
-    fs, root = filesystem(uri, storage_options)
     fs.invalidate_cache(root)
     try:
         listing = fs.ls(root, detail=True)
@@ -53,7 +53,7 @@ def check_writable(
     fs, root = filesystem(uri, storage_options)
     if fs.isfile(root):
         raise TableError(f"{uri}: is a file; an output is a folder (a Delta table), new or empty")
-    foreign = _foreign_entries(uri, storage_options)
+    foreign = _foreign_entries(fs, root)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise TableError(

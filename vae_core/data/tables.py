@@ -67,12 +67,18 @@ class NewIds:
     base_version: int | None  # None: the table did not exist
 
 
+def _numeric(ids: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Integer ids as they are; text ids only those that are decimal digits (generated ids' text)."""
+    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+        return pc.filter(ids, pc.fill_null(pc.utf8_is_digit(ids), False))
+    return ids
+
+
 def _repeated(theirs: pa.ChunkedArray, ours: pa.Array | range) -> pa.ChunkedArray:
     """The values of `theirs` that are among `ours`."""
     if not isinstance(ours, range):
         return pc.filter(theirs, pc.is_in(theirs, value_set=ours))
-    if pa.types.is_string(theirs.type) or pa.types.is_large_string(theirs.type):
-        theirs = pc.filter(theirs, pc.fill_null(pc.utf8_is_digit(theirs), False))
+    theirs = _numeric(theirs)
     numbers = pc.cast(theirs, pa.int64())
     inside = pc.and_(pc.greater_equal(numbers, ours.start), pc.less(numbers, ours.stop))
     return pc.filter(theirs, pc.fill_null(inside, False))
@@ -85,7 +91,7 @@ def next_id(uri: str, column: str, storage_options: dict | None = None) -> tuple
     if held is None:
         return None, 0
     version, ids = held
-    largest = pc.max(_repeated(pa.chunked_array([ids]), range(-(2**62), 2**62))).as_py()
+    largest = pc.max(pc.cast(_numeric(pa.chunked_array([ids])), pa.int64())).as_py()
     return version, 0 if largest is None else int(largest) + 1
 
 

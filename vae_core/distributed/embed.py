@@ -13,7 +13,6 @@ import json
 import queue
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from vae_core.config import ComputeConfig, EmbedConfig
 from vae_core.data.codecs.base import Codec, Drift, add_drift, describe_drift, list_column
 from vae_core.data.dataset import list_shards, read_schema
-from vae_core.data.objects import content_fingerprint, fingerprint
+from vae_core.data.objects import content_fingerprints, fingerprint
 from vae_core.data.storage import absolute, arrow_filesystem
 from vae_core.data.tables import CommitRecord, Committed, Mode, NewIds, held_ids, history, is_delta_table
 from vae_core.errors import ConfigError, DataError
@@ -316,10 +315,8 @@ def embed_corpus(
     inputs: dict[str, Any] = {"uri": input_uri}
     key: dict[str, Any] = {"kind": "embeddings", "model": model["fingerprint"], **params}
     before: Embedded | None = None
-    if job.incremental:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            found = pool.map(lambda s: content_fingerprint(s, storage_options), shards)
-            prints = dict(zip(shards, found, strict=True))
+    prints = content_fingerprints(shards, storage_options) if job.incremental else None
+    if prints is not None:
         inputs["shard_fingerprints"] = sorted(prints.values())
         before = embedded_so_far(output_uri, model["fingerprint"], params, storage_options)
         if before is not None and not before.fingerprints <= set(prints.values()):
@@ -341,7 +338,7 @@ def embed_corpus(
             inputs["shard_fingerprints"] = sorted(prints[s] for s in new)
             key.update(shards=inputs["shard_fingerprints"], appends_to=before.version)
     if before is None:
-        inputs["fingerprint"] = fingerprint(shards, storage_options)
+        inputs["fingerprint"] = fingerprint(shards, storage_options, prints=prints)
         key["input"] = inputs["fingerprint"]
     run_key = run_key or fingerprint([], extra=key)
     run = Run("embed", "embeddings", output_uri, run_key, mode, night, storage_options, progress)

@@ -255,9 +255,10 @@ def generate_rows(
             "append continues the ids)"
         )
     # Ids count from 0, or on append from after the table's largest id (checked again at the commit).
-    id_column, base, first = ckpt.config.data.id_column, None, 0
+    id_column, first, new_ids = ckpt.config.data.id_column, 0, None
     if mode == "append" and id_column:
         base, first = next_id(output_uri, id_column, storage_options)
+        new_ids = NewIds(id_column, range(first, first + job.rows), base)
     blocks = [
         {"block": b, "start": first + start, "rows": min(per_file, job.rows - start)}
         for b, start in enumerate(range(0, job.rows, per_file))
@@ -302,8 +303,6 @@ def generate_rows(
     if match:
         wanted = f" with {', '.join(match)} at the training shares ({MATCH_DRAWS:g}x draws)"
     progress(f"generating {job.rows:,} rows{wanted} with {model_uri} in {len(blocks)} files {where_to}")
-    appended = mode == "append" and id_column
-    new_ids = NewIds(id_column, range(first, first + job.rows), base) if appended else None
     committed = run.execute(ds, job.rows, out_schema, model, params, stats=_stats, new_ids=new_ids)
     if job.where:
         draws = committed.record.stats["draws"]

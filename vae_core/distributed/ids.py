@@ -46,8 +46,9 @@ def check_ids(
     if nulls:
         shard = next(s for s, a in zip(shards, ids, strict=True) if a.null_count)
         raise DataError(f"{source}: id column {id_column!r} has {nulls:,} null(s), e.g. in {shard}")
-    own = pa.chunked_array([a.cast(ids[0].type) for a in ids[: len(ids) - (table is not None)]], ids[0].type)
-    every = pa.chunked_array([a.cast(ids[0].type) for a in ids], type=ids[0].type)
+    typed = [a.cast(ids[0].type) for a in ids]
+    own = pa.chunked_array(typed[: len(typed) - (table is not None)], ids[0].type)  # the input's, no table
+    every = pa.chunked_array(typed, ids[0].type)
     counts = pc.value_counts(every)
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))
     if len(repeated):
