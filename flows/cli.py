@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 
 from flows.parser import build_parser
 from vae_core.errors import UserError, find_error
 
+# Where an output cannot be written for a reason of its file system, not of vaeflow's code.
+FULL_OR_READ_ONLY = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
 
-def user_error(error: BaseException) -> str | None:
+
+def user_error(error: BaseException, where: str | None = None) -> str | None:
     """The one line to print when `error` is the user's mistake: the message of the UserError found
     along its causes and inside Ray's wrappers (a bad config, option, file, column, URI, missing
-    credentials, a lost commit race). None for anything else, a builtin ValueError from inside numpy
-    or torch included: that is a bug, and it keeps its traceback."""
+    credentials, a lost commit race), or a disk that is full or read-only (named by the OSError's file,
+    else by `where`, the command's output). None for anything else, a builtin ValueError from inside
+    numpy or torch included: that is a bug, and it keeps its traceback."""
     found = find_error(error, UserError)
-    return None if found is None else " ".join(str(found).split())
+    if found is not None:
+        return " ".join(str(found).split())
+    disk = find_error(error, OSError)
+    if disk is not None and disk.errno in FULL_OR_READ_ONLY:
+        path = disk.filename or where or "the output"
+        return (
+            f"{path}: {FULL_OR_READ_ONLY[disk.errno]}; nothing was published: free space, or give an "
+            "output on a writable file system"
+        )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +56,21 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"vaeflow {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        message = user_error(e)
+        _stop_own_cluster()
+        message = user_error(e, getattr(args, "output", None))
         if message is None:
             raise
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"vaeflow {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _stop_own_cluster() -> None:
+    """A failed command leaves no local Ray cluster of its own running (a cluster it joined stays)."""
+    cluster = sys.modules.get("vae_core.distributed.cluster")  # imported only by commands that use Ray
+    if cluster is not None:
+        cluster.stop_own_cluster()
 
 
 if __name__ == "__main__":

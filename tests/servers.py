@@ -87,11 +87,25 @@ def local_s3_server(separate_process: bool = False) -> Iterator[str]:
                 os.environ[k] = v
 
 
+@contextmanager
+def s3_server_checking_keys() -> Iterator[str]:
+    """A second moto server, on 127.0.0.1, that checks the access key of every request as AWS does
+    (moto's INITIAL_NO_AUTH_ACTION_COUNT=0): every key is unknown to it, so each request is refused
+    with InvalidAccessKeyId (a HEAD with a bare 403). Yields its endpoint; the environment is left
+    alone."""
+    server = _MotoProcess(free_port(), env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+
+
 class _MotoProcess:
     """`moto_server` as a child process, with ThreadedMotoServer's start/stop."""
 
-    def __init__(self, port: int) -> None:
-        self.port, self.proc = port, None
+    def __init__(self, port: int, env: dict[str, str] | None = None) -> None:
+        self.port, self.proc, self.env = port, None, env
         self.pid: int | None = None
 
     def start(self) -> None:
@@ -101,6 +115,7 @@ class _MotoProcess:
             [*cmd, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=None if self.env is None else {**os.environ, **self.env},
         )
         self.pid = self.proc.pid
         deadline = time.monotonic() + 30

@@ -40,8 +40,9 @@ CODECS: dict[str, tuple[str, str]] = {
 
 
 class _Section(BaseModel):
-    # extra="forbid": a misspelt key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # extra="forbid": a misspelt key is an error, not a silently ignored setting. allow_inf_nan=False:
+    # JSON has no Infinity, so an infinite setting would be written as null and refused on reading.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -60,9 +61,7 @@ class DataConfig(_Section):
     vector_dim: int | None = Field(
         None, ge=1, description="Length of the vector column when it is a variable-length list."
     )
-    scale: float = Field(
-        1.0, gt=0, allow_inf_nan=False, description="Vector features are divided by this (255 for uint8)."
-    )
+    scale: float = Field(1.0, gt=0, description="Vector features are divided by this (255 for uint8).")
     codec: str = Field(
         "auto",
         description="How rows become x, a name from config.CODECS: auto = vector with data.vector_column, "

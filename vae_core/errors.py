@@ -98,8 +98,9 @@ class TrainingError(VaeflowError):
     """The Ray Train run failed after its allowed restarts (not the user's input: exit 1)."""
 
 
-class NonFiniteLossError(VaeflowError):
-    """The loss became NaN or inf; the message names the epoch, step and each loss term."""
+class NonFiniteLossError(ConfigError):
+    """The loss became NaN or inf: the settings make the training diverge (inputs with NaN are refused
+    before training). The message names the epoch, step, each loss term and train.lr to lower."""
 
 
 class InternalError(VaeflowError):

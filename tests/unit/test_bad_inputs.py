@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ import ray
 import s3fs
 
 from flows.cli import main
-from tests.servers import local_s3_server
+from tests.servers import local_s3_server, s3_server_checking_keys
 from vae_core.config import VaeflowConfig
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
@@ -110,6 +112,10 @@ class Case:
     s3: bool = False  # runs against the S3 server; no bucket or object may appear on it
     setup: Callable[[pytest.MonkeyPatch], None] | None = None  # the environment's part of the mistake
     secret: str | None = None  # what the message must not contain
+    fixture: str | None = None  # a fixture of this module the case needs (e.g. a server refusing keys)
+    # "full:DIR" or "read-only:DIR": the command runs in its own mount namespace where tmp/DIR is a
+    # 64 KB tmpfs, or read-only; files left inside it are listed from there (they vanish with it)
+    mount: str | None = None
 
 
 def _csv(tmp: Path, text: str, name: str = "in.csv") -> str:
@@ -244,6 +250,28 @@ def _foreign_table(tmp: Path) -> str:
     return str(tmp / "foreign")
 
 
+def _truncated_log(tmp: Path) -> str:
+    """A table whose newest commit file was cut off mid-record (a copy interrupted, a full disk)."""
+    from deltalake import write_deltalake
+
+    x = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(32, np.float32)), 2)
+    write_deltalake(str(tmp / "cut"), pa.table({"id": np.arange(16), "z_mean": x}))
+    commit = tmp / "cut" / "_delta_log" / "00000000000000000000.json"
+    commit.write_bytes(commit.read_bytes()[:60])
+    return str(tmp / "cut")
+
+
+def _broken_model_file(tmp: Path, name: str) -> str:
+    model = _model(tmp)
+    (model / name).write_text('{"epoch": 1, ')  # cut off
+    return str(model)
+
+
+def _big_csv(tmp: Path) -> str:
+    rows = "".join(f"{i},{i * 0.37 % 1:.6f},c{i % 7}\n" for i in range(30_000))
+    return _csv(tmp, "a,b,c\n" + rows, "big.csv")
+
+
 def _generate(tmp: Path, output: str, *more: str) -> list[str]:
     model = _model(tmp)
     return ["generate", "--model", str(model), "--output", output.format(tmp=tmp), *more]
@@ -269,6 +297,9 @@ CASES = [
     Case("300-character run name", lambda t: [*_train(t, _dataset(t / "d")), "--run-name", "r" * 300], "300 characters", "runs"),
     Case("301-character config name", lambda t: ["config", "name=" + "n" * 301], "name"),
     Case("infinite data.scale", lambda t: ["config", "data.scale=inf"], "data.scale"),
+    Case("infinite train.lr (JSON would write null)", lambda t: ["config", "train.lr=inf"], "train.lr"),
+    Case("--gpu with no GPU", lambda t: [*_train(t, _dataset(t / "d")), "--gpu"], "compute.use_gpu", "runs"),
+    Case("diverging run (train.lr=1e30)", lambda t: [*_train(t, _dataset(t / "d")), "train.lr=1e30", "train.epochs=3", "train.batch_size=8"], "train.lr"),
     # the training data
     Case("dataset that does not exist", lambda t: _train(t, t / "missing"), "missing/train"),
     Case("split folder without Parquet files", lambda t: (t / "e" / "train").mkdir(parents=True) or _train(t, t / "e"), "e/train"),
@@ -302,6 +333,9 @@ CASES = [
     Case("feature column of another type", lambda t: _embed(t, _retyped(t)), "'x'", "out"),
     Case("input with zero rows", lambda t: _embed(t, _no_rows(t)), "none", "out"),
     Case("unknown --passthrough column", lambda t: _embed(t, _dataset(t / "d") / "test", "--passthrough", "label"), "'label'", "out"),
+    Case("passthrough column named like an output column", lambda t: _embed(t, _vectors(t / "pt", z_mean=list(range(32))) or t / "pt", "--passthrough", "z_mean"), "'z_mean'", "out"),
+    Case("malformed meta.json in the model", lambda t: ["embed", "--model", _broken_model_file(t, "meta.json"), "--input", str(_dataset(t / "d") / "test"), "--output", str(t / "out")], "model/meta.json", "out"),
+    Case("malformed config.json in the model", lambda t: ["embed", "--model", _broken_model_file(t, "config.json"), "--input", str(_dataset(t / "d") / "test"), "--output", str(t / "out")], "model/config.json", "out"),
     Case("--with-logvar for an autoencoder", lambda t: _embed(t, _dataset(t / "d") / "test", "--with-logvar", family="ae"), "with_logvar", "out"),
     Case("embed output inside its input", lambda t: ["embed", "--model", str(_model(t)), "--input", str(_dataset(t / "d") / "test"), "--output", str(t / "d" / "test" / "emb")], "d/test", "d/test/emb"),
     Case("generate into the training data", lambda t: _generate(t, "{tmp}/trained-on/train"), "trained-on/train", None),
@@ -312,6 +346,9 @@ CASES = [
     Case("embed output inside the training split", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", str(t / "trained-on" / "train" / "emb")), "trained-on/train", "trained-on/train/emb"),
     Case("output folder holding other files", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", _other_files(t)), "notes.txt", None),
     Case("append to a table of other columns", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", _foreign_table(t), "--mode", "append"), "columns a int64", None),
+    Case("append to a table with a truncated _delta_log commit", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", _truncated_log(t), "--mode", "append"), "cut: the Delta log", None),
+    Case("disk full", lambda t: ["data", "import", "csv", "--input", _big_csv(t), "--output", str(t / "full" / "imp")], "full/imp: no space left", mount="full:full"),
+    Case("read-only output", lambda t: _embed(t, _dataset(t / "d") / "test", "--output", str(t / "ro" / "emb")), "ro is on a read-only file system", mount="read-only:ro"),
     Case("ids repeated across shards", lambda t: _embed(t, _twice(t)), "'id'", "out"),
     Case("null ids", lambda t: _embed(t, _null_ids(t)), "'id'", "out"),
     Case("input drift with --strict", _strict, "'city'", "out"),
@@ -322,6 +359,7 @@ CASES = [
     Case("CSV missing from a bucket", lambda t: ["data", "import", "csv", "--input", f"{BUCKET}/nope.csv", "--output", str(t / "imp")], f"{BUCKET}/nope.csv", "imp", s3=True),
     Case("RAY_ADDRESS where no cluster answers", lambda t: _train(t, _dataset(t / "d")), "RAY_ADDRESS=127.0.0.1:9", "runs", setup=lambda m: m.setenv("RAY_ADDRESS", "127.0.0.1:9")),
     Case("credentials inside a URI", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n2\n3\n4\n5\n"), "--output", "s3://AKIDEXAMPLE:Sup3rSecret@bucket/d"], "s3://***@bucket/d", secret="Sup3rSecret"),
+    Case("credentials the object store refuses", lambda t: ["data", "import", "csv", "--input", f"{BUCKET}/in.csv", "--output", str(t / "imp")], "were refused (InvalidAccessKeyId)", "imp", fixture="refused_keys", secret="Sup3rSecret"),
     Case("missing AWS credentials", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n2\n3\n4\n5\n"), "--output", f"{BUCKET}/d"], f"{BUCKET}: no AWS credentials", s3=True, setup=_no_credentials),
 ]  # fmt: skip
 
@@ -334,6 +372,38 @@ def s3() -> Iterator[s3fs.S3FileSystem]:
         fs.mkdir(BUCKET)
         yield fs
     SinglePutS3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def refused_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The AWS environment pointing at an S3 server that knows no access key: every request refused."""
+    with s3_server_checking_keys() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Sup3rSecret")
+        SinglePutS3FileSystem.clear_instance_cache()
+        yield
+    SinglePutS3FileSystem.clear_instance_cache()
+
+
+def _in_mount_namespace(mount: str, tmp: Path, argv: list[str]) -> tuple[int, str, list[str]]:
+    """Run `vaeflow ARGV` in a new mount namespace where tmp/DIR is full (a 64 KB tmpfs) or read-only:
+    its exit code, stderr, and the files it left in DIR (listed before the namespace, and DIR's
+    mount, go away)."""
+    kind, folder = mount.split(":")
+    target = tmp / folder
+    target.mkdir()
+    how = {
+        "full": f"mount -t tmpfs -o size=64k tmpfs {target}",
+        "read-only": f"mount --bind {target} {target} && mount -o remount,bind,ro {target}",
+    }[kind]
+    script = f'{how} || exit 99; "$0" -m flows.cli "$@"; rc=$?; find {target} -type f; exit $rc'
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, sys.executable, *argv],
+        capture_output=True, text=True, timeout=240, cwd=tmp,
+    )  # fmt: skip
+    assert proc.returncode != 99, f"cannot mount {kind} {target}: {proc.stderr}"
+    return proc.returncode, proc.stderr, proc.stdout.split()
 
 
 def _s3_objects(fs: s3fs.S3FileSystem) -> set[str]:
@@ -353,9 +423,17 @@ def test_bad_input_exits_2_with_a_short_message_naming_it_and_writes_nothing(
     OUTCOMES[case.name] = False
     if case.setup:
         case.setup(monkeypatch)
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
+    if case.fixture:
+        request.getfixturevalue(case.fixture)
+    left: list[str] = []
+    if case.mount:
+        code, err, left = _in_mount_namespace(case.mount, tmp_path, argv)
+        err = err.strip()
+    else:
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
     assert code == 2, err
+    assert not left, f"files left in the full or read-only output: {left}"
     assert not ray.is_initialized(), "a Ray cluster was left running"
     assert case.names in err, err
     assert "Traceback" not in err and len(err.splitlines()) <= 2, err

@@ -19,9 +19,11 @@ from typing import NoReturn
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from flows.cli import main, run_command
 from flows.parser import build_parser
+from tests.conftest import binary_data, small_model
 from vae_core import errors
 from vae_core.config import VaeflowConfig
 from vae_core.data.codecs.vector import VectorCodec
@@ -36,6 +38,7 @@ from vae_core.errors import (
     CredentialsError,
     DataError,
     ModelReportError,
+    NonFiniteLossError,
     PackageDataError,
     RegistryError,
     RunNameError,
@@ -48,6 +51,7 @@ from vae_core.errors import (
 from vae_core.models.families import DataShape, build_model
 from vae_core.operations.registry import ChampionRecord, read_version
 from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
+from vae_core.training.loop import fit
 from vae_core.training.model_report import load_model_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +144,12 @@ def _no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     SinglePutS3FileSystem.clear_instance_cache()
 
 
+def _diverge() -> None:
+    """The training loop at a learning rate of 1e30: the loss is non-finite within a few steps."""
+    model = small_model()
+    fit(model, [binary_data(32)] * 4, epochs=3, optimizer=torch.optim.SGD(model.parameters(), lr=1e30))
+
+
 def _record(seq: int, version: str) -> ChampionRecord:
     uri = f"s3://r/models/vae/{version}"
     return ChampionRecord(seq, "vae", version, uri, "gate passed", "2024-01-0{seq}T00:00:00+00:00", None)
@@ -169,6 +179,7 @@ CASES = [
     Case(ChampionConflict, "s3://r/models/vae/champion", raised=lambda t: _raise(ChampionConflict("s3://r/models/vae/champion: the champion moved while v3 was being promoted", "v3", _record(1, "v1"), _record(2, "v2")))),
     Case(TableConflict, "s3://b/embeddings", raised=lambda t: _raise(TableConflict("s3://b/embeddings: another writer committed to this table while this job ran; this job committed nothing"))),
     Case(RunNameError, "runs/nightly", raised=lambda t: _raise(RunNameError("data/runs/nightly: a run of this name exists; pass --resume to continue it"))),
+    Case(NonFiniteLossError, "train.lr", raised=lambda t: _diverge()),
     Case(ClusterResourceError, "compute.num_workers", raised=lambda t: _raise(ClusterResourceError("the cluster has 2 CPUs but 4 workers x 1 CPU need 4; lower compute.num_workers"))),
 ]  # fmt: skip
 

@@ -234,6 +234,8 @@ def _user_batches(
         column_types = {f.name: f.type for f in types} if types is not None else None
         convert = pacsv.ConvertOptions(column_types=column_types, strings_can_be_null=True)
         try:
+            if "://" in uri and not uri.startswith("file://"):  # a refusal said by s3fs: whose, and why
+                filesystem(uri, storage_options)[0].info(uri)
             with fs.open_input_stream(path) as f:
                 reader = pacsv.open_csv(f, convert_options=convert)
                 _check_csv_columns(uri, reader.schema)

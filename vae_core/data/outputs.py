@@ -8,10 +8,13 @@ folder of other files is no place for a table either).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
-from vae_core.data.storage import filesystem
+from vae_core.data.storage import filesystem, scheme
 from vae_core.data.tables import (
     JOB_DIR,
     LOG_DIR,
@@ -21,7 +24,7 @@ from vae_core.data.tables import (
     is_delta_table,
     table_schema,
 )
-from vae_core.errors import TableError
+from vae_core.errors import StorageError, TableError
 
 
 def _foreign_entries(fs: AbstractFileSystem, root: str) -> list[str]:
@@ -53,6 +56,8 @@ def check_writable(
     fs, root = filesystem(uri, storage_options)
     if fs.isfile(root):
         raise TableError(f"{uri}: is a file; an output is a folder (a Delta table), new or empty")
+    if scheme(uri) == "file":
+        _check_local_writable(uri, Path(root))
     foreign = _foreign_entries(fs, root)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -73,6 +78,20 @@ def check_writable(
                 f"{uri}: holds a Delta table with columns {_columns(held)}; this job writes "
                 f"{_columns(ours)}. Write to a new output, or --mode overwrite to replace its rows"
             )
+
+
+def _check_local_writable(uri: str, path: Path) -> None:
+    """A local output on a read-only file system or in a folder this user may not write is refused
+    before any work (access(2) says so for root too on a read-only mount)."""
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if os.access(existing, os.W_OK):
+        return
+    read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+    raise StorageError(
+        f"{uri}: cannot be written: {existing} is on a read-only file system"
+        if read_only
+        else f"{uri}: cannot be written: no write permission on {existing}"
+    )
 
 
 def _columns(schema: pa.Schema) -> str:

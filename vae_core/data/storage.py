@@ -51,8 +51,27 @@ def absolute(uri: str) -> str:
     return str(Path(uri.removeprefix("file://")).resolve())
 
 
+# S3 error codes that mean the credentials themselves are wrong, not what they may do.
+REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+# Where botocore found the credentials it signed with (its `method` names), in a user's words.
+CREDENTIAL_SOURCES = {
+    "env": "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+    "shared-credentials-file": "the shared credentials file (AWS_PROFILE, ~/.aws/credentials)",
+    "config-file": "the AWS config file (AWS_PROFILE, ~/.aws/config)",
+    "assume-role": "an assumed role (AWS_PROFILE)",
+    "sso": "AWS SSO (AWS_PROFILE)",
+    "iam-role": "the instance's IAM role",
+    "container-role": "the container's IAM role",
+}
+
 # scheme://user[:password]@host/...: credentials inside a URI, which would reach logs and tracebacks.
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+
+
+def _error_code(error: BaseException) -> str:
+    """S3's error code (e.g. InvalidAccessKeyId) from s3fs's error's botocore cause; "403" for none."""
+    response = getattr(error.__cause__, "response", None) or {}
+    return response.get("Error", {}).get("Code") or "403"
 
 
 def mask_uri(uri: str) -> str:
@@ -108,7 +127,35 @@ class SinglePutS3FileSystem(S3FileSystem):
         except (NoCredentialsError, PartialCredentialsError) as e:
             raise CredentialsError(f"{_s3_location(kwargs)}: {NO_CREDENTIALS}") from e
         except PermissionError as e:
-            raise StorageError(f"{_s3_location(kwargs)}: access denied ({method}: {e})") from e
+            raise await self._refused(e, method, kwargs) from e
+
+    async def _refused(self, error: PermissionError, method: str, kwargs: dict[str, Any]) -> StorageError:
+        """A 403 as one line saying whose credentials were refused (never the credentials): the S3 error
+        code says when the key itself is wrong (a HEAD request carries no code, only 403)."""
+        code = _error_code(error)
+        if code == "403" and kwargs.get("Bucket"):  # a HEAD's 403: ask once more, in a way that says why
+            try:
+                await super()._call_s3("list_objects_v2", Bucket=kwargs["Bucket"], MaxKeys=1)
+            except PermissionError as again:
+                code = _error_code(again) if _error_code(again) in REFUSED_CREDENTIALS else code
+            except Exception:  # only the message's detail depends on it
+                pass
+        if self.key:
+            source = "the storage options (key, secret)"
+        else:
+            credentials = await self.session.get_credentials()
+            method_name = getattr(credentials, "method", None) or "none"
+            source = CREDENTIAL_SOURCES.get(method_name, f"AWS's credential chain ({method_name})")
+        where = _s3_location(kwargs)
+        if code in REFUSED_CREDENTIALS:
+            return CredentialsError(
+                f"{where}: the credentials from {source} were refused ({code}): the key id or secret is "
+                "wrong or expired for this endpoint"
+            )
+        return StorageError(
+            f"{where}: access denied ({method}: {code}) with the credentials from {source}: they do not "
+            "allow this request, or are not valid for this endpoint; check them and the bucket's policy"
+        )
 
     async def _mkdir(self, path: str, acl: Any = False, create_parents: bool = True, **kwargs: Any) -> None:
         """Nothing to make for a prefix; and no bucket is ever made here: a bucket belongs to an

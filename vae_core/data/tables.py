@@ -204,12 +204,17 @@ def is_delta_table(uri: str, storage_options: dict | None = None) -> bool:
 
 def _open(uri: str, storage_options: dict | None, version: int | None = None) -> Any:
     from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from deltalake.exceptions import DeltaError, TableNotFoundError
 
     try:
         return DeltaTable(uri, version=version, storage_options=delta_storage_options(uri, storage_options))
     except TableNotFoundError as e:
         raise TableError(f"{uri}: no Delta table there ({str(e).splitlines()[0]})") from e
+    except DeltaError as e:  # a log file another tool truncated or garbled: the table, not vaeflow
+        raise TableError(
+            f"{uri}: the Delta log in {LOG_DIR}/ cannot be read ({str(e).splitlines()[0]}); "
+            "restore the damaged commit file or write to a new table"
+        ) from e
 
 
 def history(uri: str, storage_options: dict | None = None) -> list[tuple[int, CommitRecord | None]]:

@@ -139,6 +139,13 @@ def is_own_local_cluster() -> bool:
     return ray.is_initialized() and _OWN_CLUSTER == [ray.get_runtime_context().gcs_address]
 
 
+def stop_own_cluster() -> None:
+    """Shut down the local cluster this process started (start_local_ray), if it runs; a cluster it
+    joined stays. A failed command leaves nothing of its own running."""
+    if is_own_local_cluster():
+        ray.shutdown()
+
+
 def check_resources(compute: ComputeConfig) -> None:
     """Fail fast when workers + data budget exceed the cluster (or a worker fits on no node)."""
     total = ray.cluster_resources()

@@ -47,6 +47,7 @@ from .jobs import (
     start_cluster,
 )
 
+LATENT_COLUMNS = ("z_mean", "z_logvar")  # the output's posterior mean and (with_logvar) log-variance
 READ_ROWS = 8192  # rows an actor reads (and embeds) at a time
 READ_AHEAD = 1  # batches an actor reads ahead of the one it embeds
 
@@ -172,9 +173,9 @@ class _Embedder:
         else:
             mu, logvar = embed(self.model, x, chunk_rows=self.job.chunk_rows), None
         columns = {name: batch.column(name) for name in self.keep}
-        columns["z_mean"] = list_column(mu.float().cpu().numpy(), pa.float32())  # (B, L)
+        columns[LATENT_COLUMNS[0]] = list_column(mu.float().cpu().numpy(), pa.float32())  # (B, L)
         if logvar is not None:
-            columns["z_logvar"] = list_column(logvar.float().cpu().numpy(), pa.float32())
+            columns[LATENT_COLUMNS[1]] = list_column(logvar.float().cpu().numpy(), pa.float32())
         # Arrow's allocator keeps freed pages for reuse: handing them back after each batch keeps an
         # actor's memory at what one batch needs (bench/results/embed_memory.json).
         pa.default_memory_pool().release_unused()
@@ -303,6 +304,11 @@ def embed_corpus(
     shards = list_shards(input_uri, storage_options)
     schema = read_schema(shards, storage_options)
     keep = [id_column, *(c for c in job.passthrough if c != id_column)]
+    if taken := [c for c in keep if c in LATENT_COLUMNS]:
+        raise ConfigError(
+            f"{input_uri}: passthrough column {taken[0]!r} has the name of an output column "
+            f"({', '.join(LATENT_COLUMNS)}); rename it in the input or leave it out of embed.passthrough"
+        )
     for name, what in [(c, "passthrough column") for c in keep[1:]] + [
         (c, "column the model reads") for c in [id_column, *ckpt.codec.columns]
     ]:

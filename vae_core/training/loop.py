@@ -144,7 +144,8 @@ def fit(
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch + 1}, step {step + 1}: "
                     f"loss={terms.loss.item():.4g}, recon={terms.recon.mean().item():.4g}, "
-                    f"kl={terms.kl.mean().item():.4g}, kl_weight={kl_weight:.4g}"
+                    f"kl={terms.kl.mean().item():.4g}, kl_weight={kl_weight:.4g}: the training diverged; "
+                    f"lower train.lr (now {optimizer.param_groups[0]['lr']:.4g}) or set train.grad_clip"
                 )
             optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
