@@ -55,10 +55,13 @@ def config(args: argparse.Namespace) -> int:
 
 
 def _prefect_env(root: str) -> None:
-    """Keep the ephemeral Prefect API's files in the data folder and its start quiet; set before
-    prefect is imported. A PREFECT_API_URL or settings already in the environment win."""
-    home = Path(os.environ.setdefault("PREFECT_HOME", str(Path(root).resolve() / "prefect")))
-    home.mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
+    """Keep the ephemeral Prefect API's files in the data folder (for an object-store root, Prefect's
+    own default, ~/.prefect) and its start quiet; set before prefect is imported. A PREFECT_API_URL
+    or settings already in the environment win."""
+    if "://" not in root or root.startswith("file://"):
+        local = Path(root.removeprefix("file://")).resolve() / "prefect"
+        home = Path(os.environ.setdefault("PREFECT_HOME", str(local)))
+        home.mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
     # Analytics on made a fresh ephemeral server log a "database is locked" error at start.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # A fresh ephemeral server can take most of the default 20 s wait to start on a small, busy machine.

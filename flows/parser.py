@@ -50,7 +50,12 @@ def _compute_args(p: argparse.ArgumentParser, worker: str) -> None:
 
 def _nightly_args(p: argparse.ArgumentParser) -> None:
     """What `run` and `serve` share: the local root, and the config (default: MNIST) with overrides."""
-    p.add_argument("--root", default="data", help="local folder used as the object store (default: data)")
+    p.add_argument(
+        "--root",
+        default="data",
+        help="where the night's data, runs, registry and outputs live: a local folder or an object-store "
+        "URI such as s3://bucket/prefix (default: data)",
+    )
     p.add_argument("--config", help="a JSON config file instead of the MNIST default")
     p.add_argument(
         "overrides", nargs="*", help="section.key=value; pipeline.key=value sets the flow's pipeline settings"

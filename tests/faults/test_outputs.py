@@ -1,4 +1,5 @@
-"""Where a job may write, and what `vaeflow vacuum` may delete (scenarios 16-19).
+"""Where a job may write, what `vaeflow vacuum` may delete, and appends that must add each id once
+(scenarios 16-22).
 
 Each scenario is a mistake a user can type: an output pointed at a model's folder, at a folder of
 other files or into the training data, a run name that climbs out of its folder, and a VACUUM of a
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.faults._helpers import train_config, write_dataset
+from tests.faults._helpers import Lines, train_config, vector_rows, wait_for, write_dataset
 from tests.faults.conftest import S3, Outcome, RayCluster
-from tests.faults.test_batch import JOB, Batch
+from tests.faults.test_batch import JOB, Batch, Job
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import CheckpointMeta, save_checkpoint
@@ -181,3 +183,49 @@ def test_an_append_to_a_table_of_other_columns_is_refused_and_the_table_unchange
     table = batch.table(out)
     assert table.version() == 0 and table.to_pyarrow_table().num_rows == 2
     scenario.detail = f"refused: {err.split('error: ')[-1][:160]}"
+
+
+@pytest.mark.scenario(
+    22, "two incremental embeds at once, each seeing a new shard -> every id once, the loser reruns"
+)
+def test_two_incremental_embeds_at_once_commit_each_id_once(batch: Batch, scenario: Outcome) -> None:
+    import pyarrow.parquet as pq
+
+    fs = batch.s3.fs()
+    root = f"{batch.name}/growing"
+    write_dataset(fs, root, train_rows=1000, test_rows=16, shards=4)  # ids 0..999
+    corpus, out = f"s3://{root}/train", f"{batch.bucket}/growing-emb"
+    incremental = {"job": {**JOB["job"], "incremental": True}, "mode": "append", "input": corpus}
+
+    def add_shard(i: int, first_id: int) -> None:
+        with fs.open(f"{root}/train/part-{i:03d}.parquet", "wb") as f:
+            pq.write_table(vector_rows(250, first_id, seed=i), f)
+
+    night = batch.run(out, **incremental)
+    assert night.returncode == 0 and night.result["rows"] == 1000, night.tail
+    # Run A sees shard 4 new; run B, started while A runs, sees shards 4 and 5. Both runs' commits are
+    # held until both have mapped their rows, then sent on together: a real race for the next version.
+    add_shard(4, 1000)
+    batch.s3.proxy.hold_matching(f"PUT /{batch.name}/growing-emb/_delta_log/", forward=True)
+    runs = {"A": Lines(batch.launch(out, **incremental))}
+    try:
+        wait_for(lambda: "(100%)" in runs["A"].text() or runs["A"].proc.poll() is not None, 200, "A to map")
+        add_shard(5, 1250)
+        runs["B"] = Lines(batch.launch(out, **incremental))
+        wait_for(lambda: "(100%)" in runs["B"].text() or runs["B"].proc.poll() is not None, 200, "B to map")
+        time.sleep(2)  # into their commits (held)
+    finally:
+        held = batch.s3.proxy.clear()["blackholed"]
+    done = {k: Job(*lines.finish(180)) for k, lines in runs.items()}
+    codes = {k: job.returncode for k, job in done.items()}
+    scenario.detail = f"{held} commit requests held and released together; return codes {codes}"
+    assert None not in codes.values(), f"a run hung: {codes}"
+    assert sorted(codes.values()) == [0, 1], {k: job.tail for k, job in done.items()}
+    (loser,) = [k for k, code in codes.items() if code != 0]
+    assert "another writer committed" in done[loser].output, done[loser].tail
+    rerun = batch.run(out, **incremental)  # what the loser's message says to do
+    assert rerun.returncode == 0, rerun.tail
+    ids = batch.check(out, set(range(1500)), scenario)
+    assert sorted(ids) == list(range(1500))
+    added = rerun.result["rows_embedded"]
+    scenario.detail += f"; {loser} refused its commit cleanly, its rerun added {added} rows"

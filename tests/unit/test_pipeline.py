@@ -264,3 +264,16 @@ def test_a_second_run_of_a_night_that_already_promoted_serves_that_champion(tmp_
     assert "already promoted v1" in state.message and "at most once a night" in state.message
     assert night.served == [("embed", "v1"), ("generate", "v1")]
     assert champion_record(night.root, "m").seq == 0  # the champion did not move again
+
+
+def test_an_object_store_root_stays_a_uri_and_a_local_root_becomes_absolute(tmp_path, monkeypatch):
+    """`vaeflow run --root s3://bucket/prefix` puts everything under the bucket (it once became a local
+    folder named 's3:'); a relative local root is resolved, for Ray Train's storage path."""
+    config, pipeline = local_defaults("s3://bucket/nightly")
+    assert pipeline.root == "s3://bucket/nightly"
+    assert config.train.runs_uri == "s3://bucket/nightly/runs"
+    assert config.data.uri == "s3://bucket/nightly/datasets/mnist"
+    monkeypatch.chdir(tmp_path)
+    config, pipeline = local_defaults("data")
+    assert pipeline.root == str(tmp_path / "data")
+    assert config.train.runs_uri == str(tmp_path / "data" / "runs")

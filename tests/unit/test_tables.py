@@ -212,3 +212,24 @@ def test_generated_ids_appended_to_a_table_continue_after_its_largest_and_a_reru
     assert sorted(ids) == list(range(80))  # another seed's rows get new ids, not 0..29 again
     assert generate_rows(model, out, again, mode="append", progress=lambda m: None).skipped
     assert read_table(out).num_rows == 80
+
+
+def test_an_incremental_embed_counts_the_shards_of_a_table_that_an_append_began(tmp_path):
+    """`embed --incremental --mode append` into a new output, then again with a shard more: the second
+    run embeds only the new shard (the first commit began the table, although it was an append)."""
+    from vae_core.distributed.embed import embedded_so_far
+
+    uri, params = str(tmp_path / "emb"), {"format": "embed/1"}
+
+    def record(key: str, rows: int, shards: list[str]) -> CommitRecord:
+        return CommitRecord(
+            kind="embeddings", run_key=key, rows=rows, model={"fingerprint": "m1"}, params=params,
+            input={"shard_fingerprints": shards}, mode="append",
+        )  # fmt: skip
+
+    assert embedded_so_far(uri, "m1", params, None) is None  # no table yet
+    commit(uri, [_write(uri, "part-a.parquet", [1, 2])], SCHEMA, record("k1", 2, ["s1"]), "append")
+    commit(uri, [_write(uri, "part-b.parquet", [3])], SCHEMA, record("k2", 1, ["s2"]), "append")
+    so_far = embedded_so_far(uri, "m1", params, None)
+    assert so_far is not None and so_far.fingerprints == {"s1", "s2"} and so_far.rows == 3
+    assert embedded_so_far(uri, "another model", params, None) is None

@@ -222,9 +222,9 @@ def embedded_so_far(
     uri: str, model_fingerprint: str, params: dict[str, Any], storage_options: dict | None
 ) -> Embedded | None:
     """The table's rows as vaeflow commits made them, walking back from the newest commit to the one that
-    began them (any but an append); None when there is no table, or a commit on the way came from
-    another model, other settings or another tool, or names no shard fingerprints: then every row is
-    to be embedded anew."""
+    began them (any but an append, or the table's first); None when there is no table, or a commit on
+    the way came from another model, other settings or another tool, or names no shard fingerprints:
+    then every row is to be embedded anew."""
     if not is_delta_table(uri, storage_options):
         return None
     fingerprints: set[str] = set()
@@ -241,7 +241,7 @@ def embedded_so_far(
         newest = newest or (version, record)
         fingerprints |= set(record.input["shard_fingerprints"])
         rows += record.rows
-        if record.mode != "append":
+        if record.mode != "append" or version == 0:  # the commit that began the rows (an append may)
             return Embedded(fingerprints, rows, *newest)
     return None
 

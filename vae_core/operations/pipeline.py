@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vae_core.config import VaeflowConfig
-from vae_core.data.storage import join
+from vae_core.data.storage import absolute, join
 
 
 class PipelineConfig(BaseModel):
@@ -74,13 +74,14 @@ def samples_uri(root: str, name: str) -> str:
 def local_defaults(root: str | Path = "data", epochs: int = 3) -> tuple[VaeflowConfig, PipelineConfig]:
     """The embedded default behind `make run`: MNIST in a local folder, one Ray worker, a short run.
 
-    The only configuration that bootstraps: MNIST is imported into `<root>/datasets/mnist` while that
+    `root` is a local folder or an object-store URI (s3://bucket/prefix). The only configuration that
+    bootstraps: MNIST is imported into `<root>/datasets/mnist` while that
     folder is empty or missing (a config file given to `vaeflow run` does not inherit this).
 
     Sized for a 2-core machine: 3 epochs of the 784-400-20 VAE, IWAE (k=1000) on 1,000 held-out rows,
     embeddings of all 70,000 rows (with their `label`), 1,000 samples.
     """
-    base = str(Path(root).resolve())  # Ray Train wants absolute local storage paths
+    base = absolute(str(root))  # Ray Train wants absolute local storage paths; a URI stays as it is
     config = VaeflowConfig.model_validate(
         {
             "name": "mnist-vae",
