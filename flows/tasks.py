@@ -28,7 +28,7 @@ from vae_core.config import VaeflowConfig
 from vae_core.data.dataset import list_shards
 from vae_core.data.storage import join
 from vae_core.data.tables import Committed
-from vae_core.errors import ChampionConflict, DataError, UserError
+from vae_core.errors import ChampionConflict, DataError, ObjectStoreBusy, UserError
 from vae_core.operations import registry, tracking
 from vae_core.operations.drift import (
     DriftRecord,
@@ -58,10 +58,12 @@ def artifact_key(*parts: str) -> str:
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry I/O failures, not a user's mistake (bad data, config, ...): that one says what to fix, and
-    a retry would not."""
+    """Retry I/O failures, a store shedding load included, not a user's mistake (bad data, config,
+    ...): that one says what to fix, and a retry would not."""
     try:
         state.result()
+    except ObjectStoreBusy:
+        return True
     except UserError:
         return False
     except Exception:

@@ -101,6 +101,43 @@ def s3_server_checking_keys() -> Iterator[str]:
         server.stop()
 
 
+@contextmanager
+def s3_server_shedding_load() -> Iterator[str]:
+    """An S3 endpoint on 127.0.0.1 that answers every request as a store shedding load does: 503 with
+    S3's SlowDown error (a HEAD: a bare 503). Yields its endpoint; the environment is left alone."""
+    import http.server
+    import threading
+
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+
+    class SlowDown(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowDown)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class _MotoProcess:
     """`moto_server` as a child process, with ThreadedMotoServer's start/stop."""
 

@@ -66,6 +66,11 @@ class CredentialsError(StorageError):
     """The object store refused for want of credentials (none in the environment or options)."""
 
 
+class ObjectStoreBusy(StorageError):
+    """The object store kept answering "slow down" or "unavailable" (503) past every retry: a transient
+    state, not the user's input, but nothing the command can fix; the nightly's tasks retry it."""
+
+
 class CheckpointError(UserError):
     """A checkpoint is missing, incomplete or not in the safetensors + JSON format."""
 

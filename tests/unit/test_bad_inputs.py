@@ -29,7 +29,7 @@ import ray
 import s3fs
 
 from flows.cli import main
-from tests.servers import local_s3_server, s3_server_checking_keys
+from tests.servers import local_s3_server, s3_server_checking_keys, s3_server_shedding_load
 from vae_core.config import VaeflowConfig
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
@@ -360,6 +360,7 @@ CASES = [
     Case("RAY_ADDRESS where no cluster answers", lambda t: _train(t, _dataset(t / "d")), "RAY_ADDRESS=127.0.0.1:9", "runs", setup=lambda m: m.setenv("RAY_ADDRESS", "127.0.0.1:9")),
     Case("credentials inside a URI", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n2\n3\n4\n5\n"), "--output", "s3://AKIDEXAMPLE:Sup3rSecret@bucket/d"], "s3://***@bucket/d", secret="Sup3rSecret"),
     Case("credentials the object store refuses", lambda t: ["data", "import", "csv", "--input", f"{BUCKET}/in.csv", "--output", str(t / "imp")], "were refused (InvalidAccessKeyId)", "imp", fixture="refused_keys", secret="Sup3rSecret"),
+    Case("S3 throttling past the retries", lambda t: ["data", "describe", f"{BUCKET}/d"], f"{BUCKET}/d: the object store is throttling", fixture="shedding_load"),
     Case("missing AWS credentials", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n2\n3\n4\n5\n"), "--output", f"{BUCKET}/d"], f"{BUCKET}: no AWS credentials", s3=True, setup=_no_credentials),
 ]  # fmt: skip
 
@@ -371,6 +372,20 @@ def s3() -> Iterator[s3fs.S3FileSystem]:
         fs = s3fs.S3FileSystem(skip_instance_cache=True)
         fs.mkdir(BUCKET)
         yield fs
+    SinglePutS3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def shedding_load(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The AWS environment pointing at an S3 endpoint that answers 503 SlowDown to everything; one
+    attempt per request (AWS_MAX_ATTEMPTS, as a user may set it) keeps the retries to s3fs's own."""
+    with s3_server_shedding_load() as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Sup3rSecret")
+        SinglePutS3FileSystem.clear_instance_cache()
+        yield
     SinglePutS3FileSystem.clear_instance_cache()
 
 

@@ -39,6 +39,7 @@ from vae_core.errors import (
     DataError,
     ModelReportError,
     NonFiniteLossError,
+    ObjectStoreBusy,
     PackageDataError,
     RegistryError,
     RunNameError,
@@ -180,6 +181,7 @@ CASES = [
     Case(TableConflict, "s3://b/embeddings", raised=lambda t: _raise(TableConflict("s3://b/embeddings: another writer committed to this table while this job ran; this job committed nothing"))),
     Case(RunNameError, "runs/nightly", raised=lambda t: _raise(RunNameError("data/runs/nightly: a run of this name exists; pass --resume to continue it"))),
     Case(NonFiniteLossError, "train.lr", raised=lambda t: _diverge()),
+    Case(ObjectStoreBusy, "s3://vaeflow-busy/d", raised=lambda t: _raise(ObjectStoreBusy("s3://vaeflow-busy/d: the object store is throttling or unavailable (head_object: 503) after every retry"))),
     Case(ClusterResourceError, "compute.num_workers", raised=lambda t: _raise(ClusterResourceError("the cluster has 2 CPUs but 4 workers x 1 CPU need 4; lower compute.num_workers"))),
 ]  # fmt: skip
 

@@ -35,7 +35,7 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync_wrapper
 from s3fs import S3FileSystem
 
-from vae_core.errors import ConfigError, CredentialsError, StorageError
+from vae_core.errors import ConfigError, CredentialsError, ObjectStoreBusy, StorageError
 from vae_core.redaction import holds_redacted
 
 
@@ -51,6 +51,8 @@ def absolute(uri: str) -> str:
     return str(Path(uri.removeprefix("file://")).resolve())
 
 
+# S3 error codes of a store that sheds load (a HEAD's 503 has no code: s3fs says errno EBUSY).
+BUSY = {"SlowDown", "503", "ServiceUnavailable", "Throttling", "RequestLimitExceeded", "TooManyRequests"}
 # S3 error codes that mean the credentials themselves are wrong, not what they may do.
 REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 # Where botocore found the credentials it signed with (its `method` names), in a user's words.
@@ -68,10 +70,10 @@ CREDENTIAL_SOURCES = {
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
 
 
-def _error_code(error: BaseException) -> str:
-    """S3's error code (e.g. InvalidAccessKeyId) from s3fs's error's botocore cause; "403" for none."""
+def _error_code(error: BaseException, default: str = "403") -> str:
+    """S3's error code (e.g. InvalidAccessKeyId) from s3fs's error's botocore cause, else `default`."""
     response = getattr(error.__cause__, "response", None) or {}
-    return response.get("Error", {}).get("Code") or "403"
+    return response.get("Error", {}).get("Code") or default
 
 
 def mask_uri(uri: str) -> str:
@@ -128,6 +130,14 @@ class SinglePutS3FileSystem(S3FileSystem):
             raise CredentialsError(f"{_s3_location(kwargs)}: {NO_CREDENTIALS}") from e
         except PermissionError as e:
             raise await self._refused(e, method, kwargs) from e
+        except OSError as e:
+            code = _error_code(e, default="")
+            if code not in BUSY and getattr(e, "errno", None) != errno.EBUSY:
+                raise
+            raise ObjectStoreBusy(
+                f"{_s3_location(kwargs)}: the object store is throttling or unavailable ({method}: "
+                f"{code or '503'}) after every retry; try again later, or with fewer workers"
+            ) from e
 
     async def _refused(self, error: PermissionError, method: str, kwargs: dict[str, Any]) -> StorageError:
         """A 403 as one line saying whose credentials were refused (never the credentials): the S3 error
