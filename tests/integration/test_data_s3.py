@@ -79,3 +79,23 @@ def test_cli_import_to_s3_uses_the_aws_environment_and_hides_secrets(bucket):
     assert again.returncode == 2 and "already holds Parquet shards" in again.stderr
     for output in (done.stdout, done.stderr, again.stdout, again.stderr):
         assert TEST_SECRET not in output
+
+
+def test_a_write_into_a_bucket_deleted_meanwhile_names_it_and_a_read_still_misses(bucket):
+    """A job's write after its bucket was deleted is a StorageError naming the bucket (not a bare
+    FileNotFoundError); asking whether something exists in a missing bucket is still a plain False."""
+    import boto3
+
+    from vae_core.data.storage import filesystem
+    from vae_core.errors import StorageError
+
+    fs, path = filesystem(f"{bucket}/out/part-0.parquet")
+    fs.pipe_file(path, b"first")  # the job's first file lands
+    client = boto3.client("s3")
+    name = bucket.removeprefix("s3://")
+    client.delete_object(Bucket=name, Key="out/part-0.parquet")
+    client.delete_bucket(Bucket=name)
+    with pytest.raises(StorageError, match=f"no such bucket {bucket} \\(deleted while the job ran"):
+        fs.pipe_file(path.replace("part-0", "part-1"), b"second")
+    fs.invalidate_cache()
+    assert not fs.exists(path)

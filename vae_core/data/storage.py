@@ -51,6 +51,8 @@ def absolute(uri: str) -> str:
     return str(Path(uri.removeprefix("file://")).resolve())
 
 
+# Requests that write: into a missing bucket they can only fail (no bucket is ever made here).
+WRITES = {"put_object", "create_multipart_upload", "upload_part", "complete_multipart_upload", "copy_object"}
 # S3 error codes of a store that sheds load (a HEAD's 503 has no code: s3fs says errno EBUSY).
 BUSY = {"SlowDown", "503", "ServiceUnavailable", "Throttling", "RequestLimitExceeded", "TooManyRequests"}
 # S3 error codes that mean the credentials themselves are wrong, not what they may do.
@@ -130,6 +132,13 @@ class SinglePutS3FileSystem(S3FileSystem):
             raise CredentialsError(f"{_s3_location(kwargs)}: {NO_CREDENTIALS}") from e
         except PermissionError as e:
             raise await self._refused(e, method, kwargs) from e
+        except FileNotFoundError as e:  # a write into a bucket that is gone (a read's miss stays as it is)
+            if method not in WRITES or _error_code(e, default="") != "NoSuchBucket":
+                raise
+            raise StorageError(
+                f"{_s3_location(kwargs)}: no such bucket s3://{kwargs.get('Bucket')} (deleted while the job "
+                "ran?); nothing was published: create the bucket and run the job again"
+            ) from e
         except OSError as e:
             code = _error_code(e, default="")
             if code not in BUSY and getattr(e, "errno", None) != errno.EBUSY:
