@@ -40,11 +40,12 @@ $(MLFLOW_SERVER)/bin/mlflow:
 	$(PYTHON) -m venv $(MLFLOW_SERVER)
 	$(MLFLOW_SERVER)/bin/pip install --quiet mlflow==$(MLFLOW_VERSION)
 
-# The inner loop: lint, import layers and the unit tests, their files spread over two processes.
+# The inner loop: lint, import layers and the unit tests, their files spread over two processes; the
+# few unit cases that need a Ray Train run (marked slow) wait for `make test`.
 check: $(STAMP)
 	$(VENV)/bin/ruff check vae_core flows tests bench
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests/unit
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile -m "not slow" tests/unit
 
 test: $(STAMP) chromium $(MLFLOW_SERVER)/bin/mlflow
 	$(VENV)/bin/ruff check vae_core flows tests bench

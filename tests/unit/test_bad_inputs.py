@@ -116,6 +116,7 @@ class Case:
     # "full:DIR" or "read-only:DIR": the command runs in its own mount namespace where tmp/DIR is a
     # 64 KB tmpfs, or read-only; files left inside it are listed from there (they vanish with it)
     mount: str | None = None
+    slow: bool = False  # a Ray Train run: in `make test` and the bench, not in `make check`'s inner loop
 
 
 def _csv(tmp: Path, text: str, name: str = "in.csv") -> str:
@@ -299,7 +300,7 @@ CASES = [
     Case("infinite data.scale", lambda t: ["config", "data.scale=inf"], "data.scale"),
     Case("infinite train.lr (JSON would write null)", lambda t: ["config", "train.lr=inf"], "train.lr"),
     Case("--gpu with no GPU", lambda t: [*_train(t, _dataset(t / "d")), "--gpu"], "compute.use_gpu", "runs"),
-    Case("diverging run (train.lr=1e30)", lambda t: [*_train(t, _dataset(t / "d")), "train.lr=1e30", "train.epochs=3", "train.batch_size=8"], "train.lr"),
+    Case("diverging run (train.lr=1e30)", lambda t: [*_train(t, _dataset(t / "d")), "train.lr=1e30", "train.epochs=3", "train.batch_size=8", "train.max_failures=0"], "train.lr", slow=True),
     # the training data
     Case("dataset that does not exist", lambda t: _train(t, t / "missing"), "missing/train"),
     Case("split folder without Parquet files", lambda t: (t / "e" / "train").mkdir(parents=True) or _train(t, t / "e"), "e/train"),
@@ -426,7 +427,9 @@ def _s3_objects(fs: s3fs.S3FileSystem) -> set[str]:
     return {key for bucket in fs.ls("") for key in [bucket, *fs.find(bucket)]}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.slow else []) for c in CASES]
+)
 def test_bad_input_exits_2_with_a_short_message_naming_it_and_writes_nothing(
     case, tmp_path, capsys, monkeypatch, request
 ):
