@@ -35,7 +35,8 @@ from fsspec import AbstractFileSystem
 from fsspec.asyn import sync_wrapper
 from s3fs import S3FileSystem
 
-from vae_core.errors import ConfigError, CredentialsError, ObjectStoreBusy, StorageError
+from vae_core.data import s3_errors
+from vae_core.errors import ConfigError, CredentialsError, StorageError
 from vae_core.redaction import holds_redacted
 
 
@@ -51,31 +52,8 @@ def absolute(uri: str) -> str:
     return str(Path(uri.removeprefix("file://")).resolve())
 
 
-# Requests that write: into a missing bucket they can only fail (no bucket is ever made here).
-WRITES = {"put_object", "create_multipart_upload", "upload_part", "complete_multipart_upload", "copy_object"}
-# S3 error codes of a store that sheds load (a HEAD's 503 has no code: s3fs says errno EBUSY).
-BUSY = {"SlowDown", "503", "ServiceUnavailable", "Throttling", "RequestLimitExceeded", "TooManyRequests"}
-# S3 error codes that mean the credentials themselves are wrong, not what they may do.
-REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
-# Where botocore found the credentials it signed with (its `method` names), in a user's words.
-CREDENTIAL_SOURCES = {
-    "env": "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
-    "shared-credentials-file": "the shared credentials file (AWS_PROFILE, ~/.aws/credentials)",
-    "config-file": "the AWS config file (AWS_PROFILE, ~/.aws/config)",
-    "assume-role": "an assumed role (AWS_PROFILE)",
-    "sso": "AWS SSO (AWS_PROFILE)",
-    "iam-role": "the instance's IAM role",
-    "container-role": "the container's IAM role",
-}
-
 # scheme://user[:password]@host/...: credentials inside a URI, which would reach logs and tracebacks.
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
-
-
-def _error_code(error: BaseException, default: str = "403") -> str:
-    """S3's error code (e.g. InvalidAccessKeyId) from s3fs's error's botocore cause, else `default`."""
-    response = getattr(error.__cause__, "response", None) or {}
-    return response.get("Error", {}).get("Code") or default
 
 
 def mask_uri(uri: str) -> str:
@@ -125,7 +103,8 @@ class SinglePutS3FileSystem(S3FileSystem):
     async def _call_s3(self, method: str, *akwarglist: Any, **kwargs: Any) -> Any:
         """s3fs's request, with the refusals that are about the user's URI or environment as vaeflow's
         errors naming s3://bucket/key (and never a credential): none to send (CredentialsError, raised
-        before any request) or access denied (StorageError, from s3fs's PermissionError for a 403)."""
+        before any request), a 403, a write into a bucket that is gone, a store shedding load past every
+        retry (s3_errors)."""
         try:
             return await super()._call_s3(method, *akwarglist, **kwargs)
         except (NoCredentialsError, PartialCredentialsError) as e:
@@ -133,47 +112,30 @@ class SinglePutS3FileSystem(S3FileSystem):
         except PermissionError as e:
             raise await self._refused(e, method, kwargs) from e
         except FileNotFoundError as e:  # a write into a bucket that is gone (a read's miss stays as it is)
-            if method not in WRITES or _error_code(e, default="") != "NoSuchBucket":
+            if method not in s3_errors.WRITES or s3_errors.error_code(e, default="") != "NoSuchBucket":
                 raise
-            raise StorageError(
-                f"{_s3_location(kwargs)}: no such bucket s3://{kwargs.get('Bucket')} (deleted while the job "
-                "ran?); nothing was published: create the bucket and run the job again"
-            ) from e
+            raise s3_errors.bucket_gone(_s3_location(kwargs), kwargs.get("Bucket")) from e
         except OSError as e:
-            code = _error_code(e, default="")
-            if code not in BUSY and getattr(e, "errno", None) != errno.EBUSY:
+            code = s3_errors.error_code(e, default="")
+            if code not in s3_errors.BUSY and getattr(e, "errno", None) != errno.EBUSY:
                 raise
-            raise ObjectStoreBusy(
-                f"{_s3_location(kwargs)}: the object store is throttling or unavailable ({method}: "
-                f"{code or '503'}) after every retry; try again later, or with fewer workers"
-            ) from e
+            raise s3_errors.busy(_s3_location(kwargs), method, code) from e
 
     async def _refused(self, error: PermissionError, method: str, kwargs: dict[str, Any]) -> StorageError:
         """A 403 as one line saying whose credentials were refused (never the credentials): the S3 error
         code says when the key itself is wrong (a HEAD request carries no code, only 403)."""
-        code = _error_code(error)
+        code = s3_errors.error_code(error)
         if code == "403" and kwargs.get("Bucket"):  # a HEAD's 403: ask once more, in a way that says why
             try:
                 await super()._call_s3("list_objects_v2", Bucket=kwargs["Bucket"], MaxKeys=1)
             except PermissionError as again:
-                code = _error_code(again) if _error_code(again) in REFUSED_CREDENTIALS else code
+                if s3_errors.error_code(again) in s3_errors.REFUSED_CREDENTIALS:
+                    code = s3_errors.error_code(again)
             except Exception:  # only the message's detail depends on it
                 pass
-        if self.key:
-            source = "the storage options (key, secret)"
-        else:
-            credentials = await self.session.get_credentials()
-            method_name = getattr(credentials, "method", None) or "none"
-            source = CREDENTIAL_SOURCES.get(method_name, f"AWS's credential chain ({method_name})")
-        where = _s3_location(kwargs)
-        if code in REFUSED_CREDENTIALS:
-            return CredentialsError(
-                f"{where}: the credentials from {source} were refused ({code}): the key id or secret is "
-                "wrong or expired for this endpoint"
-            )
-        return StorageError(
-            f"{where}: access denied ({method}: {code}) with the credentials from {source}: they do not "
-            "allow this request, or are not valid for this endpoint; check them and the bucket's policy"
+        method_name = None if self.key else getattr(await self.session.get_credentials(), "method", None)
+        return s3_errors.refused(
+            _s3_location(kwargs), method, code, s3_errors.credential_source(bool(self.key), method_name)
         )
 
     async def _mkdir(self, path: str, acl: Any = False, create_parents: bool = True, **kwargs: Any) -> None:
