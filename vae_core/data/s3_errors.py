@@ -12,7 +12,8 @@ from vae_core.errors import CredentialsError, ObjectStoreBusy, StorageError
 
 # Requests that write: into a missing bucket they can only fail (no bucket is ever made here).
 WRITES = {"put_object", "create_multipart_upload", "upload_part", "complete_multipart_upload", "copy_object"}
-# S3 error codes of a store that sheds load (a HEAD's 503 has no code: s3fs says errno EBUSY).
+# S3 error codes of a store that sheds load (a HEAD's bare 503 comes as "503"). Not errno EBUSY alone:
+# s3fs gives that to a 409 ConditionalRequestConflict too, which storage.create_only_write retries.
 BUSY = {"SlowDown", "503", "ServiceUnavailable", "Throttling", "RequestLimitExceeded", "TooManyRequests"}
 # S3 error codes that mean the credentials themselves are wrong, not what they may do.
 REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}

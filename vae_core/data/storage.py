@@ -117,7 +117,7 @@ class SinglePutS3FileSystem(S3FileSystem):
             raise s3_errors.bucket_gone(_s3_location(kwargs), kwargs.get("Bucket")) from e
         except OSError as e:
             code = s3_errors.error_code(e, default="")
-            if code not in s3_errors.BUSY and getattr(e, "errno", None) != errno.EBUSY:
+            if code not in s3_errors.BUSY:  # e.g. a 409 ConditionalRequestConflict: create_only_write's
                 raise
             raise s3_errors.busy(_s3_location(kwargs), method, code) from e
 
