@@ -11,6 +11,7 @@ champion moved once, and no multipart upload was left open.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.faults._helpers import ROOT, Lines, descendants, tail, wait_for, write_dataset
@@ -47,6 +49,12 @@ class Fault:
 class Schedule:
     faults: list[Fault]
     log: list[str] = field(default_factory=list)
+    orphans: list[psutil.Process] = field(default_factory=list)  # what the killed driver left running
+
+    def end_orphans(self) -> None:
+        for process in self.orphans:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
 def _kill(name: str) -> Callable[[], str]:
@@ -60,8 +68,8 @@ def _kill(name: str) -> Callable[[], str]:
 
 def _schedule(s3: S3, driver: subprocess.Popen) -> Schedule:
     rng = random.Random(SEED)
-
     resets = rng.randint(2, 4)
+    schedule = Schedule([])
 
     def reset() -> str:
         s3.proxy.reset_open()
@@ -69,6 +77,8 @@ def _schedule(s3: S3, driver: subprocess.Popen) -> Schedule:
         return f"open connections reset, the next {resets} too"
 
     def kill_driver() -> str:
+        # Its children outlive it (the ephemeral Prefect API server): the test ends them afterwards.
+        schedule.orphans += psutil.Process(driver.pid).children(recursive=True)
         driver.send_signal(signal.SIGKILL)
         return f"pid {driver.pid}"
 
@@ -83,7 +93,8 @@ def _schedule(s3: S3, driver: subprocess.Popen) -> Schedule:
     # In output order: the driver's kill comes after every fault whose trigger precedes its stage.
     order = ["epoch 1/", "epoch 2/", "embed:", "generate:"]
     faults.sort(key=lambda f: (order.index(f.trigger), f.what.startswith("kill the driver")))
-    return Schedule(faults)
+    schedule.faults = faults
+    return schedule
 
 
 def _config(tmp: Path, bucket: str) -> Path:
@@ -152,6 +163,7 @@ def test_a_chaos_night_completes_on_rerun_with_every_id_once(
     finally:
         code, out = first.finish(400)
         s3.proxy.clear()
+        schedule.end_orphans()
     codes, last = [code], out
     while codes[-1] != 0 and len(codes) < ATTEMPTS:
         rc, last = Lines(_launch(ray_cluster, tmp_path, bucket, config)).finish(600)
