@@ -12,6 +12,7 @@ from typing import Any
 
 from flows.console import EpochBar, log_to_stderr, print_progress
 from vae_core.config import VaeflowConfig
+from vae_core.data.storage import absolute, scheme
 from vae_core.data.tables import Committed
 from vae_core.errors import ConfigError
 
@@ -58,9 +59,8 @@ def _prefect_env(root: str) -> None:
     """Keep the ephemeral Prefect API's files in the data folder (for an object-store root, Prefect's
     own default, ~/.prefect) and its start quiet; set before prefect is imported. A PREFECT_API_URL
     or settings already in the environment win."""
-    if "://" not in root or root.startswith("file://"):
-        local = Path(root.removeprefix("file://")).resolve() / "prefect"
-        home = Path(os.environ.setdefault("PREFECT_HOME", str(local)))
+    if scheme(root) == "file":
+        home = Path(os.environ.setdefault("PREFECT_HOME", str(Path(absolute(root)) / "prefect")))
         home.mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
     # Analytics on made a fresh ephemeral server log a "database is locked" error at start.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

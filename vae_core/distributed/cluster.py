@@ -67,10 +67,10 @@ def ensure_ray(compute: ComputeConfig) -> None:
     if compute.use_gpu:  # a local cluster has this machine's GPUs: no need to start one to count them
         import torch
 
-        if torch.cuda.device_count() < compute.num_workers:
+        if (gpus := torch.cuda.device_count()) < compute.num_workers:
             raise ClusterResourceError(
                 f"compute.use_gpu needs {compute.num_workers} GPUs, this machine has "
-                f"{torch.cuda.device_count()} (no RAY_ADDRESS: the local cluster would have them); drop "
+                f"{gpus} (no RAY_ADDRESS: the local cluster would have them); drop "
                 "--gpu, or set RAY_ADDRESS to a cluster with GPUs"
             )
     num_cpus = max(os.cpu_count() or 1, math.ceil(required_cpus(compute)))
