@@ -8,18 +8,19 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from ray.cluster_utils import Cluster
 
 from tests.integration.conftest import make_bucket
 from tests.integration.test_train_ray import mnist_config
+from vae_core.distributed.launch import new_events
 from vae_core.distributed.trainer import train_on_ray
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 @pytest.fixture(scope="module")
-def two_nodes(s3_server: str) -> Iterator[list[str]]:
+def cluster(s3_server: str) -> Iterator[Cluster]:
     import ray
-    from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
@@ -27,10 +28,17 @@ def two_nodes(s3_server: str) -> Iterator[list[str]]:
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
     try:
-        yield [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        yield cluster
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_nodes(cluster: Cluster) -> list[str]:
+    import ray
+
+    return [n["NodeID"] for n in ray.nodes() if n["Alive"]]
 
 
 def test_one_worker_per_node_with_storage_on_s3(two_nodes, mnist_sample):
@@ -61,3 +69,31 @@ def test_a_local_run_starts_its_own_cluster_beside_one_that_ray_start_left(two_n
     assert done.returncode == 0, done.stderr[-3000:]
     address, nodes = done.stdout.split()[-2:]
     assert address != ray.get_runtime_context().gcs_address and nodes == "1"
+
+
+def test_the_drivers_events_actors_outlive_a_node_the_driver_does_not_run_on(cluster, two_nodes):
+    """The driver's link to rank 0 stays on the driver's node. With both 2-CPU nodes taken, Ray left to
+    itself puts most 0-CPU actors on a third, idle node, and the launch would die with that node (as
+    a RayJob did with a Prefect worker's node killed just before it); pinned, all six outlive it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=2)
+    class Hog:
+        def ready(self) -> bool:
+            return True
+
+    extra = cluster.add_node(num_cpus=1, num_gpus=0)
+    cluster.wait_for_nodes()
+    on = lambda node: NodeAffinitySchedulingStrategy(node, soft=False)  # noqa: E731
+    hogs = [Hog.options(scheduling_strategy=on(n)).remote() for n in two_nodes]
+    try:
+        ray.get([h.ready.remote() for h in hogs], timeout=60)
+        actors = [new_events() for _ in range(6)]
+        ray.get([a.take.remote() for a in actors], timeout=60)
+        cluster.remove_node(extra)
+        assert extra.node_id not in [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        assert ray.get([a.take.remote() for a in actors], timeout=60) == [[]] * 6
+    finally:
+        for h in hogs:
+            ray.kill(h)

@@ -35,7 +35,7 @@ from vae_core.data.storage import arrow_filesystem
 from vae_core.data.tables import read_table
 from vae_core.distributed.cluster import check_resources
 from vae_core.distributed.generate import generate_rows
-from vae_core.distributed.launch import Events
+from vae_core.distributed.launch import new_events
 from vae_core.distributed.trainer import TrainResult, feed_rate, train_on_ray
 from vae_core.distributed.worker import await_go
 from vae_core.errors import ClusterResourceError, ConfigError, DataError, RunNameError, TrainingError
@@ -449,7 +449,7 @@ def test_a_launch_refused_after_its_trainer_started_stops_it_and_leaves_no_run(r
 def test_a_worker_waiting_for_the_drivers_go_gives_up_after_its_timeout_naming_it(ray_local):
     """Workers start beside the codec fit and wait for the driver's go (worker.await_go); a driver that
     never decides (hung, not dead) makes them fail after the timeout with an error that names it."""
-    events = Events.remote()  # type: ignore[attr-defined]
+    events = new_events()
     t0 = time.monotonic()
     with pytest.raises(TrainingError, match=r"no go from the driver within 0\.5 s \(worker\.GO_TIMEOUT_S\)"):
         await_go(events, timeout_s=0.5)

@@ -15,6 +15,7 @@ import ray
 import ray.train
 import ray.train.torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vae_core.config import VaeflowConfig
 from vae_core.data.codecs import Codec, codec_to_json
@@ -138,7 +139,7 @@ class Events:
     """Where rank 0 leaves its records (the run's start, each finished epoch) for the driver, which
     polls them: epoch lines reach the caller's Progress (a terminal, the Prefect run log) and its
     `on_record` (MLflow, a progress artifact) instead of a worker's stdout. 0 CPUs: it must not take
-    a CPU that the workers or Ray Data reserve."""
+    a CPU that the workers or Ray Data reserve. Start one with `new_events`."""
 
     def __init__(self) -> None:
         self.records: list[Record] = []
@@ -157,6 +158,14 @@ class Events:
 
     def decision(self) -> tuple[bool, dict[str, Any] | None]:
         return self.decided, self.go
+
+
+def new_events() -> Any:
+    """An `Events` actor on the driver's node and nowhere else, as Ray Train places its own controller:
+    it lives and dies with the driver. Left to Ray it may go to any node: one the driver does not need
+    takes it down when it dies, and one killed just before the launch may still pass for alive."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Events.options(scheduling_strategy=here).remote()  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -221,7 +230,7 @@ class Launch:
         cfg = self.cfg
         wanted = set(spec.feature_columns)
         self.columns = codec.columns if codec is not None else [n for n in schema.names if n in wanted]
-        self.events = Events.remote()  # type: ignore[attr-defined]
+        self.events = new_events()
         loop = LoopConfig(cfg.to_json(redact=False), None, encode_schema(schema))
         datasets = build_datasets(cfg, self.columns, shards)
         loop_config = {"loop": loop.to_json(), "events": self.events}
