@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,6 +121,9 @@ class Case:
     # 64 KB tmpfs, or read-only; files left inside it are listed from there (they vanish with it)
     mount: str | None = None
     slow: bool = False  # a Ray Train run: in `make test` and the bench, not in `make check`'s inner loop
+    # run as `python -m flows.cli` in its own process, so that what Ray's loggers and workers write to
+    # the real stderr counts too (in-process, pytest's capture never sees their handlers' stream)
+    process: bool = False
 
 
 def _csv(tmp: Path, text: str, name: str = "in.csv") -> str:
@@ -274,6 +280,21 @@ def _big_csv(tmp: Path) -> str:
     return _csv(tmp, "a,b,c\n" + rows, "big.csv")
 
 
+GONE = "s3://vaeflow-deleted-meanwhile"  # made for one case, deleted by it while its job writes
+
+
+def _many_vectors(tmp: Path, files: int = 40, rows: int = 2_000, dim: int = 16) -> Path:
+    """Input that keeps an embed job writing for seconds: `files` parts with ids unique across them."""
+    folder = tmp / "many"
+    folder.mkdir()
+    for i in range(files):
+        x = np.random.default_rng(i).random((rows, dim), dtype=np.float32)
+        ids = pa.array(np.arange(rows) + i * rows)
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)
+        pq.write_table(pa.table({"id": ids, "x": vec}), folder / f"part-{i}.parquet")
+    return folder
+
+
 def _generate(tmp: Path, output: str, *more: str) -> list[str]:
     model = _model(tmp)
     return ["generate", "--model", str(model), "--output", output.format(tmp=tmp), *more]
@@ -363,6 +384,7 @@ CASES = [
     Case("credentials inside a URI", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n2\n3\n4\n5\n"), "--output", "s3://AKIDEXAMPLE:Sup3rSecret@bucket/d"], "s3://***@bucket/d", secret="Sup3rSecret"),
     Case("credentials the object store refuses", lambda t: ["data", "import", "csv", "--input", f"{BUCKET}/in.csv", "--output", str(t / "imp")], "were refused (InvalidAccessKeyId)", "imp", fixture="refused_keys", secret="Sup3rSecret"),
     Case("S3 throttling past the retries", lambda t: ["data", "describe", f"{BUCKET}/d"], f"{BUCKET}/d: the object store is throttling", fixture="shedding_load"),
+    Case("bucket deleted during a job", lambda t: _embed(t, _many_vectors(t), "--output", f"{GONE}/emb"), f"no such bucket {GONE} (deleted while the job ran?)", s3=True, fixture="bucket_deleted_mid_job", process=True, slow=True),
     Case("missing AWS credentials", lambda t: ["data", "import", "csv", "--input", _csv(t, "a\n1\n2\n3\n4\n5\n"), "--output", f"{BUCKET}/d"], f"{BUCKET}: no AWS credentials", s3=True, setup=_no_credentials),
 ]  # fmt: skip
 
@@ -407,6 +429,40 @@ def refused_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def bucket_deleted_mid_job(s3: s3fs.S3FileSystem) -> Iterator[None]:
+    """GONE made, and deleted (objects, then the bucket) as soon as the job's first file lands in it."""
+    import boto3
+    import botocore.exceptions
+
+    name = GONE.removeprefix("s3://")
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=name)
+    done = threading.Event()
+
+    def keys() -> list[str]:
+        return [o["Key"] for o in client.list_objects_v2(Bucket=name).get("Contents", [])]
+
+    def delete_after_first_file() -> None:
+        while not done.is_set() and not keys():
+            time.sleep(0.05)
+        while True:  # files landing meanwhile are deleted too, until the bucket goes
+            for key in keys():
+                client.delete_object(Bucket=name, Key=key)
+            try:
+                client.delete_bucket(Bucket=name)
+                return
+            except botocore.exceptions.ClientError:  # BucketNotEmpty: one more file landed
+                time.sleep(0.02)
+
+    watcher = threading.Thread(target=delete_after_first_file, daemon=True)
+    watcher.start()
+    yield
+    done.set()  # a job that wrote nothing: the bucket goes now, as the case expects no bucket left
+    watcher.join(timeout=60)
+    assert not watcher.is_alive(), f"{GONE} could not be deleted"
+
+
 def _in_mount_namespace(mount: str, tmp: Path, argv: list[str]) -> tuple[int, str, list[str]]:
     """Run `vaeflow ARGV` in a new mount namespace where tmp/DIR is full (a 64 KB tmpfs) or read-only:
     its exit code, stderr, and the files it left in DIR (listed before the namespace, and DIR's
@@ -425,6 +481,22 @@ def _in_mount_namespace(mount: str, tmp: Path, argv: list[str]) -> tuple[int, st
     )  # fmt: skip
     assert proc.returncode != 99, f"cannot mount {kind} {target}: {proc.stderr}"
     return proc.returncode, proc.stderr, proc.stdout.split()
+
+
+# Ray's own driver writes this line for every Ray Data actor pool, on any run, failed or not: Ray Data
+# passes its actors' arguments through the object store and restarts actors (ray-project/ray#57733).
+RAY_ACTOR_ARGS_WARNING = re.compile(
+    r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store"
+)
+
+
+def _in_process(tmp: Path, argv: list[str]) -> tuple[int, str]:
+    """`vaeflow ARGV` as its own process: exit code and everything on its stderr but Ray's warning above."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *argv], capture_output=True, text=True, timeout=240, cwd=tmp
+    )
+    lines = [line for line in proc.stderr.strip().splitlines() if not RAY_ACTOR_ARGS_WARNING.search(line)]
+    return proc.returncode, "\n".join(lines)
 
 
 def _s3_objects(fs: s3fs.S3FileSystem) -> set[str]:
@@ -452,6 +524,8 @@ def test_bad_input_exits_2_with_a_short_message_naming_it_and_writes_nothing(
     if case.mount:
         code, err, left = _in_mount_namespace(case.mount, tmp_path, argv)
         err = err.strip()
+    elif case.process:
+        code, err = _in_process(tmp_path, argv)
     else:
         code = main(argv)
         err = capsys.readouterr().err.strip()

@@ -57,3 +57,29 @@ print(json.dumps(changed))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     changed = json.loads(out.stdout.strip().splitlines()[-1])
     assert changed == {"vae_core.distributed": {}, "vae_core.distributed.trainer": {}, "flows.cli": {}}
+
+
+def test_ray_datas_log_of_a_reported_error_is_dropped_and_a_bugs_is_kept():
+    """A user error from a Ray Data task reaches the CLI, which prints it in one line: Ray Data's own
+    records of it (with exc_info, or logged inside the handling `except`) are dropped; a bug's stay."""
+    import logging
+
+    from vae_core.errors import DataError, UserError
+
+    keep = ray_internals.WithoutReported(UserError).filter
+
+    def record(error: BaseException | None) -> logging.LogRecord:
+        exc_info = (type(error), error, None) if error else None
+        return logging.LogRecord("ray.data.exceptions", logging.ERROR, __file__, 1, "failed", (), exc_info)
+
+    assert not keep(record(DataError("x.parquet: bad row")))
+    assert keep(record(ValueError("inside numpy")))
+    assert keep(record(None))  # no exception at all: an ordinary line
+    try:
+        raise DataError("x.parquet: bad row")
+    except DataError:
+        assert not keep(record(None))
+    try:
+        raise TypeError("inside torch")
+    except TypeError:
+        assert keep(record(None))

@@ -20,7 +20,7 @@ import socket
 import ray
 
 from vae_core.config import ComputeConfig
-from vae_core.errors import ClusterResourceError, ConfigError
+from vae_core.errors import ClusterResourceError, ConfigError, UserError
 
 from . import ray_internals
 
@@ -46,6 +46,7 @@ def use_token_auth() -> None:
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
+_USER_ERRORS_REPORTED = ray_internals.WithoutReported(UserError)  # one instance: added once
 _OWN_CLUSTER: list[str] = []  # the GCS address of the local cluster start_local_ray started here
 
 
@@ -57,6 +58,8 @@ def ensure_ray(compute: ComputeConfig) -> None:
     """Connect to RAY_ADDRESS if set, else start a local cluster big enough for `compute`."""
     for name, level in ray_internals.QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    for name in ray_internals.TASK_ERROR_LOGGERS:
+        logging.getLogger(name).addFilter(_USER_ERRORS_REPORTED)
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")

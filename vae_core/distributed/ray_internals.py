@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +26,24 @@ QUIET_LOGGERS = {
 }
 # The V1 Parquet datasource logs its sampled encoding ratio and batch size at INFO, twice per dataset.
 PARQUET_V1_LOGGER = "ray.data._internal.datasource.parquet_datasource"
+# Where Ray Data logs a failed task's exception, traceback and all, on its way to the driver's caller
+# (who reports it again): the executor when the task fails, the Dataset's API when it re-raises.
+TASK_ERROR_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+
+
+class WithoutReported(logging.Filter):
+    """Drops the records of TASK_ERROR_LOGGERS logged about an exception the caller reports itself
+    (for the CLI a user error: one line, exit 2); any other exception, a bug, keeps Ray's traceback.
+    Some of those records carry no exc_info: they are logged inside the `except` that handles it."""
+
+    def __init__(self, reported: type[BaseException]) -> None:
+        super().__init__()
+        self.reported = reported
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return not isinstance(error, self.reported)
+
 
 _PARAMETER = "ray._private.parameter"
 _CLEANER = "ray.train.v2._internal.callbacks.placement_group_callback"
@@ -110,7 +129,7 @@ REQUIRED: dict[str, Callable[[], bool]] = {
         ray.train.torch.TorchTrainer, "_create_default_callbacks"
     ),
     f"{_CLEANER}.PlacementGroupCleanerCallback": _has(_CLEANER, "PlacementGroupCleanerCallback"),
-    **{f"logger {name}": _has(name) for name in [*QUIET_LOGGERS, PARQUET_V1_LOGGER]},
+    **{f"logger {name}": _has(name) for name in [*QUIET_LOGGERS, PARQUET_V1_LOGGER, *TASK_ERROR_LOGGERS]},
 }
 
 
