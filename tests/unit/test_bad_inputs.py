@@ -490,7 +490,7 @@ RAY_ACTOR_ARGS_WARNING = re.compile(
 )
 
 
-def _in_process(tmp: Path, argv: list[str]) -> tuple[int, str]:
+def _as_own_process(tmp: Path, argv: list[str]) -> tuple[int, str]:
     """`vaeflow ARGV` as its own process: exit code and everything on its stderr but Ray's warning above."""
     proc = subprocess.run(
         [sys.executable, "-m", "flows.cli", *argv], capture_output=True, text=True, timeout=240, cwd=tmp
@@ -525,7 +525,7 @@ def test_bad_input_exits_2_with_a_short_message_naming_it_and_writes_nothing(
         code, err, left = _in_mount_namespace(case.mount, tmp_path, argv)
         err = err.strip()
     elif case.process:
-        code, err = _in_process(tmp_path, argv)
+        code, err = _as_own_process(tmp_path, argv)
     else:
         code = main(argv)
         err = capsys.readouterr().err.strip()
