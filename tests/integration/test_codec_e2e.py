@@ -17,7 +17,7 @@ from vae_core.distributed.embed import embed_corpus
 from vae_core.distributed.generate import generate_rows
 from vae_core.distributed.trainer import train_on_ray
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(420)]
 
 DIM = 6
 # Each dimension on its own scale: unstandardized, the Gaussian likelihood would fit only the largest.

@@ -23,7 +23,7 @@ from vae_core.data.tables import history, read_table
 from vae_core.operations.pipeline import PipelineConfig, drift_uri, embeddings_uri, samples_uri
 from vae_core.operations.registry import champion_record, list_versions, read_version
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 TRAIN_ROWS, TEST_ROWS, SAMPLES = 2_000, 500, 200
 

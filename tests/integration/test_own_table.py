@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900, method="signal")]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(900, method="signal")]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's bin: `vaeflow` as a user runs it

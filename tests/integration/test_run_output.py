@@ -13,7 +13,7 @@ import pytest
 
 from tests.faults._helpers import write_dataset
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 def test_vaeflow_run_prints_its_own_lines_and_ends_with_the_summary(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import s3fs
 
 from tests.integration.conftest import make_bucket
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
 KEY, SECRET = "AKIAOPTIONSONLY", "options-only-secret-7d1e2c"
 DIM = 16

@@ -8,6 +8,8 @@ from vae_core.data.packaged import read_mnist
 from vae_core.models.families import DataShape
 from vae_core.reports.study import beta_study, data_mean_recon
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
 
 def _mean_code_recon(model, x: torch.Tensor) -> float:
     """-log p(x | z = mu(x)) per image: reconstruction quality without sampling noise."""

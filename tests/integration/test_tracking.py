@@ -17,7 +17,7 @@ from vae_core.data.importers import ShardWriter
 from vae_core.data.objects import read_json
 from vae_core.data.packaged import mnist_table
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 EPOCHS = 3
 

@@ -15,7 +15,7 @@ from tests.integration.test_train_ray import mnist_config
 from vae_core.distributed.launch import new_events
 from vae_core.distributed.trainer import train_on_ray
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 @pytest.fixture(scope="module")

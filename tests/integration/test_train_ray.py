@@ -43,7 +43,7 @@ from vae_core.models.families import DataShape, build_model
 from vae_core.training.checkpoints import SAMPLER_FILE
 from vae_core.training.evaluation import evaluate
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 def mnist_config(data_uri: str, runs_uri: str, **train_kw) -> VaeflowConfig:
