@@ -80,10 +80,13 @@ def test_tabular_report_scores_synthetic_rows(tmp_path):
     assert q["privacy"]["rows"] == 800 and q["privacy"]["dcr_holdout_median"] > 0
     assert load_model_report(str(tmp_path / "report")).synthetic_quality == json.loads(json.dumps(q))
     page = (tmp_path / "report" / "report.html").read_text()
-    # latent scatter, aggregate posterior, column shapes, pair trends, correlations side by side,
-    # marginals (of every column)
-    assert len(_images(page)) == 6
+    # latent scatter, aggregate posterior, column shapes, pair trends, detection by column,
+    # correlations side by side, marginals (of every column)
+    assert len(_images(page)) == 7
     assert "QualityReport score" in page and "DiagnosticReport score" in page
+    by_column = q["detection"]["by_column"]
+    assert len(by_column) == 15 and list(by_column.values()) == sorted(by_column.values(), reverse=True)
+    assert "Detection: real against synthetic rows" in page and "gradient boosting" in page
 
 
 def test_report_command_prints_where_it_wrote(mnist, tmp_path, capsys):

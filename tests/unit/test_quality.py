@@ -95,3 +95,17 @@ def test_sdmetrics_reports_score_validity_per_column_and_quality_as_their_mean(s
     r = q["column_pair_trends"]["correlations"]["a|b"]
     assert r["real"] == pytest.approx(train[["a", "b"]].corr().iloc[0, 1], abs=1e-9)
     assert r["synthetic"] == pytest.approx(copy[["a", "b"]].corr().iloc[0, 1], abs=1e-9)
+
+
+def test_detection_names_the_column_that_gives_the_rows_away(splits):
+    """One column's marginal shifted: the whole-row detectors see it, and of the columns taken one at a
+    time it alone stands out; shuffled columns keep every marginal, so none does."""
+    train, test = splits
+    shifted = _table(1500, 2).assign(b=lambda df: df["b"] + 1.0)
+    by_column = _quality(train, test, shifted)["detection"]["by_column"]
+    assert next(iter(by_column)) == "b" and by_column["b"] > 0.7, by_column
+    assert all(auc < 0.6 for column, auc in by_column.items() if column != "b"), by_column
+    rng = np.random.default_rng(3)
+    broken = _table(1500, 2).apply(lambda col: col.to_numpy()[rng.permutation(len(col))])
+    q = _quality(train, test, broken)
+    assert q["detection"]["auc"] > 0.8 and max(q["detection"]["by_column"].values()) < 0.6

@@ -155,8 +155,10 @@ def aggregate_posterior_bars(stats: Mapping[str, Mapping[str, Any]], max_dims: i
     return fig
 
 
-def column_scores(scores: Mapping[str, float], title: str) -> Figure:
-    """Horizontal bars of per-column similarity scores in [0, 1]."""
+def column_scores(
+    scores: Mapping[str, float], title: str, xlabel: str = "similarity (1 = identical)"
+) -> Figure:
+    """Horizontal bars of per-column scores in [0, 1], in the order given."""
     names = list(scores)
     fig = Figure(figsize=(7, 0.3 * len(names) + 1.0), layout="constrained")
     ax = fig.subplots()
@@ -164,7 +166,7 @@ def column_scores(scores: Mapping[str, float], title: str) -> Figure:
     ax.set_xlim(0, 1)
     ax.invert_yaxis()
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel("similarity (1 = identical)")
+    ax.set_xlabel(xlabel)
     return fig
 
 

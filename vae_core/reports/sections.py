@@ -122,6 +122,17 @@ def quality_sections(
             plots.pair_heatmap(quality["column_pair_trends"]["pairs"], columns, "pair trend similarity"),
         ),
     ]
+    det = quality["detection"]
+    detectors = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in det["detectors"].items())
+    figures.append(
+        section(
+            "Detection: real against synthetic rows",
+            f"ROC AUC of classifiers telling real training rows from sampled ones ({det['rows_each']:,} "
+            f"of each, 3-fold cross-validation; 0.5 = indistinguishable): {detectors}. Bars: gradient "
+            "boosting on one column alone, the columns that give the sampled rows away most on top.",
+            plots.column_scores(det["by_column"], "detection AUC, one column at a time", "ROC AUC"),
+        )
+    )
     if len(numeric) >= 2:
         figures.append(
             section(
