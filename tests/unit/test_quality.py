@@ -20,6 +20,16 @@ def _table(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"a": a, "b": b, "c": c, "y": y})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_pool():
+    """`make check` runs two test processes on two cores: the detectors' OpenMP threads (gradient
+    boosting) would spin against the other process's work; one thread each keeps this file steady."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def splits():
     return _table(1500, 0), _table(800, 1)
