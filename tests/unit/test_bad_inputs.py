@@ -51,10 +51,15 @@ BUCKET = "s3://vaeflow-bad-inputs"  # made on the moto server for the object-sto
 MISSING = "s3://vaeflow-no-such-bucket"  # never made
 
 
-def _vectors(folder: Path, n: int = 32, dim: int = 16, file: str = "part-0.parquet", **extra) -> None:
+def _vectors(
+    folder: Path, n: int = 32, dim: int = 16, file: str = "part-0.parquet", first_id: int = 0, **extra
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     x = np.random.default_rng(0).random((n, dim), dtype=np.float32)
-    cols = {"id": pa.array(np.arange(n)), "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)}
+    cols = {
+        "id": pa.array(np.arange(first_id, first_id + n)),
+        "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim),
+    }
     pq.write_table(pa.table({**cols, **extra}), folder / file)
 
 
@@ -286,12 +291,8 @@ GONE = "s3://vaeflow-deleted-meanwhile"  # made for one case, deleted by it whil
 def _many_vectors(tmp: Path, files: int = 40, rows: int = 2_000, dim: int = 16) -> Path:
     """Input that keeps an embed job writing for seconds: `files` parts with ids unique across them."""
     folder = tmp / "many"
-    folder.mkdir()
     for i in range(files):
-        x = np.random.default_rng(i).random((rows, dim), dtype=np.float32)
-        ids = pa.array(np.arange(rows) + i * rows)
-        vec = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), dim)
-        pq.write_table(pa.table({"id": ids, "x": vec}), folder / f"part-{i}.parquet")
+        _vectors(folder, n=rows, dim=dim, file=f"part-{i}.parquet", first_id=i * rows)
     return folder
 
 
