@@ -49,12 +49,18 @@ import pyarrow as pa
 import torch
 
 from bench.adult_vs_tvae import EPOCHS, GENERATE, POSITIVE, TARGET, VAEFLOW, _frame, column_kinds, efficacy
-from vae_core.config import ModelConfig, TrainConfig
+from vae_core.config import DataConfig, ModelConfig, TrainConfig
 from vae_core.data.importers import read_adult
 from vae_core.data.tabular import TabularTransformer
 from vae_core.distributed.generate import MATCH_DRAWS
 from vae_core.models.families import DataShape, build_model
-from vae_core.models.sampler import COMPONENTS, MAX_ROWS, LatentMixture, fit_latent_mixture
+from vae_core.models.sampler import (
+    COMPONENTS,
+    MAX_ROWS,
+    LatentMixture,
+    fit_latent_clusters,
+    fit_latent_mixture,
+)
 from vae_core.training.evaluation import evaluate
 from vae_core.training.inference import generate
 from vae_core.training.loop import KLSchedule, LRSchedule, fit, make_optimizer
@@ -77,11 +83,21 @@ def train_model(setting: dict[str, Any], seed: int, epochs: int = EPOCHS) -> dic
     """One candidate trained on the four fifths with the workers' loop: the model, its codec, the
     rows (as codes), its held-out ELBO and training seconds."""
     train, held, continuous, categorical = split()
+    data_keys = {k: v for k, v in setting.items() if k in DataConfig.model_fields}
     model_keys = {k: v for k, v in setting.items() if k in ModelConfig.model_fields}
-    train_keys = {k: v for k, v in setting.items() if k not in model_keys}
+    train_keys = {k: v for k, v in setting.items() if k not in model_keys and k not in data_keys}
+    data_cfg = DataConfig(**data_keys)
     model_cfg = ModelConfig(**{**VAEFLOW["model"], **model_keys})
     train_cfg = TrainConfig(**{**VAEFLOW["train"], **train_keys, "epochs": epochs, "seed": seed})
-    codec = TabularTransformer.fit([train], continuous, categorical, train.schema, seed=0)
+    codec = TabularTransformer.fit(
+        [train],
+        continuous,
+        categorical,
+        train.schema,
+        bins=data_cfg.continuous_bins,
+        dependencies=data_cfg.dependencies,
+        seed=0,
+    )
     x = torch.as_tensor(codec.transform(train), dtype=torch.float32)
     x_held = torch.as_tensor(codec.transform(held), dtype=torch.float32)
     torch.manual_seed(seed)
@@ -110,6 +126,7 @@ def train_model(setting: dict[str, Any], seed: int, epochs: int = EPOCHS) -> dic
         "held": held,
         "continuous": continuous,
         "components": train_cfg.latent_mixture,
+        "prior": train_cfg.latent_prior,
         "heldout_elbo": evaluate(model, [x_held], seed=seed).elbo,
         "train_s": time.perf_counter() - t0,
     }
@@ -151,7 +168,12 @@ def run(setting: dict[str, Any], seed: int, epochs: int = EPOCHS) -> list[dict[s
     """A setting: trained once per seed, generated with the latent mixture as the final checkpoint
     fits it."""
     trained = train_model(setting, seed, epochs)
-    mixture = fit_latent_mixture(trained["model"], trained["x"], seed=seed, components=trained["components"])
+    if trained["prior"] == "clusters":
+        mixture = fit_latent_clusters(trained["model"], trained["x"], seed=seed)
+    else:
+        mixture = fit_latent_mixture(
+            trained["model"], trained["x"], seed=seed, components=trained["components"]
+        )
     head = {"setting": setting, "train_seed": seed, "heldout_elbo": trained["heldout_elbo"]}
     return [{**head, **r, "train_s": trained["train_s"]} for r in score(trained, mixture)]
 

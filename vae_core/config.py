@@ -76,6 +76,18 @@ class DataConfig(_Section):
     categorical: list[str] = Field(default_factory=list, description="Force these columns categorical.")
     continuous: list[str] = Field(default_factory=list, description="Force these numeric columns continuous.")
     max_categories: int = Field(1000, ge=1, description="Rarer categories share the null/unseen slot.")
+    continuous_bins: int = Field(
+        64,
+        ge=0,
+        description="Continuous columns as up to this many quantile bins each, a value's rank within its "
+        "bin beside it (a frequent value is a bin of its own, so spikes stay exact); 0: Gaussian modes "
+        "(mode-specific normalisation, as TVAE).",
+    )
+    dependencies: bool = Field(
+        True,
+        description="Find columns that another column fixes in every training row (education -> "
+        "education_num) and generate them from it, so generated rows keep the map.",
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the URI; default: the AWS environment."
     )
@@ -185,12 +197,18 @@ class TrainConfig(_Section):
         "report training metrics only.",
     )
     max_failures: int = Field(1, ge=0, description="Worker-group restarts allowed before the run fails.")
+    latent_prior: Literal["clusters", "mixture"] = Field(
+        "clusters",
+        description="The Gaussian mixture fitted to the aggregate posterior after the last epoch (VAEs "
+        "whose train split fits train.cache_mb), saved with the final checkpoint for `generate --sampler "
+        "mixture`: clusters, one diagonal Gaussian per k-means cluster of the codes, a cluster per 100 "
+        "training rows (closest to the data); mixture, train.latent_mixture full-covariance Gaussians.",
+    )
     latent_mixture: int = Field(
         30,
         ge=0,
-        description="Components of the Gaussian mixture fitted to the aggregate posterior (VAEs; at most one "
-        "per 100 training rows) and saved with the final checkpoint, for `generate --sampler mixture`; 0 "
-        "fits none.",
+        description="Components of the full-covariance mixture (train.latent_prior=mixture; at most one per "
+        "100 training rows); 0 fits no mixture of either kind.",
     )
     init_from: str | None = Field(
         None,
@@ -300,7 +318,7 @@ class GenerateConfig(_Section):
     sampler: Literal["auto", "prior", "mixture"] = Field(
         "auto",
         description="Where z comes from: prior N(0, I), or mixture, the Gaussian mixture fitted to the "
-        "aggregate posterior after training (train.latent_mixture; closer to the data); auto: the "
+        "aggregate posterior after training (train.latent_prior; closer to the data); auto: the "
         "mixture when the checkpoint holds one, else the prior.",
     )
     match_shares: list[str] = Field(

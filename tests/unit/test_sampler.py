@@ -7,7 +7,7 @@ from tests.conftest import binary_data, small_model
 from vae_core.config import ModelConfig, VaeflowConfig
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.errors import CheckpointError
-from vae_core.models.sampler import fit_gmm, fit_latent_mixture
+from vae_core.models.sampler import fit_gmm, fit_latent_clusters, fit_latent_mixture
 from vae_core.training.checkpoints import SAMPLER_FILE, load_checkpoint, save_checkpoint
 from vae_core.training.inference import generate
 from vae_core.training.loop import fit
@@ -118,3 +118,29 @@ def test_the_mixture_draws_decode_closer_to_the_data_than_the_prior(trained):
     prior = generate(model, 1_000, seed=4)
     post = generate(model, 1_000, seed=4, sampler=mixture)
     assert nearest(post) < nearest(prior), (nearest(post), nearest(prior))
+
+
+def test_the_clusters_follow_the_codes_with_a_cluster_per_hundred_rows(trained):
+    """train.latent_prior=clusters: one diagonal Gaussian per k-means cluster of the posterior means,
+    a cluster per 100 rows, weights the clusters' shares; its draws lie where the codes are, closer
+    to them than the 3-component full-covariance mixture's draws."""
+    model, x = trained
+    clusters = fit_latent_clusters(model, x, seed=0)
+    with torch.no_grad():
+        q = model.encode(x)
+    active = torch.nonzero(q.mean.var(0) > 0.01).flatten()
+    assert torch.equal(clusters.active, active)
+    assert len(clusters.weights) == 20 and abs(float(clusters.weights.sum()) - 1) < 1e-5  # 2,000 rows / 100
+    off_diagonal = clusters.scale_tril - torch.diag_embed(torch.diagonal(clusters.scale_tril, dim1=1, dim2=2))
+    assert torch.count_nonzero(off_diagonal) == 0
+    codes = (
+        q.mean
+        + torch.exp(0.5 * q.logvar) * torch.randn(q.mean.shape, generator=torch.Generator().manual_seed(5))
+    )[:, active]
+
+    def distance(sampler) -> float:  # mean distance of 2,000 draws to their nearest code
+        z = sampler.sample(2_000, torch.Generator().manual_seed(1), torch.device("cpu"))[:, active]
+        return float(torch.cdist(z, codes).min(1).values.mean())
+
+    assert distance(clusters) < distance(fit_latent_mixture(model, x, seed=0, components=3))
+    assert fit_latent_clusters(small_model("ae"), binary_data(100), seed=0) is None

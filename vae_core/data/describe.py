@@ -106,11 +106,15 @@ def describe(cfg: DataConfig) -> Description:
     return Description(cfg.uri, splits, columns, codec.kind, codec.dim, codec.likelihood, notes)
 
 
+def _modes(col: ContinuousColumn) -> str:
+    return f"{col.modes} quantile bin(s)" if col.bins is not None else f"{col.modes} mode(s)"
+
+
 def _detail(col: ContinuousColumn | CategoricalColumn | None) -> str:
     if isinstance(col, CategoricalColumn):
         return f"{len(col.categories)} categories (+1 slot for null/unseen), {col.width} features"
     if isinstance(col, ContinuousColumn):
         nulls = ", has nulls" if col.has_nulls else ""
         kind = "integers" if col.integer else "reals"
-        return f"{kind} in [{col.min:g}, {col.max:g}], {len(col.means)} mode(s){nulls}, {col.width} features"
+        return f"{kind} in [{col.min:g}, {col.max:g}], {_modes(col)}{nulls}, {col.width} features"
     return ""

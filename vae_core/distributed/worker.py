@@ -28,7 +28,7 @@ from vae_core.data.codecs import Codec, codec_from_json
 from vae_core.errors import DataError, TrainingError
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.model import LatentModel
-from vae_core.models.sampler import LatentMixture, fit_latent_mixture
+from vae_core.models.sampler import LatentMixture, fit_latent_clusters, fit_latent_mixture
 from vae_core.operations import tracking
 from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult, evaluate
@@ -130,8 +130,9 @@ class EpochEnd:
         sampler = self._sampler(stats.epoch, core)
         if sampler is not None:
             tried = ", ".join(f"{k}: {ll:.2f}" for k, ll in sampler.heldout.items())
+            kind = "full-covariance" if self.cfg.train.latent_prior == "mixture" else "k-means cluster"
             meta.extra["sampler"] = (
-                f"latent mixture: {len(sampler.weights)} full-covariance Gaussians on "
+                f"latent mixture: {len(sampler.weights)} {kind} Gaussians on "
                 f"{len(sampler.active)} active of {sampler.latent_dim} latent dimensions"
                 + (f" (held-out log-likelihood of training codes by components: {tried})" if tried else "")
             )
@@ -162,7 +163,10 @@ class EpochEnd:
         x = self.data.cached.get("train")
         if x is None:
             return None
-        return fit_latent_mixture(core, x.to(next(core.parameters()).device), self.cfg.train.seed, components)
+        x, seed = x.to(next(core.parameters()).device), self.cfg.train.seed
+        if self.cfg.train.latent_prior == "clusters":
+            return fit_latent_clusters(core, x, seed)
+        return fit_latent_mixture(core, x, seed, components)
 
     def _record(self, stats: EpochStats, core: LatentModel) -> EpochRecord:
         """The epoch's record; validated on the epochs that validate (train.validate_every)."""

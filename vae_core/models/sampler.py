@@ -12,6 +12,16 @@ dimensions carry no information about x, q(z) there is the prior, and they are d
 Full covariances over the active dimensions keep their correlations. Saved next to the weights as
 safetensors (never pickle).
 
+Two fits (train.latent_prior). `clusters`, the default: one diagonal Gaussian per k-means cluster of
+the posterior means, one cluster per CLUSTER_ROWS training rows (at most MAX_CLUSTERS), its variance
+the spread of its rows' means plus their mean posterior variance, its weight its share of the rows
+(`fit_latent_clusters`). Many small components follow the aggregate posterior's shape closely, where
+30 full-covariance ones smooth it over: on Adult's held-out fifth (bench/adult_selection.py), a
+gradient-boosted detector told rows decoded from 260 clusters' draws from real ones at AUC 0.60,
+from the 30-component mixture's at 0.64 (and from q(z) itself, codes of the training rows, at 0.57);
+every cluster pools about a hundred rows, so no component stands for one row. `mixture`: full
+covariances by EM, `train.latent_mixture` components or a third of that.
+
 The mixture is fitted by EM in torch (`fit_gmm`): sklearn's GaussianMixture algorithm (k-means start,
 the same M and E steps, reg_covar, stop when the mean log-likelihood moves by less than `tol`) with the
 per-row work in float32 matmuls and the covariances factorised in float64: faster than sklearn, to
@@ -35,6 +45,8 @@ REG_COVAR = 1e-4  # added to each covariance's diagonal: keeps it invertible
 # default is 1e-3, but the iterations down to it only fit the training codes more closely: they take
 # most of the time and score held-out codes no better.
 TOL = 1e-2
+CLUSTER_ROWS, MAX_CLUSTERS = 100, 1000  # fit_latent_clusters: training rows per cluster, clusters at most
+CLUSTER_MAX_ROWS = 50_000  # training rows encoded for the clusters at most
 
 
 @dataclass
@@ -189,4 +201,54 @@ def fit_latent_mixture(
         best.means.float(),
         best.chol.float().contiguous(),  # linalg.cholesky returns column-major; safetensors wants rows
         heldout,
+    )
+
+
+@torch.no_grad()
+def fit_latent_clusters(
+    model: torch.nn.Module, x: torch.Tensor, seed: int, max_rows: int = CLUSTER_MAX_ROWS
+) -> LatentMixture | None:
+    """A mixture of diagonal Gaussians, one per k-means cluster of the posterior means of the rows
+    `x` (at most `max_rows`, sampled with `seed`) over the active dimensions: one cluster per
+    CLUSTER_ROWS rows, MAX_CLUSTERS at most; a cluster's variance is its means' spread plus their mean
+    posterior variance, its weight its share of the rows. None for a model without a posterior
+    variance (an autoencoder). Nothing but the training rows is looked at."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    gen = torch.Generator().manual_seed(seed)
+    if len(x) > max_rows:
+        x = x[torch.randperm(len(x), generator=gen)[:max_rows].to(x.device)]
+    was_training = model.training
+    model.eval()
+    q = model.encode(x)
+    model.train(was_training)
+    if q.logvar is None:
+        return None
+    mu, var = q.mean.double().cpu(), torch.exp(q.logvar.double().cpu())
+    latent_dim = mu.shape[1]
+    active = torch.nonzero(mu.var(0) > ACTIVE_VARIANCE).flatten()
+    if len(active) == 0:
+        empty = torch.zeros((1, 0))
+        return LatentMixture(
+            latent_dim, torch.zeros(0, dtype=torch.int64), torch.ones(1), empty, torch.zeros((1, 0, 0))
+        )
+    mu, var = mu[:, active], var[:, active]
+    k = max(1, min(MAX_CLUSTERS, len(mu) // CLUSTER_ROWS))
+    with threadpool_limits(limits=1):  # small matmuls: a second thread only spins (see tabular._fit_modes)
+        labels = KMeans(n_clusters=k, n_init=1, max_iter=50, random_state=seed).fit(mu.numpy()).labels_
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    counts = torch.bincount(labels, minlength=k).double()
+    used = counts > 0
+    one_hot = torch.nn.functional.one_hot(labels, k).double()  # (N, k)
+    means = (one_hot.T @ mu) / counts.clamp(min=1)[:, None]
+    spread = (one_hot.T @ mu**2) / counts.clamp(min=1)[:, None] - means**2
+    variance = spread.clamp(min=0) + (one_hot.T @ var) / counts.clamp(min=1)[:, None] + REG_COVAR
+    scale_tril = torch.diag_embed(variance[used].sqrt())
+    return LatentMixture(
+        latent_dim,
+        active.to(torch.int64),
+        (counts[used] / counts.sum()).float(),
+        means[used].float(),
+        scale_tril.float().contiguous(),
     )

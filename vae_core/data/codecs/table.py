@@ -110,6 +110,8 @@ class TabularCodec:
                 spec.categorical,
                 schema,
                 max_categories=cfg.max_categories,
+                bins=cfg.continuous_bins,
+                dependencies=cfg.dependencies,
                 seed=seed,
             )
         except DataError as e:
