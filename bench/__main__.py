@@ -18,7 +18,7 @@ BENCHMARKS = [
     "command_overhead",
     "batch_jobs",
     "embed_nights",
-    "adult_vs_tvae",
+    "adult_vs_peers",
     "bad_inputs",
     "deploy_nightly",
 ]

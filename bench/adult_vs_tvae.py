@@ -84,9 +84,15 @@ def column_kinds(adult: pa.Table) -> tuple[list[str], list[str]]:
     return continuous, [f.name for f in adult.schema if f.name not in continuous]
 
 
-def efficacy(train: pd.DataFrame, test: pd.DataFrame, continuous: list[str]) -> dict[str, float]:
-    """F1 of '>50K' on Adult test for LR, DT(max_depth 20) and MLP(50) trained on `train`: one-hot
-    categories (nulls a category of their own), standardized numbers."""
+def efficacy(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    continuous: list[str],
+    target: str = TARGET,
+    positive: str = POSITIVE,
+) -> dict[str, float]:
+    """F1 of `positive` ('>50K') in `target` on the test rows for LR, DT(max_depth 20) and MLP(50)
+    trained on `train`: one-hot categories (nulls a category of their own), standardized numbers."""
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
@@ -95,7 +101,7 @@ def efficacy(train: pd.DataFrame, test: pd.DataFrame, continuous: list[str]) -> 
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
     from sklearn.tree import DecisionTreeClassifier
 
-    features = [c for c in train.columns if c != TARGET]
+    features = [c for c in train.columns if c != target]
     categorical = [c for c in features if c not in continuous]
 
     def prepared(df: pd.DataFrame) -> pd.DataFrame:
@@ -103,7 +109,7 @@ def efficacy(train: pd.DataFrame, test: pd.DataFrame, continuous: list[str]) -> 
         df[categorical] = df[categorical].astype(object).where(df[categorical].notna(), "<null>")
         return df
 
-    y_train, y_test = (train[TARGET] == POSITIVE).to_numpy(), (test[TARGET] == POSITIVE).to_numpy()
+    y_train, y_test = (train[target] == positive).to_numpy(), (test[target] == positive).to_numpy()
     if y_train.all() or not y_train.any():
         return {"lr": 0.0, "dt": 0.0, "mlp": 0.0}
     models = {
@@ -187,11 +193,17 @@ def _vaeflow(*argv: str) -> str:
 
 
 def run_vaeflow(
-    root: Path, data: str, rows: int, seed: int, epochs: int
+    root: Path,
+    data: str,
+    rows: int,
+    seed: int,
+    epochs: int,
+    name: str = "adult",
+    match_shares: list[str] = GENERATE["match_shares"],
 ) -> tuple[pa.Table, dict[str, float]]:
-    config = {"name": "adult", "data": {"uri": data}, **VAEFLOW}
+    config = {"name": name, "data": {"uri": data}, **VAEFLOW}
     config["train"] = {**config["train"], "epochs": epochs, "seed": seed, "runs_uri": str(root / "runs")}
-    path = root / f"adult-{seed}.json"
+    path = root / f"{name}-{seed}.json"
     path.write_text(json.dumps(config))
     t0 = time.perf_counter()
     out = _vaeflow("train", "--config", str(path), "--run-name", f"seed{seed}")
@@ -200,7 +212,7 @@ def run_vaeflow(
     t0 = time.perf_counter()
     synth = str(root / f"synthetic-{seed}")
     argv = ["--model", checkpoint, "--rows", str(rows), "--seed", str(seed), "--output", synth]
-    _vaeflow("generate", *argv, "--match-shares", *GENERATE["match_shares"])
+    _vaeflow("generate", *argv, "--match-shares", *match_shares)
     generate_s = time.perf_counter() - t0
     return read_table(synth), {"train_s": train_s, "generate_s": generate_s, "checkpoint": checkpoint}
 
@@ -335,7 +347,9 @@ def main(epochs: int = EPOCHS, seeds: tuple[int, ...] = SEEDS) -> None:
     write_efficacy(runs["vaeflow"], epochs, seeds)
 
 
-def write_efficacy(runs: list[dict[str, Any]], epochs: int, seeds: tuple[int, ...]) -> None:
+def write_efficacy(
+    runs: list[dict[str, Any]], epochs: int, seeds: tuple[int, ...], source: str = "bench/adult_vs_tvae.py"
+) -> None:
     """bench/results/adult_efficacy.json from the same run: the SDGym classifier set (LR, tree,
     gradient boosting) on vaeflow's product-path rows, mean over seeds, against the same classifiers
     trained on the real rows."""
@@ -350,7 +364,7 @@ def write_efficacy(runs: list[dict[str, Any]], epochs: int, seeds: tuple[int, ..
         baseline=statistics.mean(r["sdgym_real_mean_f1"] for r in runs),
         setting={
             "path": "vaeflow data import adult; vaeflow train (Ray, 1 worker); vaeflow generate "
-            "(bench/adult_vs_tvae.py, the same run)",
+            f"({source}, the same run)",
             **VAEFLOW,
             "generate": GENERATE,
             "epochs": epochs,
