@@ -45,12 +45,13 @@ $(MLFLOW_SERVER)/bin/mlflow:
 	$(PYTHON) -m venv $(MLFLOW_SERVER)
 	$(MLFLOW_SERVER)/bin/pip install --quiet mlflow==$(MLFLOW_VERSION)
 
-argn: $(ARGN)/bin/python
-$(ARGN)/bin/python:
+argn: $(ARGN)/.installed
+$(ARGN)/.installed:
 	$(PYTHON) -m venv $(ARGN)
 	$(ARGN)/bin/pip install --quiet torch==2.13.0
 	$(ARGN)/bin/pip install --quiet mostlyai-engine==$(ARGN_VERSION)
 	$(ARGN)/bin/pip uninstall --quiet -y torchvision torchaudio
+	touch $@
 
 # The inner loop: lint, import layers and the unit tests, their files spread over two processes; the
 # few unit cases that need a Ray Train run (marked slow) wait for `make test`.
@@ -122,7 +123,7 @@ image: podman
 deploy-test: $(STAMP) image
 	VAEFLOW_IMAGE=$(IMAGE) $(VENV)/bin/pytest -q -m "deploy and not bench" tests/deploy
 
-bench: $(STAMP) image $(ARGN)/bin/python
+bench: $(STAMP) image $(ARGN)/.installed
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	VAEFLOW_IMAGE=$(IMAGE) $(PY) -m bench
 
