@@ -151,6 +151,25 @@ def _m_step(x: torch.Tensor, resp: torch.Tensor, reg_covar: float, eye: torch.Te
     return Gaussians(nk / len(x), means, torch.linalg.cholesky(covs))
 
 
+def _posterior(model: torch.nn.Module, x: torch.Tensor, gen: torch.Generator, max_rows: int):
+    """q(z | x) of the rows x in eval mode (at most max_rows of them, a uniform sample drawn with gen)."""
+    if len(x) > max_rows:
+        x = x[torch.randperm(len(x), generator=gen)[:max_rows].to(x.device)]
+    was_training = model.training
+    model.eval()
+    q = model.encode(x)
+    model.train(was_training)
+    return q
+
+
+def _no_active(latent_dim: int) -> LatentMixture:
+    """The mixture of an encoder that uses no dimension: every dimension N(0, 1)."""
+    empty = torch.zeros((1, 0))
+    return LatentMixture(
+        latent_dim, torch.zeros(0, dtype=torch.int64), torch.ones(1), empty, torch.zeros((1, 0, 0))
+    )
+
+
 @torch.no_grad()
 def fit_latent_mixture(
     model: torch.nn.Module,
@@ -167,12 +186,7 @@ def fit_latent_mixture(
     that, whichever gives the held-out fifth of the codes the higher likelihood (`heldout`). Nothing
     but the training rows is looked at."""
     gen = torch.Generator().manual_seed(seed)
-    if len(x) > max_rows:
-        x = x[torch.randperm(len(x), generator=gen)[:max_rows].to(x.device)]
-    was_training = model.training
-    model.eval()
-    q = model.encode(x)
-    model.train(was_training)
+    q = _posterior(model, x, gen, max_rows)
     if q.logvar is None:
         return None
     mu, std = q.mean.float().cpu(), torch.exp(0.5 * q.logvar.float().cpu())
@@ -180,10 +194,7 @@ def fit_latent_mixture(
     active = torch.nonzero(mu.double().var(0) > ACTIVE_VARIANCE).flatten()
     latent_dim = mu.shape[1]
     if len(active) == 0:
-        empty = torch.zeros((1, 0))
-        return LatentMixture(
-            latent_dim, torch.zeros(0, dtype=torch.int64), torch.ones(1), empty, torch.zeros((1, 0, 0))
-        )
+        return _no_active(latent_dim)
     # The size is chosen on the training rows' own codes: each candidate is fitted on 80% of them and
     # scored by the mean log-likelihood of the other 20%; the best one is kept.
     codes = z[:, active][torch.as_tensor(np.random.default_rng(seed).permutation(len(z)))]
@@ -216,23 +227,14 @@ def fit_latent_clusters(
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    gen = torch.Generator().manual_seed(seed)
-    if len(x) > max_rows:
-        x = x[torch.randperm(len(x), generator=gen)[:max_rows].to(x.device)]
-    was_training = model.training
-    model.eval()
-    q = model.encode(x)
-    model.train(was_training)
+    q = _posterior(model, x, torch.Generator().manual_seed(seed), max_rows)
     if q.logvar is None:
         return None
     mu, var = q.mean.double().cpu(), torch.exp(q.logvar.double().cpu())
     latent_dim = mu.shape[1]
     active = torch.nonzero(mu.var(0) > ACTIVE_VARIANCE).flatten()
     if len(active) == 0:
-        empty = torch.zeros((1, 0))
-        return LatentMixture(
-            latent_dim, torch.zeros(0, dtype=torch.int64), torch.ones(1), empty, torch.zeros((1, 0, 0))
-        )
+        return _no_active(latent_dim)
     mu, var = mu[:, active], var[:, active]
     k = max(1, min(MAX_CLUSTERS, len(mu) // CLUSTER_ROWS))
     with threadpool_limits(limits=1):  # small matmuls: a second thread only spins (see tabular._fit_modes)
