@@ -232,6 +232,8 @@ def run_dataset(data: Dataset, root: Path, seeds: tuple[int, ...], epochs: int) 
             brief = {k: round(record[k], 4) for k in ("mean_f1", "quality", "wall_s")}
             brief["detection_auc"] = round(record["detection"]["auc"], 4)
             print(f"  {data.name} {system} seed {seed}: {json.dumps(brief)}", flush=True)
+            # The whole record too: a run cut short still leaves every finished system's scores.
+            print(f"  record {json.dumps({'dataset': data.name, 'system': system, **record})}", flush=True)
     return runs
 
 
