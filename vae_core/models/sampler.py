@@ -237,7 +237,7 @@ def fit_latent_clusters(
         return _no_active(latent_dim)
     mu, var = mu[:, active], var[:, active]
     k = max(1, min(MAX_CLUSTERS, len(mu) // CLUSTER_ROWS))
-    with threadpool_limits(limits=1):  # small matmuls: a second thread only spins (see tabular._fit_modes)
+    with threadpool_limits(limits=1):  # small matmuls: a second thread only spins (see continuous.fit_modes)
         labels = KMeans(n_clusters=k, n_init=1, max_iter=50, random_state=seed).fit(mu.numpy()).labels_
     labels = torch.as_tensor(labels, dtype=torch.long)
     counts = torch.bincount(labels, minlength=k).double()
