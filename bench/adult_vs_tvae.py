@@ -94,6 +94,7 @@ def efficacy(
     """F1 of `positive` ('>50K') in `target` on the test rows for LR, DT(max_depth 20) and MLP(50)
     trained on `train`: one-hot categories (nulls a category of their own), standardized numbers."""
     from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from sklearn.neural_network import MLPClassifier
@@ -121,7 +122,12 @@ def efficacy(
     for name, clf in models.items():
         encode = ColumnTransformer(
             [
-                ("num", StandardScaler(), continuous),
+                # Nulls in a number (COMPAS has them; Adult does not): the median, and a flag column.
+                (
+                    "num",
+                    make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler()),
+                    continuous,
+                ),
                 ("cat", OneHotEncoder(handle_unknown="ignore"), categorical),
             ]
         )
