@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from vae_core.data.arrow_types import as_array
 
 MAX_VALUES = 200
 MIN_ROWS_PER_VALUE = 20
@@ -57,10 +58,7 @@ class Tracker:
         self.rows += batch.num_rows
         columns = {}
         for name in list(self.values):
-            arr = batch.column(name)
-            arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-            if pa.types.is_dictionary(arr.type):
-                arr = arr.cast(arr.type.value_type)
+            arr = as_array(batch.column(name))
             distinct = pc.unique(arr).to_pylist()
             self.values[name].update(distinct)
             if len(self.values[name]) > MAX_VALUES:
@@ -91,14 +89,11 @@ class Tracker:
                 mapping = self.maps.get((a, b))
                 if mapping is None or a in derived or len(mapping) * MIN_ROWS_PER_VALUE > self.rows:
                     continue
-                derived[b] = Dependency(b, a, [[_plain(k), _plain(v)] for k, v in mapping.items()])
+                # to_pylist gave the keys and values: plain Python, JSON-ready
+                derived[b] = Dependency(b, a, [[k, v] for k, v in mapping.items()])
                 sources.add(a)
                 break
         return list(derived.values())
-
-
-def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
 
 
 def candidates(schema: pa.Schema, names: list[str]) -> list[str]:
