@@ -197,12 +197,14 @@ class TrainConfig(_Section):
         "report training metrics only.",
     )
     max_failures: int = Field(1, ge=0, description="Worker-group restarts allowed before the run fails.")
-    latent_prior: Literal["clusters", "mixture"] = Field(
-        "clusters",
+    latent_prior: Literal["posterior", "clusters", "mixture"] = Field(
+        "posterior",
         description="The Gaussian mixture fitted to the aggregate posterior after the last epoch (VAEs "
         "whose train split fits train.cache_mb), saved with the final checkpoint for `generate --sampler "
-        "mixture`: clusters, one diagonal Gaussian per k-means cluster of the codes, a cluster per 100 "
-        "training rows (closest to the data); mixture, train.latent_mixture full-covariance Gaussians.",
+        "mixture`: posterior, q(z) itself, each training row's posterior Gaussian (at most 50,000 rows; "
+        "closest to the data, but at a low train.beta its draws sit near training rows: the report's "
+        "privacy section shows it); clusters, a diagonal Gaussian per k-means cluster of the codes, one "
+        "per 100 rows; mixture, train.latent_mixture full-covariance Gaussians.",
     )
     latent_mixture: int = Field(
         30,

@@ -396,9 +396,9 @@ def test_a_table_trains_on_ray_through_the_tabular_codec_saved_with_the_checkpoi
     assert abs(elbo - result.history[-1].val_elbo) < 0.05 * abs(elbo)  # the same rows, the same x
     # The final checkpoint holds the latent mixture (train.latent_prior); generate takes it by default.
     assert _exists(f"{result.checkpoint_uri}/{SAMPLER_FILE}") and result.checkpoint.sampler is not None
-    # 600 training rows: 6 k-means clusters of their codes (one per 100 rows), each a diagonal Gaussian.
+    # 600 training rows: the aggregate posterior, a diagonal Gaussian per row (train.latent_prior).
     assert re.fullmatch(
-        r"latent mixture: 6 k-means cluster Gaussians on [1-4] active of 4 latent dimensions",
+        r"latent mixture: 600 training-row posterior Gaussians on [1-4] active of 4 latent dimensions",
         result.checkpoint.meta.extra["sampler"],
     )
     first = result.checkpoint_uri.replace("epoch_0004", "epoch_0003")

@@ -7,7 +7,7 @@ from tests.conftest import binary_data, small_model
 from vae_core.config import ModelConfig, VaeflowConfig
 from vae_core.data.codecs.vector import VectorCodec
 from vae_core.errors import CheckpointError
-from vae_core.models.sampler import fit_gmm, fit_latent_clusters, fit_latent_mixture
+from vae_core.models.sampler import fit_gmm, fit_latent_clusters, fit_latent_mixture, fit_latent_posterior
 from vae_core.training.checkpoints import SAMPLER_FILE, load_checkpoint, save_checkpoint
 from vae_core.training.inference import generate
 from vae_core.training.loop import fit
@@ -99,6 +99,15 @@ def test_the_mixture_travels_with_the_checkpoint_and_generation_uses_it(tmp_path
     from_mixture = generate(ck.model, 500, seed=3, sampler=ck.sampler)
     assert torch.equal(from_mixture, generate(model, 500, seed=3, sampler=mixture))
     assert not torch.equal(from_mixture, generate(ck.model, 500, seed=3))  # the prior's draws differ
+    # A diagonal one (clusters, posterior) keeps its (K, A) standard deviations.
+    posterior = fit_latent_posterior(model, x, seed=0)
+    save_checkpoint(str(tmp_path / "diag"), model, cfg, codec, sampler=posterior)
+    diag = load_checkpoint(str(tmp_path / "diag"))
+    assert diag.sampler.scale_tril.shape == posterior.scale_tril.shape == posterior.means.shape
+    assert torch.equal(
+        generate(diag.model, 500, seed=3, sampler=diag.sampler),
+        generate(model, 500, seed=3, sampler=posterior),
+    )
     # A pickle in place of the mixture is refused like any other non-safetensors file.
     (tmp_path / "ck" / SAMPLER_FILE).write_bytes(b"\x80\x04K\x01.")
     with pytest.raises(CheckpointError, match="not a safetensors file"):
@@ -131,8 +140,7 @@ def test_the_clusters_follow_the_codes_with_a_cluster_per_hundred_rows(trained):
     active = torch.nonzero(q.mean.var(0) > 0.01).flatten()
     assert torch.equal(clusters.active, active)
     assert len(clusters.weights) == 20 and abs(float(clusters.weights.sum()) - 1) < 1e-5  # 2,000 rows / 100
-    off_diagonal = clusters.scale_tril - torch.diag_embed(torch.diagonal(clusters.scale_tril, dim1=1, dim2=2))
-    assert torch.count_nonzero(off_diagonal) == 0
+    assert clusters.scale_tril.shape == (20, len(active))  # diagonal: standard deviations only
     codes = (
         q.mean
         + torch.exp(0.5 * q.logvar) * torch.randn(q.mean.shape, generator=torch.Generator().manual_seed(5))
@@ -144,3 +152,14 @@ def test_the_clusters_follow_the_codes_with_a_cluster_per_hundred_rows(trained):
 
     assert distance(clusters) < distance(fit_latent_mixture(model, x, seed=0, components=3))
     assert fit_latent_clusters(small_model("ae"), binary_data(100), seed=0) is None
+
+    # train.latent_prior=posterior: q(z) itself, a Gaussian per row (at most max_rows of them).
+    posterior = fit_latent_posterior(model, x, seed=0)
+    assert torch.equal(posterior.active, active) and len(posterior.weights) == len(x)
+    assert torch.allclose(posterior.means, q.mean[:, active]) and posterior.scale_tril.shape == (
+        len(x),
+        len(active),
+    )
+    assert torch.allclose(posterior.scale_tril, torch.exp(0.5 * q.logvar[:, active]))
+    assert len(fit_latent_posterior(model, x, seed=0, max_rows=500).weights) == 500
+    assert fit_latent_posterior(small_model("ae"), binary_data(100), seed=0) is None

@@ -28,7 +28,12 @@ from vae_core.data.codecs import Codec, codec_from_json
 from vae_core.errors import DataError, TrainingError
 from vae_core.models.families import DataShape, build_model
 from vae_core.models.model import LatentModel
-from vae_core.models.sampler import LatentMixture, fit_latent_clusters, fit_latent_mixture
+from vae_core.models.sampler import (
+    LatentMixture,
+    fit_latent_clusters,
+    fit_latent_mixture,
+    fit_latent_posterior,
+)
 from vae_core.operations import tracking
 from vae_core.training.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
 from vae_core.training.evaluation import EvalResult, evaluate
@@ -130,7 +135,11 @@ class EpochEnd:
         sampler = self._sampler(stats.epoch, core)
         if sampler is not None:
             tried = ", ".join(f"{k}: {ll:.2f}" for k, ll in sampler.heldout.items())
-            kind = "full-covariance" if self.cfg.train.latent_prior == "mixture" else "k-means cluster"
+            kind = {
+                "mixture": "full-covariance",
+                "clusters": "k-means cluster",
+                "posterior": "training-row posterior",
+            }[self.cfg.train.latent_prior]
             meta.extra["sampler"] = (
                 f"latent mixture: {len(sampler.weights)} {kind} Gaussians on "
                 f"{len(sampler.active)} active of {sampler.latent_dim} latent dimensions"
@@ -166,6 +175,8 @@ class EpochEnd:
         x, seed = x.to(next(core.parameters()).device), self.cfg.train.seed
         if self.cfg.train.latent_prior == "clusters":
             return fit_latent_clusters(core, x, seed)
+        if self.cfg.train.latent_prior == "posterior":
+            return fit_latent_posterior(core, x, seed)
         return fit_latent_mixture(core, x, seed, components)
 
     def _record(self, stats: EpochStats, core: LatentModel) -> EpochRecord:

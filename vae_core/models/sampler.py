@@ -12,15 +12,17 @@ dimensions carry no information about x, q(z) there is the prior, and they are d
 Full covariances over the active dimensions keep their correlations. Saved next to the weights as
 safetensors (never pickle).
 
-Two fits (train.latent_prior). `clusters`, the default: one diagonal Gaussian per k-means cluster of
-the posterior means, one cluster per CLUSTER_ROWS training rows (at most MAX_CLUSTERS), its variance
-the spread of its rows' means plus their mean posterior variance, its weight its share of the rows
-(`fit_latent_clusters`). Many small components follow the aggregate posterior's shape closely, where
-30 full-covariance ones smooth it over: on Adult's held-out fifth (bench/adult_selection.py), a
-gradient-boosted detector told rows decoded from 260 clusters' draws from real ones at AUC 0.60,
-from the 30-component mixture's at 0.64 (and from q(z) itself, codes of the training rows, at 0.57);
-every cluster pools about a hundred rows, so no component stands for one row. `mixture`: full
-covariances by EM, `train.latent_mixture` components or a third of that.
+Three fits (train.latent_prior). `posterior`, the default: the aggregate posterior itself, one
+diagonal Gaussian per training row, its posterior mean and standard deviation (`fit_latent_posterior`;
+the best density any fit could reach, and instant). `clusters`: one diagonal Gaussian per k-means
+cluster of the posterior means, one cluster per CLUSTER_ROWS training rows (at most MAX_CLUSTERS),
+its variance the spread of its rows' means plus their mean posterior variance, its weight its share
+of the rows (`fit_latent_clusters`). `mixture`: full covariances by EM, `train.latent_mixture`
+components or a third of that. On the held-out fifths of Adult and COMPAS a gradient-boosted detector
+told rows decoded from `posterior` draws from real ones least often (bench/adult_selection.py), and
+their distances to the closest training row matched unseen real rows'. The posterior's width is the
+KL term's doing: at a small train.beta the draws crowd training rows' codes and decode to
+near-copies, which the report's privacy section (DCR) shows.
 
 The mixture is fitted by EM in torch (`fit_gmm`): sklearn's GaussianMixture algorithm (k-means start,
 the same M and E steps, reg_covar, stop when the mean log-likelihood moves by less than `tol`) with the
@@ -52,13 +54,14 @@ CLUSTER_MAX_ROWS = 50_000  # training rows encoded for the clusters at most
 @dataclass
 class LatentMixture:
     """weights (K,), means (K, A), scale_tril (K, A, A) over the active dimensions `active` (A,) of
-    a latent_dim-dimensional space; the other dimensions are N(0, 1)."""
+    a latent_dim-dimensional space; the other dimensions are N(0, 1). A diagonal mixture (clusters,
+    posterior) keeps only the standard deviations: scale_tril (K, A)."""
 
     latent_dim: int
     active: torch.Tensor  # (A,) int64
     weights: torch.Tensor  # (K,)
     means: torch.Tensor  # (K, A)
-    scale_tril: torch.Tensor  # (K, A, A)
+    scale_tril: torch.Tensor  # (K, A, A), or (K, A) standard deviations of diagonal Gaussians
     # Components tried -> mean log-likelihood of held-out training codes (the fit's choice; not saved).
     heldout: dict[int, float] = field(default_factory=dict)
 
@@ -69,8 +72,12 @@ class LatentMixture:
             return z
         weights, means, tril = (t.to(device) for t in (self.weights, self.means, self.scale_tril))
         k = torch.multinomial(weights, n, replacement=True, generator=generator)  # (n,)
-        eps = torch.randn((n, len(self.active), 1), generator=generator, device=device)
-        z[:, self.active.to(device)] = means[k] + (tril[k] @ eps).squeeze(-1)
+        if tril.dim() == 2:  # diagonal
+            eps = torch.randn((n, len(self.active)), generator=generator, device=device)
+            z[:, self.active.to(device)] = means[k] + tril[k] * eps
+        else:
+            eps = torch.randn((n, len(self.active), 1), generator=generator, device=device)
+            z[:, self.active.to(device)] = means[k] + (tril[k] @ eps).squeeze(-1)
         return z
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
@@ -246,11 +253,37 @@ def fit_latent_clusters(
     means = (one_hot.T @ mu) / counts.clamp(min=1)[:, None]
     spread = (one_hot.T @ mu**2) / counts.clamp(min=1)[:, None] - means**2
     variance = spread.clamp(min=0) + (one_hot.T @ var) / counts.clamp(min=1)[:, None] + REG_COVAR
-    scale_tril = torch.diag_embed(variance[used].sqrt())
     return LatentMixture(
         latent_dim,
         active.to(torch.int64),
         (counts[used] / counts.sum()).float(),
         means[used].float(),
-        scale_tril.float().contiguous(),
+        variance[used].sqrt().float().contiguous(),
+    )
+
+
+@torch.no_grad()
+def fit_latent_posterior(
+    model: torch.nn.Module, x: torch.Tensor, seed: int, max_rows: int = CLUSTER_MAX_ROWS
+) -> LatentMixture | None:
+    """The aggregate posterior itself, q(z) = (1/N) sum_i q(z | x_i): one diagonal Gaussian per row of
+    `x` (at most `max_rows`, sampled with `seed`), its posterior mean and standard deviation, equal
+    weights, over the active dimensions. No fitted density comes closer to the codes; the price is
+    that every draw starts from one training row's code, so the decoder's likelihood sampling is
+    what keeps a row from being that row (the benchmarks count copies and distances to the closest
+    training row). None for a model without a posterior variance (an autoencoder)."""
+    q = _posterior(model, x, torch.Generator().manual_seed(seed), max_rows)
+    if q.logvar is None:
+        return None
+    mu, std = q.mean.float().cpu(), torch.exp(0.5 * q.logvar.float().cpu())
+    latent_dim = mu.shape[1]
+    active = torch.nonzero(mu.double().var(0) > ACTIVE_VARIANCE).flatten()
+    if len(active) == 0:
+        return _no_active(latent_dim)
+    return LatentMixture(
+        latent_dim,
+        active.to(torch.int64),
+        torch.full((len(mu),), 1.0 / len(mu)),
+        mu[:, active].contiguous(),
+        std[:, active].contiguous(),
     )
