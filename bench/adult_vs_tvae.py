@@ -183,9 +183,20 @@ def run_tvae(real: pa.Table, categorical: list[str], columns: list[str], seed: i
     np.random.seed(seed)
     model = TVAE(epochs=epochs, enable_gpu=False)
     model.set_random_state(seed)
-    model.fit(_frame(real, columns), discrete_columns=categorical)
+    frame, flags = _frame(real, columns), {}
+    # ctgan's TVAE fails to sample a continuous column with nulls (its transformer's extra null column
+    # is lost in inverse_transform), so nulls travel as SDV's RDT carries them: the median in place and
+    # a categorical flag column, nulls put back where the sampled flag says so.
+    for c in columns:
+        if c not in categorical and frame[c].isna().any():
+            flags[c] = f"{c}__is_null"
+            frame[flags[c]] = np.where(frame[c].isna(), "yes", "no")
+            frame[c] = frame[c].fillna(frame[c].median())
+    model.fit(frame, discrete_columns=categorical + list(flags.values()))
     sampled = model.sample(real.num_rows)
-    return pa.Table.from_pandas(sampled, preserve_index=False)
+    for c, flag in flags.items():
+        sampled[c] = sampled[c].where(sampled[flag] != "yes")
+    return pa.Table.from_pandas(sampled[columns], preserve_index=False)
 
 
 def _vaeflow(*argv: str) -> str:
