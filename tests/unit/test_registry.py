@@ -143,6 +143,30 @@ def test_a_retried_promotion_is_a_no_op(tmp_path, kind):
     assert champion_record(root, "m") == record
 
 
+def test_the_champion_is_found_from_the_head_and_a_lagging_or_lost_head_costs_no_truth(tmp_path):
+    """The head names the latest record, so a read needs no listing of the series; a head behind the
+    series (a crash between record and head, a slower concurrent promotion) is probed forward, and a
+    lost or broken one falls back to listing."""
+    root = _root(tmp_path, "path")
+    _two_versions(root)
+    head = tmp_path / "store" / "models" / "m" / "champion-head.json"
+    promote(root, "m", "v1", "first", expected_seq=None)
+    assert json.loads(head.read_text()) == {"seq": 0, "version": "v1"}
+    promote(root, "m", "v2", "second", expected_seq=0)
+    last = promote(root, "m", "v1", "third", expected_seq=1)
+    assert json.loads(head.read_text()) == {"seq": 2, "version": "v1"}
+    assert champion_record(root, "m") == last
+    head.write_text(json.dumps({"seq": 0, "version": "v1"}))  # left behind
+    assert champion_record(root, "m") == last
+    for broken in ('{"seq": 9}', "not json", '{"seq": "2"}', "[]"):  # no record 9; not a head
+        head.write_text(broken)
+        assert champion_record(root, "m") == last, broken
+    head.unlink()  # a registry from before the head
+    assert champion_record(root, "m") == last
+    assert promote(root, "m", "v2", "fourth", expected_seq=2).seq == 3
+    assert json.loads(head.read_text())["seq"] == 3
+
+
 def test_two_promotions_from_one_champion_record_one_wins_on_local_disk(tmp_path):
     root = _root(tmp_path, "path")
     _two_versions(root)

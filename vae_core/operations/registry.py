@@ -11,12 +11,21 @@ Layout (any URI):
     <root>/models/<name>/champion/<seq>.json           the champion series: 0000000000.json, 0000000001.json,
                                                        ... one create-only record per promotion; the
                                                        highest number names the current champion
+    <root>/models/<name>/champion-head.json            a hint: the number of the latest record seen by
+                                                       the last promotion (see below)
 
 A version directory is a loadable checkpoint (`vae_core.training.checkpoints.load_checkpoint(version.uri)`).
 The champion changes only through `promote`, after the gate has passed the candidate against the
 champion record that was read; the record is written create-only under the next number, so two
 promotions decided against the same champion cannot both land (the loser gets ChampionConflict).
 Records are never rewritten or deleted: the series is the promotion history.
+
+Finding the latest record must not cost a listing of the whole series (a record a night for years):
+each promotion, after its record landed, writes the head file with that record's number. A reader
+reads the head, then the record it names and the numbers after it until one is missing (one probe
+in the usual case), so three small reads find the champion at record 1 or 10,000. The head is only a
+hint: the create-only records stay the truth, a head left behind by a crash or a slower concurrent
+promotion only costs a probe more, and a registry without one (older ones) is listed as before.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ MODELS_DIR = "models"
 VERSION_FILE = "version.json"
 CHAMPION_DIR = "champion"
 _RECORD = re.compile(r"(\d{10})\.json")
+HEAD_FILE = "champion-head.json"  # the latest record's number, a hint (module docstring)
 LEGACY_CHAMPION_FILE = "champion.json"  # the single overwritten pointer of earlier releases
 REPORT_DIR, REPORT_HTML = "report", "report.html"
 
@@ -230,6 +240,33 @@ def _read_record(root: str, name: str, seq: int, storage_options: dict | None) -
     return ChampionRecord.from_json(data, uri)
 
 
+def _head_uri(root: str, name: str) -> str:
+    return join(model_uri(root, name), HEAD_FILE)
+
+
+def _write_head(root: str, name: str, record: ChampionRecord, storage_options: dict | None) -> None:
+    atomic_write_json(_head_uri(root, name), {"seq": record.seq, "version": record.version}, storage_options)
+
+
+def _from_head(root: str, name: str, storage_options: dict | None) -> ChampionRecord | None:
+    """The latest record, found from the head and the numbers after it; None without a usable head
+    (no head, not a head, or its record missing): the caller lists the series instead."""
+    try:
+        head = read_json(_head_uri(root, name), storage_options)
+    except ValueError:
+        return None
+    seq = head.get("seq") if isinstance(head, dict) else None
+    if not isinstance(seq, int) or seq < 0:
+        return None
+    record = _read_record(root, name, seq, storage_options)
+    while record is not None:
+        later = _read_record(root, name, record.seq + 1, storage_options)
+        if later is None:
+            return record
+        record = later
+    return None
+
+
 def _latest_seq(root: str, name: str, storage_options: dict | None) -> int | None:
     fs, path = filesystem(champion_uri(root, name), storage_options)
     fs.invalidate_cache(path)
@@ -253,6 +290,9 @@ def _latest_seq(root: str, name: str, storage_options: dict | None) -> int | Non
 def champion_record(root: str, name: str, storage_options: dict | None = None) -> ChampionRecord | None:
     """The latest record of the champion series (version, uri, seq, ...), or None before the first
     promotion. Its `seq` is what a promotion decided against it passes as `expected_seq`."""
+    found = _from_head(root, name, storage_options)
+    if found is not None:
+        return found
     seq = _latest_seq(root, name, storage_options)
     if seq is None:
         return None
@@ -309,11 +349,13 @@ def promote(
     )
     uri = join(champion_uri(root, name), _record_name(record.seq))
     if create_only_write(uri, record.to_json(), storage_options):
+        _write_head(root, name, record, storage_options)
         return record
     current = _read_record(root, name, record.seq, storage_options)
     if current is None:
         raise RegistryError(f"{uri}: exists (create-only write refused) but cannot be read")
     if current.version == version:
+        _write_head(root, name, current, storage_options)  # the landed try may have died before its head
         return current  # a retried promotion that had landed
     was = f"{expected.version} (record {expected.seq})" if expected else "no champion"
     raise ChampionConflict(
