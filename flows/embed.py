@@ -8,7 +8,15 @@ from datetime import date
 from prefect import flow
 
 from flows.common import locations_markdown, night
-from flows.tasks import Output, embed_split, markdown_artifact, record_drift, resolve_model, table_artifact
+from flows.tasks import (
+    Output,
+    embed_split,
+    maintain_table,
+    markdown_artifact,
+    record_drift,
+    resolve_model,
+    table_artifact,
+)
 from vae_core.config import VaeflowConfig
 from vae_core.data.storage import join
 from vae_core.operations.drift import DriftRecord
@@ -42,7 +50,8 @@ def drift_markdown(drift: DriftRecord) -> str:
 @flow(name="vae-embed")
 def embed_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None) -> EmbedResult:
     """Embed each split of the corpus as tonight's version of the Delta table
-    <root>/embeddings/<name>/<split>/ and record the latent drift under <root>/drift/<name>/<date>/."""
+    <root>/embeddings/<name>/<split>/ (then maintain it: compaction, checkpoints, VACUUM keeping
+    pipeline.keep_nights nights) and record the latent drift under <root>/drift/<name>/<date>/."""
     day = night(run_date)
     model = resolve_model(pipeline.root, config.name, pipeline.model_version, config.data.storage_options)
     corpus = pipeline.embed_uri or config.data.uri
@@ -56,6 +65,8 @@ def embed_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date |
         )
         for split in pipeline.embed_splits
     }
+    for out in outputs.values():
+        maintain_table(out.uri, pipeline.keep_nights, config.data.storage_options)
     drift = record_drift(
         drift_uri(pipeline.root, config.name, day),
         drift_uri(pipeline.root, config.name),

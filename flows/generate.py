@@ -8,7 +8,7 @@ from datetime import date
 from prefect import flow
 
 from flows.common import locations_markdown, night
-from flows.tasks import Output, generate_samples, markdown_artifact, resolve_model
+from flows.tasks import Output, generate_samples, maintain_table, markdown_artifact, resolve_model
 from vae_core.config import VaeflowConfig
 from vae_core.operations.pipeline import PipelineConfig, samples_uri
 
@@ -24,10 +24,11 @@ def generate_flow(
     config: VaeflowConfig, pipeline: PipelineConfig, run_date: date | None = None
 ) -> GenerateResult:
     """Decode `config.generate.rows` draws from N(0, I) as tonight's version of the Delta table
-    <root>/samples/<name>/."""
+    <root>/samples/<name>/, then maintain it (flows.tasks.maintain_table)."""
     day = night(run_date)
     model = resolve_model(pipeline.root, config.name, pipeline.model_version, config.data.storage_options)
     out = generate_samples(model.uri, samples_uri(pipeline.root, config.name), config, day.isoformat())
+    maintain_table(out.uri, pipeline.keep_nights, config.data.storage_options)
     markdown_artifact(
         f"{config.name}-samples",
         locations_markdown(

@@ -10,6 +10,7 @@ from typing import Any
 
 from flows import commands
 from vae_core.config import VaeflowConfig
+from vae_core.data import maintenance
 from vae_core.data.tables import MODES
 
 DESCRIPTION = """\
@@ -222,6 +223,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--retention-hours", type=int, default=168, help="keep what versions of this age need (default: 168)"
     )
     p.add_argument("--delete", action="store_true", help="delete the files (default: list them)")
+
+    p = _command(
+        sub,
+        "maintain",
+        commands.maintain,
+        "compact, checkpoint and vacuum a Delta output (the nightly's step)",
+    )
+    p.add_argument("--table", required=True, help="Delta table URI")
+    p.add_argument(
+        "--keep-nights", type=int, default=maintenance.KEEP_NIGHTS, metavar="N",
+        help=f"the versions of the last N vaeflow commits stay readable (default: {maintenance.KEEP_NIGHTS})",
+    )  # fmt: skip
+    p.add_argument(
+        "--keep-version", type=int, action="append", metavar="V",
+        help="a version that stays readable too, e.g. the one the champion wrote (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--retention-hours", type=int, default=maintenance.RETENTION_HOURS,
+        help=f"keep files removed within this many hours (default: {maintenance.RETENTION_HOURS})",
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint-every", type=int, default=maintenance.CHECKPOINT_EVERY, metavar="N",
+        help=f"a log checkpoint when N commits followed the last (default: {maintenance.CHECKPOINT_EVERY})",
+    )  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="change nothing; list what VACUUM would delete")
 
     data = sub.add_parser("data", help="dataset tools (import, describe)")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

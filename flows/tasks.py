@@ -353,6 +353,16 @@ def _nightly_job(job: Callable[..., Committed], config: VaeflowConfig, night: st
     return _output(committed)
 
 
+@task(name="maintain-table", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def maintain_table(uri: str, keep_nights: int, storage_options: dict | None) -> None:
+    """data/maintenance.py on a table the night committed to: compaction, a checkpoint when due, and
+    VACUUM keeping the last `keep_nights` nights' versions (a rerun does nothing)."""
+    from vae_core.data.maintenance import maintain
+
+    done = maintain(uri, storage_options, keep_nights=keep_nights)
+    _log(f"maintained {uri}: " + "; ".join(done.lines()))
+
+
 @task(name="record-drift", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def record_drift(
     night_uri: str,

@@ -6,8 +6,9 @@ the job's run key and a digest of their content; the driver then commits them in
 no lock service is needed). Until that commit the files are invisible to every Delta reader
 (deltalake, polars, Spark, DuckDB, Ray Data's read_delta); a crashed job leaves only unreferenced
 files, which no vaeflow code deletes (the job's rerun commits them under the same names). `vaeflow
-vacuum` (Delta VACUUM with a retention period) is the one maintenance command that deletes files:
-those that an overwrite replaced, never one that the log did not add.
+vacuum` and `vaeflow maintain` (data/maintenance.py: compaction, checkpoints, VACUUM under the
+nightly's retention) are the only code that deletes files: those that a later commit removed, never
+one that the log did not add.
 
 Each commit carries:
   - an application transaction (Delta `txn` action, app id `vaeflow-<run key>`), so "this job has
@@ -217,10 +218,30 @@ def _open(uri: str, storage_options: dict | None, version: int | None = None) ->
         ) from e
 
 
-def history(uri: str, storage_options: dict | None = None) -> list[tuple[int, CommitRecord | None]]:
-    """(version, vaeflow record or None for commits by other tools), newest first."""
+# Commits that change no rows (Delta OPTIMIZE's dataChange false, VACUUM's markers), by any tool:
+# history() leaves them out, so run keys and embed's incremental state survive table maintenance.
+NO_DATA_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
+
+
+def keep_logs() -> Any:
+    """delta-rs's post-commit hook for vaeflow's commits: a checkpoint at every 100th version, and no
+    clean-up of expired commit JSONs, whose commit records are the state history() reads (a run
+    key's commit, the shards a table holds); data/maintenance.py keeps reads fast with checkpoints."""
+    from deltalake.transaction import PostCommitHookProperties
+
+    return PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
+
+
+def history(
+    uri: str, storage_options: dict | None = None, limit: int | None = None
+) -> list[tuple[int, CommitRecord | None]]:
+    """(version, vaeflow record or None for commits by other tools), newest first; commits that
+    change no rows (NO_DATA_OPERATIONS: compaction, VACUUM) are left out. `limit`: of the newest
+    `limit` commits only (each commit is one read of the log)."""
     out = []
-    for commit in _open(uri, storage_options).history():
+    for commit in _open(uri, storage_options).history(limit):
+        if commit.get("operation") in NO_DATA_OPERATIONS:
+            continue
         text = commit.get(COMMIT_KEY)
         out.append((int(commit["version"]), CommitRecord.from_json(text) if text else None))
     return sorted(out, key=lambda c: -c[0])
@@ -338,14 +359,17 @@ def commit(
         try:
             if not exists:
                 create_table_with_add_actions(
-                    uri, Schema.from_arrow(schema), actions, mode="error",
-                    storage_options=options, commit_properties=props,
+                    uri, Schema.from_arrow(schema), actions, mode="error", storage_options=options,
+                    commit_properties=props, post_commithook_properties=keep_logs(),
                 )  # fmt: skip
             else:
                 table = _open(uri, storage_options)
                 if guard:
                     _refuse_repeated_ids(uri, guard, table, storage_options)
-                table.create_write_transaction(actions, mode=mode, schema=schema, commit_properties=props)
+                table.create_write_transaction(
+                    actions, mode=mode, schema=schema, commit_properties=props,
+                    post_commithook_properties=keep_logs(),
+                )  # fmt: skip
             break
         except CommitFailedError as e:
             found = find_commit(uri, record.run_key, "append", storage_options)

@@ -45,6 +45,12 @@ class PipelineConfig(BaseModel):
         1.0, gt=0, description="Report latent drift when a night-over-night KL (nats) exceeds this."
     )
     embed_uri: str | None = Field(None, description="Corpus root to embed; default: the training data.uri.")
+    keep_nights: int = Field(
+        7,
+        ge=1,
+        description="After its commits the night maintains the embeddings and samples tables (`vaeflow "
+        "maintain`): the versions of this many latest nights stay readable, older replaced files go.",
+    )
     embed_splits: list[str] = Field(default_factory=lambda: ["train", "test"], min_length=1)
     iwae_k: int = Field(1000, ge=1, description="Importance samples per row for the IWAE bound.")
     max_eval_rows: int | None = Field(10_000, ge=1, description="Held-out rows the report evaluates.")
