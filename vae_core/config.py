@@ -294,6 +294,12 @@ class EmbedConfig(_Section):
         "outside the training range) before writing anything; default: embed it and record the counts "
         "per column in the commit's stats.drift.",
     )
+    local_rows: int = Field(
+        0,
+        ge=0,
+        description="As generate.local_rows, for the rows a run embeds (e.g. a night's new shard): at most "
+        "this many run in the calling process when no Ray cluster is set up. 0 (default): always on Ray.",
+    )
 
 
 class GenerateConfig(_Section):

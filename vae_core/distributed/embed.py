@@ -34,9 +34,11 @@ from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.inference import embed
 
+from .cluster import cluster_set_up
 from .ids import check_ids
 from .jobs import (
     Actors,
+    InProcess,
     Run,
     Summary,
     check_input_schema,
@@ -50,6 +52,7 @@ from .jobs import (
 LATENT_COLUMNS = ("z_mean", "z_logvar")  # the output's posterior mean and (with_logvar) log-variance
 READ_ROWS = 8192  # rows an actor reads (and embeds) at a time
 READ_AHEAD = 1  # batches an actor reads ahead of the one it embeds
+HISTORY_PAGE = 8  # newest commits read to find the latest vaeflow commit (maintenance ones skipped)
 
 
 def _ids_digest(ids: pa.Array | pa.ChunkedArray) -> str:
@@ -221,12 +224,25 @@ class Embedded:
 def embedded_so_far(
     uri: str, model_fingerprint: str, params: dict[str, Any], storage_options: dict | None
 ) -> Embedded | None:
-    """The table's rows as vaeflow commits made them, walking back from the newest commit to the one that
-    began them (any but an append, or the table's first); None when there is no table, or a commit on
-    the way came from another model, other settings or another tool, or names no shard fingerprints:
-    then every row is to be embedded anew."""
+    """The table's rows as vaeflow commits made them: from the newest commit alone when it names the
+    shards the table holds (`held_fingerprints`, written by incremental runs since the log could grow
+    by a commit a night for years), else walking back from it to the commit that began them (any but
+    an append, or the table's first); None when there is no table, or a commit on the way came from
+    another model, other settings or another tool, or names no shard fingerprints: then every row is
+    to be embedded anew. Maintenance commits (compaction, VACUUM) are not on the way (tables.history)."""
     if not is_delta_table(uri, storage_options):
         return None
+    # Since held_fingerprints, the newest commit says it all: one read however long the log.
+    for version, record in history(uri, storage_options, limit=HISTORY_PAGE)[:1]:
+        if (
+            record is not None
+            and record.kind == "embeddings"
+            and record.model.get("fingerprint") == model_fingerprint
+            and record.params == params
+            and "held_fingerprints" in record.input
+        ):
+            rows = record.stats["z_mean"]["count"]
+            return Embedded(set(record.input["held_fingerprints"]), rows, version, record)
     fingerprints: set[str] = set()
     rows, newest = 0, None
     for version, record in history(uri, storage_options):
@@ -342,8 +358,11 @@ def embed_corpus(
             )
             shards, mode = new, "append"
             inputs["shard_fingerprints"] = sorted(prints[s] for s in new)
+            inputs["held_fingerprints"] = sorted(before.fingerprints | set(inputs["shard_fingerprints"]))
             key.update(shards=inputs["shard_fingerprints"], appends_to=before.version)
     if before is None:
+        if prints is not None:  # the table will hold exactly these shards
+            inputs["held_fingerprints"] = inputs["shard_fingerprints"]
         inputs["fingerprint"] = fingerprint(shards, storage_options, prints=prints)
         key["input"] = inputs["fingerprint"]
     run_key = run_key or fingerprint([], extra=key)
@@ -376,18 +395,23 @@ def embed_corpus(
             f"resuming run {run_key}: {len(done)} of {len(shards)} shards ({resumed_rows:,} rows) were "
             f"written by an earlier attempt; embedding the other {len(todo)}"
         )
-    ds = None
+    ds: ray.data.Dataset | InProcess | None = None
     if todo:
-        start_cluster(compute)
-        actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options)
-        # One task per shard; the actors read their shards themselves (_Embedder).
-        ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo)).map_batches(
-            _Embedder, fn_constructor_args=(actors, job, columns, keep), batch_size=1, **actors.pool()
-        )
-        progress(
-            f"embedding {total - resumed_rows:,} rows of {input_uri} with {model_uri} on "
-            f"{compute.num_workers} worker(s)"
-        )
+        rows = total - resumed_rows
+        here = rows <= job.local_rows and not compute.use_gpu and not cluster_set_up()
+        actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options, in_process=here)
+        items, args = [{"shard": s} for s in todo], (actors, job, columns, keep)
+        if here:
+            ds = InProcess(_Embedder, args, items)
+            where_to = f"in this process (embed.local_rows={job.local_rows:,}; no Ray cluster set up)"
+        else:
+            start_cluster(compute)
+            # One task per shard; the actors read their shards themselves (_Embedder).
+            ds = ray.data.from_items(items, override_num_blocks=len(todo)).map_batches(
+                _Embedder, fn_constructor_args=args, batch_size=1, **actors.pool()
+            )
+            where_to = f"on {compute.num_workers} worker(s)"
+        progress(f"embedding {rows:,} rows of {input_uri} with {model_uri} {where_to}")
     inputs.update(shards=len(shards), rows=total)
     carried = before.rows if before is not None else 0
     counts = {"rows_embedded": total - resumed_rows, "rows_resumed": resumed_rows, "rows_carried": carried}
