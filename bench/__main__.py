@@ -18,6 +18,7 @@ BENCHMARKS = [
     "command_overhead",
     "batch_jobs",
     "embed_nights",
+    "year_of_nights",
     "adult_vs_peers",
     "bad_inputs",
     "deploy_nightly",

@@ -1,5 +1,5 @@
 """Where a job may write, what `vaeflow vacuum` may delete, and appends that must add each id once
-(scenarios 16-22).
+(scenarios 16-22), and maintenance killed mid-compaction (24).
 
 Each scenario is a mistake a user can type: an output pointed at a model's folder, at a folder of
 other files or into the training data, a run name that climbs out of its folder, and a VACUUM of a
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults._helpers import Lines, train_config, vector_rows, wait_for, write_dataset
+from tests.faults._helpers import Lines, kill_tree, train_config, vector_rows, wait_for, write_dataset
 from tests.faults.conftest import S3, Outcome, RayCluster
 from tests.faults.test_batch import JOB, Batch, Job
 from vae_core.data.codecs.vector import VectorCodec
@@ -229,3 +229,53 @@ def test_two_incremental_embeds_at_once_commit_each_id_once(batch: Batch, scenar
     assert sorted(ids) == list(range(1500))
     added = rerun.result["rows_embedded"]
     scenario.detail += f"; {loser} refused its commit cleanly, its rerun added {added} rows"
+
+
+@pytest.mark.scenario(
+    24, "vaeflow maintain killed mid-compaction (its commit held), then rerun -> every id once, compacted"
+)
+def test_maintenance_killed_mid_compaction_then_rerun_leaves_every_id_once(
+    batch: Batch, scenario: Outcome
+) -> None:
+    out = f"{batch.bucket}/maintained"
+    first = batch.run(out)
+    assert first.returncode == 0, first.tail
+    fs, folder = batch.s3.fs(), f"{batch.name}/maintained"
+    committed = {u.removeprefix("s3://") for u in batch.table(out).file_uris()}
+    version = batch.table(out).version()
+    assert len(committed) >= 2, committed  # small files to compact
+
+    def parquet() -> set[str]:
+        fs.invalidate_cache()
+        return {p for p in fs.ls(folder, detail=False) if p.endswith(".parquet")}
+
+    # The compaction's commit never reaches the store: the process is killed while it waits on it.
+    batch.s3.proxy.hold_matching(f"PUT /{folder}/_delta_log/")
+    proc = subprocess.Popen(
+        [VAEFLOW, "maintain", "--table", out], env=batch.cluster.env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: parquet() - committed or proc.poll() is not None, 120, "the compacted file")
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(1)  # into its commit (held)
+        kill_tree(proc.pid)
+        proc.wait(timeout=30)
+    finally:
+        batch.s3.proxy.clear()
+    orphans = parquet() - committed
+    assert orphans and batch.table(out).version() == version  # written, never committed
+    ids = batch.check(out, batch.ids, scenario)
+    assert sorted(ids) == sorted(batch.ids)
+    rerun = vaeflow(batch, "maintain", "--table", out)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"compaction: {len(committed)} small files into 1" in rerun.stdout, rerun.stdout
+    assert len(batch.table(out).file_uris()) == 1
+    assert sorted(batch.check(out, batch.ids, scenario)) == sorted(batch.ids)
+    again = vaeflow(batch, "maintain", "--table", out)  # a rerun of a finished maintenance: nothing
+    assert again.returncode == 0 and "compaction: nothing to do" in again.stdout, again.stdout
+    assert orphans <= parquet(), "maintenance deleted files its table never added"
+    scenario.detail = (
+        f"killed with {len(orphans)} compacted file(s) written and the commit held; the rerun compacted "
+        f"{len(committed)} files into 1; the killed attempt's file stays, never referenced"
+    )
