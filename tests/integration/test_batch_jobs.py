@@ -281,9 +281,20 @@ def test_embed_refuses_ids_repeated_across_shards_before_writing(ray_local, mnis
     data = fs.cat_file(shard)
     for name in ("a.parquet", "b.parquet"):
         fs.pipe_file(f"{root}/twice/{name}", data)
-    both = r"id column 'id' is not unique: .*twice/a.parquet, .*twice/b.parquet"
-    with pytest.raises(DataError, match=both):
+    both = r"id column 'id' is not unique: [0-9,]+ ids .*twice/a.parquet, .*twice/b.parquet"
+    with pytest.raises(DataError, match=both):  # checked on the cluster: no id on the driver
         embed_corpus(mnist_model, f"{root}/twice", f"{root}/emb")
+    assert not fs.exists(f"{root}/emb")
+    # A null id, in the second of two shards: named with its shard.
+    table = pq.read_table(fs.open(shard))
+    ids = table.column("id").to_pylist()
+    fs.pipe_file(f"{root}/nulls/a.parquet", data)
+    with fs.open(f"{root}/nulls/b.parquet", "wb") as f:
+        pq.write_table(
+            table.set_column(0, "id", pa.array([None] + [i + 10**6 for i in ids[1:]], pa.int64())), f
+        )
+    with pytest.raises(DataError, match=r"id column 'id' has 1 null\(s\), e.g. in .*nulls/b.parquet"):
+        embed_corpus(mnist_model, f"{root}/nulls", f"{root}/emb")
     assert not fs.exists(f"{root}/emb")
 
 

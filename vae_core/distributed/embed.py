@@ -35,7 +35,7 @@ from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.inference import embed
 
 from .cluster import cluster_set_up
-from .ids import check_ids
+from .ids import check_ids, check_ids_on_cluster
 from .jobs import (
     Actors,
     InProcess,
@@ -379,8 +379,14 @@ def embed_corpus(
     # against whatever another writer commits meanwhile (tables.NewIds).
     held = held_ids(output_uri, id_column, storage_options) if mode == "append" else None
     table_ids = (output_uri, held[1]) if held is not None else None
-    total, ids = check_ids(shards, id_column, input_uri, storage_options, table_ids)
-    new_ids = NewIds(id_column, ids, held[0] if held else None) if mode == "append" else None
+    new_ids = None
+    if mode != "append" and (not job.local_rows or compute.use_gpu or cluster_set_up()):
+        # Surely on Ray: the ids are checked there, none on the driver (a billion rows' would not fit).
+        start_cluster(compute)
+        total = check_ids_on_cluster(shards, id_column, input_uri, storage_options)
+    else:
+        total, ids = check_ids(shards, id_column, input_uri, storage_options, table_ids)
+        new_ids = NewIds(id_column, ids, held[0] if held else None) if mode == "append" else None
     if total == 0:
         raise DataError(f"{input_uri}: no rows to embed ({len(shards)} file(s), 0 rows)")
     columns = sorted({*keep, *ckpt.codec.columns})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -68,3 +69,80 @@ def check_ids(
     own = own.combine_chunks()
     pa.default_memory_pool().release_unused()
     return len(own), own
+
+
+# ---- the same check on the cluster: no id reaches the driver -------------------------------------
+MAX_BUCKETS = 64  # hash buckets of the ids: one bucket task each
+
+
+def _buckets(ids: pa.Array, n: int) -> np.ndarray:
+    """A bucket in [0, n) for each (non-null) id, the same for equal ids in any shard: a multiplicative
+    hash of integers, a position-weighted byte sum of anything else as text."""
+    if pa.types.is_integer(ids.type):
+        h = ids.cast(pa.int64()).to_numpy().view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        return ((h >> np.uint64(29)) % np.uint64(n)).astype(np.int64)
+    raw = ids.cast(pa.large_binary())
+    offsets = np.frombuffer(raw.buffers()[1], np.int64)[raw.offset : raw.offset + len(raw) + 1]
+    lengths = np.diff(offsets)
+    data = np.frombuffer(raw.buffers()[2], np.uint8)[offsets[0] : offsets[-1]] if len(raw) else np.zeros(0)
+    row = np.repeat(np.arange(len(raw)), lengths)
+    pos = np.arange(len(data)) - np.repeat(offsets[:-1] - offsets[0], lengths)
+    sums = np.bincount(row, weights=data * (2 * pos + 7.0), minlength=len(raw)) + lengths
+    return (sums.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(29)) % np.uint64(n)
+
+
+def _canonical(ids: pa.Array) -> pa.Array:
+    return ids.cast(pa.int64() if pa.types.is_integer(ids.type) else pa.large_string())
+
+
+def _split(index: int, shard: str, id_column: str, n: int, storage_options: dict | None) -> tuple:
+    """One shard's ids: (rows, nulls) and n tables (id, shard index), one per bucket."""
+    ids = _read_ids([shard], id_column, storage_options)[0]
+    counts = (len(ids), ids.null_count)
+    ids = _canonical(ids.drop_null())
+    buckets = _buckets(ids, n)
+    order = np.argsort(buckets, kind="stable")
+    bounds = np.searchsorted(buckets[order], np.arange(n + 1))
+    ids = ids.take(pa.array(order))
+    parts = [ids.slice(bounds[b], bounds[b + 1] - bounds[b]) for b in range(n)]
+    return counts, *(pa.table({"id": p, "shard": pa.array(np.full(len(p), index, np.int32))}) for p in parts)
+
+
+def _repeats(*parts: pa.Table) -> tuple[int, object, list[int]]:
+    """(ids repeated within these tables, one of them, the shards it is in) for one bucket."""
+    table = pa.concat_tables(parts)
+    counts = pc.value_counts(table.column("id"))
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if not len(repeated):
+        return 0, None, []
+    example = repeated.field("values")[0]
+    shards = table.filter(pc.equal(table.column("id"), example)).column("shard")
+    return len(repeated), example.as_py(), sorted(set(shards.to_pylist()))
+
+
+def check_ids_on_cluster(shards: list[str], id_column: str, source: str, storage_options: dict | None) -> int:
+    """check_ids for a job on Ray that appends to no table, without bringing ids to the driver: a task
+    per shard reads its id column and hash-partitions it into buckets, a task per bucket counts them;
+    the driver gets row and null counts and, for a repeat, one id and its shards (the same DataErrors
+    as check_ids). Returns the rows."""
+    import ray
+
+    n = max(2, min(MAX_BUCKETS, len(shards)))
+    split = ray.remote(num_cpus=1)(_split).options(num_returns=n + 1)
+    parts = [split.remote(i, s, id_column, n, storage_options) for i, s in enumerate(shards)]
+    counts = ray.get([p[0] for p in parts])
+    nulls = sum(c[1] for c in counts)
+    if nulls:
+        shard = next(s for s, c in zip(shards, counts, strict=True) if c[1])
+        raise DataError(f"{source}: id column {id_column!r} has {nulls:,} null(s), e.g. in {shard}")
+    repeats = ray.remote(num_cpus=1)(_repeats)
+    found = ray.get([repeats.remote(*(p[b + 1] for p in parts)) for b in range(n)])
+    del parts  # the buckets leave the object store
+    repeated = sum(f[0] for f in found)
+    if repeated:
+        _, example, where = next(f for f in found if f[0])
+        raise DataError(
+            f"{source}: id column {id_column!r} is not unique: {repeated:,} ids appear more than once "
+            f"(e.g. {example!r}, in {', '.join(shards[i] for i in where[:3])}); give each row its own id"
+        )
+    return sum(c[0] for c in counts)
