@@ -139,7 +139,7 @@ def maintain(
                 f"run maintain again ({str(e).splitlines()[0]})"
             ) from e
         done.compacted = (int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"]))
-        table = _open(uri, storage_options)
+        table.update_incremental()
     latest = table.version()
     done.kept_versions = sorted({*retained_versions(table, keep_nights), *keep_versions} - {latest})
     commit, hooks = _props("vacuum", kept_versions=done.kept_versions)
@@ -162,7 +162,7 @@ def maintain(
     if done.vacuumed and not dry_run:
         done.vacuumed = [f for f in vacuum(dry=False) if f.rstrip("/").rsplit("/", 1)[-1] in present]
     # Last, so that it covers the VACUUM's commits too: opening the table then reads no JSON commit.
-    table = _open(uri, storage_options)
+    table.update_incremental()
     done.version = table.version()
     since = done.version - (last_checkpoint(uri, storage_options) or -1)
     if not dry_run and since >= checkpoint_every:

@@ -46,6 +46,7 @@ COMMIT_KEY = "vaeflow"  # commit metadata key holding the JSON CommitRecord
 LOG_DIR = "_delta_log"
 JOB_DIR = "_vaeflow"  # a job's markers of finished input shards (distributed/jobs.py); Delta ignores it
 COMMIT_ATTEMPTS, COMMIT_BACKOFF_S = 4, 1.0  # a commit request the object store drops is sent again
+FIND_PAGE = 16  # commits find_commit reads first (then 8x as many, and so on)
 RACE_ATTEMPTS = 8  # an append whose ids must be new re-checks them this often when another commit lands first
 
 
@@ -198,6 +199,9 @@ def is_delta_table(uri: str, storage_options: dict | None = None) -> bool:
     fs, path = filesystem(join(uri, LOG_DIR), storage_options)
     fs.invalidate_cache(path)
     try:
+        # A checkpointed table answers with one read; the listing below grows with the log.
+        if fs.exists(f"{path}/_last_checkpoint"):
+            return True
         return any(p.endswith(".json") for p in fs.ls(path, detail=False))
     except (FileNotFoundError, NotADirectoryError):  # no log, or the "table" is a file
         return False
@@ -260,14 +264,20 @@ def find_commit(
         return None
     if _open(uri, storage_options).transaction_version(app_id(run_key)) is None:
         return None
-    for version, record in history(uri, storage_options):
-        if record is None:
-            continue
-        if record.run_key == run_key:
-            return version, record
-        if mode != "append":
+    # The key's commit is nearly always among the newest: read the log back page by page, not whole.
+    below, limit = None, FIND_PAGE  # versions below `below` are not read yet
+    while True:
+        older = [(v, r) for v, r in history(uri, storage_options, limit) if below is None or v < below]
+        for version, record in older:
+            if record is None:
+                continue
+            if record.run_key == run_key:
+                return version, record
+            if mode != "append":
+                return None
+        if not older or older[-1][0] == 0:
             return None
-    return None
+        below, limit = older[-1][0], limit * 8
 
 
 def file_sizes(uri: str, storage_options: dict | None = None) -> dict[str, int]:
