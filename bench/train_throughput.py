@@ -64,7 +64,10 @@ def plain_loop(root: str, rows: int) -> dict:
     return {"samples_per_s": statistics.median(rates), "load_seconds": load_s, "epoch_rates": rates}
 
 
-def ray_run(root: str, workers: int, shared_memory_allreduce: bool = True, tag: str = "") -> dict:
+def ray_run(
+    root: str, workers: int, shared_memory_allreduce: bool = True, tag: str = "", cache_mb: int | None = None
+) -> dict:
+    train = {} if cache_mb is None else {"cache_mb": cache_mb}  # None: the default cache
     cfg = VaeflowConfig.model_validate(
         {
             "name": f"throughput-{workers}w{tag}" + ("" if shared_memory_allreduce else "-gloo"),
@@ -74,6 +77,7 @@ def ray_run(root: str, workers: int, shared_memory_allreduce: bool = True, tag: 
                 "batch_size": GLOBAL_BATCH // workers,
                 "runs_uri": f"{root}/runs",
                 "val_split": "val/test",
+                **train,
             },
             # Both paths get the machine's 2 cores for compute: 1 worker x 2 threads, or 2 x 1.
             "compute": {
