@@ -44,8 +44,10 @@ from .jobs import (
     check_input_schema,
     check_output_place,
     keep_out_of,
+    mapped,
     model_record,
     resumable,
+    runs_here,
     start_cluster,
 )
 
@@ -404,19 +406,11 @@ def embed_corpus(
     ds: ray.data.Dataset | InProcess | None = None
     if todo:
         rows = total - resumed_rows
-        here = rows <= job.local_rows and not compute.use_gpu and not cluster_set_up()
+        here = runs_here(rows, job.local_rows, compute)
         actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options, in_process=here)
+        # One item per shard; the actors read their shards themselves (_Embedder).
         items, args = [{"shard": s} for s in todo], (actors, job, columns, keep)
-        if here:
-            ds = InProcess(_Embedder, args, items)
-            where_to = f"in this process (embed.local_rows={job.local_rows:,}; no Ray cluster set up)"
-        else:
-            start_cluster(compute)
-            # One task per shard; the actors read their shards themselves (_Embedder).
-            ds = ray.data.from_items(items, override_num_blocks=len(todo)).map_batches(
-                _Embedder, fn_constructor_args=args, batch_size=1, **actors.pool()
-            )
-            where_to = f"on {compute.num_workers} worker(s)"
+        ds, where_to = mapped(_Embedder, args, items, actors, f"embed.local_rows={job.local_rows:,}")
         progress(f"embedding {rows:,} rows of {input_uri} with {model_uri} {where_to}")
     inputs.update(shards=len(shards), rows=total)
     carried = before.rows if before is not None else 0

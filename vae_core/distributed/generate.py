@@ -16,7 +16,6 @@ import math
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from vae_core.config import ComputeConfig, GenerateConfig
 from vae_core.data.codecs.table import TabularCodec
@@ -28,8 +27,7 @@ from vae_core.progress import Progress
 from vae_core.training.checkpoints import SAMPLER_FILE, Checkpoint, load_checkpoint
 from vae_core.training.inference import generate
 
-from .cluster import cluster_set_up
-from .jobs import Actors, InProcess, Run, check_output_place, keep_out_of, model_record, start_cluster
+from .jobs import Actors, Run, check_output_place, keep_out_of, mapped, model_record, runs_here
 
 MAX_FILES = 100_000  # files one job writes and commits: the commit lists each, the driver its summary
 
@@ -286,19 +284,10 @@ def generate_rows(
     if (earlier := run.earlier(out_schema)) is not None:
         return earlier
 
-    here = job.rows <= job.local_rows and not compute.use_gpu and not cluster_set_up()
+    here = runs_here(job.rows, job.local_rows, compute)
     actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options, in_process=here)
     args = (actors, job, sample, mixture, where, match)
-    ds: ray.data.Dataset | InProcess
-    if here:
-        ds = InProcess(_Generator, args, blocks)
-        where_to = f"in this process (generate.local_rows={job.local_rows:,}; no Ray cluster set up)"
-    else:
-        start_cluster(compute)
-        ds = ray.data.from_items(blocks, override_num_blocks=len(blocks)).map_batches(
-            _Generator, fn_constructor_args=args, batch_size=1, **actors.pool()
-        )
-        where_to = f"on {compute.num_workers} worker(s)"
+    ds, where_to = mapped(_Generator, args, blocks, actors, f"generate.local_rows={job.local_rows:,}")
     wanted = " where " + ", ".join(f"{k}={v!r}" for k, v in job.where.items()) if job.where else ""
     if match:
         wanted = f" with {', '.join(match)} at the training shares ({MATCH_DRAWS:g}x draws)"

@@ -68,7 +68,7 @@ from vae_core.training.checkpoints import (
     load_checkpoint,
 )
 
-from .cluster import check_resources, ensure_ray
+from .cluster import check_resources, cluster_set_up, ensure_ray
 
 Summary = dict[str, Any]  # one written file: "file", "rows", "bytes", "threads", plus the job's own keys
 
@@ -239,6 +239,27 @@ class InProcess:
 
     def stats(self) -> str:
         return f"{len(self.items)} batches mapped in the calling process, no Ray Dataset"
+
+
+def runs_here(rows: int, local_rows: int, compute: ComputeConfig) -> bool:
+    """Whether a job of `rows` rows runs in the calling process (InProcess) rather than on Ray: a CPU
+    job of at most `local_rows` rows when no cluster is set up (generate.local_rows, embed.local_rows)."""
+    return rows <= local_rows and not compute.use_gpu and not cluster_set_up()
+
+
+def mapped(
+    fn: Callable[..., Any], args: tuple, items: list[dict[str, Any]], actors: Actors, setting: str
+) -> tuple[ray.data.Dataset | InProcess, str]:
+    """`items` mapped one at a time by actors of class `fn` built from `args`: in this process when
+    actors.in_process, else on Ray's actor pool; and where, for the progress line (`setting` names
+    the limit that kept it here)."""
+    if actors.in_process:
+        return InProcess(fn, args, items), f"in this process ({setting}; no Ray cluster set up)"
+    start_cluster(actors.compute)
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        fn, fn_constructor_args=args, batch_size=1, **actors.pool()
+    )
+    return ds, f"on {actors.compute.num_workers} worker(s)"
 
 
 @dataclass
