@@ -166,7 +166,7 @@ def vacuum(args: argparse.Namespace) -> int:
     older than --retention-hours removed (rows replaced by later nights); a file the log never added is
     never touched. Versions older than the retention period can no longer be read afterwards. Lists them
     only, unless --delete. No other vaeflow command deletes output files."""
-    from vae_core.data.tables import vacuum as vacuum_table
+    from vae_core.data.maintenance import vacuum as vacuum_table
 
     files = vacuum_table(args.table, args.retention_hours, dry_run=not args.delete)
     verb = "deleted" if args.delete else "would delete (pass --delete to do it)"

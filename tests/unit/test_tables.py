@@ -12,6 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from vae_core.data.dataset import list_shards
+from vae_core.data.maintenance import vacuum
 from vae_core.data.objects import atomic_write_json, fingerprint, read_json
 from vae_core.data.tables import (
     CommitRecord,
@@ -22,7 +23,6 @@ from vae_core.data.tables import (
     find_commit,
     history,
     read_table,
-    vacuum,
 )
 from vae_core.errors import TableConflict, TableError
 

@@ -169,3 +169,15 @@ def maintain(
         table.create_checkpoint()
         done.checkpoint = done.version
     return done
+
+
+def vacuum(
+    uri: str, retention_hours: int, dry_run: bool = True, storage_options: dict | None = None
+) -> list[str]:
+    """Delta VACUUM in lite mode: the files that a commit added and a later commit older than
+    `retention_hours` removed (rows replaced by overwrites). Nothing the log never added is touched:
+    not another program's files, and not the files of a crashed job (its rerun commits them under
+    the same names). Deletes only without `dry_run`; returns the files."""
+    return _open(uri, storage_options).vacuum(
+        retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=False
+    )  # not full: only files the log once added and later removed, never a file the table did not write
