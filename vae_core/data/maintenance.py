@@ -158,9 +158,13 @@ def maintain(
     # A real VACUUM commits twice (VACUUM START/END) even with nothing to delete, and lists removed
     # files that an earlier VACUUM already deleted: it runs only when one of them is still there.
     present = set(file_sizes(uri, storage_options))
-    done.vacuumed = [f for f in vacuum(dry=True) if f.rstrip("/").rsplit("/", 1)[-1] in present]
+
+    def still_there(files: list[str]) -> list[str]:
+        return [f for f in files if f.rstrip("/").rsplit("/", 1)[-1] in present]
+
+    done.vacuumed = still_there(vacuum(dry=True))
     if done.vacuumed and not dry_run:
-        done.vacuumed = [f for f in vacuum(dry=False) if f.rstrip("/").rsplit("/", 1)[-1] in present]
+        done.vacuumed = still_there(vacuum(dry=False))
     # Last, so that it covers the VACUUM's commits too: opening the table then reads no JSON commit.
     table.update_incremental()
     done.version = table.version()

@@ -34,7 +34,6 @@ from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.inference import embed
 
-from .cluster import cluster_set_up
 from .ids import check_ids, check_ids_on_cluster
 from .jobs import (
     Actors,
@@ -382,8 +381,9 @@ def embed_corpus(
     held = held_ids(output_uri, id_column, storage_options) if mode == "append" else None
     table_ids = (output_uri, held[1]) if held is not None else None
     new_ids = None
-    if mode != "append" and (not job.local_rows or compute.use_gpu or cluster_set_up()):
-        # Surely on Ray: the ids are checked there, none on the driver (a billion rows' would not fit).
+    if mode != "append" and not runs_here(1, job.local_rows, compute):
+        # Surely on Ray (not even one row would run here): the ids are checked there, none on the
+        # driver (a billion rows' would not fit).
         start_cluster(compute)
         total = check_ids_on_cluster(shards, id_column, input_uri, storage_options)
     else:
