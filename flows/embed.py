@@ -66,7 +66,7 @@ def embed_flow(config: VaeflowConfig, pipeline: PipelineConfig, run_date: date |
         for split in pipeline.embed_splits
     }
     for out in outputs.values():
-        maintain_table(out.uri, pipeline.keep_nights, config.data.storage_options)
+        maintain_table(out.uri, pipeline.keep_nights, pipeline.vacuum_every, config.data.storage_options)
     drift = record_drift(
         drift_uri(pipeline.root, config.name, day),
         drift_uri(pipeline.root, config.name),

@@ -28,7 +28,7 @@ def generate_flow(
     day = night(run_date)
     model = resolve_model(pipeline.root, config.name, pipeline.model_version, config.data.storage_options)
     out = generate_samples(model.uri, samples_uri(pipeline.root, config.name), config, day.isoformat())
-    maintain_table(out.uri, pipeline.keep_nights, config.data.storage_options)
+    maintain_table(out.uri, pipeline.keep_nights, pipeline.vacuum_every, config.data.storage_options)
     markdown_artifact(
         f"{config.name}-samples",
         locations_markdown(

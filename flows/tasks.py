@@ -354,12 +354,13 @@ def _nightly_job(job: Callable[..., Committed], config: VaeflowConfig, night: st
 
 
 @task(name="maintain-table", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def maintain_table(uri: str, keep_nights: int, storage_options: dict | None) -> None:
+def maintain_table(uri: str, keep_nights: int, vacuum_every: int, storage_options: dict | None) -> None:
     """data/maintenance.py on a table the night committed to: compaction, a checkpoint when due, and
-    VACUUM keeping the last `keep_nights` nights' versions (a rerun does nothing)."""
+    once `vacuum_every` nights followed the last one, VACUUM keeping the last `keep_nights` nights'
+    versions (a rerun does nothing)."""
     from vae_core.data.maintenance import maintain
 
-    done = maintain(uri, storage_options, keep_nights=keep_nights)
+    done = maintain(uri, storage_options, keep_nights=keep_nights, vacuum_every=vacuum_every)
     _log(f"maintained {uri}: " + "; ".join(done.lines()))
 
 

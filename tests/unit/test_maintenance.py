@@ -79,6 +79,17 @@ def test_vacuum_keeps_the_retained_nights_and_pinned_versions_readable(tmp_path)
     # A dry run lists, deletes nothing: night 0 unpinned would go.
     dry = maintain(uri, keep_nights=3, retention_hours=0, dry_run=True)
     assert [f.rsplit("/", 1)[-1] for f in dry.vacuumed] == ["part-0.parquet"] and _ids(uri, versions[0])
+    # The nightly's cadence (vacuum_every=2 here, 7 there): one night after the VACUUM, night 3's
+    # replaced files wait; a second night makes a VACUUM due, and it takes them.
+    versions.append(_night(uri, 6, mode="overwrite", ids=[60, 61]))
+    waits = maintain(uri, keep_nights=1, keep_versions=(versions[0],), retention_hours=0, vacuum_every=2)
+    assert waits.vacuum_skipped and waits.vacuumed == [] and _ids(uri, versions[3]) == [30, 31]
+    assert waits.lines()[2] == "vacuum: not due (fewer nights than vacuum_every since the last)"
+    versions.append(_night(uri, 7, mode="overwrite", ids=[70, 71]))
+    due = maintain(uri, keep_nights=1, keep_versions=(versions[0],), retention_hours=0, vacuum_every=2)
+    assert not due.vacuum_skipped and due.kept_versions == [versions[0]]
+    gone = sorted(f.rsplit("/", 1)[-1] for f in due.vacuumed)
+    assert gone == [f"part-{n}.parquet" for n in (3, 4, 5, 6)] and _ids(uri) == [70, 71]
 
 
 def test_a_checkpoint_is_written_after_enough_commits_and_bad_arguments_are_named(tmp_path):

@@ -14,8 +14,10 @@ nothing more:
   - a log checkpoint when `checkpoint_every` commits followed the last one (by default any: the
     nightly checkpoints after its commits, and delta-rs also writes one at every 100th version), so
     opening the table reads one Parquet file and no JSON commit, however long the log.
-  - VACUUM in lite mode: only files that a commit once added and a later commit removed, and of those
-    only files that no retained version reads: the versions of the last `keep_nights` vaeflow commits,
+  - VACUUM in lite mode, once `vacuum_every` nights followed the last (it lists the table's files and
+    reads every retained version; the nightly's is weekly): only files that a commit once added and a
+    later commit removed, and of those only files that no retained version reads: the versions of the
+    last `keep_nights` vaeflow commits,
     any `keep_versions` (e.g. the champion's), the latest, and whatever was removed within
     `retention_hours` (a reader that opened the table just before a compaction still finds its
     files). Never a file the log did not add (another program's, or a crashed job's).
@@ -41,6 +43,7 @@ TARGET_BYTES = 128 * 2**20  # compacted files aim at this size; smaller files co
 MIN_SMALL_FILES = 2  # compact when the latest version has this many small files
 CHECKPOINT_EVERY = 1  # commits after the last checkpoint that make `maintain` write one: every night
 KEEP_NIGHTS = 7  # the versions of this many latest vaeflow commits keep their files
+VACUUM_EVERY = 0  # vaeflow commits (nights) since the last VACUUM that make one due; 0: always (nightly: 7)
 RETENTION_HOURS = 24  # files removed more recently than this are kept too
 
 
@@ -56,6 +59,7 @@ class Maintenance:
     kept_versions: list[int] = field(default_factory=list)  # versions whose files VACUUM kept
     vacuumed: list[str] = field(default_factory=list)  # files deleted (or, dry run, to delete)
     dry_run: bool = False
+    vacuum_skipped: bool = False  # a VACUUM ran within the last vacuum_every nights
 
     def lines(self) -> list[str]:
         removed, added = self.compacted
@@ -66,6 +70,7 @@ class Maintenance:
             if self.dry_run and self.small_files else "compaction: nothing to do",
             f"checkpoint: written at version {self.checkpoint}" if self.checkpoint is not None else
             "checkpoint: up to date",
+            "vacuum: not due (fewer nights than vacuum_every since the last)" if self.vacuum_skipped else
             f"vacuum: {verb} {len(self.vacuumed)} files no retained version reads (kept: versions "
             f"{', '.join(map(str, self.kept_versions)) or '-'} and the latest, {self.version})",
         ]  # fmt: skip
@@ -89,16 +94,37 @@ def last_checkpoint(uri: str, storage_options: dict | None = None) -> int | None
     return int(pointer["version"]) if isinstance(pointer, dict) and "version" in pointer else None
 
 
-def retained_versions(table: Any, keep_nights: int) -> list[int]:
-    """The versions of the `keep_nights` latest vaeflow commits (the nights a user may read back)."""
-    found: list[int] = []
-    limit = 4 * keep_nights + 8  # a night is one data commit and up to three maintenance ones
+def _recent(table: Any, nights: int) -> list[dict[str, Any]]:
+    """The table's newest commits (newest first), back to the `nights`-th latest vaeflow commit or the
+    first commit."""
+    limit = 4 * nights + 8  # a night is one data commit and up to three maintenance ones
     while True:
         commits = table.history(limit)
-        found = [int(c["version"]) for c in commits if c.get(COMMIT_KEY)][:keep_nights]
-        if len(found) >= keep_nights or len(commits) < limit:
-            return sorted(found)
+        if sum(1 for c in commits if c.get(COMMIT_KEY)) >= nights or len(commits) < limit:
+            return commits
         limit *= 4
+
+
+def retained_versions(table: Any, keep_nights: int) -> list[int]:
+    """The versions of the `keep_nights` latest vaeflow commits (the nights a user may read back)."""
+    return sorted([int(c["version"]) for c in _recent(table, keep_nights) if c.get(COMMIT_KEY)][:keep_nights])
+
+
+def vacuum_due(table: Any, every: int) -> bool:
+    """Whether `every` vaeflow commits (nights) were made since the last VACUUM (or since the table
+    began): a VACUUM lists the table's files and reads every retained version, so the nightly runs one
+    a week (every=7); every=0: always."""
+    if every <= 0:
+        return True
+    seen = 0
+    for commit in _recent(table, every):  # newest first
+        if commit.get("operation") == "VACUUM END":
+            return False
+        if commit.get(COMMIT_KEY):
+            seen += 1
+            if seen >= every:
+                return True
+    return False
 
 
 def maintain(
@@ -110,10 +136,12 @@ def maintain(
     min_small_files: int = MIN_SMALL_FILES,
     target_bytes: int = TARGET_BYTES,
     checkpoint_every: int = CHECKPOINT_EVERY,
+    vacuum_every: int = VACUUM_EVERY,
     dry_run: bool = False,
 ) -> Maintenance:
-    """Compact, checkpoint and vacuum the Delta table at `uri` (module docstring); `dry_run` changes
-    nothing and lists what VACUUM would delete."""
+    """Compact, checkpoint and vacuum the Delta table at `uri` (module docstring); VACUUM when
+    `vacuum_every` vaeflow commits followed the last one (vacuum_due). `dry_run` changes nothing and
+    lists what VACUUM would delete, whenever it last ran."""
     from deltalake.exceptions import CommitFailedError
 
     if not is_delta_table(uri, storage_options):
@@ -162,7 +190,9 @@ def maintain(
     def still_there(files: list[str]) -> list[str]:
         return [f for f in files if f.rstrip("/").rsplit("/", 1)[-1] in present]
 
-    done.vacuumed = still_there(vacuum(dry=True))
+    done.vacuum_skipped = not dry_run and not vacuum_due(table, vacuum_every)
+    if not done.vacuum_skipped:
+        done.vacuumed = still_there(vacuum(dry=True))
     if done.vacuumed and not dry_run:
         done.vacuumed = still_there(vacuum(dry=False))
     # Last, so that it covers the VACUUM's commits too: opening the table then reads no JSON commit.

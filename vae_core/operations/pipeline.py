@@ -51,6 +51,12 @@ class PipelineConfig(BaseModel):
         description="After its commits the night maintains the embeddings and samples tables (`vaeflow "
         "maintain`): the versions of this many latest nights stay readable, older replaced files go.",
     )
+    vacuum_every: int = Field(
+        7,
+        ge=1,
+        description="The night's maintenance runs VACUUM once this many nights followed the last one "
+        "(weekly): each lists the table's files and reads every retained version.",
+    )
     embed_splits: list[str] = Field(default_factory=lambda: ["train", "test"], min_length=1)
     iwae_k: int = Field(1000, ge=1, description="Importance samples per row for the IWAE bound.")
     max_eval_rows: int | None = Field(10_000, ge=1, description="Held-out rows the report evaluates.")
