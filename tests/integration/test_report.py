@@ -118,8 +118,10 @@ def test_beta_study_command_writes_three_models_and_their_report(mnist, tmp_path
     assert len(_images((out / "report.html").read_text())) == 6
 
 
-def test_a_report_reads_a_bounded_sample_spread_over_every_shard(tmp_path):
-    """Shards of 100, 300 and 600 rows, 100 rows asked: 10, 30 and 60 from each, in shard order."""
+def test_a_report_reads_a_uniform_sample_of_a_sorted_split(tmp_path):
+    """Shards of 1,000, 3,000 and 6,000 rows whose ids are sorted (small row groups), 1,000 rows asked:
+    a seeded uniform sample over the whole split, not each file's first rows: its quantiles are the
+    split's within 5%, every file gives rows in proportion, and the same seed draws the same rows."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -130,14 +132,24 @@ def test_a_report_reads_a_bounded_sample_spread_over_every_shard(tmp_path):
 
     (tmp_path / "test").mkdir()
     start = 0
-    for i, n in enumerate([100, 300, 600]):
+    for i, n in enumerate([1000, 3000, 6000]):
         x = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * 4, np.float32)), 4)
         ids = pa.array(np.arange(start, start + n))
-        pq.write_table(pa.table({"id": ids, "x": x}), tmp_path / "test" / f"part-{i}.parquet")
+        pq.write_table(
+            pa.table({"id": ids, "x": x}), tmp_path / "test" / f"part-{i}.parquet", row_group_size=500
+        )
         start += n
     codec, data = VectorCodec("x", 4, "float"), DataConfig(uri=str(tmp_path), vector_column="x")
-    split = read_split(data, "test", codec, "id", max_rows=100)
-    assert split.rows_in_split == 1000 and len(split.x) == 100
-    assert split.labels.tolist() == [*range(10), *range(100, 130), *range(400, 460)]
-    assert len(read_split(data, "test", codec, None, max_rows=None).x) == 1000
-    assert EVAL_ROWS == 10_000 and len(read_split(data, "test", codec).x) == 1000  # fewer than the bound
+    split = read_split(data, "test", codec, "id", max_rows=1000)
+    assert split.rows_in_split == 10_000 and len(split.x) == 1000
+    ids = split.labels
+    assert len(np.unique(ids)) == 1000 and (np.diff(ids) > 0).all()  # distinct rows, in file order
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+        assert abs(np.quantile(ids, q) - np.quantile(np.arange(10_000), q)) <= 0.05 * 10_000, q
+    assert 50 <= (ids < 1000).sum() <= 150 and 500 <= (ids >= 4000).sum() <= 700
+    assert split.sampling == "a uniform random sample of 1,000 of 10,000 rows (seed 0)"
+    assert (read_split(data, "test", codec, "id", max_rows=1000).labels == ids).all()
+    assert not (read_split(data, "test", codec, "id", max_rows=1000, seed=1).labels == ids).all()
+    every = read_split(data, "test", codec, "id", max_rows=None)
+    assert every.labels.tolist() == list(range(10_000)) and every.sampling == "all 10,000 rows"
+    assert EVAL_ROWS == 10_000 and len(read_split(data, "test", codec).x) == 10_000  # not above the bound

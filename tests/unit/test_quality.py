@@ -119,3 +119,53 @@ def test_detection_names_the_column_that_gives_the_rows_away(splits):
     broken = _table(1500, 2).apply(lambda col: col.to_numpy()[rng.permutation(len(col))])
     q = _quality(train, test, broken)
     assert q["detection"]["auc"] > 0.8 and max(q["detection"]["by_column"].values()) < 0.6
+
+
+def _phone_lines(n: int, broken: int, seed: int) -> pd.DataFrame:
+    """phone is 0 in about 30% of rows; lines is 'none' exactly when phone is 0 (the rule), except in
+    the first `broken` rows with phone 0; noise is independent of both."""
+    rng = np.random.default_rng(seed)
+    phone = (rng.random(n) > 0.3).astype(float)
+    lines = np.where(phone == 0, "none", rng.choice(["one", "many"], n))
+    lines[np.flatnonzero(phone == 0)[:broken]] = "one"
+    return pd.DataFrame({"phone": phone, "lines": lines, "noise": rng.choice(["p", "q", "r"], n)})
+
+
+def test_rules_that_hold_in_every_real_row_are_scored_on_the_synthetic_rows():
+    from vae_core.reports.quality import Frames
+    from vae_core.reports.verdict import mine_rules
+
+    real, synth = _phone_lines(2000, 0, seed=0), _phone_lines(1000, 120, seed=1)
+    found = mine_rules(Frames.of(real, real, synth, ["phone"], ["lines", "noise"]))
+    assert found["columns"] == ["phone", "lines", "noise"]
+    rules = {(r["if_column"], r["if_value"], r["then_column"], r["then_value"]): r for r in found["broken"]}
+    # The broken rows (phone 0, lines 'one') break phone=0 => lines=none and lines=one => phone=1; nothing
+    # is said of the independent column.
+    assert set(rules) == {("phone", "0", "lines", "none"), ("lines", "one", "phone", "1")}
+    rule = rules[("phone", "0", "lines", "none")]
+    assert rule["real_rows"] == int((real.phone == 0).sum()) and rule["broken_rows"] == 120
+    assert rule["broken_share"] == pytest.approx(0.12) and found["broken_rules"] == 2
+    assert "phone=0 ⇒ lines=none holds in all" in rule_text(rule) and "12.0% of synthetic rows" in rule_text(
+        rule
+    )
+    # Kept rows break nothing: the same rules are checked, none is broken.
+    clean = mine_rules(Frames.of(real, real, _phone_lines(1000, 0, seed=2), ["phone"], ["lines", "noise"]))
+    assert clean["checked"] == found["checked"] >= 2 and clean["broken"] == []
+
+
+def test_a_frequent_value_seen_in_few_rows_makes_no_rule():
+    """b is 'x' in 95% of rows; the 30 rows with a='rare' all have b='x', which chance gives 21% of the
+    time (0.95 ** 30): no rule. a='common' has both values of b: no rule either."""
+    from vae_core.reports.quality import Frames
+    from vae_core.reports.verdict import mine_rules
+
+    a = np.array(["rare"] * 30 + ["common"] * 970)
+    b = np.array(["x"] * 30 + ["x"] * 920 + ["y"] * 50)
+    df = pd.DataFrame({"a": a, "b": b})
+    assert mine_rules(Frames.of(df, df, df, [], ["a", "b"]))["checked"] == 0
+
+
+def rule_text(rule: dict) -> str:
+    from vae_core.reports.verdict import Rule
+
+    return Rule(**{k: v for k, v in rule.items() if k != "broken_share"}).text()

@@ -17,13 +17,19 @@ from vae_core.reports.sections import Section
 HTML_FILE = "report.html"
 
 # Counts the <img> elements that decoded (complete with a natural width) once the page has loaded,
-# so a headless browser's --dump-dom shows whether every plot rendered.
+# so a headless browser's --dump-dom shows whether every plot rendered, and where the verdict sits
+# against the window's height (above the fold or not).
 _IMAGE_CHECK = """<script>
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute("data-images-loaded", String(ok));
   document.body.setAttribute("data-images-total", String(imgs.length));
+  var verdict = document.getElementById("verdict");
+  document.body.setAttribute("data-viewport-height", String(window.innerHeight));
+  if (verdict) {
+    document.body.setAttribute("data-verdict-top", String(verdict.getBoundingClientRect().top));
+  }
 });
 </script>"""
 
@@ -34,6 +40,7 @@ img { max-width: 100%; display: block; margin: 0.5em 0; }
 table { border-collapse: collapse; font-size: 0.85em; }
 td, th { border: 1px solid #ddd; padding: 2px 8px; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+#verdict li { margin: 0.3em 0; }
 p.caption { color: #555; font-size: 0.9em; max-width: 60em; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.75em; max-height: 30em; }
 </style>"""
@@ -60,8 +67,15 @@ def _cell(value: Any) -> str:
     return f"<td>{html.escape(str(value))}</td>"
 
 
-def render_html(title: str, intro: str, sections: list[Section], metrics: Mapping[str, Any]) -> str:
-    """One self-contained page: figures as data URIs, a table of scalar metrics, the full JSON."""
+def render_html(
+    title: str,
+    intro: str,
+    sections: list[Section],
+    metrics: Mapping[str, Any],
+    verdict: list[str] | None = None,
+) -> str:
+    """One self-contained page: the verdict (sentences, first), figures as data URIs, a table of scalar
+    metrics, the full JSON."""
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -72,6 +86,9 @@ def render_html(title: str, intro: str, sections: list[Section], metrics: Mappin
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{html.escape(intro)}</p>",
     ]
+    if verdict:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in verdict)
+        parts.append(f'<section id="verdict"><h2>Verdict</h2><ul>{items}</ul></section>')
     for s in sections:
         data = base64.b64encode(s.png).decode("ascii")
         parts += [

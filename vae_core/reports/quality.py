@@ -12,7 +12,9 @@ vaeflow adds:
 - detection: cross-validated ROC AUC of classifiers telling real from synthetic rows (0.5 = no signal),
   and of gradient boosting on each column alone: the columns that give the rows away;
 - privacy: distance to the closest training record (DCR) in the standardised one-hot space, next to
-  the same distance for real held-out rows, and the share of synthetic rows equal to a training row.
+  the same distance for real held-out rows, and the share of synthetic rows equal to a training row;
+- rules: value rules that hold in every real training row, and the share of synthetic rows that
+  break each (reports.verdict).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from vae_core.errors import InternalError
+from vae_core.reports.verdict import mine_rules
 
 NULL = "<null>"
 
@@ -91,13 +94,20 @@ def sdmetrics_reports(f: Frames) -> dict[str, Any]:
     Returns "quality" (score, properties), "diagnostic" (score, properties, validity per column),
     "column_shapes" (mean and per column: KSComplement / TVComplement) and "column_pair_trends" (mean,
     per pair "a|b": CorrelationSimilarity or ContingencySimilarity, and the real and synthetic Pearson
-    correlation of each pair of continuous columns).
+    correlation of each pair of continuous columns). The pair scores cover every pair; the
+    QualityReport's own score counts only the `scored_by_quality_report` pairs above its `thresholds`
+    (the real rows' |Pearson r| for two continuous columns, Cramer's V otherwise).
     """
     import warnings
 
     with warnings.catch_warnings():  # "use sdmetrics.reports": that one wants another metadata format
         warnings.simplefilter("ignore", FutureWarning)
         from sdmetrics.reports.single_table import DiagnosticReport, QualityReport
+        from sdmetrics.reports.single_table._properties import ColumnPairTrends
+        from sdmetrics.reports.utils import (
+            DEFAULT_REAL_ASSOCIATION_THRESHOLD,
+            DEFAULT_REAL_CORRELATION_THRESHOLD,
+        )
 
     metadata = _metadata(f)
     real, synth = f.train[f.columns], f.synth[f.columns]
@@ -106,8 +116,14 @@ def sdmetrics_reports(f: Frames) -> dict[str, Any]:
         warnings.simplefilter("ignore")  # pandas / scipy warnings from inside SDMetrics
         quality.generate(real, synth, metadata, verbose=False)
         diagnostic.generate(real, synth, metadata, verbose=False)
+        # QualityReport scores a pair only when the real rows correlate (|r| > 0.5) or associate
+        # (Cramer's V > 0.3); every pair is scored here too, with no threshold, for the heatmap and
+        # the correlation matrices (the report's score stays SDMetrics' own).
+        every = ColumnPairTrends()
+        every.get_score(real, synth, metadata)
     shapes = quality.get_details("Column Shapes")
-    pairs = quality.get_details("Column Pair Trends")
+    pairs = every.details
+    counted = quality.get_details("Column Pair Trends")["Score"].notna()
     validity = diagnostic.get_details("Data Validity")
     correlation = pairs[pairs["Metric"] == "CorrelationSimilarity"]
     contingency = pairs[pairs["Metric"] == "ContingencySimilarity"]
@@ -138,6 +154,11 @@ def sdmetrics_reports(f: Frames) -> dict[str, Any]:
         },
         "column_pair_trends": {
             "mean": mean(pairs),
+            "scored_by_quality_report": int(counted.sum()),
+            "thresholds": {
+                "correlation": DEFAULT_REAL_CORRELATION_THRESHOLD,
+                "association": DEFAULT_REAL_ASSOCIATION_THRESHOLD,
+            },
             "correlation_mean": mean(correlation),
             "contingency_mean": mean(contingency),
             "pairs": {key(r): number(r["Score"]) for _, r in pairs.iterrows()},
@@ -314,8 +335,8 @@ def synthetic_quality(
     """All quality measures of `synthetic` against the real splits (see the module docstring).
 
     Returns {"quality", "diagnostic", "column_shapes", "column_pair_trends" (sdmetrics_reports),
-    "detection", "privacy", and with a target "ml_efficacy"}; fidelity is measured against real_train,
-    efficacy and DCR reference on real_test.
+    "detection", "privacy", "rules" (verdict.mine_rules), and with a target "ml_efficacy"}; fidelity
+    is measured against real_train, efficacy and DCR reference on real_test.
     """
     f = Frames.of(real_train, real_test, synthetic, continuous, categorical)
     out = {
@@ -323,6 +344,7 @@ def synthetic_quality(
         **sdmetrics_reports(f),
         "detection": detection(f, seed=seed),
         "privacy": privacy(f, seed=seed),
+        "rules": mine_rules(f),
     }
     if target is not None:
         out["ml_efficacy"] = ml_efficacy(f, target, positive, seed)

@@ -24,6 +24,7 @@ from vae_core.reports.html import render_html, write_page
 from vae_core.reports.metrics import LatentScores, sample_quality, score_model
 from vae_core.reports.sections import Section, image_sections, quality_sections, section
 from vae_core.reports.splits import EVAL_ROWS, default_label_column, read_split
+from vae_core.reports.verdict import verdict
 from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.model_report import DataInfo, ModelInfo, ModelReport, save_model_report
 
@@ -52,7 +53,8 @@ def write_report(
     out_uri/report.html and out_uri/metrics.json (a ModelReport; its keys: training.model_report).
 
     The rows: max_eval_rows caps the rows read per split (test, and train for the synthetic quality
-    of table columns), spread over the shards (splits.read_split); None reads every row.
+    of table columns): a larger split gives a uniform random sample of that many rows, drawn with
+    `seed` (splits.read_split), and the page says which; None reads every row.
     label_column colours the latent scatter (default: 'label' if the data have it, else the last
     categorical feature); target_column is the ML-efficacy target among the categorical
     columns (default: the same column). The evaluation: the IWAE bound takes iwae_k samples per row;
@@ -67,9 +69,9 @@ def write_report(
     data = _data_config(cfg.data, data_uri, storage_options, model_uri)
     _, schema, spec = open_dataset(data, "test")
     label = label_column or default_label_column(spec, schema)
-    test = read_split(data, "test", codec, label, max_eval_rows)
+    test = read_split(data, "test", codec, label, max_eval_rows, seed)
     iwae = f", importance-weighted bound with k = {iwae_k}" if model.is_variational else ""
-    progress(f"evaluating on {len(test.x):,} of {test.rows_in_split:,} test rows of {data.uri}{iwae}")
+    progress(f"evaluating on test rows of {data.uri}: {test.sampling}{iwae}")
     scores = score_model(model, test.x, iwae_k, seed, progress)
     history = [r.to_dict() for r in ck.meta.history]
     figures = _latent_sections(cfg.name, history, scores, test.labels, label)
@@ -80,13 +82,15 @@ def write_report(
         "test_rows": len(test.x),
         "test_rows_in_split": test.rows_in_split,
         "label_column": label,
+        "sampling": {"test": test.sampling},
     }
     found: dict[str, Any] = {"history": history} if history else {}
     # Sampled rows can be compared with real ones column by column where the data have table columns
     # (continuous, categorical); a vector column (pixels, embeddings) has none.
     if spec.continuous or spec.categorical:
         target = target_column or label
-        train = read_split(data, "train", codec, None, max_eval_rows)
+        train = read_split(data, "train", codec, None, max_eval_rows, seed)
+        progress(f"real training rows to compare with: {train.sampling}")
         quality, synthetic = sample_quality(
             model,
             codec,
@@ -100,6 +104,8 @@ def write_report(
         )
         found["synthetic_quality"] = quality
         data_info["train_rows"] = quality["rows"]["real_train"]
+        data_info["train_rows_in_split"] = train.rows_in_split
+        data_info["sampling"]["train"] = train.sampling
         figures += quality_sections(quality, train.table, synthetic, codec.columns, spec.continuous)
     report = ModelReport(
         model=ModelInfo(
@@ -123,7 +129,8 @@ def write_report(
     )
     progress(f"writing {join(out_uri, 'report.html')}")
     # The page shows the metrics as metrics.json holds them (non-finite numbers as null).
-    page = render_html(f"vaeflow report: {cfg.name}", intro, figures, report.to_json_dict())
+    metrics = report.to_json_dict()
+    page = render_html(f"vaeflow report: {cfg.name}", intro, figures, metrics, verdict(metrics))
     html_uri = write_page(out_uri, page, storage_options)
     return ReportResult(html_uri, save_model_report(out_uri, report, storage_options), report)
 

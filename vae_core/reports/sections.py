@@ -106,6 +106,8 @@ def quality_sections(
     q, d = quality["quality"], quality["diagnostic"]
     scores = ", ".join(f"{k} {shown(v)}" for k, v in {**q["properties"], **d["properties"]}.items())
     numeric = [c for c in columns if c in continuous]
+    trends = quality["column_pair_trends"]
+    limits = trends["thresholds"]
     figures = [
         section(
             "Column shapes (SDMetrics)",
@@ -117,8 +119,11 @@ def quality_sections(
         ),
         section(
             "Column pair trends (SDMetrics)",
-            "CorrelationSimilarity (1 - |r_real - r_synth| / 2) for pairs of continuous columns, "
-            "ContingencySimilarity of the joint frequencies for the others.",
+            "Every pair: CorrelationSimilarity (1 - |r_real - r_synth| / 2) for pairs of continuous "
+            "columns, ContingencySimilarity of the joint frequencies for the others. The "
+            f"QualityReport's score counts {trends['scored_by_quality_report']} of these "
+            f"{len(trends['pairs'])} pairs: those whose real rows correlate (|r| > {limits['correlation']}) "
+            f"or associate (Cramer's V > {limits['association']}).",
             plots.pair_heatmap(quality["column_pair_trends"]["pairs"], columns, "pair trend similarity"),
         ),
     ]

@@ -64,6 +64,8 @@ class DataInfo(_Section):
     test_rows_in_split: int | None = None  # rows the test split holds (a report reads a bounded sample)
     label_column: str | None = None
     train_rows: int | None = None  # rows of the train split read (synthetic quality only)
+    train_rows_in_split: int | None = None
+    sampling: dict[str, str] | None = None  # split -> how its rows were chosen (reports.splits.SplitData)
 
 
 class IwaeBound(_Section):
