@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from vae_core.config_text import apply_overrides, validation_message
 from vae_core.errors import ConfigError
 from vae_core.redaction import redact
 
@@ -399,7 +400,7 @@ class VaeflowConfig(_Section):
         try:
             return cls.model_validate_json(text)
         except ValidationError as e:
-            raise ConfigError(f"{path}: invalid configuration: {validation_message(e)}") from e
+            raise ConfigError(f"{path}: invalid configuration: {validation_message(e, cls)}") from e
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VaeflowConfig:
@@ -407,60 +408,8 @@ class VaeflowConfig(_Section):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(validation_message(e)) from e
+            raise ConfigError(validation_message(e, cls)) from e
 
     def with_overrides(self, overrides: list[str]) -> VaeflowConfig:
         """Apply `section.key=value` overrides (value parsed as JSON, else kept as a string)."""
-        data: dict[str, Any] = self.model_dump()
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ConfigError(f"override {item!r} is not of the form section.key=value")
-            node = data
-            *parents, leaf = key.split(".")
-            for part in parents:
-                if not isinstance(node.get(part), dict):
-                    raise ConfigError(f"override {item!r}: unknown section {part!r}")
-                node = node[part]
-            if leaf not in node:
-                raise ConfigError(f"override {item!r}: unknown key {leaf!r}")
-            node[leaf] = _parse_value(_field(parents, leaf), raw)
-        return VaeflowConfig.from_dict(data)
-
-
-def _field(parents: list[str], leaf: str) -> Any:
-    """The annotation of the config field at parents.leaf (None when it is not a declared field)."""
-    model: Any = VaeflowConfig
-    for part in parents:
-        model = model.model_fields[part].annotation
-    field = model.model_fields.get(leaf)
-    return field.annotation if field else None
-
-
-def _parse_value(annotation: Any, raw: str) -> Any:
-    """An override's text as its field's type reads it: a text field keeps the text as given
-    (name=2024 is the name "2024"; null clears an optional one); other values are parsed as JSON
-    (numbers, true/false, lists, objects), else kept as text for pydantic to judge."""
-    if annotation is str or (_is_optional_str(annotation) and raw != "null"):
-        return raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def _is_optional_str(annotation: Any) -> bool:
-    args = getattr(annotation, "__args__", ())
-    return set(args) == {str, type(None)}
-
-
-def validation_message(error: ValidationError) -> str:
-    """A pydantic error in one line: `section.key: what is wrong (got value)`, up to three of them."""
-    parts = []
-    for err in error.errors()[:3]:
-        where = ".".join(str(part) for part in err["loc"]) or "config"
-        got = err.get("input")
-        quiet = got is None or isinstance(got, dict) or err["type"] == "json_invalid"
-        shown = "" if quiet else f" (got {got!r})"
-        parts.append(f"{where}: {err['msg']}{shown}")
-    return "; ".join(parts)
+        return VaeflowConfig.from_dict(apply_overrides(VaeflowConfig, self.model_dump(), overrides))

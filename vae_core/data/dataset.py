@@ -30,6 +30,10 @@ def list_shards(uri: str, storage_options: dict | None = None) -> list[str]:
     if not fs.exists(path):
         raise DataError(f"{uri}: no such dataset ({why_missing(uri, storage_options)})")
     if fs.isfile(path):
+        if not path.endswith(".parquet") and (kind := other_format(path)):
+            raise DataError(
+                f"{uri}: a {kind} file, not Parquet; {IMPORT_HINT.format(kind=kind.lower(), uri=uri)}"
+            )
         return [uri]
     if tables.is_delta_table(uri, storage_options):
         try:
@@ -39,10 +43,21 @@ def list_shards(uri: str, storage_options: dict | None = None) -> list[str]:
         if not files:
             raise DataError(f"{uri}: empty dataset, the Delta table's latest version has no files")
         return files
-    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    found = fs.find(path)
+    files = sorted(p for p in found if p.endswith(".parquet"))
     if not files:
-        raise DataError(f"{uri}: empty dataset, no .parquet files found")
+        csv = sorted(p for p in found if other_format(p))
+        hint = f", but CSV files: {IMPORT_HINT.format(kind='csv', uri=uri_of(uri, csv[0]))}" if csv else ""
+        raise DataError(f"{uri}: empty dataset, no .parquet files found{hint}")
     return [uri_of(uri, p) for p in files]
+
+
+IMPORT_HINT = "import it first: vaeflow data import {kind} --input {uri} --output DATASET"
+
+
+def other_format(path: str) -> str | None:
+    """'CSV' for a file vaeflow imports rather than reads (by its name), else None."""
+    return "CSV" if path.lower().endswith((".csv", ".csv.gz")) else None
 
 
 def read_schema(shards: list[str], storage_options: dict | None = None) -> pa.Schema:
@@ -127,8 +142,36 @@ def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
-def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec:
-    """Check the config's columns against the schema and infer what the config leaves open."""
+def zero_one_columns(
+    shards: list[str], schema: pa.Schema, names: list[str], storage_options: dict | None
+) -> set[str]:
+    """The integer columns among `names` whose values are all 0 or 1, from the shards' footer statistics
+    (min >= 0 and max <= 1 in every row group; no data read). A row group without statistics, or
+    all nulls, leaves its column out."""
+    left = {n for n in names if pa.types.is_integer(schema.field(n).type)}
+    for shard in shards:
+        if not left:
+            break
+        fs, path = arrow_filesystem(shard, storage_options)
+        try:
+            meta = pq.read_metadata(path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{shard}: not a readable Parquet file: {e}") from e
+        at = {meta.schema.column(i).name: i for i in range(meta.num_columns)}
+        for group in range(meta.num_row_groups):
+            for name in list(left):
+                stats = meta.row_group(group).column(at[name]).statistics
+                if stats is None or not stats.has_min_max or not (0 <= stats.min and stats.max <= 1):
+                    left.discard(name)
+    return left
+
+
+def resolve_spec(
+    cfg: DataConfig, schema: pa.Schema, source: str, flags: set[str] = frozenset()
+) -> DatasetSpec:
+    """Check the config's columns against the schema and infer what the config leaves open: numbers
+    (and dates) continuous, the rest categorical; `flags` (0/1 integer columns, zero_one_columns)
+    categorical too unless data.continuous names them."""
     listed = [*(cfg.columns or []), *cfg.categorical, *cfg.continuous, *cfg.exclude]
     named = [cfg.id_column, cfg.vector_column, *listed]
     for name in named:
@@ -170,7 +213,7 @@ def resolve_spec(cfg: DataConfig, schema: pa.Schema, source: str) -> DatasetSpec
             )
         if name in cfg.continuous and not number:
             raise DataError(f"{source}: column {name!r} is {t} and cannot be continuous")
-        if name in cfg.categorical or not number:
+        if name in cfg.categorical or not number or (name in flags and name not in cfg.continuous):
             categorical.append(name)
         else:
             continuous.append(name)
@@ -207,7 +250,16 @@ def open_dataset(cfg: DataConfig, split: str | None = None) -> tuple[list[str], 
     uri = cfg.uri.rstrip("/") + (f"/{split}" if split else "")
     shards = list_shards(uri, cfg.storage_options)
     schema = read_schema(shards, cfg.storage_options)
-    return shards, schema, resolve_spec(cfg, schema, uri)
+    open_ = [
+        n
+        for n in (cfg.columns or schema.names)
+        if n in schema.names
+        and n not in (cfg.id_column, cfg.vector_column, *cfg.categorical, *cfg.continuous)
+    ]
+    flags = (
+        zero_one_columns(shards, schema, open_, cfg.storage_options) if cfg.vector_column is None else set()
+    )
+    return shards, schema, resolve_spec(cfg, schema, uri, flags)
 
 
 def iter_batches(

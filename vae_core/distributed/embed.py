@@ -263,6 +263,20 @@ def embedded_so_far(
     return None
 
 
+def check_one_split(input_uri: str, shards: list[str]) -> None:
+    """A dataset root (shards in train/ and other split folders below `input_uri`) is refused: embedding
+    it would mix the splits in one table; the message names the splits to give instead."""
+    base = input_uri.rstrip("/") + "/"
+    folders = sorted(
+        {s[len(base) :].split("/", 1)[0] for s in shards if s.startswith(base) and "/" in s[len(base) :]}
+    )
+    if "train" in folders and len(folders) > 1:
+        raise DataError(
+            f"{input_uri}: a dataset root holding the splits {', '.join(f + '/' for f in folders)}; embed "
+            f"one split at a time, e.g. --input {base}{'test' if 'test' in folders else folders[0]}"
+        )
+
+
 def check_drift(codec: Codec, shards: list[str], columns: list[str], storage_options: dict | None) -> None:
     """--strict: one pass over the model's columns before anything is written; the first shard with drift
     (values the training data never had) fails with a DataError naming it and each column."""
@@ -319,19 +333,13 @@ def embed_corpus(
     if id_column is None:
         raise DataError(f"{input_uri}: the model's config names no id column (data.id_column)")
     shards = list_shards(input_uri, storage_options)
-    schema = read_schema(shards, storage_options)
+    check_one_split(input_uri, shards)
     keep = [id_column, *(c for c in job.passthrough if c != id_column)]
     if taken := [c for c in keep if c in LATENT_COLUMNS]:
         raise ConfigError(
             f"{input_uri}: passthrough column {taken[0]!r} has the name of an output column "
             f"({', '.join(LATENT_COLUMNS)}); rename it in the input or leave it out of embed.passthrough"
         )
-    for name, what in [(c, "passthrough column") for c in keep[1:]] + [
-        (c, "column the model reads") for c in [id_column, *ckpt.codec.columns]
-    ]:
-        if name not in schema.names:
-            raise DataError(f"{input_uri}: {what} {name!r} not in the input (have {schema.names})")
-    check_input_schema(ckpt.meta.schema(), schema, [id_column, *ckpt.codec.columns], input_uri)
     check_output_place(output_uri, input=input_uri, **keep_out_of(model_uri, ckpt))
     params = {"with_logvar": job.with_logvar, "passthrough": keep[1:], "format": "embed/1"}
     model = model_record(model_uri, ckpt, storage_options)
@@ -366,6 +374,14 @@ def embed_corpus(
             inputs["held_fingerprints"] = inputs["shard_fingerprints"]
         inputs["fingerprint"] = fingerprint(shards, storage_options, prints=prints)
         key["input"] = inputs["fingerprint"]
+    # The shards to embed now (an incremental run's new ones: the others were checked when embedded).
+    schema = read_schema(shards, storage_options)
+    for name, what in [(c, "passthrough column") for c in keep[1:]] + [
+        (c, "column the model reads") for c in [id_column, *ckpt.codec.columns]
+    ]:
+        if name not in schema.names:
+            raise DataError(f"{input_uri}: {what} {name!r} not in the input (have {schema.names})")
+    check_input_schema(ckpt.meta.schema(), schema, [id_column, *ckpt.codec.columns], input_uri)
     run_key = run_key or fingerprint([], extra=key)
     run = Run("embed", "embeddings", output_uri, run_key, mode, night, storage_options, progress)
     latent = pa.list_(pa.float32(), ckpt.model.latent_dim)

@@ -199,6 +199,38 @@ def _read_json(fs: Any, path: str) -> Any:
         raise CheckpointError(f"{path}: not valid JSON: {e}") from e
 
 
+def _checkpoints_in(fs: Any, folder: str) -> list[str]:
+    """The names of the checkpoint folders (epoch_NNNN holding MODEL_FILE) directly in `folder`."""
+    try:
+        entries = fs.ls(folder, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in entries)
+    return [n for n in names if n.startswith("epoch_") and fs.exists(join(folder, n, MODEL_FILE))]
+
+
+def _not_a_checkpoint(fs: Any, root: str, uri: str, missing: str) -> str:
+    """Why `uri` holds no checkpoint, and where the checkpoints are: a run's folder (its checkpoints
+    listed), a checkpoint that is not there (its run's listed), a dataset, or a checkpoint missing a
+    file (`missing`)."""
+
+    def listed(names: list[str], run: str) -> str:
+        shown = ", ".join(names[-8:]) + (f" (and {len(names) - 8} earlier)" if len(names) > 8 else "")
+        return f"holds the checkpoints {shown}: give one, e.g. --model {join(run, names[-1])}"
+
+    fs.invalidate_cache(root)
+    if here := _checkpoints_in(fs, root):
+        return f"{uri}: a training run's folder, not a checkpoint; it {listed(here, uri.rstrip('/'))}"
+    if not fs.exists(root):
+        run = uri.rstrip("/").rsplit("/", 1)[0]
+        siblings = _checkpoints_in(fs, root.rstrip("/").rsplit("/", 1)[0])
+        where = f"; its run {listed(siblings, run)}" if siblings else ""
+        return f"{uri}: no checkpoint there (the path does not exist){where}"
+    if any(p.endswith(".parquet") for p in fs.find(root, maxdepth=2)):
+        return f"{uri}: holds Parquet files (a dataset or table), not a checkpoint (a folder of {MODEL_FILE})"
+    return f"{uri}: incomplete checkpoint, {missing} is missing"
+
+
 def load_checkpoint(
     uri: str, with_optimizer: bool = False, storage_options: dict[str, Any] | None = None
 ) -> Checkpoint:
@@ -217,7 +249,7 @@ def load_checkpoint(
         )
     for name in (MODEL_FILE, CONFIG_FILE, META_FILE):
         if not fs.exists(join(root, name)):
-            raise CheckpointError(f"{uri}: incomplete checkpoint, {name} is missing")
+            raise CheckpointError(_not_a_checkpoint(fs, root, uri, name))
     weights = _read_safetensors(fs, join(root, MODEL_FILE))
     with fs.open(join(root, CONFIG_FILE), "r") as f:
         text = f.read()
