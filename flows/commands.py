@@ -45,13 +45,19 @@ def job_config(args: argparse.Namespace) -> VaeflowConfig:
 
 def config(args: argparse.Namespace) -> int:
     """Print a configuration as JSON: the defaults, or --config FILE, with the overrides applied
-    and validated (without importing torch, Ray or Prefect); secrets in data.storage_options as ***.
+    and validated (without importing torch, Ray or Prefect); secrets in data.storage_options as ***;
+    data.id_column as training will take it (the key column `vaeflow data import` recorded in
+    data.uri's shards, where the config keeps the default "id" and the data have no such column).
     --schema prints the JSON schema instead: every section and key with its type, default and
     description."""
     if args.schema:
         print(json.dumps(VaeflowConfig.model_json_schema(), indent=2))
         return 0
-    print(read_config(args).to_json())
+    from vae_core.data.dataset import with_recorded_id
+
+    cfg = read_config(args)
+    # The key column that `vaeflow data import` recorded in data.uri's shards, as training will use it.
+    print(cfg.model_copy(update={"data": with_recorded_id(cfg.data)}).to_json())
     return 0
 
 
@@ -110,7 +116,8 @@ def train(args: argparse.Namespace) -> int:
     print(
         f"done: {len(result.history)} epochs, val ELBO {last.val_elbo:.2f} nats "
         f"(before training {result.checkpoint.meta.val_elbo_init:.2f})\n"
-        f"latest checkpoint: {result.checkpoint_uri}\nbest checkpoint:   {result.best_checkpoint_uri}"
+        f"latest checkpoint: {result.checkpoint_uri}\n"
+        f"best checkpoint:   {result.best_checkpoint_uri} ({result.best_reason})"
     )
     return 0
 
@@ -180,8 +187,9 @@ def maintain(args: argparse.Namespace) -> int:
     """Table maintenance (the nightly runs it after its commits): compaction of small files into one
     commit that changes no rows, a Delta log checkpoint when --checkpoint-every commits followed the
     last, and VACUUM of files that no retained version reads: the last --keep-nights vaeflow commits'
-    versions, every --keep-version, the latest, and files removed within --retention-hours. A rerun
-    does nothing; --dry-run changes nothing and lists what VACUUM would delete."""
+    versions, every --keep-version, the latest, and files removed within --retention-hours (when
+    --vacuum-every nights followed the last VACUUM; the nightly's is weekly). A rerun does nothing;
+    --dry-run changes nothing and lists what VACUUM would delete."""
     from vae_core.data.maintenance import maintain as maintain_table
 
     done = maintain_table(
@@ -190,6 +198,7 @@ def maintain(args: argparse.Namespace) -> int:
         keep_versions=tuple(args.keep_version or ()),
         retention_hours=args.retention_hours,
         checkpoint_every=args.checkpoint_every,
+        vacuum_every=args.vacuum_every,
         dry_run=args.dry_run,
     )
     for line in done.lines():
@@ -238,16 +247,24 @@ def data_import(args: argparse.Namespace) -> int:
 def data_describe(args: argparse.Namespace) -> int:
     """Describe the dataset at URI before training on it: each split folder's files and rows, and the
     train split's columns with their type and role (id, vector, continuous, categorical, excluded,
-    unused), each feature column's width, nulls, categories or range from the codec fitted as
-    `vaeflow train` fits it (with the data.* settings of --config and overrides), the feature count
-    and the likelihood that fits the data."""
+    unused), each feature column's width, exact null count, categories or range from the codec fitted
+    as `vaeflow train` fits it (with the data.* settings of --config and overrides; with --model, that
+    checkpoint's codec and data settings, nothing refitted), the feature count and the likelihood that
+    fits the data. Integer columns of only 0 and 1 are categorical by default; other integer columns
+    with few distinct values are flagged as likely codes (set data.categorical to train them so)."""
     from vae_core.data.describe import describe
+    from vae_core.training.checkpoints import load_checkpoint
 
     cfg = read_config(args)
     data = cfg.data.model_copy(update={"uri": args.uri})
+    codec = None
+    if args.model:
+        ckpt = load_checkpoint(args.model)
+        codec = ckpt.codec
+        data = ckpt.config.data.model_copy(update={"uri": args.uri, "storage_options": data.storage_options})
     # A wide table's codec fit takes a while: its progress lines go to stderr, the description to stdout.
     with log_to_stderr("vae_core.data.tabular"):
-        found = describe(data)
+        found = describe(data, codec, seed=cfg.train.seed)
     print(json.dumps(found.to_dict(), indent=2) if args.json else "\n".join(found.lines()))
     return 0
 

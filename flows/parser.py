@@ -236,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the versions of the last N vaeflow commits stay readable (default: {maintenance.KEEP_NIGHTS})",
     )  # fmt: skip
     p.add_argument(
+        "--vacuum-every", type=int, default=maintenance.VACUUM_EVERY, metavar="N",
+        help="VACUUM only when N vaeflow commits followed the last VACUUM (default: 0, always; the "
+        "nightly's is pipeline.vacuum_every, 7)",
+    )  # fmt: skip
+    p.add_argument(
         "--keep-version", type=int, action="append", metavar="V",
         help="a version that stays readable too, e.g. the one the champion wrote (repeatable)",
     )  # fmt: skip
@@ -258,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="+", help="input files or folders (parquet/csv only)")
     p.add_argument("--output", required=True, help="dataset root URI (path, file://, s3://bucket/prefix)")
     p.add_argument(
-        "--rows-per-file", type=int, metavar="N", help="rows per Parquet shard (default: by source)"
+        "--rows-per-file",
+        type=int,
+        metavar="N",
+        help="rows per Parquet shard (default: mnist and adult by source; parquet/csv about 1/16 of the "
+        "rows, 1,000 to 100,000, so that --workers N up to 16 has a file per worker)",
     )
     p.add_argument("--test", nargs="+", metavar="URI", help="files already split off as the test set")
     p.add_argument(
@@ -278,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(data_sub, "describe", commands.data_describe, "splits, rows and columns with their roles")
     p.add_argument("uri", help="dataset root URI with train/ (and test/)")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.add_argument(
+        "--model",
+        help="a checkpoint trained on this dataset: describe with its fitted codec instead of fitting one "
+        "(faster; shows what that model was trained on)",
+    )
     _config_args(p, "data.exclude='[\"notes\"]' data.id_column=customer")
 
     p = _command(sub, "run", commands.run, "the main job: one vae-nightly on the local default (`make run`)")
@@ -304,11 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=10_000,
         metavar="N",
-        help="rows read per split, spread over its shards (default: 10,000)",
+        help="rows read per split: a larger split gives a uniform random sample of this many (seed 0; "
+        "default: 10,000)",
     )
     p.add_argument("--all-rows", action="store_true", help="read every row of each split instead")
-    _label_arg(p)
-    p.add_argument("--target", help="tabular ML-efficacy target (default: the last categorical column)")
+    p.add_argument(
+        "--label",
+        help="column that colours the latent scatter, and the ML-efficacy target unless --target names "
+        "another (default: 'label' if present, else the last categorical column)",
+    )
+    p.add_argument(
+        "--target",
+        help="tabular ML-efficacy target, a categorical column (default: --label's column, else 'label' if "
+        "present, else the last categorical column)",
+    )
 
     p = _command(sub, "beta-study", commands.beta_study, "recon-only, KL-only and ELBO models side by side")
     p.add_argument("--input", required=True, help="dataset root URI with train/ and test/ (e.g. MNIST)")

@@ -252,6 +252,7 @@ def test_train_settings_come_from_config_then_overrides_then_options(tmp_path, m
         checkpoint=SimpleNamespace(meta=meta),
         checkpoint_uri="c",
         best_checkpoint_uri="b",
+        best_reason="highest validation ELBO",
     )
     calls = _fake_job(monkeypatch, "trainer", "train_on_ray", trained)
     config = _config_file(tmp_path, compute={"num_workers": 2, "use_gpu": True, "torch_threads": 3})

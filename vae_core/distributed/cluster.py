@@ -66,6 +66,7 @@ def ensure_ray(compute: ComputeConfig) -> None:
     if address:
         check_reachable(address)
         ray.init(address=address, log_to_driver=True)
+        ray_internals.drop_forwarded_lines()
         return
     if compute.use_gpu:  # a local cluster has this machine's GPUs: no need to start one to count them
         import torch
@@ -134,6 +135,7 @@ def start_local_ray(num_cpus: int, num_gpus: int | None = 0) -> str:
             log_to_driver=os.environ.get("VAEFLOW_RAY_WORKER_LOGS") == "1",
             _temp_dir=os.environ.get("VAEFLOW_RAY_TMPDIR"),
         )
+    ray_internals.drop_forwarded_lines()  # with VAEFLOW_RAY_WORKER_LOGS=1
     address = ray.get_runtime_context().gcs_address
     _OWN_CLUSTER[:] = [address]
     return address

@@ -21,7 +21,7 @@ from vae_core.config import ComputeConfig, GenerateConfig
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.objects import fingerprint
 from vae_core.data.storage import absolute
-from vae_core.data.tables import Committed, Mode, NewIds, next_id
+from vae_core.data.tables import Committed, Mode, NewIds, next_id, read_table
 from vae_core.errors import ConfigError, DataError
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import SAMPLER_FILE, Checkpoint, load_checkpoint
@@ -293,6 +293,11 @@ def generate_rows(
         wanted = f" with {', '.join(match)} at the training shares ({MATCH_DRAWS:g}x draws)"
     progress(f"generating {job.rows:,} rows{wanted} with {model_uri} in {len(blocks)} files {where_to}")
     committed = run.execute(ds, job.rows, out_schema, model, params, stats=_stats, new_ids=new_ids)
+    if match:
+        table = read_table(
+            output_uri, version=committed.version, columns=match, storage_options=storage_options
+        )
+        progress(f"achieved shares against the training shares: {ckpt.codec.shares_gap(table, match)}")
     if job.where:
         draws = committed.record.stats["draws"]
         progress(

@@ -24,6 +24,7 @@ pass.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -69,6 +70,7 @@ from vae_core.training.checkpoints import (
 )
 
 from .cluster import check_resources, cluster_set_up, ensure_ray
+from .ray_internals import native_stderr_without
 
 Summary = dict[str, Any]  # one written file: "file", "rows", "bytes", "threads", plus the job's own keys
 
@@ -109,12 +111,12 @@ class Actors:
     storage_options: dict | None
     in_process: bool = False  # loaded by InProcess in the calling process, not by a Ray actor
 
-    def pool(self) -> dict[str, Any]:
-        """map_batches' arguments for the pool: `num_workers` actors of `cpus_per_worker` CPUs (and a
-        GPU each with `use_gpu`)."""
+    def pool(self, size: int | None = None) -> dict[str, Any]:
+        """map_batches' arguments for the pool: `size` (default compute.num_workers) actors of
+        `cpus_per_worker` CPUs (and a GPU each with `use_gpu`)."""
         c = self.compute
         return {
-            "compute": ActorPoolStrategy(size=c.num_workers),
+            "compute": ActorPoolStrategy(size=size or c.num_workers),
             "num_cpus": c.cpus_per_worker,
             "num_gpus": 1 if c.use_gpu else 0,
         }
@@ -256,10 +258,17 @@ def mapped(
     if actors.in_process:
         return InProcess(fn, args, items), f"in this process ({setting}; no Ray cluster set up)"
     start_cluster(actors.compute)
+    workers = min(actors.compute.num_workers, len(items))  # an actor per item at most
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        fn, fn_constructor_args=args, batch_size=1, **actors.pool()
+        fn, fn_constructor_args=args, batch_size=1, **actors.pool(workers)
     )
-    return ds, f"on {actors.compute.num_workers} worker(s)"
+    if workers < actors.compute.num_workers:
+        return ds, (
+            f"on {workers} worker(s), not {actors.compute.num_workers}: the input has {len(items)} "
+            f"file{'s' if len(items) != 1 else ''} and a worker takes a file at a time (more files use "
+            "more workers: vaeflow data import --rows-per-file)"
+        )
+    return ds, f"on {workers} worker(s)"
 
 
 @dataclass
@@ -330,7 +339,8 @@ class Run:
         threads = ", ".join(map(str, sorted({s["threads"] for s in summaries})))
         where = "this process" if isinstance(ds, InProcess) else "actors"
         self.progress(
-            f"committed {rows:,} rows in {len(files)} files as version {version} of {self.output_uri} "
+            f"committed {rows:,} rows in {len(files)} file{'s' if len(files) != 1 else ''} as version "
+            f"{version} of {self.output_uri} "
             f"({where} ran torch with {threads} thread(s))"
         )
         uris = [join(self.output_uri, f.path) for f in files]
@@ -344,16 +354,18 @@ class Run:
         A DataError raised in an actor (a bad row, named by file, column and row) comes back as a DataError.
         """
         meter, summaries = Meter(self.job, rows, self.progress), {}
+        in_process = isinstance(ds, InProcess)
         try:
-            batches = (
-                ds.iter_batches()
-                if isinstance(ds, InProcess)
-                else ds.iter_batches(batch_size=None, batch_format="pyarrow")
-            )
-            for batch in batches:
-                for s in batch.to_pylist():
-                    summaries[s["file"]] = s
-                    meter.add(s["rows"])
+            with contextlib.nullcontext() if in_process else native_stderr_without():
+                batches = (
+                    ds.iter_batches()
+                    if in_process
+                    else ds.iter_batches(batch_size=None, batch_format="pyarrow")
+                )
+                for batch in batches:
+                    for s in batch.to_pylist():
+                        summaries[s["file"]] = s
+                        meter.add(s["rows"])
         except Exception as e:  # Ray wraps the actor's exception; surface the named data error
             raise_found(e, DataError)
             raise

@@ -25,7 +25,7 @@ from vae_core.data.dataset import (
 )
 from vae_core.data.storage import arrow_filesystem, filesystem, join, scheme
 from vae_core.errors import TrainingError
-from vae_core.training.records import Record
+from vae_core.training.records import EpochRecord, Record
 
 from . import ray_internals
 from .cluster import check_resources, ensure_ray, is_own_local_cluster
@@ -170,17 +170,22 @@ def new_events() -> Any:
 
 @contextlib.contextmanager
 def _relay(
-    events: Any, progress: Callable[[str], None], on_record: Callable[[Record], None] | None
+    events: Any,
+    progress: Callable[[str], None],
+    on_record: Callable[[Record], None] | None,
+    val_note: Callable[[], str] = str,
 ) -> Iterator[None]:
     """While the run goes on, a thread hands rank 0's records to `progress` (as lines) and `on_record`,
     twice a second, in this thread's context (a Prefect task's logger needs its run context); the
-    records left when the run ends are handed over before this returns. A failing `on_record` (an
+    records left when the run ends are handed over before this returns. `val_note()` ends the line of
+    each validated epoch (what the validation split holds that training never saw). A failing `on_record` (an
     unreachable tracking server) is reported once and never stops the training."""
     stop, failed = threading.Event(), []
 
     def deliver() -> None:
         for record in ray.get(events.take.remote()):
-            progress(record.line())
+            validated = isinstance(record, EpochRecord) and record.val_elbo is not None
+            progress(record.line() + (val_note() if validated else ""))
             if on_record is None:
                 continue
             try:
@@ -222,6 +227,7 @@ class Launch:
         self.columns: list[str] = []
         self.listeners: list[Callable[[Record], None]] = []
         self.outcome: dict[str, Any] = {}
+        self.val_note = ""  # appended to validated epochs' lines (trainer.validation_drift)
         self.thread: threading.Thread | None = None
         self.scope = contextlib.ExitStack()
 
@@ -236,7 +242,7 @@ class Launch:
         loop_config = {"loop": loop.to_json(), "events": self.events}
         trainer = make_trainer(cfg, self.name, worker_loop, loop_config, datasets)
         self.scope.enter_context(local_train_env())
-        self.scope.enter_context(_relay(self.events, self.progress, self._deliver))
+        self.scope.enter_context(_relay(self.events, self.progress, self._deliver, lambda: self.val_note))
 
         def run() -> None:
             try:

@@ -12,7 +12,9 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,6 +31,81 @@ PARQUET_V1_LOGGER = "ray.data._internal.datasource.parquet_datasource"
 # Where Ray Data logs a failed task's exception, traceback and all, on its way to the driver's caller
 # (who reports it again): the executor when the task fails, the Dataset's API when it re-raises.
 TASK_ERROR_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+
+
+# Ray Data's actor pools pass their map function to each actor through the object store (ray.put in
+# ActorPoolMapOperator, held for the operator's lifetime) and allow restarts, and on each actor's
+# creation the driver's C++ core worker prints a warning at error level to the process's stderr
+# (core_worker.cc, ray-project/ray#53727) that the reference could go out of scope: it cannot here.
+ACTOR_ARGS_WARNING = b"has constructor arguments in the object store and max_restarts > 0"
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def native_stderr_without(marker: bytes = ACTOR_ARGS_WARNING) -> Iterator[None]:
+    """While the block runs, what this process writes to file descriptor 2 (Python and C++ alike) goes
+    through a pipe: lines holding `marker` become one debug record of this module's logger, every other
+    line reaches stderr unchanged. Actor restarts stay as Ray sets them; only the line goes."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward(line: bytes) -> None:
+        if marker in line:
+            log.debug("%s", line.decode(errors="replace").strip())
+        else:
+            os.write(saved, line)
+
+    def pump() -> None:
+        rest = b""
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    forward(line + b"\n")
+        if rest:
+            forward(rest)
+
+    thread = threading.Thread(target=pump, name="vaeflow-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last write end closes: the pump reads to its end and stops
+        thread.join(timeout=2.0)
+        if not thread.is_alive():  # else a child process holds the pipe: the pump keeps forwarding
+            os.close(saved)
+
+
+_LOGGING = "ray._private.ray_logging"
+
+
+def drop_forwarded_lines(marker: bytes = ACTOR_ARGS_WARNING) -> None:
+    """On a driver that joined a cluster (log_to_driver), drop the workers' forwarded log lines holding
+    `marker` (a debug record instead): Ray Train's controller creates its own actors and prints the same
+    warning, which the driver would print as its own. Wraps the handler ray.init added to Ray's
+    stdstream dispatcher ("ray_print_logs"); once per process."""
+    dispatcher = importlib.import_module(_LOGGING).global_worker_stdstream_dispatcher
+    text = marker.decode()
+    with dispatcher._lock:
+        for i, (name, handler) in enumerate(dispatcher.handlers):
+            if name != "ray_print_logs" or getattr(handler, "vaeflow_filtered", False):
+                continue
+
+            def filtered(data: dict[str, Any], handler: Callable[[dict[str, Any]], None] = handler) -> None:
+                lines = data.get("lines") or []
+                for line in lines:
+                    if text in line:
+                        log.debug("%s", line)
+                kept = [line for line in lines if text not in line]
+                if kept or not lines:
+                    handler({**data, "lines": kept})
+
+            filtered.vaeflow_filtered = True  # type: ignore[attr-defined]
+            dispatcher.handlers[i] = (name, filtered)
 
 
 class WithoutReported(logging.Filter):
@@ -129,6 +206,9 @@ REQUIRED: dict[str, Callable[[], bool]] = {
         ray.train.torch.TorchTrainer, "_create_default_callbacks"
     ),
     f"{_CLEANER}.PlacementGroupCleanerCallback": _has(_CLEANER, "PlacementGroupCleanerCallback"),
+    f"{_LOGGING}.global_worker_stdstream_dispatcher": lambda: hasattr(
+        importlib.import_module(_LOGGING).global_worker_stdstream_dispatcher, "handlers"
+    ),
     **{f"logger {name}": _has(name) for name in [*QUIET_LOGGERS, PARQUET_V1_LOGGER, *TASK_ERROR_LOGGERS]},
 }
 

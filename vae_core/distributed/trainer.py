@@ -23,9 +23,11 @@ import torch
 
 from vae_core.config import VaeflowConfig
 from vae_core.data.codecs import Codec, codec_to_json, fit_on_train
+from vae_core.data.codecs.base import Drift, add_drift, describe_drift
 from vae_core.data.dataset import (
     DatasetSpec,
     encode_schema,
+    iter_batches,
     open_dataset,
     with_recorded_id,
 )
@@ -49,6 +51,21 @@ class TrainResult:
     checkpoint_uri: str  # the latest checkpoint
     best_checkpoint_uri: str  # best by validation ELBO among those kept
     checkpoint: Checkpoint = field(repr=False)  # the latest, loaded
+    val_drift: Drift = field(default_factory=dict)  # validation values training never saw (validation_drift)
+
+    @property
+    def best_reason(self) -> str:
+        """Why the best checkpoint is the best, in words (for the line that names it)."""
+        epoch = int(self.best_checkpoint_uri.rstrip("/").rsplit("_", 1)[-1])
+        record = next((r for r in self.history if r.epoch == epoch and r.val_elbo is not None), None)
+        if record is None:
+            return "the latest: no kept checkpoint was validated"
+        why = f"highest validation ELBO of the kept checkpoints, {record.val_elbo:.2f} at epoch {epoch}"
+        if self.val_drift:
+            why += (
+                f"; mind the validation values outside what training saw ({describe_drift(self.val_drift)})"
+            )
+        return why
 
     @property
     def model(self) -> torch.nn.Module:
@@ -226,7 +243,12 @@ def train_on_ray(
     name = run_name or cfg.name
     resuming = check_run_name(cfg, name, resume)
     launch = Launch(cfg, name, progress, existed=resuming)
-    _, _, _, codec = _prepare_and_start(cfg, progress, launch)
+    _, _, shards, codec = _prepare_and_start(cfg, progress, launch)
+    val_drift = validation_drift(
+        codec, shards["val"], cfg.train.val_split, cfg.data.storage_options, progress
+    )
+    if val_drift:
+        launch.val_note = f" (validation values outside training: {describe_drift(val_drift)})"
     tracked = None
     try:
         if not resuming:
@@ -254,10 +276,38 @@ def train_on_ray(
     with result.checkpoint.as_directory() as d:
         latest = load_checkpoint(d, storage_options=cfg.data.storage_options)
     uri = _checkpoint_uri(result.checkpoint, cfg.train.runs_uri)
-    progress(f"latest checkpoint: {uri}")
     if tracked:
         tracked.end(ok=True, checkpoint_uri=uri)
-    return TrainResult(latest.meta.history, uri, _checkpoint_uri(best, cfg.train.runs_uri), latest)
+    return TrainResult(latest.meta.history, uri, _checkpoint_uri(best, cfg.train.runs_uri), latest, val_drift)
+
+
+VAL_DRIFT_ROWS = 1_000_000  # validation rows read for validation_drift at most
+
+
+def validation_drift(
+    codec: Codec, shards: list[str], split: str, storage_options: dict | None, progress: Callable[[str], None]
+) -> Drift:
+    """Values of the validation split that the training split never had (Codec.drift: values outside
+    the training range, unknown categories, nulls where training had none), over its first
+    VAL_DRIFT_ROWS rows; said in a line when there are any. Such a value is encoded as it is and can
+    move the validation ELBO far (one price above the training maximum: thousands of nats), and with
+    it the choice of the best checkpoint, so training says so, as embed counts drift."""
+    drift: Drift = {}
+    if codec.reads != "table_columns":  # a vector codec's encode refuses what it cannot take: no drift
+        return drift
+    rows = 0
+    for _, batch in iter_batches(shards, codec.columns, storage_options=storage_options):
+        add_drift(drift, codec.drift(batch))
+        rows += batch.num_rows
+        if rows >= VAL_DRIFT_ROWS:
+            break
+    if drift:
+        read = f"the first {rows:,}" if rows >= VAL_DRIFT_ROWS else f"all {rows:,}"
+        progress(
+            f"validation split {split!r} ({read} rows read) has values training never saw: "
+            f"{describe_drift(drift)}; its ELBO includes them"
+        )
+    return drift
 
 
 def _tracking_run(cfg: VaeflowConfig, name: str, progress: Callable[[str], None]) -> Any:

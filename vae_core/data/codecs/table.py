@@ -71,6 +71,25 @@ class TabularCodec:
         """Which n rows of x to keep so that `columns` hold their training shares (checked first)."""
         return self.transformer.match_shares(x, n, columns, rng)
 
+    def shares_gap(self, table: pa.Table, columns: list[str]) -> str:
+        """How close `table`'s shares of the categorical `columns` came to their training shares: per
+        column the largest gap, e.g. "sex: within 0.4 points (Female 33.5% against 33.1%)"."""
+        parts = []
+        for col in self.transformer.columns:
+            if col.name not in columns or not isinstance(col, CategoricalColumn) or col.shares is None:
+                continue
+            counts = pc.value_counts(table.column(col.name).combine_chunks()).to_pylist()
+            got = {c["values"]: c["counts"] / max(table.num_rows, 1) for c in counts}
+            gaps = [
+                (abs(got.get(v, 0.0) - want), v, got.get(v, 0.0), want)
+                for v, want in zip(
+                    col.categories, col.shares, strict=False
+                )  # shares may end with the other slot
+            ]
+            gap, value, now, want = max(gaps, key=lambda g: g[0])
+            parts.append(f"{col.name}: within {100 * gap:.1f} points ({value} {now:.1%} against {want:.1%})")
+        return "; ".join(parts)
+
     def check_condition(self, name: str, value: pa.Scalar, text: str) -> None:
         """`value` (of `name`'s output type) is one the model was trained on: a known category, or a
         number within the training range; else a ConfigError naming the column and the value."""
