@@ -285,7 +285,8 @@ def auto_rows_per_file(kind: str, inputs: list[str], storage_options: dict | Non
     total = 0
     try:
         if kind == "parquet":
-            total = count_rows([s for uri in inputs for s in list_shards(uri, storage_options)], storage_options)
+            shards = [s for uri in inputs for s in list_shards(uri, storage_options)]
+            total = count_rows(shards, storage_options)
         else:
             for uri in inputs:
                 fs, path = arrow_filesystem(uri, storage_options)
