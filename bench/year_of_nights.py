@@ -53,7 +53,7 @@ NIGHTS = int(os.environ.get("VAEFLOW_BENCH_NIGHTS", "365"))
 # would keep every file ever removed. 0 stands for "removed on an earlier night" (what 24 hours are
 # on a real schedule); the keep_nights versions still keep their files, which the end checks.
 RETENTION_HOURS = 0
-VACUUM_EVERY = PipelineConfig().vacuum_every  # the nightly's: weekly
+VACUUM_EVERY = PipelineConfig.model_fields["vacuum_every"].default  # the nightly's: weekly
 VACUUMED: list[int] = []  # files each night's VACUUM deleted
 SHARD_ROWS, FEATURES, KEEP_NIGHTS, READS = 200, 16, 7, 5
 FIRST_NIGHT = date(2026, 1, 1)
