@@ -94,17 +94,17 @@ def ray_run(
     wall = time.perf_counter() - t0
     ray.shutdown()
     h = result.history
-    in_epochs = sum(r.seconds + r.val_seconds for r in h)
+    in_epochs = sum(r.seconds + (r.val_seconds or 0.0) for r in h)
     rates = [r.samples_per_s for r in h[1:]]
     return {
         "samples_per_s": statistics.median(rates),
         "epoch_rates": rates,
-        "first_epoch_samples_per_s": h[0]["samples_per_s"],  # streamed from S3 (and decoded) by Ray Data
+        "first_epoch_samples_per_s": h[0].samples_per_s,  # streamed from S3 (and decoded) by Ray Data
         "data_from": [r.data_from for r in h],
         "startup_seconds": wall - in_epochs,
         "wall_seconds": wall,
         "data_wait_share": statistics.median(r.wait_seconds / r.seconds for r in h[1:]),
-        "val_seconds": statistics.median(r.val_seconds for r in h),
+        "val_seconds": statistics.median(r.val_seconds or 0.0 for r in h),
     }
 
 
