@@ -3,6 +3,8 @@ posterior, and for data with table columns the quality of rows sampled from the 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +50,8 @@ def score_model(
     batches = eval_batches(x)
     iwae = IwaeBound(log_likelihood=None, k=iwae_k, n=0)
     if model.is_variational:
-        ll = iwae_log_likelihood(model, eval_batches(x, 250), k=iwae_k, chunk=min(iwae_k, 100), seed=seed)
+        batches_k = _said(eval_batches(x, 250), len(x), iwae_k, progress)
+        ll = iwae_log_likelihood(model, batches_k, k=iwae_k, chunk=min(iwae_k, 100), seed=seed)
         iwae = IwaeBound(log_likelihood=ll, k=iwae_k, n=len(x))
     mu, logvar = posterior_moments(model, batches)
     return LatentScores(
@@ -58,6 +61,23 @@ def score_model(
         aggregate_posterior(mu, logvar),
         mu,
     )
+
+
+PROGRESS_EVERY_S = 10.0
+
+
+def _said(batches: list[torch.Tensor], rows: int, k: int, progress: Progress) -> Iterator[torch.Tensor]:
+    """The batches, with a progress line at the start and every PROGRESS_EVERY_S seconds (the IWAE
+    bound decodes k samples per row: minutes on a large test split)."""
+    progress(f"importance-weighted bound: {k:,} samples for each of {rows:,} rows")
+    done, t0 = 0, time.monotonic()
+    said = t0
+    for batch in batches:
+        yield batch
+        done += len(batch)
+        if time.monotonic() - said > PROGRESS_EVERY_S and done < rows:
+            progress(f"importance-weighted bound: {done:,} of {rows:,} rows ({time.monotonic() - t0:.0f} s)")
+            said = time.monotonic()
 
 
 def sample_quality(

@@ -16,6 +16,9 @@ from matplotlib.figure import Figure
 Array = np.ndarray
 
 
+TAB10 = [f"C{i}" for i in range(10)]  # matplotlib's default cycle: tab10, distinct at a glance
+
+
 def to_png(fig: Figure, dpi: int = 90) -> bytes:
     """Render a figure to PNG bytes."""
     buf = io.BytesIO()
@@ -49,18 +52,16 @@ def latent_scatters(
     for ax, (title, mu) in zip(axes, panels, strict=True):
         xy, axis = project_2d(np.asarray(mu, dtype=np.float64)[:max_points])
         c = codes[:max_points] if codes is not None else None
-        # Unlabelled points get no colour map (matplotlib warns about one with nothing to map).
-        cmap = None if c is None else "tab10" if len(names) <= 10 else "viridis"
-        points = ax.scatter(xy[:, 0], xy[:, 1], c=c, s=3, cmap=cmap, alpha=0.7, linewidths=0)
+        if c is not None and len(names) <= 10:  # one tab10 colour per class, in order: two classes are
+            c = np.asarray(TAB10)[c]  # blue and orange (a colour map over 0..1 gave blue and cyan)
+        cmap = "viridis" if c is not None and len(names) > 10 else None
+        ax.scatter(xy[:, 0], xy[:, 1], c=c, s=3, cmap=cmap, alpha=0.7, linewidths=0)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(f"{axis}1")
         ax.set_ylabel(f"{axis}2")
     if codes is not None and len(names) <= 10:
-        handles = [
-            axes[-1].scatter([], [], color=points.cmap(points.norm(i)), s=12, label=name)
-            for i, name in enumerate(names)
-        ]
-        axes[-1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        handles = [axes[-1].scatter([], [], color=TAB10[i], s=12, label=name) for i, name in enumerate(names)]
+        axes[-1].legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
 
 
@@ -146,7 +147,10 @@ def aggregate_posterior_bars(stats: Mapping[str, Mapping[str, Any]], max_dims: i
         ax_v.bar(dims, var, width=width, label=name)
     ax_m.axhline(0.0, color="k", lw=0.8)
     ax_v.axhline(1.0, color="k", lw=0.8, ls="--", label="prior N(0, I)")
-    ax_v.set_yscale("log")
+    all_var = np.concatenate([np.asarray(s["var"])[:max_dims] for s in stats.values()])
+    positive = all_var[all_var > 0]
+    if len(positive) and positive.max() / positive.min() > 100:  # linear where the values sit near 1
+        ax_v.set_yscale("log")
     ax_m.set_title("aggregate posterior mean per latent dim (prior: 0)", fontsize=10)
     ax_v.set_title("aggregate posterior variance per latent dim (prior: 1)", fontsize=10)
     for ax in (ax_m, ax_v):
@@ -180,8 +184,8 @@ def pair_heatmap(pairs: Mapping[str, float], columns: Sequence[str], title: str)
     fig = Figure(figsize=(0.45 * len(columns) + 2.5, 0.45 * len(columns) + 1.5), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(columns)), columns, fontsize=7)
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(columns)), columns, fontsize=8)
     fig.colorbar(image, ax=ax, label="similarity")
     ax.set_title(title, fontsize=10)
     return fig
@@ -203,8 +207,8 @@ def correlations_side_by_side(
     axes = fig.subplots(1, 2)
     for ax, (side, grid) in zip(axes, grids.items(), strict=True):
         image = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu_r")
-        ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(columns)), columns, fontsize=7)
+        ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(columns)), columns, fontsize=8)
         ax.set_title(side, fontsize=10)
     fig.colorbar(image, ax=list(axes), label="Pearson r")
     return fig
@@ -233,7 +237,7 @@ def marginals(real: Mapping[str, Array], synthetic: Mapping[str, Array], continu
             freq_s = [np.mean(s.astype(str) == c) for c in top]
             ax.bar(x - 0.2, freq_r, width=0.4, label="real")
             ax.bar(x + 0.2, freq_s, width=0.4, label="synthetic")
-            ax.set_xticks(x, [c[:10] for c in top], rotation=60, fontsize=6)
+            ax.set_xticks(x, [c[:12] for c in top], rotation=60, fontsize=7)
         ax.set_title(name, fontsize=9)
     for ax in axes[len(names) :]:
         ax.set_visible(False)
