@@ -43,6 +43,7 @@ from vae_core.config import ComputeConfig
 from vae_core.data.dataset import is_list_type
 from vae_core.data.objects import atomic_write_json, fingerprint, read_json
 from vae_core.data.outputs import check_writable
+from vae_core.data.s3_errors import bucket_gone
 from vae_core.data.storage import absolute, check_bucket, filesystem, join
 from vae_core.data.tables import (
     JOB_DIR,
@@ -58,7 +59,7 @@ from vae_core.data.tables import (
     now_iso,
     to_delta,
 )
-from vae_core.errors import ConfigError, DataError, TableError, raise_found
+from vae_core.errors import ConfigError, DataError, StorageError, TableError, raise_found
 from vae_core.progress import Progress
 from vae_core.training.checkpoints import (
     CONFIG_FILE,
@@ -148,7 +149,13 @@ class Writer:
         self.schema, self.run_key = delta_schema(schema), run_key  # every file as the commit declares it
         self.folder_uri, self.storage_options = folder_uri, storage_options
         self.fs, self.folder = filesystem(folder_uri, storage_options)
-        self.fs.makedirs(self.folder, exist_ok=True)  # a local table folder; S3: checks the bucket
+        try:
+            self.fs.makedirs(self.folder, exist_ok=True)  # a local table folder; S3: checks the bucket
+        except StorageError as e:  # the driver found the bucket before any actor started: it went since
+            bucket = folder_uri.removeprefix("s3://").split("/", 1)[0]
+            if not str(e).startswith(f"s3://{bucket}: no such bucket"):
+                raise
+            raise bucket_gone(folder_uri, bucket) from e
 
     def mark_done(self, shard: str, summaries: list[Summary]) -> None:
         """Record that every file of input `shard` is written (its summaries), for a rerun to reuse."""
