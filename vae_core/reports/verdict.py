@@ -60,6 +60,11 @@ class Rule:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "broken_share": self.broken_share}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Rule:
+        """A rule as to_dict wrote it (metrics.json's synthetic_quality.rules.broken)."""
+        return cls(**{k: v for k, v in d.items() if k != "broken_share"})
+
 
 def _keys(values: pd.Series, continuous: bool) -> np.ndarray:
     """Values as the strings a rule shows: whole numbers without '.0', nulls as '<null>'."""
@@ -175,9 +180,7 @@ def verdict(report: dict[str, Any]) -> list[str]:
             f"Rules that hold in every real row but break in synthetic rows ({rules['broken_rules']} of "
             f"the {rules['checked']} mined from the real rows; the most broken):"
         )
-        lines += [
-            f"• {Rule(**{k: v for k, v in r.items() if k != 'broken_share'}).text()}" for r in broken[:SHOWN]
-        ]
+        lines += [f"• {Rule.from_dict(r).text()}" for r in broken[:SHOWN]]
     elif rules:
         lines.append(f"All {rules['checked']} rules mined from the real rows hold in every synthetic row.")
     privacy = q.get("privacy")

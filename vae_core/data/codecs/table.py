@@ -80,14 +80,11 @@ class TabularCodec:
                 continue
             counts = pc.value_counts(table.column(col.name).combine_chunks()).to_pylist()
             got = {c["values"]: c["counts"] / max(table.num_rows, 1) for c in counts}
-            gaps = [
-                (abs(got.get(v, 0.0) - want), v, got.get(v, 0.0), want)
-                for v, want in zip(
-                    col.categories, col.shares, strict=False
-                )  # shares may end with the other slot
-            ]
-            gap, value, now, want = max(gaps, key=lambda g: g[0])
-            parts.append(f"{col.name}: within {100 * gap:.1f} points ({value} {now:.1%} against {want:.1%})")
+            wanted = dict(zip(col.categories, col.shares, strict=False))  # shares may end with the other slot
+            value = max(wanted, key=lambda v: abs(got.get(v, 0.0) - wanted[v]))
+            now, want = got.get(value, 0.0), wanted[value]
+            gap = 100 * abs(now - want)
+            parts.append(f"{col.name}: within {gap:.1f} points ({value} {now:.1%} against {want:.1%})")
         return "; ".join(parts)
 
     def check_condition(self, name: str, value: pa.Scalar, text: str) -> None:
