@@ -281,7 +281,12 @@ class EmbedConfig(_Section):
         default_factory=list, description="Input columns copied next to z_mean (the id column always is)."
     )
     chunk_rows: int = Field(4096, ge=1, description="Rows per forward pass on a worker.")
-    rows_per_file: int = Field(32_768, ge=1, description="Rows per output Parquet file.")
+    rows_per_file: int | None = Field(
+        None,
+        ge=1,
+        description="Rows per output Parquet file; default: as many as make about 16 MiB of output (in "
+        "memory) a file, within each input shard (a narrow embedding: hundreds of thousands of rows).",
+    )
     incremental: bool = Field(
         False,
         description="Embed only the input shards (by content fingerprint) that the output table does not "

@@ -298,6 +298,34 @@ def test_embed_refuses_ids_repeated_across_shards_before_writing(ray_local, mnis
     assert not fs.exists(f"{root}/emb")
 
 
+def test_embed_finds_an_id_repeated_within_a_shard_whose_footers_keep_ids_apart(
+    ray_local, mnist_model, mnist_s3
+):
+    """Shards whose footers give disjoint id ranges are not checked up front (ids.ids_apart): the actors
+    check each shard as they read it. Unordered unique ids commit every row; an id twice within a shard
+    fails the job naming it and the shard, with nothing committed."""
+    root = make_bucket()
+    fs = _fs()
+    table = pq.read_table(fs.open(next(iter(list_shards(f"{mnist_s3}/test"))))).slice(0, 400)
+    order = np.random.default_rng(0).permutation(200)
+    for name, ids in [("a", np.arange(200)), ("b", 1_000 + order)]:
+        with fs.open(f"{root}/apart/{name}.parquet", "wb") as f:
+            pq.write_table(table.slice(0, 200).set_column(0, "id", pa.array(ids, pa.int64())), f)
+    committed = embed_corpus(mnist_model, f"{root}/apart", f"{root}/emb")
+    assert sorted(read_table(committed.table_uri).column("id").to_pylist()) == [
+        *range(200),
+        *range(1_000, 1_200),
+    ]
+    repeated = 1_000 + order.copy()
+    repeated[150] = repeated[20]
+    with fs.open(f"{root}/apart/b.parquet", "wb") as f:
+        pq.write_table(table.slice(0, 200).set_column(0, "id", pa.array(repeated, pa.int64())), f)
+    one = rf"id column 'id' is not unique: 1 ids .*e.g. {repeated[20]}, in .*apart/b.parquet\)"
+    with pytest.raises(DataError, match=one):
+        embed_corpus(mnist_model, f"{root}/apart", f"{root}/emb-twice")
+    assert not fs.exists(f"{root}/emb-twice/_delta_log")
+
+
 def test_generate_where_keeps_only_rows_with_the_values_and_records_the_draws(ray_local, adult_model):
     """--where income=>50K sex=Female: every committed row carries both values, ids 0..n-1, the commit
     says how many rows were decoded for them (more than it kept: the model draws other rows too), the

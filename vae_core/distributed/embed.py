@@ -34,7 +34,7 @@ from vae_core.progress import Progress
 from vae_core.training.checkpoints import load_checkpoint
 from vae_core.training.inference import embed
 
-from .ids import check_ids, check_ids_on_cluster
+from .ids import ShardIds, check_ids, check_ids_on_cluster, ids_apart
 from .jobs import (
     Actors,
     InProcess,
@@ -53,6 +53,9 @@ from .jobs import (
 LATENT_COLUMNS = ("z_mean", "z_logvar")  # the output's posterior mean and (with_logvar) log-variance
 READ_ROWS = 8192  # rows an actor reads (and embeds) at a time
 READ_AHEAD = 1  # batches an actor reads ahead of the one it embeds
+# Output bytes (Arrow, in memory) a file holds unless embed.rows_per_file says: few files to commit
+# and read, while an actor holds no more than about two files' worth (bench/results/embed_scale.json).
+FILE_BYTES = 16 << 20
 HISTORY_PAGE = 8  # newest commits read to find the latest vaeflow commit (maintenance ones skipped)
 
 
@@ -86,11 +89,15 @@ def _batches(shard: str, columns: list[str], storage_options: dict | None) -> It
         raise DataError(f"{shard}: not a readable Parquet file: {e}") from e
 
 
-def _regroup(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
-    """The rows of `tables`, in order, as tables of exactly `rows` rows (the last may be shorter)."""
+def _regroup(tables: Iterator[pa.Table], rows: int | None) -> Iterator[pa.Table]:
+    """The rows of `tables`, in order, as tables of exactly `rows` rows (the last may be shorter);
+    `rows` None: as many as make FILE_BYTES, by the first table's bytes a row (the same cut for the
+    same input, so a retried shard writes the same files)."""
     held: list[pa.Table] = []
     count = 0
     for t in tables:
+        if rows is None:
+            rows = max(1, FILE_BYTES * t.num_rows // max(t.nbytes, 1))
         held.append(t)
         count += t.num_rows
         while count >= rows:
@@ -136,37 +143,49 @@ def _read_ahead(items: Iterator[pa.Table], depth: int = READ_AHEAD) -> Iterator[
 
 class _Embedder:
     """Loads the checkpoint once per actor; embeds whole shards: reads each in batches, embeds them,
-    and writes the latents as Parquet files of `job.rows_per_file` rows.
+    and writes the latents as Parquet files of `job.rows_per_file` rows (default: FILE_BYTES a file).
 
     Reading in the actor, not in Ray Data read tasks: each row then crosses no object store (a read
     task's block is copied into it, and again into the actor's batch), and the next batch is read
     while this one is embedded (bench/results/embed_throughput.json).
     """
 
-    def __init__(self, actors: Actors, job: EmbedConfig, columns: list[str], keep: list[str]) -> None:
+    def __init__(
+        self, actors: Actors, job: EmbedConfig, columns: list[str], keep: list[str], ids_of: str | None
+    ) -> None:
         ckpt, self.writer = actors.load()
         self.model, self.codec = ckpt.model, ckpt.codec
         self.job, self.columns, self.keep = job, columns, keep
         self.storage_options = actors.storage_options
+        self.ids_of = ids_of  # the input's URI when no id may repeat within a shard (ids.ids_apart)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         summaries = []
         for shard in map(str, batch["shard"]):
             drift: Drift = {}
+            ids = (
+                None
+                if self.ids_of is None
+                else ShardIds(shard, self.keep[0], self.ids_of, self.storage_options)
+            )
             latents = (
-                self._latents(b, shard, drift)
+                self._latents(b, shard, drift, ids)
                 for b in _read_ahead(_batches(shard, self.columns, self.storage_options))
             )
             written = [self._write(t) for t in _regroup(latents, self.job.rows_per_file)]
+            if ids is not None:  # before the shard counts as done: a rerun checks it again
+                ids.check()
             if written:  # the shard's drift rides on its last file (a retried shard reports the same)
                 written[-1]["drift"] = json.dumps(drift)
             self.writer.mark_done(shard, written)  # a rerun after a crash reuses these files
             summaries += written
         return pa.Table.from_pylist(summaries)
 
-    def _latents(self, batch: pa.Table, shard: str, drift: Drift) -> pa.Table:
+    def _latents(self, batch: pa.Table, shard: str, drift: Drift, ids: ShardIds | None) -> pa.Table:
         """The output columns of one input batch: the kept columns, z_mean (and z_logvar); what the
-        codec saw drift in is added to `drift`."""
+        codec saw drift in is added to `drift`, its ids to `ids`."""
+        if ids is not None:
+            ids.add(batch.column(self.keep[0]))
         # A bad row's error names its file and the id its batch starts at (a row counts from there).
         x = torch.from_numpy(
             self.codec.encode(batch, f"{shard} (batch from id {batch.column(self.keep[0])[0]})")
@@ -307,14 +326,16 @@ def embed_corpus(
     Rows become x through the checkpoint's codec (a bad row fails the job with a DataError naming its
     file, column and row; nothing is committed). Output rows: the id column, `job.passthrough`
     columns, `z_mean` (L float32 values) and with `job.with_logvar` `z_logvar`; one file per
-    `job.rows_per_file` rows, `job.chunk_rows` rows per forward pass. The commit's record holds in
-    `stats["z_mean"]` the count, per-dimension mean and variance of the posterior means, and in
-    `stats["drift"]` the input's drift per column (values the training data never had: unknown
-    categories, nulls in a column that had none, values outside the training range; tabular models).
-    `job.strict` refuses drift instead, after one pass over the model's columns before anything is
-    written. Ids must be unique and non-null (checked up front, reading the id column). Rerunning with
-    the same run key (default: a hash of the model, the input files and the settings that change the
-    rows) does nothing; after a crash it embeds only the shards the crashed attempt had not finished
+    `job.rows_per_file` rows (default: about FILE_BYTES), `job.chunk_rows` rows per forward pass. The
+    commit's record holds in `stats["z_mean"]` the count, per-dimension mean and variance of the
+    posterior means, and in `stats["drift"]` the input's drift per column (values the training data
+    never had: unknown categories, nulls in a column that had none, values outside the training range;
+    tabular models). `job.strict` refuses drift instead, after one pass over the model's columns before
+    anything is written. Ids must be unique and non-null: checked before anything is committed, up
+    front from the id column, or, where the shards' footers keep their ids apart, from those and by the
+    actors within each shard as they read it (distributed/ids.py). Rerunning with the same run key
+    (default: a hash of the model, the input files and the settings that change the rows) does nothing;
+    after a crash it embeds only the shards the crashed attempt had not finished
     (stats["rows_resumed"] counts the rows it took over, stats["rows_embedded"] those it processed).
     With `job.incremental` only the shards that the table does not hold yet from this model (by content
     fingerprint) are embedded and appended (stats["rows_carried"]: the rows already there; the z_mean
@@ -396,12 +417,17 @@ def embed_corpus(
     # against whatever another writer commits meanwhile (tables.NewIds).
     held = held_ids(output_uri, id_column, storage_options) if mode == "append" else None
     table_ids = (output_uri, held[1]) if held is not None else None
-    new_ids = None
+    new_ids, ids_of = None, None
     if mode != "append" and not runs_here(1, job.local_rows, compute):
-        # Surely on Ray (not even one row would run here): the ids are checked there, none on the
-        # driver (a billion rows' would not fit).
+        # Surely on Ray (not even one row would run here): no id comes to the driver (a billion rows'
+        # would not fit). Shards whose footers keep their ids apart leave only a repeat within a shard,
+        # which the actors find as they read it; others are checked on the cluster first.
         start_cluster(compute)
-        total = check_ids_on_cluster(shards, id_column, input_uri, storage_options)
+        total = ids_apart(shards, id_column, input_uri, storage_options)
+        if total is None:
+            total = check_ids_on_cluster(shards, id_column, input_uri, storage_options)
+        else:
+            ids_of = input_uri
     else:
         total, ids = check_ids(shards, id_column, input_uri, storage_options, table_ids)
         new_ids = NewIds(id_column, ids, held[0] if held else None) if mode == "append" else None
@@ -425,7 +451,7 @@ def embed_corpus(
         here = runs_here(rows, job.local_rows, compute)
         actors = Actors(model_uri, output_uri, out_schema, run_key, compute, storage_options, in_process=here)
         # One item per shard; the actors read their shards themselves (_Embedder).
-        items, args = [{"shard": s} for s in todo], (actors, job, columns, keep)
+        items, args = [{"shard": s} for s in todo], (actors, job, columns, keep, ids_of)
         ds, where_to = mapped(_Embedder, args, items, actors, f"embed.local_rows={job.local_rows:,}")
         progress(f"embedding {rows:,} rows of {input_uri} with {model_uri} {where_to}")
     inputs.update(shards=len(shards), rows=total)

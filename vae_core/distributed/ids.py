@@ -3,6 +3,7 @@ its table holds. Embedded rows are keyed and their files named by id."""
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,6 +27,13 @@ def _read_ids(shards: list[str], id_column: str, storage_options: dict | None) -
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, shards))
+
+
+def not_unique(source: str, id_column: str, repeated: int, example: object, shards: list[str]) -> DataError:
+    return DataError(
+        f"{source}: id column {id_column!r} is not unique: {repeated:,} ids appear more than once "
+        f"(e.g. {example!r}, in {', '.join(shards[:3])}); give each row its own id"
+    )
 
 
 def check_ids(
@@ -62,10 +70,7 @@ def check_ids(
                 f"{example.as_py()!r}, in {where[0]}): those rows were appended before. Append only new "
                 "rows (embed --incremental picks the new shards), or write a new output"
             )
-        raise DataError(
-            f"{source}: id column {id_column!r} is not unique: {len(repeated):,} ids appear more than once "
-            f"(e.g. {example.as_py()!r}, in {', '.join(where[:3])}); give each row its own id"
-        )
+        raise not_unique(source, id_column, len(repeated), example.as_py(), where)
     own = own.combine_chunks()
     pa.default_memory_pool().release_unused()
     return len(own), own
@@ -141,8 +146,91 @@ def check_ids_on_cluster(shards: list[str], id_column: str, source: str, storage
     repeated = sum(f[0] for f in found)
     if repeated:
         _, example, where = next(f for f in found if f[0])
-        raise DataError(
-            f"{source}: id column {id_column!r} is not unique: {repeated:,} ids appear more than once "
-            f"(e.g. {example!r}, in {', '.join(shards[i] for i in where[:3])}); give each row its own id"
-        )
+        raise not_unique(source, id_column, repeated, example, [shards[i] for i in where])
     return sum(c[0] for c in counts)
+
+
+# ---- shards whose footers keep their ids apart: each shard checked as the job reads it ------------
+def ids_apart(shards: list[str], id_column: str, source: str, storage_options: dict | None) -> int | None:
+    """The rows of the shards when their Parquet footers show that no id can be in two of them: an
+    integer id column with statistics in every row group, whose [min, max] ranges no two shards share
+    (ids numbered in order across shards, the usual layout). Only a repeat within one shard is then
+    left, which the job finds as it reads that shard (ShardIds). Nulls counted by the footers are
+    check_ids' DataError. None when the footers cannot tell (a non-integer id, a row group without
+    statistics, overlapping ranges): check_ids_on_cluster then.
+    Reads footers only: O(shards) on the driver, no id."""
+
+    def one(shard: str) -> tuple[int, int, int | None, int | None] | None:
+        fs, path = arrow_filesystem(shard, storage_options)
+        try:
+            meta = pq.read_metadata(path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{shard}: not a readable Parquet file: {e}") from e
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        if id_column not in names or not pa.types.is_integer(
+            meta.schema.to_arrow_schema().field(id_column).type
+        ):
+            return None
+        at, nulls, lo, hi = names.index(id_column), 0, None, None
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            stats = group.column(at).statistics
+            if group.num_rows == 0:
+                continue
+            if stats is None or not stats.has_null_count:
+                return None
+            nulls += stats.null_count
+            if stats.null_count == group.num_rows:
+                continue
+            if not stats.has_min_max:
+                return None
+            lo = stats.min if lo is None else min(lo, stats.min)
+            hi = stats.max if hi is None else max(hi, stats.max)
+        return meta.num_rows, nulls, lo, hi
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        footers = list(pool.map(one, shards))
+    if any(f is None for f in footers):
+        return None
+    counted = [f for f in footers if f is not None]  # (for mypy: none is None now)
+    if nulls := sum(f[1] for f in counted):
+        shard = next(s for s, f in zip(shards, counted, strict=True) if f[1])
+        raise DataError(f"{source}: id column {id_column!r} has {nulls:,} null(s), e.g. in {shard}")
+    ranges = sorted((f[2], f[3]) for f in counted if f[2] is not None)
+    if any(hi >= lo for (_, hi), (lo, _) in itertools.pairwise(ranges)):
+        return None
+    return sum(f[0] for f in counted)
+
+
+class ShardIds:
+    """The ids of one shard, batch by batch as a job reads it, for `ids_apart`'s remaining check: no id
+    twice in the shard. Ids that only increase (the usual layout) are checked as they pass, in constant
+    memory; otherwise the shard's id column is read again at the end and counted."""
+
+    def __init__(self, shard: str, id_column: str, source: str, storage_options: dict | None) -> None:
+        self.shard, self.id_column, self.source, self.storage_options = (
+            shard,
+            id_column,
+            source,
+            storage_options,
+        )
+        self.last: int | None = None
+        self.increasing = True
+
+    def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        if not self.increasing or not len(ids):
+            return
+        a = ids.to_numpy()
+        self.increasing = bool((a[1:] > a[:-1]).all()) and (self.last is None or a[0] > self.last)
+        self.last = int(a[-1])
+
+    def check(self) -> None:
+        """A DataError naming the shard and a repeated id, as check_ids names them."""
+        if self.increasing:
+            return
+        ids = _read_ids([self.shard], self.id_column, self.storage_options)[0]
+        counts = pc.value_counts(ids)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+        if len(repeated):
+            example = repeated.field("values")[0].as_py()
+            raise not_unique(self.source, self.id_column, len(repeated), example, [self.shard])
