@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from vae_core.data.storage import arrow_filesystem
 from . import ray_internals
 
 PATH = "path"  # the column read_parquet(include_paths=True) adds
+CHUNK_BATCHES = 16  # batches Ray Data hands a worker at a time; streamed epochs shuffle within them
 Splits = dict[str, list[str]]  # the shards of "train" and "val"
 
 
@@ -82,10 +84,13 @@ def build_datasets(
     for name, split_shards in shards.items():
         # The id column rides along (8 bytes a row) so that a bad row's error names it, as embed's does.
         ids = [cfg.data.id_column] if cfg.data.id_column and cfg.data.id_column not in columns else []
-        ds = _read(split_shards, [*columns, *ids], cfg.data.storage_options)
-        if name == "train":  # shards arrive in a seeded random order, rows then mix in the shuffle buffer
-            ds = ds.randomize_block_order(seed=cfg.train.seed)
-        out[name] = ds
+        if name == "train":
+            # The shards in a seeded random order; rows then mix within runs (ShardBatches._stream).
+            # Ray Data's randomize_block_order is an all-to-all step: every epoch it waited for all the
+            # split's reads before the first block (bench/results/train_throughput_streamed.json).
+            split_shards = split_shards.copy()
+            random.Random(cfg.train.seed).shuffle(split_shards)
+        out[name] = _read(split_shards, [*columns, *ids], cfg.data.storage_options)
     return out
 
 
@@ -117,10 +122,10 @@ class ShardBatches:
 
     The first pass over a shard streams it from storage through Ray Data; when its decoded rows fit
     in `train.cache_mb` (train and validation together), they are kept in this worker's memory and
-    later passes read them from there: the per-batch path of Ray Data (conversion, shuffle buffer,
-    prefetch threads competing with torch for the worker's cores) is paid once, not every epoch.
+    later passes read them from there: Ray Data's path (reading, conversion, prefetch threads competing
+    with torch for the worker's cores) is paid once, not every epoch.
     Cached epochs shuffle with a seeded permutation per epoch and rank, as the streamed ones do
-    through the local shuffle buffer; the batch count per epoch is the same either way (DDP needs it).
+    within runs of batches; the batch count per epoch is the same either way (DDP needs it).
     """
 
     def __init__(self, cfg: VaeflowConfig, codec: Codec, rank: int, device: torch.device) -> None:
@@ -146,10 +151,7 @@ class ShardBatches:
             torch.set_num_threads(self.threads_when_cached)
         if "train" in self.cached:
             return self._from_memory(self.cached["train"], seed)
-        stream = self._stream(
-            self.train_shard, local_shuffle_buffer_size=16 * self.batch_size, local_shuffle_seed=seed
-        )
-        return self._keeping("train", stream)
+        return self._keeping("train", self._stream(self.train_shard, seed))
 
     def val(self) -> Iterator[torch.Tensor]:
         """The validation split in order."""
@@ -157,10 +159,24 @@ class ShardBatches:
             return self._from_memory(self.cached["val"], None)
         return self._keeping("val", self._stream(ray.train.get_dataset_shard("val")))
 
-    def _stream(self, shard: Any, **shuffle: int) -> Iterator[torch.Tensor]:
-        yield from shard.iter_torch_batches(
-            batch_size=self.batch_size, collate_fn=self.encode, device=self.device, **shuffle
-        )
+    def _stream(self, shard: Any, seed: int | None = None) -> Iterator[torch.Tensor]:
+        """Batches of the shard as Ray Data streams it, shuffled within runs of CHUNK_BATCHES batches
+        when a seed is given. Ray Data hands over whole runs, encoded at once in its prefetch thread;
+        they are cut into batches here: its per-batch path (batching, a local shuffle buffer, the collate
+        call) costs more than a small model's step (bench/results/train_throughput_streamed.json). The
+        batch count is the same as Ray Data's batch_size would give: each run but the last is whole."""
+        order = None if seed is None else torch.Generator().manual_seed(seed)
+        runs = shard.iter_torch_batches(batch_size=CHUNK_BATCHES * self.batch_size, collate_fn=self.encode)
+        for x in runs:
+            x = x.to(self.device, non_blocking=True)  # one copy per run to a GPU
+            rows = None if order is None else torch.randperm(len(x), generator=order)
+            for start in range(0, len(x), self.batch_size):
+                part = (
+                    x[start : start + self.batch_size]
+                    if rows is None
+                    else torch.index_select(x, 0, rows[start : start + self.batch_size])
+                )
+                yield part
 
     def _keeping(self, name: str, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Pass the batches on, keeping a CPU copy while they fit the budget; a full pass that fit
