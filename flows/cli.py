@@ -47,8 +47,12 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the parsed command `args.func`: its code (0), or 2 with one line on stderr for a user error
     (--debug adds the traceback), 130 with one line for Ctrl-C; any other exception propagates (Python
     prints it and exits 1)."""
+    had_cluster = _ray_connected()  # e.g. a caller's own, in this process: it stays
     try:
-        return args.func(args)
+        code = args.func(args)
+        if not had_cluster:  # now rather than in Ray's exit hook, which first sleeps half a second
+            _stop_own_cluster()
+        return code
     except KeyboardInterrupt:
         if getattr(args, "debug", False):
             traceback.print_exc()
@@ -56,7 +60,8 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"vaeflow {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        _stop_own_cluster()
+        if not had_cluster:
+            _stop_own_cluster()
         message = user_error(e, getattr(args, "output", None))
         if message is None:
             raise
@@ -66,8 +71,13 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")  # imported only by commands that use Ray
+    return ray is not None and ray.is_initialized()
+
+
 def _stop_own_cluster() -> None:
-    """A failed command leaves no local Ray cluster of its own running (a cluster it joined stays)."""
+    """A command leaves no local Ray cluster of its own running (a cluster it joined stays)."""
     cluster = sys.modules.get("vae_core.distributed.cluster")  # imported only by commands that use Ray
     if cluster is not None:
         cluster.stop_own_cluster()
