@@ -7,18 +7,13 @@ hold yet from the same model, by content fingerprint, and append them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import queue
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
 
@@ -26,7 +21,7 @@ from vae_core.config import ComputeConfig, EmbedConfig
 from vae_core.data.codecs.base import Codec, Drift, add_drift, describe_drift, list_column
 from vae_core.data.dataset import list_shards, read_schema
 from vae_core.data.objects import content_fingerprints, fingerprint
-from vae_core.data.storage import absolute, arrow_filesystem
+from vae_core.data.storage import absolute
 from vae_core.data.tables import CommitRecord, Committed, Mode, NewIds, held_ids, history, is_delta_table
 from vae_core.errors import ConfigError, DataError
 from vae_core.operations.drift import LatentStats, pool
@@ -49,13 +44,9 @@ from .jobs import (
     runs_here,
     start_cluster,
 )
+from .shard_io import read_ahead, regroup, shard_batches
 
 LATENT_COLUMNS = ("z_mean", "z_logvar")  # the output's posterior mean and (with_logvar) log-variance
-READ_ROWS = 8192  # rows an actor reads (and embeds) at a time
-READ_AHEAD = 1  # batches an actor reads ahead of the one it embeds
-# Output bytes (Arrow, in memory) a file holds unless embed.rows_per_file says: few files to commit
-# and read, while an actor holds no more than about two files' worth (bench/results/embed_scale.json).
-FILE_BYTES = 16 << 20
 HISTORY_PAGE = 8  # newest commits read to find the latest vaeflow commit (maintenance ones skipped)
 
 
@@ -70,80 +61,9 @@ def _ids_digest(ids: pa.Array | pa.ChunkedArray) -> str:
     return h.hexdigest()[:20]
 
 
-def _batches(shard: str, columns: list[str], storage_options: dict | None) -> Iterator[pa.Table]:
-    """The shard's `columns` in batches of READ_ROWS rows, in file order (a retried task reads the same
-    batches, so it writes the same files).
-
-    Small batches bound an actor's memory whatever the file: decoding a list column materializes
-    two 16-bit levels per value, so a whole row group read at once holds several times the Arrow
-    memory of a batch (bench/results/embed_memory.json)."""
-    fs, path = arrow_filesystem(shard, storage_options)
-    try:
-        with fs.open_input_file(path) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS, columns=columns):
-                if batch.num_rows:
-                    yield pa.Table.from_batches([batch])
-    except FileNotFoundError as e:
-        raise DataError(f"{shard}: shard is missing: {e}") from e
-    except pa.ArrowInvalid as e:
-        raise DataError(f"{shard}: not a readable Parquet file: {e}") from e
-
-
-def _regroup(tables: Iterator[pa.Table], rows: int | None) -> Iterator[pa.Table]:
-    """The rows of `tables`, in order, as tables of exactly `rows` rows (the last may be shorter);
-    `rows` None: as many as make FILE_BYTES, by the first table's bytes a row (the same cut for the
-    same input, so a retried shard writes the same files)."""
-    held: list[pa.Table] = []
-    count = 0
-    for t in tables:
-        if rows is None:
-            rows = max(1, FILE_BYTES * t.num_rows // max(t.nbytes, 1))
-        held.append(t)
-        count += t.num_rows
-        while count >= rows:
-            joined = pa.concat_tables(held)
-            yield joined.slice(0, rows)
-            held, count = [joined.slice(rows)], count - rows
-    if count:
-        yield pa.concat_tables(held)
-
-
-def _read_ahead(items: Iterator[pa.Table], depth: int = READ_AHEAD) -> Iterator[pa.Table]:
-    """`items`, produced by a thread up to `depth` ahead: the next batch downloads and decodes (pyarrow
-    releases the GIL) while this one is embedded (so does torch). An error in the thread is raised here."""
-    q: queue.Queue[tuple[pa.Table | None, BaseException | None]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                q.put((item, None))
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            q.put((None, e))
-            return
-        q.put((None, None))
-
-    thread = threading.Thread(target=produce, daemon=True, name="vaeflow-read-ahead")
-    thread.start()
-    try:
-        while True:
-            item, error = q.get()
-            if error is not None:
-                raise error
-            if item is None:
-                return
-            yield item
-    finally:
-        stop.set()
-        with contextlib.suppress(queue.Empty):  # let a producer blocked on put() see the stop
-            q.get_nowait()
-
-
 class _Embedder:
     """Loads the checkpoint once per actor; embeds whole shards: reads each in batches, embeds them,
-    and writes the latents as Parquet files of `job.rows_per_file` rows (default: FILE_BYTES a file).
+    and writes the latents as Parquet files of `job.rows_per_file` rows (default: shard_io.FILE_BYTES a file).
 
     Reading in the actor, not in Ray Data read tasks: each row then crosses no object store (a read
     task's block is copied into it, and again into the actor's batch), and the next batch is read
@@ -170,9 +90,9 @@ class _Embedder:
             )
             latents = (
                 self._latents(b, shard, drift, ids)
-                for b in _read_ahead(_batches(shard, self.columns, self.storage_options))
+                for b in read_ahead(shard_batches(shard, self.columns, self.storage_options))
             )
-            written = [self._write(t) for t in _regroup(latents, self.job.rows_per_file)]
+            written = [self._write(t) for t in regroup(latents, self.job.rows_per_file)]
             if ids is not None:  # before the shard counts as done: a rerun checks it again
                 ids.check()
             if written:  # the shard's drift rides on its last file (a retried shard reports the same)
@@ -301,7 +221,7 @@ def check_drift(codec: Codec, shards: list[str], columns: list[str], storage_opt
     (values the training data never had) fails with a DataError naming it and each column."""
     for shard in shards:
         drift: Drift = {}
-        for batch in _batches(shard, columns, storage_options):
+        for batch in shard_batches(shard, columns, storage_options):
             add_drift(drift, codec.drift(batch))
         if drift:
             raise DataError(f"{shard}: input drift refused by --strict: {describe_drift(drift)}")
@@ -326,7 +246,7 @@ def embed_corpus(
     Rows become x through the checkpoint's codec (a bad row fails the job with a DataError naming its
     file, column and row; nothing is committed). Output rows: the id column, `job.passthrough`
     columns, `z_mean` (L float32 values) and with `job.with_logvar` `z_logvar`; one file per
-    `job.rows_per_file` rows (default: about FILE_BYTES), `job.chunk_rows` rows per forward pass. The
+    `job.rows_per_file` rows (default: about shard_io.FILE_BYTES), `job.chunk_rows` rows per forward pass. The
     commit's record holds in `stats["z_mean"]` the count, per-dimension mean and variance of the
     posterior means, and in `stats["drift"]` the input's drift per column (values the training data
     never had: unknown categories, nulls in a column that had none, values outside the training range;
