@@ -161,22 +161,14 @@ class ShardBatches:
 
     def _stream(self, shard: Any, seed: int | None = None) -> Iterator[torch.Tensor]:
         """Batches of the shard as Ray Data streams it, shuffled within runs of CHUNK_BATCHES batches
-        when a seed is given. Ray Data hands over whole runs, encoded at once in its prefetch thread;
-        they are cut into batches here: its per-batch path (batching, a local shuffle buffer, the collate
-        call) costs more than a small model's step (bench/results/train_throughput_streamed.json). The
-        batch count is the same as Ray Data's batch_size would give: each run but the last is whole."""
+        when a seed is given. Ray Data hands over whole runs, encoded at once in its prefetch thread,
+        and they are cut into batches here: one pass through its per-batch path (batching, collate)
+        for every CHUNK_BATCHES steps. The batch count is the same as Ray Data's batch_size would
+        give: each run but the last is whole."""
         order = None if seed is None else torch.Generator().manual_seed(seed)
         runs = shard.iter_torch_batches(batch_size=CHUNK_BATCHES * self.batch_size, collate_fn=self.encode)
         for x in runs:
-            x = x.to(self.device, non_blocking=True)  # one copy per run to a GPU
-            rows = None if order is None else torch.randperm(len(x), generator=order)
-            for start in range(0, len(x), self.batch_size):
-                part = (
-                    x[start : start + self.batch_size]
-                    if rows is None
-                    else torch.index_select(x, 0, rows[start : start + self.batch_size])
-                )
-                yield part
+            yield from self._batches(x.to(self.device, non_blocking=True), order)  # one copy a run
 
     def _keeping(self, name: str, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Pass the batches on, keeping a CPU copy while they fit the budget; a full pass that fit
@@ -195,15 +187,17 @@ class ShardBatches:
             self.budget -= size
 
     def _from_memory(self, x: torch.Tensor, seed: int | None) -> Iterator[torch.Tensor]:
-        order = (
-            None if seed is None else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-        )
+        order = None if seed is None else torch.Generator().manual_seed(seed)
+        yield from (rows.to(self.device, non_blocking=True) for rows in self._batches(x, order))
+
+    def _batches(self, x: torch.Tensor, order: torch.Generator | None) -> Iterator[torch.Tensor]:
+        """x in batches, in order or (`order` given) shuffled by a permutation drawn from it."""
+        rows = None if order is None else torch.randperm(len(x), generator=order)
         for start in range(0, len(x), self.batch_size):
             # index_select gathers the shuffled rows faster than indexing (x[idx]) does, on the
             # path of every cached training step.
-            rows = (
+            yield (
                 x[start : start + self.batch_size]
-                if order is None
-                else torch.index_select(x, 0, order[start : start + self.batch_size])
+                if rows is None
+                else torch.index_select(x, 0, rows[start : start + self.batch_size])
             )
-            yield rows.to(self.device, non_blocking=True)
