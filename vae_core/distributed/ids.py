@@ -29,6 +29,16 @@ def _read_ids(shards: list[str], id_column: str, storage_options: dict | None) -
         return list(pool.map(one, shards))
 
 
+def _repeated(ids: pa.Array | pa.ChunkedArray) -> pa.StructArray:
+    """Value counts ("values", "counts") of the ids that appear more than once."""
+    counts = pc.value_counts(ids)
+    return counts.filter(pc.greater(counts.field("counts"), 1))
+
+
+def has_nulls(source: str, id_column: str, nulls: int, shard: str) -> DataError:
+    return DataError(f"{source}: id column {id_column!r} has {nulls:,} null(s), e.g. in {shard}")
+
+
 def not_unique(source: str, id_column: str, repeated: int, example: object, shards: list[str]) -> DataError:
     return DataError(
         f"{source}: id column {id_column!r} is not unique: {repeated:,} ids appear more than once "
@@ -54,12 +64,11 @@ def check_ids(
     nulls = sum(a.null_count for a in ids)
     if nulls:
         shard = next(s for s, a in zip(shards, ids, strict=True) if a.null_count)
-        raise DataError(f"{source}: id column {id_column!r} has {nulls:,} null(s), e.g. in {shard}")
+        raise has_nulls(source, id_column, nulls, shard)
     typed = [a.cast(ids[0].type) for a in ids]
     own = pa.chunked_array(typed[: len(typed) - (table is not None)], ids[0].type)  # the input's, no table
     every = pa.chunked_array(typed, ids[0].type)
-    counts = pc.value_counts(every)
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    repeated = _repeated(every)
     if len(repeated):
         example = repeated.field("values")[0]
         where = [s for s, a in zip(shards, ids, strict=True) if pc.any(pc.equal(a, example)).as_py()]
@@ -116,8 +125,7 @@ def _split(index: int, shard: str, id_column: str, n: int, storage_options: dict
 def _repeats(*parts: pa.Table) -> tuple[int, object, list[int]]:
     """(ids repeated within these tables, one of them, the shards it is in) for one bucket."""
     table = pa.concat_tables(parts)
-    counts = pc.value_counts(table.column("id"))
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    repeated = _repeated(table.column("id"))
     if not len(repeated):
         return 0, None, []
     example = repeated.field("values")[0]
@@ -139,7 +147,7 @@ def check_ids_on_cluster(shards: list[str], id_column: str, source: str, storage
     nulls = sum(c[1] for c in counts)
     if nulls:
         shard = next(s for s, c in zip(shards, counts, strict=True) if c[1])
-        raise DataError(f"{source}: id column {id_column!r} has {nulls:,} null(s), e.g. in {shard}")
+        raise has_nulls(source, id_column, nulls, shard)
     repeats = ray.remote(num_cpus=1)(_repeats)
     found = ray.get([repeats.remote(*(p[b + 1] for p in parts)) for b in range(n)])
     del parts  # the buckets leave the object store
@@ -195,7 +203,7 @@ def ids_apart(shards: list[str], id_column: str, source: str, storage_options: d
     counted = [f for f in footers if f is not None]  # (for mypy: none is None now)
     if nulls := sum(f[1] for f in counted):
         shard = next(s for s, f in zip(shards, counted, strict=True) if f[1])
-        raise DataError(f"{source}: id column {id_column!r} has {nulls:,} null(s), e.g. in {shard}")
+        raise has_nulls(source, id_column, nulls, shard)
     ranges = sorted((f[2], f[3]) for f in counted if f[2] is not None)
     if any(hi >= lo for (_, hi), (lo, _) in itertools.pairwise(ranges)):
         return None
@@ -229,8 +237,7 @@ class ShardIds:
         if self.increasing:
             return
         ids = _read_ids([self.shard], self.id_column, self.storage_options)[0]
-        counts = pc.value_counts(ids)
-        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+        repeated = _repeated(ids)
         if len(repeated):
             example = repeated.field("values")[0].as_py()
             raise not_unique(self.source, self.id_column, len(repeated), example, [self.shard])
