@@ -84,8 +84,11 @@ def column(batch: pa.RecordBatch | pa.Table, name: str, source: str) -> pa.Array
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def vectors(batch: pa.RecordBatch | pa.Table, name: str, dim: int, source: str) -> np.ndarray:
-    """A list column as (N, dim) float32, checked: no null vectors, every length dim, finite values."""
+def vectors(
+    batch: pa.RecordBatch | pa.Table, name: str, dim: int, source: str, scale: float = 1.0
+) -> np.ndarray:
+    """A list column as (N, dim) float32 values / scale, checked: no null vectors, every length dim,
+    finite values."""
     arr = column(batch, name, source)
     t = arr.type
     if not is_list_type(t):
@@ -107,8 +110,15 @@ def vectors(batch: pa.RecordBatch | pa.Table, name: str, dim: int, source: str) 
     if flat.null_count:
         row = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]) // dim
         raise DataError(f"{source}: column {name!r}: a null value in the vector of row {row}")
-    values = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(arr), dim)
-    if not np.isfinite(values).all():
+    raw = flat.to_numpy(zero_copy_only=False).reshape(len(arr), dim)
+    # The cast and the division in one pass over the values (the training feed encodes every row of
+    # every streamed epoch). Integers are always finite: only float values are checked, once scaled.
+    values = (
+        raw.astype(np.float32, copy=False)
+        if scale == 1.0
+        else np.divide(raw, np.float32(scale), dtype=np.float32)
+    )
+    if raw.dtype.kind == "f" and not np.isfinite(values).all():
         row = int(np.flatnonzero(~np.isfinite(values).all(1))[0])
         raise DataError(f"{source}: column {name!r}: NaN or inf in vector features (row {row})")
     return values

@@ -38,10 +38,7 @@ class VectorCodec:
     sample_by_default = property(lambda self: False)  # pixel means are the usual picture of a sample
 
     def encode(self, batch: pa.RecordBatch | pa.Table, source: str) -> np.ndarray:
-        x = vectors(batch, self.column, self.dim, source)
-        if self.scale != 1.0:
-            x /= self.scale
-        return x
+        return vectors(batch, self.column, self.dim, source, self.scale)
 
     def drift(self, batch: pa.RecordBatch | pa.Table) -> dict[str, dict[str, int]]:
         return {}  # encode refuses every vector it cannot take (length, nulls, NaN): nothing drifts
