@@ -6,7 +6,8 @@ epoch reads memory (`data_from` is "storage" for every epoch). Value: the median
 2..N over ROUNDS runs / the plain loop's median, target >= 0.75. Recorded beside it: the share of each
 epoch the loop waited for its next batch (data_wait_share), where the time goes, and `plain_streamed`:
 the plain loop reading the shards from S3 every epoch in one process without Ray (a thread one shard
-ahead), what any streamed path can reach on this machine.
+ahead), what any streamed path can reach on this machine; and `ray_data_plain`: the plain loop in one
+process fed by Ray Data (no Ray Train), what any path through Ray Data can reach on it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import ray
 import torch
 
 from bench import train_throughput as tt
 from bench._results import write_result
 from tests.servers import local_s3_server, make_bucket
 from vae_core.config import VaeflowConfig
+from vae_core.data.codecs import codec_class
+from vae_core.data.dataset import open_dataset
 from vae_core.data.storage import arrow_filesystem
+from vae_core.distributed.cluster import start_local_ray
+from vae_core.distributed.feed import CHUNK_BATCHES, Encode, build_datasets
+from vae_core.distributed.launch import start_cluster
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.loop import fit
 
@@ -58,18 +65,50 @@ def plain_streamed(root: str) -> dict:
             "data_wait_share": statistics.median(waits)}  # fmt: skip
 
 
+def ray_data_loop(root: str) -> dict:
+    """The leanest consumer of Ray Data: the plain loop in this process (no Ray Train, no worker
+    actor), fed every epoch by Ray Data's read of the shards through vaeflow's feed (its read, its
+    collate step, runs of CHUNK_BATCHES batches cut in order), on a local cluster of this machine's 2
+    CPUs. What any Ray Data path can reach here, whatever the training side does."""
+    cfg = VaeflowConfig.model_validate({"data": {"uri": root, "vector_column": "image", "scale": 255}})
+    shards, _, _ = open_dataset(cfg.data, "train")
+    codec = codec_class("vector").from_dict(
+        {"column": "image", "dim": 784, "value_type": "uint8", "scale": 255.0, "image_shape": [28, 28]}
+    )
+    start_local_ray(2)
+    start_cluster(cfg)
+    try:
+        ds = build_datasets(cfg, ["image"], {"train": shards})["train"]
+        encode = Encode(codec, root, None)
+
+        def epoch(_: int) -> Iterator[torch.Tensor]:
+            for x in ds.iter_torch_batches(batch_size=CHUNK_BATCHES * tt.GLOBAL_BATCH, collate_fn=encode):
+                yield from (x[i : i + tt.GLOBAL_BATCH] for i in range(0, len(x), tt.GLOBAL_BATCH))
+
+        torch.set_num_threads(2)
+        torch.manual_seed(0)
+        history = fit(build_model(cfg.model, DataShape(784)), epoch, epochs=tt.EPOCHS)
+    finally:
+        ray.shutdown()
+    rates, waits = [h.samples_per_s for h in history[1:]], [h.wait_seconds / h.seconds for h in history[1:]]
+    return {"samples_per_s": statistics.median(rates), "epoch_rates": rates,
+            "data_wait_share": statistics.median(waits)}  # fmt: skip
+
+
 def main() -> None:
     with local_s3_server(separate_process=True):
         root = f"{make_bucket('bench')}/streamed"
         rows = tt.write_rows(root)
-        plains, runs, bounds = [tt.plain_loop(root, rows)], [], []
+        plains, runs, bounds, floors = [tt.plain_loop(root, rows)], [], [], []
         for r in range(ROUNDS):
             runs.append(tt.ray_run(root, 1, tag=f"-streamed-r{r}", cache_mb=0))
             print(f"  ray 1 worker, streamed: {runs[-1]['samples_per_s']:,.0f} samples/s", flush=True)
             bounds.append(plain_streamed(root))
             print(f"  plain loop, S3 every epoch: {bounds[-1]['samples_per_s']:,.0f} samples/s", flush=True)
+            floors.append(ray_data_loop(root))
+            print(f"  plain loop fed by Ray Data: {floors[-1]['samples_per_s']:,.0f} samples/s", flush=True)
             plains.append(tt.plain_loop(root, rows))
-    plain, ray, bound = tt._pooled(plains), tt._pooled(runs), tt._pooled(bounds)
+    plain, ray, bound, floor = tt._pooled(plains), tt._pooled(runs), tt._pooled(bounds), tt._pooled(floors)
     assert all(d == "storage" for run in runs for d in run["data_from"]), [r["data_from"] for r in runs]
     write_result(
         "train_throughput_streamed",
@@ -88,6 +127,9 @@ def main() -> None:
         # No Ray: what reading S3 every epoch leaves of the in-memory loop on this machine.
         plain_streamed=bound,
         plain_streamed_ratio=bound["samples_per_s"] / plain["samples_per_s"],
+        # No Ray Train: the plain loop in one process fed by Ray Data, what any Ray Data path reaches.
+        ray_data_plain=floor,
+        ray_data_plain_ratio=floor["samples_per_s"] / plain["samples_per_s"],
         data_wait_share=[r["data_wait_share"] for r in runs],
     )  # fmt: skip
 
