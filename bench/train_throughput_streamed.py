@@ -13,6 +13,7 @@ process fed by Ray Data (no Ray Train), what any path through Ray Data can reach
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +33,7 @@ from vae_core.data.storage import arrow_filesystem
 from vae_core.distributed.cluster import start_local_ray
 from vae_core.distributed.feed import CHUNK_BATCHES, Encode, build_datasets
 from vae_core.distributed.launch import start_cluster
+from vae_core.distributed.worker import GIL_SWITCH_S
 from vae_core.models.families import DataShape, build_model
 from vae_core.training.loop import fit
 
@@ -68,8 +70,9 @@ def plain_streamed(root: str) -> dict:
 def ray_data_loop(root: str) -> dict:
     """The leanest consumer of Ray Data: the plain loop in this process (no Ray Train, no worker
     actor), fed every epoch by Ray Data's read of the shards through vaeflow's feed (its read, its
-    collate step, runs of CHUNK_BATCHES batches cut in order), on a local cluster of this machine's 2
-    CPUs. What any Ray Data path can reach here, whatever the training side does."""
+    collate step, runs of CHUNK_BATCHES batches cut in order, the workers' GIL switch interval), on a
+    local cluster of this machine's 2 CPUs. What any Ray Data path can reach here, whatever the
+    training side does."""
     cfg = VaeflowConfig.model_validate({"data": {"uri": root, "vector_column": "image", "scale": 255}})
     shards, _, _ = open_dataset(cfg.data, "train")
     codec = codec_class("vector").from_dict(
@@ -77,6 +80,7 @@ def ray_data_loop(root: str) -> dict:
     )
     start_local_ray(2)
     start_cluster(cfg)
+    switch = sys.getswitchinterval()
     try:
         ds = build_datasets(cfg, ["image"], {"train": shards})["train"]
         encode = Encode(codec, root, None)
@@ -87,8 +91,10 @@ def ray_data_loop(root: str) -> dict:
 
         torch.set_num_threads(2)
         torch.manual_seed(0)
+        sys.setswitchinterval(GIL_SWITCH_S)  # as on a training worker
         history = fit(build_model(cfg.model, DataShape(784)), epoch, epochs=tt.EPOCHS)
     finally:
+        sys.setswitchinterval(switch)
         ray.shutdown()
     rates, waits = [h.samples_per_s for h in history[1:]], [h.wait_seconds / h.seconds for h in history[1:]]
     return {"samples_per_s": statistics.median(rates), "epoch_rates": rates,
