@@ -203,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         "and saved with the checkpoint (closer to the data); auto takes the mixture when there is one"
     )
     _setting(p, "--sampler", "generate.sampler", sampler_help, choices=["auto", "prior", "mixture"])
+    scale_help = (
+        "multiply the noise of every draw of z by this: above 1, rows further from the training rows (for a "
+        "model trained at a small beta), below 1 more typical ones"
+    )
+    _setting(p, "--latent-scale", "generate.latent_scale", scale_help, type=float, metavar="F")
     where_help = (
         'keep only rows with these values, e.g. --where "income=>50K" sex=Female (rejection sampling '
         "from the model; the output says how many draws it took)"

@@ -335,6 +335,14 @@ class GenerateConfig(_Section):
         "aggregate posterior after training (train.latent_prior; closer to the data); auto: the "
         "mixture when the checkpoint holds one, else the prior.",
     )
+    latent_scale: float = Field(
+        1.0,
+        gt=0,
+        description="Spread of the draws of z: the noise of every draw (N(0, I), or each latent mixture "
+        "component's around its mean) times this factor. Above 1 a model trained at a small train.beta, "
+        "whose posterior draws (train.latent_prior=posterior) sit near training rows, draws rows further "
+        "from them (the report's privacy section shows how far); below 1, more typical rows.",
+    )
     match_shares: list[str] = Field(
         default_factory=list,
         description="Categorical columns whose values keep their training shares in the output, e.g. a "

@@ -412,6 +412,26 @@ def test_generate_match_shares_keeps_a_columns_training_shares_and_refuses_what_
         generate_rows(uri, f"{root}/match/bad-both", both)
 
 
+def test_generate_latent_scale_spreads_the_draws_and_is_part_of_the_runs_identity(ray_local, adult_model):
+    """--latent-scale 2: the commit records it and its own run key, 1 and 2 workers commit the same
+    rows, and the rows spread: a continuous column's decoded values vary more than at scale 1."""
+    uri, _ = adult_model
+    root = make_bucket()
+    job = GenerateConfig(rows=4_000, rows_per_file=2_000, seed=5, latent_scale=2.0)
+    one = generate_rows(uri, f"{root}/scale/w1", job, ComputeConfig(num_workers=1))
+    two = generate_rows(uri, f"{root}/scale/w2", job, ComputeConfig(num_workers=2))
+    plain = generate_rows(uri, f"{root}/scale/plain", GenerateConfig(rows=4_000, rows_per_file=2_000, seed=5))
+    a, b = read_table(one.table_uri).sort_by("id"), read_table(two.table_uri).sort_by("id")
+    assert a.equals(b), "same seed, different parallelism: outputs differ"
+    assert one.record.params["latent_scale"] == 2.0 and "latent_scale" not in plain.record.params
+    assert one.record.run_key != plain.record.run_key
+    spread = {
+        t: float(np.std(read_table(r.table_uri).column("age").to_numpy()))
+        for t, r in (("2", one), ("1", plain))
+    }
+    assert spread["2"] > spread["1"], spread
+
+
 HERE = """
 import sys, ray, flows.cli
 rc = flows.cli.main(sys.argv[1:])

@@ -334,6 +334,7 @@ CASES = [
     Case("--rows-per-file 0", lambda t: _generate(t, "{tmp}/out", "--rows-per-file", "0"), "generate.rows_per_file", "out"),
     Case("--chunk-rows 0", lambda t: _embed(t, _dataset(t / "d") / "test", "--chunk-rows", "0"), "embed.chunk_rows", "out"),
     Case("--rows 0", lambda t: _generate(t, "{tmp}/out", "--rows", "0"), "generate.rows", "out"),
+    Case("--latent-scale 0", lambda t: _generate(t, "{tmp}/out", "--latent-scale", "0"), "generate.latent_scale", "out"),
     Case("--rows 10**12", lambda t: _generate(t, "{tmp}/out", "--rows", str(10**12)), "generate.rows", "out"),
     Case("--run-name out of its folder", lambda t: [*_train(t, _dataset(t / "d")), "--run-name", "../escaped"], "'../escaped'", "escaped"),
     Case("300-character run name", lambda t: [*_train(t, _dataset(t / "d")), "--run-name", "r" * 300], "300 characters", "runs"),

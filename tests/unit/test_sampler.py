@@ -163,3 +163,39 @@ def test_the_clusters_follow_the_codes_with_a_cluster_per_hundred_rows(trained):
     assert torch.allclose(posterior.scale_tril, torch.exp(0.5 * q.logvar[:, active]))
     assert len(fit_latent_posterior(model, x, seed=0, max_rows=500).weights) == 500
     assert fit_latent_posterior(small_model("ae"), binary_data(100), seed=0) is None
+
+
+@pytest.mark.parametrize("prior", ["posterior", "mixture"])
+def test_the_latent_scale_spreads_each_draw_around_its_component(trained, prior):
+    """generate.latent_scale: with the same generator, each draw keeps its component and its noise
+    is multiplied (diagonal and full-covariance fits, the inactive dimensions' N(0, 1) too); 1 draws
+    exactly what no scale draws, and the prior's draws are scaled alike."""
+    model, x = trained
+    fitted = fit_latent_posterior(model, x, seed=0) if prior == "posterior" else fit_latent_mixture(
+        model, x, seed=0, components=3
+    )
+    cpu = torch.device("cpu")
+
+    def draws(scale: float | None) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(3)
+        return fitted.sample(4_000, gen, cpu) if scale is None else fitted.sample(4_000, gen, cpu, scale)
+
+    base, doubled = draws(None), draws(2.0)
+    assert torch.equal(draws(1.0), base)
+    gen = torch.Generator().manual_seed(3)
+    torch.randn((4_000, 8), generator=gen)  # the draws' first call: the inactive dimensions
+    k = torch.multinomial(fitted.weights, 4_000, replacement=True, generator=gen)
+    centre = torch.zeros((4_000, 8))  # inactive dimensions: centred on 0
+    centre[:, fitted.active] = fitted.means[k]
+    torch.testing.assert_close(doubled - centre, 2 * (base - centre))
+
+
+def test_the_latent_scale_shrinks_the_priors_draws_towards_its_mean(trained):
+    """N(0, I) draws times the scale: near 0 every row decodes to the decoder's output at z = 0;
+    1 gives the rows no scale gives."""
+    model, _ = trained
+    assert torch.equal(generate(model, 500, seed=4, latent_scale=1.0), generate(model, 500, seed=4))
+    at_zero = model.likelihood.mean(model.decode(torch.zeros((1, model.latent_dim))))
+    shrunk = generate(model, 500, seed=4, latent_scale=1e-6)
+    torch.testing.assert_close(shrunk, at_zero.expand(500, -1), atol=1e-4, rtol=0)
+    assert not torch.allclose(generate(model, 500, seed=4), at_zero.expand(500, -1), atol=1e-2)

@@ -167,7 +167,9 @@ class _Generator:
     def _decoded(self, seed: int, n: int) -> pa.Table:
         """n rows drawn with `seed`; with generate.match_shares, n kept of self._draws(n)."""
         drawn = self._draws(n)
-        x = generate(self.model, drawn, seed, self.sample, self.job.chunk_rows, self.sampler)  # (drawn, D)
+        x = generate(
+            self.model, drawn, seed, self.sample, self.job.chunk_rows, self.sampler, self.job.latent_scale
+        )  # (drawn, D)
         x = x.float().cpu().numpy()
         if self.match:
             x = x[self.codec.match_shares(x, n, self.match, np.random.default_rng([seed, 1]))]
@@ -271,6 +273,8 @@ def generate_rows(
     mixture = sampler_of(ckpt, job.sampler, model_uri) == "mixture"
     if mixture:  # prior runs keep their earlier run keys
         params["sampler"] = "mixture"
+    if job.latent_scale != 1.0:  # part of the run's identity only when given
+        params["latent_scale"] = job.latent_scale
     out_schema = output_schema(ckpt)
     where = conditions(ckpt, out_schema, job.where)  # checked before anything starts
     if where:  # part of the run's identity only when given

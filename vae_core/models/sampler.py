@@ -65,19 +65,22 @@ class LatentMixture:
     # Components tried -> mean log-likelihood of held-out training codes (the fit's choice; not saved).
     heldout: dict[int, float] = field(default_factory=dict)
 
-    def sample(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """n draws z: (n, latent_dim) on `device`, all randomness from `generator`."""
-        z = torch.randn((n, self.latent_dim), generator=generator, device=device)
+    def sample(
+        self, n: int, generator: torch.Generator, device: torch.device, scale: float = 1.0
+    ) -> torch.Tensor:
+        """n draws z: (n, latent_dim) on `device`, all randomness from `generator`; `scale` multiplies
+        the noise of each draw around its component's mean (generate.latent_scale)."""
+        z = torch.randn((n, self.latent_dim), generator=generator, device=device) * scale
         if len(self.active) == 0:
             return z
         weights, means, tril = (t.to(device) for t in (self.weights, self.means, self.scale_tril))
         k = torch.multinomial(weights, n, replacement=True, generator=generator)  # (n,)
         if tril.dim() == 2:  # diagonal
             eps = torch.randn((n, len(self.active)), generator=generator, device=device)
-            z[:, self.active.to(device)] = means[k] + tril[k] * eps
+            z[:, self.active.to(device)] = means[k] + tril[k] * (scale * eps)
         else:
             eps = torch.randn((n, len(self.active), 1), generator=generator, device=device)
-            z[:, self.active.to(device)] = means[k] + (tril[k] @ eps).squeeze(-1)
+            z[:, self.active.to(device)] = means[k] + scale * (tril[k] @ eps).squeeze(-1)
         return z
 
     def to_tensors(self) -> dict[str, torch.Tensor]:

@@ -51,10 +51,11 @@ def generate(
     sample_likelihood: bool = False,
     chunk_rows: int | None = None,
     sampler: LatentMixture | None = None,
+    latent_scale: float = 1.0,
 ) -> torch.Tensor:
     """Decode n draws of z: (n, D) on the model's device. z ~ N(0, I), or from `sampler` (a mixture
-    fitted to the aggregate posterior, vae_core.models.sampler); the likelihood mean by default, or a
-    sample from it.
+    fitted to the aggregate posterior, vae_core.models.sampler), their noise times `latent_scale`; the
+    likelihood mean by default, or a sample from it.
 
     One generator seeded `seed` draws z and the likelihood samples, `chunk_rows` rows per decoder
     pass (all at once by default): the rows depend on (seed, n, chunk_rows) and the device type.
@@ -66,9 +67,9 @@ def generate(
     for i in range(0, n, chunk):
         m = min(chunk, n - i)
         if sampler is None:
-            z = torch.randn((m, model.latent_dim), generator=gen, device=device)  # (m, L)
+            z = torch.randn((m, model.latent_dim), generator=gen, device=device) * latent_scale  # (m, L)
         else:
-            z = sampler.sample(m, gen, device)
+            z = sampler.sample(m, gen, device, latent_scale)
         params = model.decode(z)
         parts.append(lik.sample(params, generator=gen) if sample_likelihood else lik.mean(params))
     return torch.cat(parts)  # (n, D)
