@@ -26,7 +26,11 @@ rows drawn from each train.latent_prior fit on the held-out fifth (compare_prior
 adult_vs_peers, QualityReport, F1 and the distance to the closest training row. Seed 0, beta 0.5:
 posterior was detected least on both (its figures are in the note of the change that made it the
 default), with distances to training rows as unseen rows'; at beta 0.1 its Adult rows were
-near-copies, so the bench keeps beta 0.5.
+near-copies at generate.latent_scale 1.
+`--scales DATASET SETTING_JSON [SEED ...]` does the same for the setting's own prior drawn at each
+generate.latent_scale of SCALES: '{"beta": 0.1}' 0 1 2 with scale 2 is how the benchmark's beta 0.1
+and `--latent-scale 2` were chosen against beta 0.5 at scale 1 (higher held-out F1 on Adult and
+COMPAS, distances to training rows as unseen rows' on Adult).
 `--samplers SETTING_JSON [SEED ...]` trains the setting once per seed and generates from each model
 with every sampler of SAMPLERS (mixture sizes, the rows its fit encodes, the prior), so the
 samplers are compared on the same models: on the benchmark's setting, seeds 0-2, the default mixture
@@ -154,7 +158,10 @@ def train_model(
 
 
 def score(
-    trained: dict[str, Any], mixture: LatentMixture | None, match: list[str] = GENERATE["match_shares"]
+    trained: dict[str, Any],
+    mixture: LatentMixture | None,
+    match: list[str] = GENERATE["match_shares"],
+    scale: float = GENERATE["latent_scale"],
 ) -> list[dict[str, Any]]:
     """As many rows as the model trained on, per generation seed, drawn with `mixture` (None: the
     prior) and kept as `generate --match-shares` `match` keeps them (bench.adult_vs_tvae.GENERATE),
@@ -164,7 +171,9 @@ def score(
     for g in GENERATION_SEEDS:
         n = len(trained["x"])
         drawn = math.ceil(MATCH_DRAWS * n) if match else n
-        x_gen = generate(trained["model"], drawn, seed=g, sample_likelihood=True, sampler=mixture).numpy()
+        x_gen = generate(
+            trained["model"], drawn, seed=g, sample_likelihood=True, sampler=mixture, latent_scale=scale
+        ).numpy()
         if match:  # as `vaeflow generate --match-shares` keeps them
             x_gen = x_gen[codec.match_shares(x_gen, n, match, np.random.default_rng([g, 1]))]
         rows = codec.inverse(x_gen)
@@ -240,15 +249,18 @@ def compare_samplers(setting: dict[str, Any], seed: int) -> list[dict[str, Any]]
 
 
 PRIORS = ("posterior", "clusters", "mixture")  # train.latent_prior's choices
+SCALES = (1.0, 2.0, 2.5, 3.0)  # generate.latent_scale's tried by --scales (on the setting's own prior)
 LABELS = {"adult": (TARGET, POSITIVE), "compas": ("two_year_recid", "yes")}
 
 
-def compare_priors(dataset: str, setting: dict[str, Any], seed: int) -> list[dict[str, Any]]:
-    """One model per seed on `dataset`'s four fifths, rows drawn from each train.latent_prior fit as
-    `generate --match-shares <label>` keeps them, scored on the held-out fifth as adult_vs_peers scores
-    the test rows: the detector (HGB, ordinal categories, 5 folds; the held-out rows as the real
-    ones), QualityReport, F1, and the median distance to the closest training row over the held-out
-    rows' own (dcr_ratio: well below 1 means near-copies)."""
+def compare_priors(
+    dataset: str, setting: dict[str, Any], seed: int, scales: tuple[float, ...] = (1.0,)
+) -> list[dict[str, Any]]:
+    """One model per seed on `dataset`'s four fifths, rows drawn from each train.latent_prior fit (and
+    each generate.latent_scale of `scales`) as `generate --match-shares <label>` keeps them, scored on
+    the held-out fifth as adult_vs_peers scores the test rows: the detector (HGB, ordinal categories,
+    5 folds; the held-out rows as the real ones), QualityReport, F1, and the median distance to the
+    closest training row over the held-out rows' own (dcr_ratio: well below 1 means near-copies)."""
     trained = train_model(setting, seed, dataset=dataset)
     train, held, codec, n = trained["train"], trained["held"], trained["codec"], len(trained["x"])
     continuous, categorical = trained["continuous"], trained["categorical"]
@@ -256,40 +268,49 @@ def compare_priors(dataset: str, setting: dict[str, Any], seed: int) -> list[dic
     real = peers.Dataset(dataset, held, held, continuous, categorical, target, positive, [])
     frames = lambda synth: Frames.of(train, held, synth, continuous, categorical)  # noqa: E731
     records = []
-    for prior in PRIORS:
+    for prior in PRIORS if len(scales) == 1 else (trained["prior"],):
         t0 = time.perf_counter()
         sampler = latent_fit(trained, prior, seed)
         fit_s = time.perf_counter() - t0
-        x_gen = generate(
-            trained["model"], math.ceil(MATCH_DRAWS * n), seed=0, sample_likelihood=True, sampler=sampler
-        )
-        x_gen = x_gen.numpy()
-        rows = codec.inverse(x_gen[codec.match_shares(x_gen, n, [target], np.random.default_rng([0, 1]))])
-        f1 = efficacy(
-            _frame(rows, train.column_names), _frame(held, train.column_names), continuous, target, positive
-        )
-        dcr = privacy(frames(rows.select(train.column_names)), seed=seed)
-        records.append(
-            {
-                "dataset": dataset,
-                "latent_prior": prior,
-                "setting": setting,
-                "train_seed": seed,
-                "detection_auc": peers.detection(real, rows, seed)["auc"],
-                "quality": sdmetrics_reports(frames(rows.select(train.column_names)))["quality"]["score"],
-                "mean_f1": statistics.mean(f1.values()),
-                "dcr_ratio": dcr["dcr_synthetic_median"] / dcr["dcr_holdout_median"],
-                "exact_copy_share": dcr["exact_copy_share"],
-                "fit_s": fit_s,
-            }
-        )
+        for scale in scales:
+            drawn = math.ceil(MATCH_DRAWS * n)
+            x_gen = generate(
+                trained["model"], drawn, seed=0, sample_likelihood=True, sampler=sampler, latent_scale=scale
+            ).numpy()
+            keep = codec.match_shares(x_gen, n, [target], np.random.default_rng([0, 1]))
+            rows = codec.inverse(x_gen[keep]).select(train.column_names)
+            f1 = efficacy(
+                _frame(rows, train.column_names),
+                _frame(held, train.column_names),
+                continuous,
+                target,
+                positive,
+            )
+            dcr = privacy(frames(rows), seed=seed)
+            records.append(
+                {
+                    "dataset": dataset,
+                    "latent_prior": prior,
+                    "latent_scale": scale,
+                    "setting": setting,
+                    "train_seed": seed,
+                    "detection_auc": peers.detection(real, rows, seed)["auc"],
+                    "quality": sdmetrics_reports(frames(rows))["quality"]["score"],
+                    "f1": f1,
+                    "mean_f1": statistics.mean(f1.values()),
+                    "dcr_ratio": dcr["dcr_synthetic_median"] / dcr["dcr_holdout_median"],
+                    "exact_copy_share": dcr["exact_copy_share"],
+                    "fit_s": fit_s,
+                }
+            )
     return records
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] == ["--priors"]:  # --priors DATASET SETTING_JSON [SEED ...]
+    if argv[:1] in (["--priors"], ["--scales"]):  # --priors|--scales DATASET SETTING_JSON [SEED ...]
+        scales = SCALES if argv[0] == "--scales" else (1.0,)
         for seed in [int(s) for s in argv[3:]] or [0]:
-            for record in compare_priors(argv[1], json.loads(argv[2]), seed):
+            for record in compare_priors(argv[1], json.loads(argv[2]), seed, scales):
                 print(json.dumps(record), flush=True)
         return
     samplers = argv[:1] == ["--samplers"]

@@ -279,7 +279,7 @@ def main(epochs: int = tv.EPOCHS, seeds: tuple[int, ...] = SEEDS) -> None:
         "vaeflow": {
             "path": "vaeflow data import adult; vaeflow train (Ray, 1 worker); vaeflow generate",
             **tv.VAEFLOW,
-            "generate": {"match_shares": [tv.TARGET]},
+            "generate": tv.GENERATE,
         },
         "tvae": "ctgan.TVAE defaults (epochs as above)",
         "tabularargn": "mostlyai-engine 2.7.3 defaults (split, analyze, encode, train, generate)",
