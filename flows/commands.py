@@ -290,6 +290,7 @@ def report(args: argparse.Namespace) -> int:
         progress=print_progress,
         label_column=args.label,
         target_column=args.target,
+        latent_scale=args.latent_scale,
     )
     r = result.report
     print(

@@ -73,6 +73,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 def _iso_date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -336,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         help="tabular ML-efficacy target, a categorical column (default: --label's column, else 'label' if "
         "present, else the last categorical column)",
+    )
+    p.add_argument(
+        "--latent-scale",
+        type=_positive_float,
+        default=1.0,
+        metavar="F",
+        help="score rows sampled as `generate --latent-scale F` samples them (default: 1)",
     )
 
     p = _command(sub, "beta-study", commands.beta_study, "recon-only, KL-only and ELBO models side by side")

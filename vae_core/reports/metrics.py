@@ -90,19 +90,22 @@ def sample_quality(
     seed: int,
     progress: Progress,
     sampler: LatentMixture | None = None,
+    latent_scale: float = 1.0,
 ) -> tuple[dict[str, Any], pa.Table]:
     """reports.quality.synthetic_quality of as many rows sampled from the model as `train` holds
-    (z from `sampler`, the checkpoint's latent mixture, as `vaeflow generate` takes it, else N(0, I);
+    (z from `sampler`, the checkpoint's latent mixture, as `vaeflow generate` takes it, else N(0, I),
+    its noise times `latent_scale`;
     x ~ p(x|z), decoded by the codec), against the real train and test rows of the data's table
     columns (spec.continuous, spec.categorical); and the sampled rows."""
     n = train.table.num_rows
     where = "the latent mixture" if sampler is not None else "N(0, I)"
+    where += f" at latent scale {latent_scale:g}" if latent_scale != 1.0 else ""
     progress(
         f"synthetic quality: sampling {n:,} rows (z from {where}) and comparing with {n:,} train / "
         f"{len(test.x):,} test rows (SDMetrics' QualityReport and DiagnosticReport, ML efficacy, "
         "detection, privacy)"
     )
-    x = generate(model, n, seed=seed, sample_likelihood=True, sampler=sampler)
+    x = generate(model, n, seed=seed, sample_likelihood=True, sampler=sampler, latent_scale=latent_scale)
     synthetic = temporal_as_numbers(codec.decode(x.numpy()))
     quality = synthetic_quality(
         train.table, test.table, synthetic, spec.continuous, spec.categorical, target=target, seed=seed

@@ -46,6 +46,7 @@ def write_report(
     target_column: str | None = None,
     iwae_k: int = 1000,
     seed: int = 0,
+    latent_scale: float = 1.0,
     progress: Progress = quiet,
     storage_options: dict[str, Any] | None = None,
 ) -> ReportResult:
@@ -58,7 +59,8 @@ def write_report(
     label_column colours the latent scatter (default: 'label' if the data have it, else the last
     categorical feature); target_column is the ML-efficacy target among the categorical
     columns (default: the same column). The evaluation: the IWAE bound takes iwae_k samples per row;
-    seed fixes every sample drawn.
+    seed fixes every sample drawn; the sampled rows draw z at `latent_scale`, as `vaeflow generate
+    --latent-scale` does.
 
     storage_options open the checkpoint, the data and the output. Without them the checkpoint is
     opened with the environment's credentials and the data with the checkpoint config's options,
@@ -101,6 +103,7 @@ def write_report(
             seed,
             progress,
             ck.sampler,
+            latent_scale,
         )
         found["synthetic_quality"] = quality
         data_info["train_rows"] = quality["rows"]["real_train"]
