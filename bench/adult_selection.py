@@ -255,13 +255,18 @@ LABELS = {"adult": (TARGET, POSITIVE), "compas": ("two_year_recid", "yes")}
 
 
 def compare_priors(
-    dataset: str, setting: dict[str, Any], seed: int, scales: tuple[float, ...] = (1.0,)
+    dataset: str,
+    setting: dict[str, Any],
+    seed: int,
+    priors: tuple[str, ...] | None = PRIORS,
+    scales: tuple[float, ...] = (1.0,),
 ) -> list[dict[str, Any]]:
-    """One model per seed on `dataset`'s four fifths, rows drawn from each train.latent_prior fit (and
-    each generate.latent_scale of `scales`) as `generate --match-shares <label>` keeps them, scored on
-    the held-out fifth as adult_vs_peers scores the test rows: the detector (HGB, ordinal categories,
-    5 folds; the held-out rows as the real ones), QualityReport, F1, and the median distance to the
-    closest training row over the held-out rows' own (dcr_ratio: well below 1 means near-copies)."""
+    """One model per seed on `dataset`'s four fifths, rows drawn from each train.latent_prior fit of
+    `priors` (None: the setting's own) at each generate.latent_scale of `scales` as `generate
+    --match-shares <label>` keeps them, scored on the held-out fifth as adult_vs_peers scores the test
+    rows: the detector (HGB, ordinal categories, 5 folds; the held-out rows as the real ones),
+    QualityReport, F1, and the median distance to the closest training row over the held-out rows'
+    own (dcr_ratio: well below 1 means near-copies)."""
     trained = train_model(setting, seed, dataset=dataset)
     train, held, codec, n = trained["train"], trained["held"], trained["codec"], len(trained["x"])
     continuous, categorical = trained["continuous"], trained["categorical"]
@@ -269,7 +274,7 @@ def compare_priors(
     real = peers.Dataset(dataset, held, held, continuous, categorical, target, positive, [])
     frames = lambda synth: Frames.of(train, held, synth, continuous, categorical)  # noqa: E731
     records = []
-    for prior in PRIORS if len(scales) == 1 else (trained["prior"],):
+    for prior in priors or (trained["prior"],):  # None: the setting's own
         t0 = time.perf_counter()
         sampler = latent_fit(trained, prior, seed)
         fit_s = time.perf_counter() - t0
@@ -309,9 +314,9 @@ def compare_priors(
 
 def main(argv: list[str]) -> None:
     if argv[:1] in (["--priors"], ["--scales"]):  # --priors|--scales DATASET SETTING_JSON [SEED ...]
-        scales = SCALES if argv[0] == "--scales" else (1.0,)
+        priors, scales = (None, SCALES) if argv[0] == "--scales" else (PRIORS, (1.0,))
         for seed in [int(s) for s in argv[3:]] or [0]:
-            for record in compare_priors(argv[1], json.loads(argv[2]), seed, scales):
+            for record in compare_priors(argv[1], json.loads(argv[2]), seed, priors, scales):
                 print(json.dumps(record), flush=True)
         return
     samplers = argv[:1] == ["--samplers"]
