@@ -273,13 +273,12 @@ def compare_priors(
     target, positive = LABELS[dataset]
     real = peers.Dataset(dataset, held, held, continuous, categorical, target, positive, [])
     frames = lambda synth: Frames.of(train, held, synth, continuous, categorical)  # noqa: E731
-    records = []
+    records, drawn = [], math.ceil(MATCH_DRAWS * n)
     for prior in priors or (trained["prior"],):  # None: the setting's own
         t0 = time.perf_counter()
         sampler = latent_fit(trained, prior, seed)
         fit_s = time.perf_counter() - t0
         for scale in scales:
-            drawn = math.ceil(MATCH_DRAWS * n)
             x_gen = generate(
                 trained["model"], drawn, seed=0, sample_likelihood=True, sampler=sampler, latent_scale=scale
             ).numpy()
