@@ -143,6 +143,12 @@ class ModelConfig(_Section):
     gaussian_sigma: float | None = Field(
         None, gt=0, description="Fixed observation std; None learns a per-feature std."
     )
+    decoder: Literal["factorized", "autoregressive"] = Field(
+        "factorized",
+        description="p(x | z) of a table: factorized (the columns independent given z) or autoregressive "
+        "(each column given z and the columns before it, in the table's order; drawing a row takes one "
+        "decoder pass per column). Autoregressive needs model.likelihood tabular and the mlp backbone.",
+    )
     corruption: Literal["none", "gaussian", "mask"] = "none"
     noise_std: float = Field(0.3, ge=0, description="Std of the Gaussian corruption (dae).")
     mask_prob: float = Field(0.25, ge=0, lt=1, description="Masking probability (dae).")

@@ -360,6 +360,7 @@ CASES = [
     Case("exclude of an unknown column", lambda t: _train(t, _table_data(t), data={"vector_column": None, "exclude": ["zip"]}), "'zip'"),
     Case("bernoulli likelihood on a table", lambda t: _train(t, _table_data(t), data={"vector_column": None}, model={"likelihood": "bernoulli"}), "model.likelihood"),
     Case("tabular likelihood on vectors", lambda t: _train(t, _dataset(t / "d"), model={"likelihood": "tabular"}), "model.likelihood"),
+    Case("autoregressive decoder on vectors", lambda t: _train(t, _dataset(t / "d"), model={"decoder": "autoregressive"}), "model.decoder"),
     Case("CSV files where Parquet shards belong", lambda t: _train(t, _csv_split(t)), "no .parquet files found, but CSV files: import it first: vaeflow data import csv --input"),
     Case("describe of a CSV file", lambda t: ["data", "describe", _csv(t, "a,b\n1,2\n")], "in.csv: a file, not a dataset folder with train/ (and test/); import it first: vaeflow data import csv"),
     # importing files

@@ -171,8 +171,10 @@ def test_the_latent_scale_spreads_each_draw_around_its_component(trained, prior)
     is multiplied (diagonal and full-covariance fits, the inactive dimensions' N(0, 1) too); 1 draws
     exactly what no scale draws, and the prior's draws are scaled alike."""
     model, x = trained
-    fitted = fit_latent_posterior(model, x, seed=0) if prior == "posterior" else fit_latent_mixture(
-        model, x, seed=0, components=3
+    fitted = (
+        fit_latent_posterior(model, x, seed=0)
+        if prior == "posterior"
+        else fit_latent_mixture(model, x, seed=0, components=3)
     )
     cpu = torch.device("cpu")
 

@@ -14,11 +14,13 @@ from vae_core.errors import InternalError
 
 @dataclass(frozen=True)
 class Block:
-    """A contiguous span of the feature vector: `width` columns from `start`."""
+    """A contiguous span of the feature vector: `width` slots from `start`, part of table column
+    `column` (a continuous column is several blocks: its value, its bin or mode, its null flag)."""
 
     kind: Literal["continuous", "categorical"]
     start: int
     width: int
+    column: int = 0
 
     @property
     def stop(self) -> int:
@@ -26,11 +28,11 @@ class Block:
 
 
 def layout_from_widths(spec: list[tuple[str, int]]) -> list[Block]:
-    """[("continuous", 1), ("categorical", 5), ...] -> contiguous Blocks."""
+    """[("continuous", 1), ("categorical", 5), ...] -> contiguous Blocks, one column each."""
     blocks, start = [], 0
-    for kind, width in spec:
+    for column, (kind, width) in enumerate(spec):
         if kind not in ("continuous", "categorical") or width < 1:
             raise InternalError(f"bad layout entry ({kind!r}, {width})")
-        blocks.append(Block(kind, start, width))  # type: ignore[arg-type]
+        blocks.append(Block(kind, start, width, column))  # type: ignore[arg-type]
         start += width
     return blocks

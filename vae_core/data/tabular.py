@@ -250,7 +250,7 @@ class TabularTransformer:
     def layout(self) -> list[Block]:
         blocks: list[Block] = []
         start = 0
-        for col in self.columns:
+        for column, col in enumerate(self.columns):
             if isinstance(col, ContinuousColumn):
                 spans = [("continuous", 1), ("categorical", col.modes)]
                 if col.has_nulls:
@@ -258,7 +258,7 @@ class TabularTransformer:
             else:
                 spans = [("categorical", col.width)]
             for kind, width in spans:
-                blocks.append(Block(kind, start, width))  # type: ignore[arg-type]
+                blocks.append(Block(kind, start, width, column))  # type: ignore[arg-type]
                 start += width
         return blocks
 

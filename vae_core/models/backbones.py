@@ -9,7 +9,10 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from vae_core.data.layout import Block
 
 
 def _mlp(sizes: list[int], final_activation: bool) -> nn.Sequential:
@@ -42,6 +45,68 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask (out, in): MADE's connectivity."""
+
+    def __init__(self, mask: torch.Tensor, bias: bool = True) -> None:
+        super().__init__(mask.shape[1], mask.shape[0], bias=bias)
+        self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class AutoregressiveDecoder(nn.Module):
+    """(z, x) -> params (B, D): the factorised decoder's params from z, plus a masked MLP over x in which
+    the params of table column c see only the columns before c (MADE, Germain et al. 2015, conditioned on
+    z at its first layer). p(x | z) = prod_c p(x_c | z, x_<c): a column's distribution can depend on
+    the other columns' values themselves, not only through z (a label on the row's other columns, as
+    an autoregressive synthesizer such as TabularARGN models it).
+
+    Training sees the observed x (teacher forcing: one pass); drawing x goes column by column
+    (`LatentModel.draw`): `context(z)` once, then `params(h, x)` per column with the columns drawn so far.
+    """
+
+    def __init__(self, latent_dim: int, hidden: list[int], layout: list[Block]) -> None:
+        super().__init__()
+        dim, sizes = layout[-1].stop, list(reversed(hidden))
+        self.body = _mlp([latent_dim, *sizes], final_activation=True)
+        self.out = nn.Linear(sizes[-1], dim)
+        columns = sorted({b.column for b in layout})
+        rank = {c: i for i, c in enumerate(columns)}
+        # slot -> its column's place in the order; the order in which draw() fills the columns
+        slot = torch.empty(dim, dtype=torch.long)
+        for b in layout:
+            slot[b.start : b.stop] = rank[b.column]
+        self.columns = [[b for b in layout if rank[b.column] == i] for i in range(len(columns))]
+        steps = max(len(columns) - 1, 1)
+        # hidden unit k of each layer has a degree in [0, C-2], spread evenly: it sees the slots of
+        # columns <= its degree, and feeds the params of columns > its degree.
+        degrees = [torch.arange(n) * steps // n for n in sizes]
+        self.context = nn.Linear(sizes[-1], sizes[0])
+        layers, previous = [], slot
+        for i, d in enumerate(degrees):
+            # (out, in): unit k sees input j (a slot, then a unit of the layer before) iff deg(j) <= deg(k)
+            layers.append(MaskedLinear(previous.unsqueeze(0) <= d.unsqueeze(1), bias=i > 0))
+            previous = d
+        self.layers = nn.ModuleList(layers)
+        self.head = MaskedLinear(slot.unsqueeze(1) > previous.unsqueeze(0), bias=False)
+
+    def hidden(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B, L) -> the z part shared by every column's params: (B, hidden[0])."""
+        return self.body(z)
+
+    def params(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """h = hidden(z), x: (B, D) -> params (B, D); column c's params depend on x's columns < c only."""
+        a = F.relu(self.layers[0](x) + self.context(h))
+        for layer in self.layers[1:]:
+            a = F.relu(layer(a))
+        return self.out(h) + self.head(a)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.params(self.hidden(z), x)
 
 
 def _conv_sizes(hw: tuple[int, int], n: int) -> list[tuple[int, int]]:

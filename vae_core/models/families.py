@@ -17,7 +17,13 @@ from torch import nn
 from vae_core.config import FAMILIES
 from vae_core.data.layout import Block
 from vae_core.errors import ConfigError
-from vae_core.models.backbones import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vae_core.models.backbones import (
+    AutoregressiveDecoder,
+    ConvDecoder,
+    ConvEncoder,
+    MLPDecoder,
+    MLPEncoder,
+)
 from vae_core.models.likelihoods import Bernoulli, Gaussian, Likelihood, MixedTabular
 from vae_core.models.model import GaussianHead, GaussianNoise, LatentModel, MaskNoise, PointHead
 
@@ -55,6 +61,11 @@ class DataShape:
 
 
 def _body(cfg: ModelConfig, shape: DataShape) -> tuple[nn.Module, nn.Module]:
+    if cfg.decoder == "autoregressive":
+        _check_decoder(cfg, shape)
+        assert shape.layout is not None  # _check_decoder's
+        decoder = AutoregressiveDecoder(cfg.latent_dim, cfg.hidden, shape.layout)
+        return MLPEncoder(shape.dim, cfg.hidden), decoder
     if cfg.backbone == "conv":
         if shape.image_shape is None:
             raise ConfigError("model.backbone 'conv' needs data.image_shape (C, H, W)")
@@ -71,11 +82,23 @@ def likelihood_name(cfg: ModelConfig, shape: DataShape) -> str:
     return shape.fitting_likelihood if cfg.likelihood == "auto" else cfg.likelihood
 
 
+def _check_decoder(cfg: ModelConfig, shape: DataShape) -> None:
+    if cfg.decoder == "autoregressive" and (
+        cfg.backbone != "mlp" or likelihood_name(cfg, shape) != "tabular" or shape.layout is None
+    ):
+        raise ConfigError(
+            "model.decoder 'autoregressive' draws a table column by column: it needs table data "
+            "(data.codec tabular), model.likelihood tabular (or auto) and model.backbone mlp"
+        )
+
+
 def check_likelihood(cfg: ModelConfig, shape: DataShape) -> str:
     """Before training: the likelihood to train with; an explicit model.likelihood that does not fit the
-    data is a ConfigError (tables need "tabular"; "bernoulli" needs every feature in [0, 1])."""
+    data is a ConfigError (tables need "tabular"; "bernoulli" needs every feature in [0, 1]), and so is
+    an autoregressive model.decoder on data that is not a table."""
     name, fits = likelihood_name(cfg, shape), shape.fitting_likelihood
     if name == fits or (name == "gaussian" and fits == "bernoulli"):
+        _check_decoder(cfg, shape)
         return name
     data = {
         "tabular": "table columns (one-hot and normalized blocks)",

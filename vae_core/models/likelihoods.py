@@ -131,5 +131,32 @@ class MixedTabular(nn.Module):
             out[:, b.start : b.stop] = F.one_hot(idx, b.width).to(params.dtype)
         return out
 
+    def fill(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        blocks: list[Block],
+        sample: bool,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Write `blocks` of x in place: a sample from their distribution under params, or (sample False)
+        its mode, a one-hot of the likeliest category and the mean of a continuous slot. An
+        autoregressive decoder draws a table this way, one column's blocks at a time."""
+        for b in blocks:
+            if b.kind == "continuous":
+                x[:, b.start : b.stop] = params[:, b.start : b.stop]
+                if sample:
+                    first = int(torch.searchsorted(self.cont_idx, b.start))
+                    sigma = self.clamped_log_sigma()[first : first + b.width].exp()
+                    eps = torch.randn((params.shape[0], b.width), generator=generator, device=params.device)
+                    x[:, b.start : b.stop] += sigma * eps
+                continue
+            logits = params[:, b.start : b.stop]
+            if sample:
+                idx = torch.multinomial(F.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+            else:
+                idx = logits.argmax(-1)
+            x[:, b.start : b.stop] = F.one_hot(idx, b.width).to(x.dtype)
+
 
 Likelihood = Bernoulli | Gaussian | MixedTabular

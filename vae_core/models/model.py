@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vae_core.models.likelihoods import Likelihood
+from vae_core.models.backbones import AutoregressiveDecoder
+from vae_core.models.likelihoods import Likelihood, MixedTabular
 from vae_core.models.posterior import DiagonalGaussian, PointMass, Posterior
 
 
@@ -110,15 +111,51 @@ class LatentModel(nn.Module):
         """x: (B, D) -> q(z|x)."""
         return self.head(self.encoder(x))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: (B, L) -> likelihood parameters (B, D)."""
-        return self.decoder(z)
+    @property
+    def is_autoregressive(self) -> bool:
+        return isinstance(self.decoder, AutoregressiveDecoder)
+
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """z: (B, L) -> likelihood parameters (B, D). An autoregressive decoder's parameters of p(x | z)
+        for a given x (B, D) (teacher forcing; x is ignored by a factorised decoder); without x, those
+        of the row it draws at each column's mode (`draw(z, sample=False)`)."""
+        if not self.is_autoregressive:
+            return self.decoder(z)
+        if x is None:
+            return self._draw(z, sample=False)[1]
+        return self.decoder(z, x)
+
+    def draw(
+        self, z: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """z: (B, L) -> x in data space: a sample of p(x | z), or (sample False) its mean; for an
+        autoregressive decoder, each column drawn given the ones before it, the mean of its
+        distribution given the modes of the columns before it."""
+        if not self.is_autoregressive:
+            params = self.decoder(z)
+            return self.likelihood.sample(params, generator) if sample else self.likelihood.mean(params)
+        x, params = self._draw(z, sample, generator)
+        return x if sample else self.likelihood.mean(params)
+
+    def _draw(
+        self, z: torch.Tensor, sample: bool, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Column by column: params given the columns filled so far, then the next column filled. The
+        last pass's params are those every column was drawn from (a column's params do not depend on
+        itself or on the columns after it)."""
+        decoder, lik = self.decoder, self.likelihood
+        assert isinstance(decoder, AutoregressiveDecoder) and isinstance(lik, MixedTabular)
+        h = decoder.hidden(z)
+        x = z.new_zeros((z.shape[0], lik.dim))
+        for blocks in decoder.columns:
+            lik.fill(decoder.params(h, x), x, blocks, sample, generator)
+        return x, decoder.params(h, x)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> ModelOutput:
         x_in = self.corruption(x) if (self.corruption is not None and self.training) else x
         posterior = self.encode(x_in)
         z = posterior.sample(generator)
-        return ModelOutput(posterior, z, self.decode(z))
+        return ModelOutput(posterior, z, self.decode(z, x))
 
     def loss(
         self, x: torch.Tensor, out: ModelOutput, kl_weight: float = 1.0, recon_weight: float = 1.0

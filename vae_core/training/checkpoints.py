@@ -108,12 +108,13 @@ def _shape_to_json(shape: DataShape) -> dict[str, Any]:
     return {
         "dim": shape.dim,
         "image_shape": list(shape.image_shape) if shape.image_shape else None,
-        "layout": [[b.kind, b.start, b.width] for b in shape.layout] if shape.layout else None,
+        "layout": [[b.kind, b.start, b.width, b.column] for b in shape.layout] if shape.layout else None,
     }
 
 
 def _shape_from_json(d: dict[str, Any]) -> DataShape:
-    layout = [Block(k, s, w) for k, s, w in d["layout"]] if d.get("layout") else None
+    # [kind, start, width, column]; checkpoints written before blocks named their column have 3 entries
+    layout = [Block(*entry) for entry in d["layout"]] if d.get("layout") else None
     image_shape = tuple(d["image_shape"]) if d.get("image_shape") else None
     return DataShape(d["dim"], image_shape, layout)  # type: ignore[arg-type]
 

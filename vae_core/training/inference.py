@@ -61,7 +61,6 @@ def generate(
     pass (all at once by default): the rows depend on (seed, n, chunk_rows) and the device type.
     """
     model, device, chunk = _eval(model), _device(model), chunk_rows or max(n, 1)
-    lik = model.likelihood
     gen = torch.Generator(device=device).manual_seed(seed)
     parts = []
     for i in range(0, n, chunk):
@@ -70,8 +69,7 @@ def generate(
             z = torch.randn((m, model.latent_dim), generator=gen, device=device) * latent_scale  # (m, L)
         else:
             z = sampler.sample(m, gen, device, latent_scale)
-        params = model.decode(z)
-        parts.append(lik.sample(params, generator=gen) if sample_likelihood else lik.mean(params))
+        parts.append(model.draw(z, sample_likelihood, gen))
     return torch.cat(parts)  # (n, D)
 
 
