@@ -25,7 +25,7 @@ import s3fs
 import torch
 
 from tests.integration.conftest import SAMPLE_TRAIN, TEST_KEY_ID, TEST_SECRET, make_bucket
-from vae_core.config import GenerateConfig, VaeflowConfig
+from vae_core.config import ComputeConfig, GenerateConfig, VaeflowConfig
 from vae_core.data.codecs import Codec
 from vae_core.data.codecs.table import TabularCodec
 from vae_core.data.codecs.vector import VectorCodec
@@ -455,3 +455,34 @@ def test_a_worker_waiting_for_the_drivers_go_gives_up_after_its_timeout_naming_i
     assert time.monotonic() - t0 < 10
     ray.get(events.decide.remote({"codec": "c", "tracking_run": None}))
     assert await_go(events, timeout_s=0.5) == {"codec": "c", "tracking_run": None}
+
+
+def test_the_autoregressive_decoder_trains_on_two_workers_and_generates_on_any(ray_local, s3_server):
+    """model.decoder=autoregressive through DDP (its masks are buffers the workers share) and the Ray
+    generate job: the checkpoint is that model, it beats its untrained self, and 1 or 2 generate
+    workers commit the same rows, in the training table's columns."""
+    root = f"{make_bucket()}/adult"
+    fs, _ = arrow_filesystem(root)
+    for split, (start, n) in {"train": (0, 600), "test": (600, 200)}.items():
+        table = read_adult("train").slice(start, n)
+        pq.write_table(table, arrow_filesystem(f"{root}/{split}/part-0.parquet")[1], filesystem=fs)
+    cfg = VaeflowConfig.model_validate(
+        {
+            "name": "adult-ar",
+            "data": {"uri": root, "id_column": None},
+            "model": {"hidden": [32], "latent_dim": 4, "decoder": "autoregressive"},
+            "train": {"epochs": 3, "batch_size": 64, "lr": 0.01, "runs_uri": f"{make_bucket()}/runs"},
+            "compute": {"num_workers": 2, "cpus_per_worker": 1, "data_cpus": 1},
+        }
+    )
+    result = train_on_ray(cfg, run_name="adult-ar", progress=lambda m: None)
+    assert result.checkpoint.model.is_autoregressive and result.checkpoint.meta.world_size == 2
+    assert result.history[-1].val_elbo > result.checkpoint.meta.val_elbo_init
+    out, job = make_bucket(), GenerateConfig(rows=400, rows_per_file=200, seed=3)
+    one = generate_rows(result.checkpoint_uri, f"{out}/w1", job, ComputeConfig(num_workers=1))
+    two = generate_rows(result.checkpoint_uri, f"{out}/w2", job, ComputeConfig(num_workers=2))
+    columns = read_adult("train").column_names
+    a, b = (read_table(r.table_uri).sort_by([(c, "ascending") for c in columns]) for r in (one, two))
+    assert a.num_rows == 400 and a.equals(b)
+    assert a.column_names == columns
+    assert set(a.column("income").to_pylist()) == {"<=50K", ">50K"}
