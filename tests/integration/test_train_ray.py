@@ -360,12 +360,18 @@ def test_a_bad_vector_fails_training_with_the_codecs_message_naming_file_column_
     assert str(err.value).startswith(f"{source}: column 'v': ") and row in str(err.value)
 
 
-def test_a_table_trains_on_ray_through_the_tabular_codec_saved_with_the_checkpoint(ray_local, s3_server):
+def _adult_on_s3() -> str:
+    """A dataset of Adult rows in a new bucket: train/ 600 rows, test/ 200 rows, no id column."""
     root = f"{make_bucket()}/adult"
     fs, _ = arrow_filesystem(root)
     for split, (start, n) in {"train": (0, 600), "test": (600, 200)}.items():
         table = read_adult("train").slice(start, n)
         pq.write_table(table, arrow_filesystem(f"{root}/{split}/part-0.parquet")[1], filesystem=fs)
+    return root
+
+
+def test_a_table_trains_on_ray_through_the_tabular_codec_saved_with_the_checkpoint(ray_local, s3_server):
+    root = _adult_on_s3()
     cfg = VaeflowConfig.model_validate(
         {
             "name": "adult",
@@ -461,11 +467,7 @@ def test_the_autoregressive_decoder_trains_on_two_workers_and_generates_on_any(r
     """model.decoder=autoregressive through DDP (its masks are buffers the workers share) and the Ray
     generate job: the checkpoint is that model, it beats its untrained self, and 1 or 2 generate
     workers commit the same rows, in the training table's columns."""
-    root = f"{make_bucket()}/adult"
-    fs, _ = arrow_filesystem(root)
-    for split, (start, n) in {"train": (0, 600), "test": (600, 200)}.items():
-        table = read_adult("train").slice(start, n)
-        pq.write_table(table, arrow_filesystem(f"{root}/{split}/part-0.parquet")[1], filesystem=fs)
+    root = _adult_on_s3()
     cfg = VaeflowConfig.model_validate(
         {
             "name": "adult-ar",
