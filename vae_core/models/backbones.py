@@ -66,7 +66,7 @@ class AutoregressiveDecoder(nn.Module):
     an autoregressive synthesizer such as TabularARGN models it).
 
     Training sees the observed x (teacher forcing: one pass); drawing x goes column by column
-    (`LatentModel.draw`): `context(z)` once, then `params(h, x)` per column with the columns drawn so far.
+    (`LatentModel.draw`): `hidden(z)` once, then `params(h, x)` per column with the columns drawn so far.
     """
 
     def __init__(self, latent_dim: int, hidden: list[int], layout: list[Block]) -> None:
