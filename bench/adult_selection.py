@@ -165,6 +165,21 @@ def train_model(
     }
 
 
+def draw_rows(
+    trained: dict[str, Any], sampler: LatentMixture | None, seed: int, match: list[str], scale: float
+) -> pa.Table:
+    """As many rows as the model trained on, drawn with `sampler` (None: the prior) at `scale` and
+    generation seed `seed`, and kept as `vaeflow generate --match-shares` `match` keeps them."""
+    codec, n = trained["codec"], len(trained["x"])
+    drawn = math.ceil(MATCH_DRAWS * n) if match else n
+    x_gen = generate(
+        trained["model"], drawn, seed=seed, sample_likelihood=True, sampler=sampler, latent_scale=scale
+    ).numpy()
+    if match:
+        x_gen = x_gen[codec.match_shares(x_gen, n, match, np.random.default_rng([seed, 1]))]
+    return codec.inverse(x_gen)
+
+
 def score(
     trained: dict[str, Any],
     mixture: LatentMixture | None,
@@ -174,17 +189,10 @@ def score(
     """As many rows as the model trained on, per generation seed, drawn with `mixture` (None: the
     prior) and kept as `generate --match-shares` `match` keeps them (bench.adult_vs_tvae.GENERATE),
     scored on the held-out fifth."""
-    train, codec = trained["train"], trained["codec"]
+    train = trained["train"]
     records = []
     for g in GENERATION_SEEDS:
-        n = len(trained["x"])
-        drawn = math.ceil(MATCH_DRAWS * n) if match else n
-        x_gen = generate(
-            trained["model"], drawn, seed=g, sample_likelihood=True, sampler=mixture, latent_scale=scale
-        ).numpy()
-        if match:  # as `vaeflow generate --match-shares` keeps them
-            x_gen = x_gen[codec.match_shares(x_gen, n, match, np.random.default_rng([g, 1]))]
-        rows = codec.inverse(x_gen)
+        rows = draw_rows(trained, mixture, g, match, scale)
         f1 = efficacy(
             _frame(rows, train.column_names),
             _frame(trained["held"], train.column_names),
@@ -275,22 +283,18 @@ def compare_priors(
     QualityReport, F1, and the median distance to the closest training row over the held-out rows'
     own (dcr_ratio: well below 1 means near-copies)."""
     trained = train_model(setting, seed, dataset=dataset)
-    train, held, codec, n = trained["train"], trained["held"], trained["codec"], len(trained["x"])
+    train, held = trained["train"], trained["held"]
     continuous, categorical = trained["continuous"], trained["categorical"]
     target, positive = LABELS[dataset]
     real = peers.Dataset(dataset, held, held, continuous, categorical, target, positive, [])
     frames = lambda synth: Frames.of(train, held, synth, continuous, categorical)  # noqa: E731
-    records, drawn = [], math.ceil(MATCH_DRAWS * n)
+    records = []
     for prior in priors or (trained["prior"],):  # None: the setting's own
         t0 = time.perf_counter()
         sampler = latent_fit(trained, prior, seed)
         fit_s = time.perf_counter() - t0
         for scale in scales:
-            x_gen = generate(
-                trained["model"], drawn, seed=0, sample_likelihood=True, sampler=sampler, latent_scale=scale
-            ).numpy()
-            keep = codec.match_shares(x_gen, n, [target], np.random.default_rng([0, 1]))
-            rows = codec.inverse(x_gen[keep]).select(train.column_names)
+            rows = draw_rows(trained, sampler, 0, [target], scale).select(train.column_names)
             f1 = efficacy(
                 _frame(rows, train.column_names),
                 _frame(held, train.column_names),
