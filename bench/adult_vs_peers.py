@@ -13,7 +13,9 @@ Each system's rows are scored on:
     same detector on one column at a time (3 folds), the columns that give the rows away;
   - SDMetrics' QualityReport (default settings);
   - F1 of the positive label on the real test rows for LR, DT(max_depth 20) and MLP(50) trained on
-    the synthetic rows (bench.adult_vs_tvae.efficacy);
+    the synthetic rows (bench.adult_vs_tvae.efficacy), with each classifier's ROC AUC and the share
+    of test rows it calls positive; the same classifiers trained on the real training rows are the
+    reference (real_rows in the results);
   - distance to the closest training row (vae_core.reports.quality.privacy): the synthetic rows'
     median over the real test rows' (dcr_ratio), so a low detection AUC bought by near-copies of
     training rows shows.
@@ -176,11 +178,30 @@ def detection(data: Dataset, synthetic: pa.Table, seed: int) -> dict[str, Any]:
     return {"auc": auc(data.columns, DETECTION_FOLDS), "rows_each": n, "by_column_top": top}
 
 
-def score(data: Dataset, synthetic: pa.Table, seed: int) -> dict[str, Any]:
-    f1 = tv.efficacy(
-        tv._frame(synthetic, data.columns), tv._frame(data.test, data.columns), data.continuous,
+def classifiers(data: Dataset, rows: pa.Table) -> dict[str, Any]:
+    """The F1 classifiers trained on `rows`, scored on the real test rows: per classifier its F1, ROC
+    AUC and share of test rows called positive, and the means over the three."""
+    by = tv.classifiers(
+        tv._frame(rows, data.columns), tv._frame(data.test, data.columns), data.continuous,
         target=data.target, positive=data.positive,
     )  # fmt: skip
+    return {
+        "f1": {name: c["f1"] for name, c in by.items()},
+        "mean_f1": statistics.mean(c["f1"] for c in by.values()),
+        "classifiers": by,
+        "mean_auc": statistics.mean(c["auc"] for c in by.values()),
+        "positive_rate": statistics.mean(c["positive_rate"] for c in by.values()),
+    }
+
+
+def real_rows(data: Dataset) -> dict[str, Any]:
+    """The reference every system's F1 is read against: the same classifiers trained on the real
+    training rows themselves (and the test rows' own positive share)."""
+    test_share = pc.mean(pc.equal(data.test.column(data.target), data.positive)).as_py()
+    return {**classifiers(data, data.train), "test_positive_share": test_share}
+
+
+def score(data: Dataset, synthetic: pa.Table, seed: int) -> dict[str, Any]:
     frames = Frames.of(
         data.train, data.test, synthetic.select(data.columns), data.continuous, data.categorical
     )
@@ -190,8 +211,7 @@ def score(data: Dataset, synthetic: pa.Table, seed: int) -> dict[str, Any]:
         "detection": detection(data, synthetic, seed),
         "quality": quality["score"],
         "quality_properties": quality["properties"],
-        "f1": f1,
-        "mean_f1": statistics.mean(f1.values()),
+        **classifiers(data, synthetic),
         # How close the rows sit to training rows, next to real test rows (1: as close as unseen
         # real rows; well below 1: near-copies): a detector is fooled by copies too.
         "dcr_ratio": dcr["dcr_synthetic_median"] / dcr["dcr_holdout_median"],
@@ -237,7 +257,9 @@ def run_dataset(data: Dataset, root: Path, seeds: tuple[int, ...], epochs: int) 
             if system == "vaeflow" and data.name == "adult":
                 record.update(vaeflow_extras(data, root, rows, times["checkpoint"], seed))
             runs[system].append(record)
-            brief = {k: round(record[k], 4) for k in ("mean_f1", "quality", "wall_s", "dcr_ratio")}
+            brief = {
+                k: round(record[k], 4) for k in ("mean_f1", "mean_auc", "quality", "wall_s", "dcr_ratio")
+            }
             brief["detection_auc"] = round(record["detection"]["auc"], 4)
             print(f"  {data.name} {system} seed {seed}: {json.dumps(brief)}", flush=True)
             # The whole record too: a run cut short still leaves every finished system's scores.
@@ -255,6 +277,8 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
             "detection_auc": _spread([r["detection"]["auc"] for r in rs]),
             "quality": _spread([r["quality"] for r in rs]),
             "mean_f1": _spread([r["mean_f1"] for r in rs]),
+            "mean_auc": _spread([r["mean_auc"] for r in rs]),
+            "positive_rate": _spread([r["positive_rate"] for r in rs]),
             "wall_s": _spread([r["wall_s"] for r in rs]),
             "dcr_ratio": _spread([r["dcr_ratio"] for r in rs]),
         }
@@ -286,6 +310,7 @@ def main(epochs: int = tv.EPOCHS, seeds: tuple[int, ...] = SEEDS) -> None:
         root = Path(tmp)
         data = adult()
         runs = run_dataset(data, root, seeds, epochs)
+    reference = real_rows(data)
     s = summarize(runs)
     v, t, a = s["vaeflow"], s["tvae"], s["tabularargn"]
     mean = {system: {k: x["mean"] for k, x in by.items()} for system, by in s.items()}
@@ -339,6 +364,7 @@ def main(epochs: int = tv.EPOCHS, seeds: tuple[int, ...] = SEEDS) -> None:
         checks=checks,
         all_met=all(checks.values()),
         means=mean,
+        real_rows=reference,
         wall_ratio_to_tvae=wall_ratio,
         summary=s,
         regressions=regressions,
@@ -373,6 +399,7 @@ def second_dataset(epochs: int = tv.EPOCHS, seeds: tuple[int, ...] = SEEDS[:1]) 
         },
         baseline_is="TabularARGN's detection AUC in the same run",
         means={system: {k: x["mean"] for k, x in by.items()} for system, by in c.items()},
+        real_rows=real_rows(second),
         runs=second_runs,
     )
 
