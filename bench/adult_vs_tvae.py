@@ -146,7 +146,7 @@ def classifiers(
         "dt": DecisionTreeClassifier(max_depth=20, random_state=0),
         "mlp": MLPClassifier(hidden_layer_sizes=(50,), max_iter=200, random_state=0),
     }
-    scores = {}
+    x_train, x_test, scores = prepared(train), prepared(test), {}
     for name, clf in models.items():
         encode = ColumnTransformer(
             [
@@ -160,8 +160,7 @@ def classifiers(
             ]
         )
         pipe = make_pipeline(encode, clf)
-        pipe.fit(prepared(train), y_train)
-        x_test = prepared(test)
+        pipe.fit(x_train, y_train)
         p, called = pipe.predict_proba(x_test)[:, 1], pipe.predict(x_test).astype(bool)
         scores[name] = {
             "f1": float(f1_score(y_test, called)),
